@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class CrmsConfig(AppConfig):
+    name = "crms"
+    verbose_name = "Connections"

@@ -1,0 +1,22 @@
+"""Helpers that declare every error an endpoint can return, in the one error shape."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiResponse
+
+from sync.serializers import ErrorSerializer
+
+_DESCRIPTIONS = {
+    400: "Invalid input; `fields` names each bad field and how to fix it.",
+    401: "No or invalid token: send `Authorization: Token <token>`.",
+    403: "Authenticated, but not allowed (staff only).",
+    404: "Not found.",
+    409: "Conflicts with the current state (e.g. an idempotency key reused with another body).",
+    413: "Request body over the size limit.",
+    415: "Body is not JSON: send `Content-Type: application/json`.",
+    500: "Unexpected error; logged with the request id.",
+}
+
+
+def errors(*codes: int) -> dict[int, OpenApiResponse]:
+    return {code: OpenApiResponse(ErrorSerializer, description=_DESCRIPTIONS[code]) for code in (*codes, 401, 500)}

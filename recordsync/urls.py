@@ -1,0 +1,24 @@
+from django.contrib import admin
+from django.contrib.auth.decorators import login_required
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from recordsync import health
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+    path("v1/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path(
+        "docs",
+        login_required(SpectacularSwaggerView.as_view(url_name="schema"), login_url="admin:login"),
+        name="docs",
+    ),
+    path("v1/sync/", include("sync.urls")),
+]
+
+handler400 = "recordsync.errors.handler400"
+handler403 = "recordsync.errors.handler403"
+handler404 = "recordsync.errors.handler404"
+handler500 = "recordsync.errors.handler500"

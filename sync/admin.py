@@ -1,0 +1,63 @@
+"""Read-mostly admin views of the pipeline; nothing here rewrites history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from sync.models import RecordLink, SyncAttempt, SyncEvent, SyncJob
+
+
+class ReadOnlyAdmin(admin.ModelAdmin[Any]):
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(SyncEvent)
+class SyncEventAdmin(ReadOnlyAdmin):
+    list_display = ["received_at", "operation", "object_type", "record_id", "source", "request_id"]
+    list_filter = ["operation", "source", "object_type"]
+    search_fields = ["record_id", "=id", "=request_id", "idempotency_key"]
+    date_hierarchy = "received_at"
+    ordering = ["-received_at"]
+
+
+class AttemptInline(admin.TabularInline[SyncAttempt, SyncJob]):
+    model = SyncAttempt
+    extra = 0
+    can_delete = False
+    fields = ["started_at", "version", "outcome", "http_status", "error_code", "error_message", "duration_ms"]
+    readonly_fields = fields
+    ordering = ["-started_at"]
+
+
+@admin.register(SyncJob)
+class SyncJobAdmin(ReadOnlyAdmin):
+    list_display = ["record_id", "object_type", "source", "target", "state", "attempts", "version", "updated_at"]
+    list_filter = ["state", "target", "object_type", "last_error_code"]
+    search_fields = ["record_id"]
+    list_select_related = ["target"]
+    ordering = ["-updated_at"]
+    inlines = [AttemptInline]
+
+
+@admin.register(RecordLink)
+class RecordLinkAdmin(ReadOnlyAdmin):
+    list_display = ["object_type", "record_id", "system", "external_object", "external_id", "synced_at"]
+    list_filter = ["system", "object_type"]
+    search_fields = ["record_id", "external_id"]
+
+
+@admin.register(SyncAttempt)
+class SyncAttemptAdmin(ReadOnlyAdmin):
+    list_display = ["started_at", "job", "outcome", "http_status", "error_code", "duration_ms"]
+    list_filter = ["outcome", "error_code"]
+    ordering = ["-started_at"]

@@ -1,0 +1,35 @@
+"""Handing work to the django-q2 cluster, after commit, without ever failing an accepted request.
+
+The job rows are the truth; a task is only a nudge. If the broker is down the nudge is
+lost, the jobs stay pending, and the periodic sweep (sync.tasks.sweep) nudges again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from django.core.cache import cache
+from django_q.tasks import async_task
+
+logger = logging.getLogger("recordsync.dispatch")
+
+# One nudge per target per second is plenty: the dispatcher handles every pending job it finds.
+NUDGE_DEBOUNCE_SECONDS = 1
+
+
+def nudge(connection_ids: Iterable[int]) -> int:
+    """Queue a dispatch tick for each connection; returns how many were queued."""
+    queued = 0
+    for connection_id in connection_ids:
+        try:
+            if not cache.add(f"recordsync:nudge:{connection_id}", 1, timeout=NUDGE_DEBOUNCE_SECONDS):
+                continue
+            async_task("sync.tasks.dispatch_tick", connection_id, task_name=f"dispatch-{connection_id}")
+            queued += 1
+        except Exception as exc:  # the broker or cache is down: the sweep will catch up
+            logger.warning(
+                "broker unavailable; jobs stay pending until the sweep",
+                extra={"target_id": connection_id, "error": f"{type(exc).__name__}: {exc}"},
+            )
+    return queued

@@ -1,0 +1,146 @@
+"""The pipeline's tables: events are an append-only log, jobs are the outbox.
+
+See docs/architecture.md for the job state machine.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+from crms.models import Connection
+
+
+class Operation(models.TextChoices):
+    CREATE = "create"
+    READ = "read"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class JobState(models.TextChoices):
+    PENDING = "pending"
+    QUEUED = "queued"
+    IN_FLIGHT = "in_flight"
+    SYNCED = "synced"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    HELD = "held"
+    SUPERSEDED = "superseded"
+
+
+class SyncEvent(models.Model):
+    """One accepted change, as received. Never updated after it is written."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    idempotency_key = models.CharField(max_length=255, unique=True)
+    request_hash = models.CharField(max_length=64, help_text="SHA-256 of the event as sent, to tell a replay from a reuse.")
+    source = models.CharField(max_length=64)
+    operation = models.CharField(max_length=8, choices=Operation.choices)
+    object_type = models.CharField(max_length=64)
+    record_id = models.CharField(max_length=255)
+    payload = models.JSONField(null=True, blank=True)
+    occurred_at = models.DateTimeField()
+    received_at = models.DateTimeField(default=timezone.now)
+    request_id = models.CharField(max_length=64, blank=True)
+    routing = models.JSONField(default=dict)
+    response = models.JSONField(default=dict, help_text="The first answer, returned again to a replay.")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["record_id", "object_type", "source", "-received_at"], name="event_record_idx"),
+            models.Index(fields=["received_at"], name="event_received_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.operation} {self.object_type}/{self.record_id} from {self.source}"
+
+
+class SyncJob(models.Model):
+    """The outbox row for one (record, target): the latest state that target still has to receive."""
+
+    source = models.CharField(max_length=64)
+    object_type = models.CharField(max_length=64)
+    record_id = models.CharField(max_length=255)
+    target = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="jobs")
+    state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    version = models.PositiveBigIntegerField(
+        default=1, help_text="Bumped by every event; a worker finishes only the version it claimed."
+    )
+    last_event = models.ForeignKey(SyncEvent, on_delete=models.SET_NULL, null=True, related_name="+")
+    last_occurred_at = models.DateTimeField()
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    last_error_code = models.CharField(max_length=64, blank=True)
+    last_error_message = models.TextField(blank=True)
+    last_error_permanent = models.BooleanField(null=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    synced_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # Record id first: the status API looks jobs up by it.
+            models.UniqueConstraint(fields=["record_id", "object_type", "source", "target"], name="job_per_record_target"),
+        ]
+        indexes = [
+            models.Index(fields=["target", "state", "next_attempt_at"], name="job_dispatch_idx"),
+            models.Index(fields=["state", "lease_expires_at"], name="job_lease_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.object_type}/{self.record_id} → {self.target_id} ({self.state})"
+
+
+class RecordLink(models.Model):
+    """The same record in two systems, with the values last synced (the base of a field-level merge)."""
+
+    object_type = models.CharField(max_length=64)
+    record_id = models.CharField(max_length=255, help_text="The record's id in System A.")
+    system = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="links")
+    external_object = models.CharField(max_length=64)
+    external_id = models.CharField(max_length=255)
+    last_values = models.JSONField(default=dict)
+    last_hash = models.CharField(max_length=64, blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["record_id", "object_type", "system"], name="link_per_record_system"),
+            models.UniqueConstraint(fields=["system", "external_object", "external_id"], name="link_external_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.object_type}/{self.record_id} ↔ {self.system_id}:{self.external_id}"
+
+
+class AttemptOutcome(models.TextChoices):
+    SUCCESS = "success"
+    ERROR = "error"
+    SKIPPED = "skipped"
+
+
+class SyncAttempt(models.Model):
+    """One try of one job: the record of what was sent and what came back."""
+
+    job = models.ForeignKey(SyncJob, on_delete=models.CASCADE, related_name="attempt_rows")
+    version = models.PositiveBigIntegerField()
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=AttemptOutcome.choices, blank=True)
+    http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    permanent = models.BooleanField(null=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["job", "-started_at"], name="attempt_job_idx")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.pk} of job {self.job_id}: {self.outcome or 'running'}"

@@ -1,0 +1,81 @@
+"""Reads of the sync tables, shaped for the API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sync.models import RecordLink, SyncAttempt, SyncEvent, SyncJob
+
+HISTORY_LIMIT = 20
+
+
+def record_status(*, record_id: str, object_type: str | None = None, source: str | None = None) -> dict[str, Any] | None:
+    """Where a record stands in every target, or None when no event for it was ever accepted."""
+    scope: dict[str, str] = {"record_id": record_id}
+    if object_type:
+        scope["object_type"] = object_type
+    if source:
+        scope["source"] = source
+    events = list(SyncEvent.objects.filter(**scope).order_by("-received_at")[:HISTORY_LIMIT])
+    if not events:
+        return None
+    jobs = list(SyncJob.objects.filter(**scope).select_related("target").order_by("object_type", "source", "target__name"))
+    link_scope = {k: v for k, v in scope.items() if k != "source"}
+    links = {(link.object_type, link.system_id): link.external_id for link in RecordLink.objects.filter(**link_scope)}
+    attempts = (
+        SyncAttempt.objects.filter(job__in=[j.pk for j in jobs]).select_related("job__target").order_by("-started_at")
+    )
+    return {
+        "record_id": record_id,
+        "targets": [_job(job, links.get((job.object_type, job.target_id))) for job in jobs],
+        "events": [_event(event) for event in events],
+        "attempts": [_attempt(a) for a in attempts[:HISTORY_LIMIT]],
+    }
+
+
+def _job(job: SyncJob, external_id: str | None) -> dict[str, Any]:
+    error = None
+    if job.last_error_code or job.last_error_message:
+        error = {"code": job.last_error_code, "message": job.last_error_message, "permanent": job.last_error_permanent}
+    return {
+        "target": job.target.name,
+        "object_type": job.object_type,
+        "source": job.source,
+        "state": job.state,
+        "attempts": job.attempts,
+        "version": job.version,
+        "last_error": error,
+        "external_id": external_id,
+        "last_event_id": job.last_event_id,
+        "next_attempt_at": job.next_attempt_at,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "synced_at": job.synced_at,
+    }
+
+
+def _event(event: SyncEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.id,
+        "operation": event.operation,
+        "object_type": event.object_type,
+        "source": event.source,
+        "occurred_at": event.occurred_at,
+        "received_at": event.received_at,
+        "request_id": event.request_id,
+        "routing": event.routing,
+    }
+
+
+def _attempt(attempt: SyncAttempt) -> dict[str, Any]:
+    return {
+        "target": attempt.job.target.name,
+        "version": attempt.version,
+        "started_at": attempt.started_at,
+        "finished_at": attempt.finished_at,
+        "outcome": attempt.outcome,
+        "http_status": attempt.http_status,
+        "error_code": attempt.error_code,
+        "error_message": attempt.error_message,
+        "duration_ms": attempt.duration_ms,
+    }

@@ -1,0 +1,205 @@
+"""Input and output serializers for /v1/sync. Validation only: the writes live in sync.services."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+from rest_framework import serializers
+
+from sync.models import Operation
+
+SLUG = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+OBJECT_TYPE = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
+# Clocks drift; more than this ahead of ours is a bad timestamp, and it would outrank every later change.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+
+
+class StrictFieldsMixin:
+    """Refuse keys the API does not know, so a typo ("dta") is an error rather than silently ignored."""
+
+    fields: dict[str, serializers.Field]
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                allowed = ", ".join(self.fields)
+                raise serializers.ValidationError({key: [f"Unknown field. Allowed fields: {allowed}."] for key in unknown})
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
+class EventInSerializer(StrictFieldsMixin, serializers.Serializer[dict[str, Any]]):
+    operation = serializers.ChoiceField(
+        choices=Operation.choices,
+        error_messages={"invalid_choice": "'{input}' is not an operation: use create, read, update or delete."},
+    )
+    record_id = serializers.CharField(max_length=255, help_text="The record's id in the source system.")
+    object_type = serializers.RegexField(
+        OBJECT_TYPE,
+        max_length=64,
+        help_text="e.g. contact, account",
+        error_messages={"invalid": "Use a letter then up to 63 letters, digits, '_', '.' or '-' (e.g. contact)."},
+    )
+    source = serializers.RegexField(
+        SLUG,
+        default="system_a",
+        help_text="Where the change happened: system_a (default) or a connection name.",
+        error_messages={"invalid": "Use a connection name: lower-case letters, digits, '_' or '-'."},
+    )
+    targets = serializers.ListField(
+        child=serializers.RegexField(SLUG, error_messages={"invalid": "Use a connection name."}),
+        required=False,
+        allow_empty=False,
+        max_length=50,
+        help_text="Connection names to sync to. Leave out to let routing decide.",
+    )
+    data = serializers.DictField(
+        required=False,
+        allow_null=True,
+        allow_empty=False,
+        help_text="The record's fields. Required for create and update.",
+    )
+    occurred_at = serializers.DateTimeField(
+        required=False,
+        help_text="When the change happened in the source, ISO-8601 with an offset. Defaults to receipt time.",
+    )
+    event_id = serializers.CharField(
+        required=False,
+        max_length=settings.IDEMPOTENCY_KEY_MAX_LENGTH,
+        help_text="Your id for this event; a repeat with the same id and body is answered, not stored twice.",
+    )
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("occurred_at"), str):
+            self._check_offset(data["occurred_at"])
+        return super().to_internal_value(data)
+
+    @staticmethod
+    def _check_offset(raw: str) -> None:
+        try:
+            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            return  # the field itself reports the format error
+        if parsed.tzinfo is None:
+            raise serializers.ValidationError(
+                {"occurred_at": ["Add a UTC offset, e.g. 2026-01-31T09:30:00Z or 2026-01-31T10:30:00+01:00."]}
+            )
+
+    def validate_occurred_at(self, value: datetime) -> datetime:
+        if value > timezone.now() + MAX_CLOCK_SKEW:
+            raise serializers.ValidationError("Is more than 5 minutes in the future; send the source's real time.")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["operation"] in (Operation.CREATE, Operation.UPDATE) and not attrs.get("data"):
+            raise serializers.ValidationError(
+                {"data": [f"Required for {attrs['operation']}: send the record's fields as a JSON object."]}
+            )
+        return attrs
+
+
+class EventBatchInSerializer(serializers.ListSerializer[dict[str, Any]]):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("child", EventInSerializer())
+        kwargs.setdefault("allow_empty", False)
+        kwargs.setdefault("max_length", settings.INGEST_MAX_BATCH)
+        kwargs["error_messages"] = {
+            "max_length": f"At most {settings.INGEST_MAX_BATCH} events per request; split the list.",
+            "empty": "Send at least one event.",
+            "not_a_list": "Send an event object or a list of event objects.",
+        }
+        super().__init__(*args, **kwargs)
+
+
+class JobBriefSerializer(serializers.Serializer[dict[str, Any]]):
+    target = serializers.CharField()
+    state = serializers.CharField()
+
+
+class EventAcceptedSerializer(serializers.Serializer[dict[str, Any]]):
+    event_id = serializers.UUIDField()
+    record_id = serializers.CharField()
+    object_type = serializers.CharField()
+    source = serializers.CharField()
+    operation = serializers.CharField()
+    jobs = JobBriefSerializer(many=True)
+    routing = serializers.DictField(help_text="Why the event went where it went.")
+    status_url = serializers.CharField()
+
+
+class BatchAcceptedSerializer(serializers.Serializer[dict[str, Any]]):
+    results = EventAcceptedSerializer(many=True)
+
+
+class ErrorSerializer(serializers.Serializer[dict[str, Any]]):
+    class ErrorBody(serializers.Serializer[dict[str, Any]]):
+        class FieldError(serializers.Serializer[dict[str, Any]]):
+            field = serializers.CharField(help_text="Path of the bad field, e.g. data.email or [3].operation")
+            message = serializers.CharField(help_text="What is wrong and how to fix it.")
+
+        code = serializers.CharField()
+        message = serializers.CharField()
+        request_id = serializers.CharField(allow_null=True)
+        fields = FieldError(many=True)
+
+    error = ErrorBody()
+
+
+class StatusQuerySerializer(serializers.Serializer[dict[str, Any]]):
+    object_type = serializers.RegexField(OBJECT_TYPE, required=False)
+    source = serializers.RegexField(SLUG, required=False)
+
+
+class LastErrorSerializer(serializers.Serializer[dict[str, Any]]):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    permanent = serializers.BooleanField(allow_null=True)
+
+
+class TargetStatusSerializer(serializers.Serializer[dict[str, Any]]):
+    target = serializers.CharField()
+    object_type = serializers.CharField()
+    source = serializers.CharField()
+    state = serializers.CharField()
+    attempts = serializers.IntegerField()
+    version = serializers.IntegerField()
+    last_error = LastErrorSerializer(allow_null=True)
+    external_id = serializers.CharField(allow_null=True)
+    last_event_id = serializers.UUIDField(allow_null=True)
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    synced_at = serializers.DateTimeField(allow_null=True)
+
+
+class EventSummarySerializer(serializers.Serializer[dict[str, Any]]):
+    event_id = serializers.UUIDField()
+    operation = serializers.CharField()
+    object_type = serializers.CharField()
+    source = serializers.CharField()
+    occurred_at = serializers.DateTimeField()
+    received_at = serializers.DateTimeField()
+    request_id = serializers.CharField()
+    routing = serializers.DictField()
+
+
+class AttemptSerializer(serializers.Serializer[dict[str, Any]]):
+    target = serializers.CharField()
+    version = serializers.IntegerField()
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    outcome = serializers.CharField()
+    http_status = serializers.IntegerField(allow_null=True)
+    error_code = serializers.CharField()
+    error_message = serializers.CharField()
+    duration_ms = serializers.IntegerField(allow_null=True)
+
+
+class RecordStatusSerializer(serializers.Serializer[dict[str, Any]]):
+    record_id = serializers.CharField()
+    targets = TargetStatusSerializer(many=True)
+    events = EventSummarySerializer(many=True, help_text="The last 20 events, newest first.")
+    attempts = AttemptSerializer(many=True, help_text="The last 20 attempts, newest first.")

@@ -1,0 +1,114 @@
+"""/v1/sync: thin viewsets. Each validates input, calls one service or selector, shapes output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
+from rest_framework import status, viewsets
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from recordsync.openapi import errors
+from sync import selectors, services
+from sync.serializers import (
+    BatchAcceptedSerializer,
+    EventAcceptedSerializer,
+    EventBatchInSerializer,
+    EventInSerializer,
+    RecordStatusSerializer,
+    StatusQuerySerializer,
+)
+
+_IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    description="A repeat with the same key and body returns the first answer and stores nothing; "
+    "the same key with another body is 409.",
+)
+
+
+class SyncEventViewSet(viewsets.ViewSet):
+    @extend_schema(
+        operation_id="sync_event_ingest",
+        summary="Accept one sync event or a list of up to 500",
+        parameters=[_IDEMPOTENCY_HEADER],
+        request=PolymorphicProxySerializer(
+            component_name="SyncEventIn",
+            serializers=[EventInSerializer, EventInSerializer(many=True)],
+            resource_type_field_name=None,
+        ),
+        responses={
+            202: OpenApiResponse(
+                PolymorphicProxySerializer(
+                    component_name="SyncEventAccepted",
+                    serializers=[EventAcceptedSerializer, BatchAcceptedSerializer],
+                    resource_type_field_name=None,
+                ),
+                description="Accepted: one answer, or `results` with one answer per item for a list.",
+            ),
+            **errors(400, 409, 413, 415),
+        },
+    )
+    def create(self, request: Request) -> Response:
+        is_batch = isinstance(request.data, list)
+        serializer = (EventBatchInSerializer if is_batch else EventInSerializer)(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        raw_items = request.data if is_batch else [request.data]
+        validated = serializer.validated_data if is_batch else [serializer.validated_data]
+        result = services.event_ingest(
+            items=[_event_input(v, raw) for v, raw in zip(validated, raw_items, strict=True)],
+            idempotency_key=_idempotency_key(request),
+            is_batch=is_batch,
+            request_id=request._request.request_id,  # type: ignore[attr-defined]
+        )
+        body: Any = {"results": result.answers} if is_batch else result.answers[0]
+        headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+        return Response(body, status=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+def _event_input(data: dict[str, Any], raw: Any) -> services.EventInput:
+    return services.EventInput(
+        operation=data["operation"],
+        record_id=data["record_id"],
+        object_type=data["object_type"],
+        source=data["source"],
+        targets=data.get("targets"),
+        data=data.get("data"),
+        occurred_at=data.get("occurred_at"),
+        event_id=data.get("event_id"),
+        raw=raw,
+    )
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > settings.IDEMPOTENCY_KEY_MAX_LENGTH:
+        raise ValidationError(
+            {"Idempotency-Key": [f"Send 1-{settings.IDEMPOTENCY_KEY_MAX_LENGTH} characters, e.g. a UUID."]}
+        )
+    return key
+
+
+class SyncStatusViewSet(viewsets.ViewSet):
+    lookup_field = "record_id"
+
+    @extend_schema(
+        operation_id="sync_status_retrieve",
+        summary="Where a record stands in every target",
+        parameters=[StatusQuerySerializer],
+        responses={200: RecordStatusSerializer, **errors(400, 404)},
+    )
+    def retrieve(self, request: Request, record_id: str) -> Response:
+        query = StatusQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        found = selectors.record_status(record_id=record_id, **query.validated_data)
+        if found is None:
+            raise NotFound(f"No event was ever accepted for record '{record_id}' with these filters.")
+        return Response(RecordStatusSerializer(found).data)
