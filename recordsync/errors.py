@@ -109,4 +109,6 @@ def _json_handler(status_code: int, code: str, message: str) -> Any:
 handler400 = _json_handler(400, "bad_request", "The request could not be understood.")
 handler403 = _json_handler(403, "permission_denied", "You do not have permission to perform this action.")
 handler404 = _json_handler(404, "not_found", "No such path. The API lives under /v1/; see /docs.")
-handler500 = _json_handler(500, "internal_error", "An unexpected error occurred; it has been logged with this request id.")
+handler500 = _json_handler(
+    500, "internal_error", "An unexpected error occurred; it has been logged with this request id."
+)

@@ -19,7 +19,9 @@ class PayloadTooLarge(APIException):
 
 
 class LimitedJSONParser(JSONParser):
-    def parse(self, stream: IO[Any], media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
+    def parse(
+        self, stream: IO[Any], media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
+    ) -> Any:
         limit: int = settings.INGEST_MAX_BODY_BYTES
         request = (parser_context or {}).get("request")
         declared = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0

@@ -85,7 +85,7 @@ def _database(url: str) -> dict[str, Any]:
     if not url:
         VAR_DIR.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{VAR_DIR / 'recordsync.sqlite3'}"
-    config: dict[str, Any] = dj_database_url.parse(url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0))
+    config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0)))
     if config["ENGINE"] == "django.db.backends.sqlite3":
         # Several worker processes write at once: IMMEDIATE takes the write lock when the
         # transaction starts, so a read-then-write never fails with "database is locked"
@@ -161,12 +161,13 @@ STATIC_ROOT = VAR_DIR / "static"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
-        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
-        if DEBUG
-        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        # Hashed, compressed files need `collectstatic` (the image runs it); off in DEBUG and tests.
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if env_bool("STATIC_MANIFEST", not DEBUG)
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
-WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_USE_FINDERS = not env_bool("STATIC_MANIFEST", not DEBUG)
 
 # Ingest limits (documented in docs/api.md).
 INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024, minimum=1024)
@@ -197,9 +198,11 @@ REST_KNOX = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Record Sync Service API",
     "DESCRIPTION": "Two-way record sync between System A and external CRMs. "
-    "Every error has the shape {\"error\": {code, message, request_id, fields}}.",
+    'Every error has the shape {"error": {code, message, request_id, fields}}.',
     "VERSION": "1.0.0",
+    "OAS_VERSION": "3.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

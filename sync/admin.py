@@ -34,7 +34,7 @@ class AttemptInline(admin.TabularInline[SyncAttempt, SyncJob]):
     model = SyncAttempt
     extra = 0
     can_delete = False
-    fields = ["started_at", "version", "outcome", "http_status", "error_code", "error_message", "duration_ms"]
+    fields = ("started_at", "version", "outcome", "http_status", "error_code", "error_message", "duration_ms")
     readonly_fields = fields
     ordering = ["-started_at"]
 

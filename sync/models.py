@@ -37,7 +37,9 @@ class SyncEvent(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     idempotency_key = models.CharField(max_length=255, unique=True)
-    request_hash = models.CharField(max_length=64, help_text="SHA-256 of the event as sent, to tell a replay from a reuse.")
+    request_hash = models.CharField(
+        max_length=64, help_text="SHA-256 of the event as sent, to tell a replay from a reuse."
+    )
     source = models.CharField(max_length=64)
     operation = models.CharField(max_length=8, choices=Operation.choices)
     object_type = models.CharField(max_length=64)
@@ -85,7 +87,9 @@ class SyncJob(models.Model):
     class Meta:
         constraints = [
             # Record id first: the status API looks jobs up by it.
-            models.UniqueConstraint(fields=["record_id", "object_type", "source", "target"], name="job_per_record_target"),
+            models.UniqueConstraint(
+                fields=["record_id", "object_type", "source", "target"], name="job_per_record_target"
+            ),
         ]
         indexes = [
             models.Index(fields=["target", "state", "next_attempt_at"], name="job_dispatch_idx"),

@@ -9,7 +9,9 @@ from sync.models import RecordLink, SyncAttempt, SyncEvent, SyncJob
 HISTORY_LIMIT = 20
 
 
-def record_status(*, record_id: str, object_type: str | None = None, source: str | None = None) -> dict[str, Any] | None:
+def record_status(
+    *, record_id: str, object_type: str | None = None, source: str | None = None
+) -> dict[str, Any] | None:
     """Where a record stands in every target, or None when no event for it was ever accepted."""
     scope: dict[str, str] = {"record_id": record_id}
     if object_type:
@@ -19,7 +21,9 @@ def record_status(*, record_id: str, object_type: str | None = None, source: str
     events = list(SyncEvent.objects.filter(**scope).order_by("-received_at")[:HISTORY_LIMIT])
     if not events:
         return None
-    jobs = list(SyncJob.objects.filter(**scope).select_related("target").order_by("object_type", "source", "target__name"))
+    jobs = list(
+        SyncJob.objects.filter(**scope).select_related("target").order_by("object_type", "source", "target__name")
+    )
     link_scope = {k: v for k, v in scope.items() if k != "source"}
     links = {(link.object_type, link.system_id): link.external_id for link in RecordLink.objects.filter(**link_scope)}
     attempts = (

@@ -20,14 +20,15 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 class StrictFieldsMixin:
     """Refuse keys the API does not know, so a typo ("dta") is an error rather than silently ignored."""
 
-    fields: dict[str, serializers.Field]
-
     def to_internal_value(self, data: Any) -> Any:
+        known: dict[str, Any] = self.fields  # type: ignore[attr-defined]
         if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
+            unknown = sorted(set(data) - set(known))
             if unknown:
-                allowed = ", ".join(self.fields)
-                raise serializers.ValidationError({key: [f"Unknown field. Allowed fields: {allowed}."] for key in unknown})
+                allowed = ", ".join(known)
+                raise serializers.ValidationError(
+                    {key: [f"Unknown field. Allowed fields: {allowed}."] for key in unknown}
+                )
         return super().to_internal_value(data)  # type: ignore[misc]
 
 
@@ -43,7 +44,7 @@ class EventInSerializer(StrictFieldsMixin, serializers.Serializer[dict[str, Any]
         help_text="e.g. contact, account",
         error_messages={"invalid": "Use a letter then up to 63 letters, digits, '_', '.' or '-' (e.g. contact)."},
     )
-    source = serializers.RegexField(
+    source = serializers.RegexField(  # type: ignore[assignment]  # API field name; DRF pops declared fields
         SLUG,
         default="system_a",
         help_text="Where the change happened: system_a (default) or a connection name.",
@@ -56,7 +57,7 @@ class EventInSerializer(StrictFieldsMixin, serializers.Serializer[dict[str, Any]
         max_length=50,
         help_text="Connection names to sync to. Leave out to let routing decide.",
     )
-    data = serializers.DictField(
+    data = serializers.DictField(  # type: ignore[assignment]  # API field name; DRF pops declared fields
         required=False,
         allow_null=True,
         allow_empty=False,
@@ -123,7 +124,7 @@ class EventAcceptedSerializer(serializers.Serializer[dict[str, Any]]):
     event_id = serializers.UUIDField()
     record_id = serializers.CharField()
     object_type = serializers.CharField()
-    source = serializers.CharField()
+    source = serializers.CharField()  # type: ignore[assignment]  # API field name; DRF pops declared fields
     operation = serializers.CharField()
     jobs = JobBriefSerializer(many=True)
     routing = serializers.DictField(help_text="Why the event went where it went.")
@@ -143,14 +144,14 @@ class ErrorSerializer(serializers.Serializer[dict[str, Any]]):
         code = serializers.CharField()
         message = serializers.CharField()
         request_id = serializers.CharField(allow_null=True)
-        fields = FieldError(many=True)
+        fields = FieldError(many=True)  # type: ignore[assignment]  # API field name; DRF pops declared fields
 
     error = ErrorBody()
 
 
 class StatusQuerySerializer(serializers.Serializer[dict[str, Any]]):
     object_type = serializers.RegexField(OBJECT_TYPE, required=False)
-    source = serializers.RegexField(SLUG, required=False)
+    source = serializers.RegexField(SLUG, required=False)  # type: ignore[assignment]  # API field name; DRF pops declared fields
 
 
 class LastErrorSerializer(serializers.Serializer[dict[str, Any]]):
@@ -162,7 +163,7 @@ class LastErrorSerializer(serializers.Serializer[dict[str, Any]]):
 class TargetStatusSerializer(serializers.Serializer[dict[str, Any]]):
     target = serializers.CharField()
     object_type = serializers.CharField()
-    source = serializers.CharField()
+    source = serializers.CharField()  # type: ignore[assignment]  # API field name; DRF pops declared fields
     state = serializers.CharField()
     attempts = serializers.IntegerField()
     version = serializers.IntegerField()
@@ -179,7 +180,7 @@ class EventSummarySerializer(serializers.Serializer[dict[str, Any]]):
     event_id = serializers.UUIDField()
     operation = serializers.CharField()
     object_type = serializers.CharField()
-    source = serializers.CharField()
+    source = serializers.CharField()  # type: ignore[assignment]  # API field name; DRF pops declared fields
     occurred_at = serializers.DateTimeField()
     received_at = serializers.DateTimeField()
     request_id = serializers.CharField()

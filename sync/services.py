@@ -104,7 +104,9 @@ def _ingest_once(
         existing = {e.idempotency_key: e for e in SyncEvent.objects.filter(idempotency_key__in=keys)}
         _refuse_reused_keys(keys, hashes, existing, is_batch)
         fresh = [i for i, key in enumerate(keys) if key not in existing]
-        answers: dict[int, dict[str, Any]] = {i: existing[key].response for i, key in enumerate(keys) if key in existing}
+        answers: dict[int, dict[str, Any]] = {
+            i: existing[key].response for i, key in enumerate(keys) if key in existing
+        }
         if fresh:
             answers.update(_store(items, keys, hashes, fresh, is_batch, request_id))
     return IngestResult([answers[i] for i in range(len(items))], replayed=not fresh)
@@ -217,8 +219,7 @@ def _upsert_jobs(events: list[SyncEvent], routes: list[Route], now: datetime) ->
     table = SyncJob._meta.db_table
     ops = connection.ops
     stamp = ops.adapt_datetimefield_value(now)
-    event_pk = SyncEvent._meta.pk
-    assert event_pk is not None
+    event_pk = SyncEvent._meta.get_field("id")
     states: dict[JobKey, str] = {}
     ordered = sorted(rows.items())  # one lock order for every writer: no deadlocks between batches
     for start in range(0, len(ordered), 500):

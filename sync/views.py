@@ -40,6 +40,7 @@ class SyncEventViewSet(viewsets.ViewSet):
             component_name="SyncEventIn",
             serializers=[EventInSerializer, EventInSerializer(many=True)],
             resource_type_field_name=None,
+            many=False,
         ),
         responses={
             202: OpenApiResponse(

@@ -7,106 +7,179 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('crms', '0001_initial'),
+        ("crms", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='SyncEvent',
+            name="SyncEvent",
             fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
-                ('idempotency_key', models.CharField(max_length=255, unique=True)),
-                ('request_hash', models.CharField(help_text='SHA-256 of the event as sent, to tell a replay from a reuse.', max_length=64)),
-                ('source', models.CharField(max_length=64)),
-                ('operation', models.CharField(choices=[('create', 'Create'), ('read', 'Read'), ('update', 'Update'), ('delete', 'Delete')], max_length=8)),
-                ('object_type', models.CharField(max_length=64)),
-                ('record_id', models.CharField(max_length=255)),
-                ('payload', models.JSONField(blank=True, null=True)),
-                ('occurred_at', models.DateTimeField()),
-                ('received_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('request_id', models.CharField(blank=True, max_length=64)),
-                ('routing', models.JSONField(default=dict)),
-                ('response', models.JSONField(default=dict, help_text='The first answer, returned again to a replay.')),
+                ("id", models.UUIDField(default=uuid.uuid4, editable=False, primary_key=True, serialize=False)),
+                ("idempotency_key", models.CharField(max_length=255, unique=True)),
+                (
+                    "request_hash",
+                    models.CharField(
+                        help_text="SHA-256 of the event as sent, to tell a replay from a reuse.", max_length=64
+                    ),
+                ),
+                ("source", models.CharField(max_length=64)),
+                (
+                    "operation",
+                    models.CharField(
+                        choices=[("create", "Create"), ("read", "Read"), ("update", "Update"), ("delete", "Delete")],
+                        max_length=8,
+                    ),
+                ),
+                ("object_type", models.CharField(max_length=64)),
+                ("record_id", models.CharField(max_length=255)),
+                ("payload", models.JSONField(blank=True, null=True)),
+                ("occurred_at", models.DateTimeField()),
+                ("received_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("request_id", models.CharField(blank=True, max_length=64)),
+                ("routing", models.JSONField(default=dict)),
+                ("response", models.JSONField(default=dict, help_text="The first answer, returned again to a replay.")),
             ],
             options={
-                'indexes': [models.Index(fields=['record_id', 'object_type', 'source', '-received_at'], name='event_record_idx'), models.Index(fields=['received_at'], name='event_received_idx')],
+                "indexes": [
+                    models.Index(
+                        fields=["record_id", "object_type", "source", "-received_at"], name="event_record_idx"
+                    ),
+                    models.Index(fields=["received_at"], name="event_received_idx"),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='SyncJob',
+            name="SyncJob",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('source', models.CharField(max_length=64)),
-                ('object_type', models.CharField(max_length=64)),
-                ('record_id', models.CharField(max_length=255)),
-                ('state', models.CharField(choices=[('pending', 'Pending'), ('queued', 'Queued'), ('in_flight', 'In Flight'), ('synced', 'Synced'), ('retrying', 'Retrying'), ('failed', 'Failed'), ('skipped', 'Skipped'), ('held', 'Held'), ('superseded', 'Superseded')], default='pending', max_length=16)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('version', models.PositiveBigIntegerField(default=1, help_text='Bumped by every event; a worker finishes only the version it claimed.')),
-                ('last_occurred_at', models.DateTimeField()),
-                ('next_attempt_at', models.DateTimeField(blank=True, null=True)),
-                ('lease_expires_at', models.DateTimeField(blank=True, null=True)),
-                ('last_error_code', models.CharField(blank=True, max_length=64)),
-                ('last_error_message', models.TextField(blank=True)),
-                ('last_error_permanent', models.BooleanField(null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('synced_at', models.DateTimeField(blank=True, null=True)),
-                ('last_event', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='sync.syncevent')),
-                ('target', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='jobs', to='crms.connection')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("source", models.CharField(max_length=64)),
+                ("object_type", models.CharField(max_length=64)),
+                ("record_id", models.CharField(max_length=255)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("queued", "Queued"),
+                            ("in_flight", "In Flight"),
+                            ("synced", "Synced"),
+                            ("retrying", "Retrying"),
+                            ("failed", "Failed"),
+                            ("skipped", "Skipped"),
+                            ("held", "Held"),
+                            ("superseded", "Superseded"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                (
+                    "version",
+                    models.PositiveBigIntegerField(
+                        default=1, help_text="Bumped by every event; a worker finishes only the version it claimed."
+                    ),
+                ),
+                ("last_occurred_at", models.DateTimeField()),
+                ("next_attempt_at", models.DateTimeField(blank=True, null=True)),
+                ("lease_expires_at", models.DateTimeField(blank=True, null=True)),
+                ("last_error_code", models.CharField(blank=True, max_length=64)),
+                ("last_error_message", models.TextField(blank=True)),
+                ("last_error_permanent", models.BooleanField(null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("synced_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "last_event",
+                    models.ForeignKey(
+                        null=True, on_delete=django.db.models.deletion.SET_NULL, related_name="+", to="sync.syncevent"
+                    ),
+                ),
+                (
+                    "target",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT, related_name="jobs", to="crms.connection"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='SyncAttempt',
+            name="SyncAttempt",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.PositiveBigIntegerField()),
-                ('started_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('outcome', models.CharField(blank=True, choices=[('success', 'Success'), ('error', 'Error'), ('skipped', 'Skipped')], max_length=16)),
-                ('http_status', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('error_code', models.CharField(blank=True, max_length=64)),
-                ('error_message', models.TextField(blank=True)),
-                ('permanent', models.BooleanField(null=True)),
-                ('duration_ms', models.PositiveIntegerField(blank=True, null=True)),
-                ('job', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='attempt_rows', to='sync.syncjob')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("version", models.PositiveBigIntegerField()),
+                ("started_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "outcome",
+                    models.CharField(
+                        blank=True,
+                        choices=[("success", "Success"), ("error", "Error"), ("skipped", "Skipped")],
+                        max_length=16,
+                    ),
+                ),
+                ("http_status", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("error_code", models.CharField(blank=True, max_length=64)),
+                ("error_message", models.TextField(blank=True)),
+                ("permanent", models.BooleanField(null=True)),
+                ("duration_ms", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "job",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="attempt_rows", to="sync.syncjob"
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='RecordLink',
+            name="RecordLink",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('object_type', models.CharField(max_length=64)),
-                ('record_id', models.CharField(help_text="The record's id in System A.", max_length=255)),
-                ('external_object', models.CharField(max_length=64)),
-                ('external_id', models.CharField(max_length=255)),
-                ('last_values', models.JSONField(default=dict)),
-                ('last_hash', models.CharField(blank=True, max_length=64)),
-                ('synced_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('system', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='links', to='crms.connection')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("object_type", models.CharField(max_length=64)),
+                ("record_id", models.CharField(help_text="The record's id in System A.", max_length=255)),
+                ("external_object", models.CharField(max_length=64)),
+                ("external_id", models.CharField(max_length=255)),
+                ("last_values", models.JSONField(default=dict)),
+                ("last_hash", models.CharField(blank=True, max_length=64)),
+                ("synced_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "system",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="links", to="crms.connection"
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('record_id', 'object_type', 'system'), name='link_per_record_system'), models.UniqueConstraint(fields=('system', 'external_object', 'external_id'), name='link_external_unique')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("record_id", "object_type", "system"), name="link_per_record_system"
+                    ),
+                    models.UniqueConstraint(
+                        fields=("system", "external_object", "external_id"), name="link_external_unique"
+                    ),
+                ],
             },
         ),
         migrations.AddIndex(
-            model_name='syncjob',
-            index=models.Index(fields=['target', 'state', 'next_attempt_at'], name='job_dispatch_idx'),
+            model_name="syncjob",
+            index=models.Index(fields=["target", "state", "next_attempt_at"], name="job_dispatch_idx"),
         ),
         migrations.AddIndex(
-            model_name='syncjob',
-            index=models.Index(fields=['state', 'lease_expires_at'], name='job_lease_idx'),
+            model_name="syncjob",
+            index=models.Index(fields=["state", "lease_expires_at"], name="job_lease_idx"),
         ),
         migrations.AddConstraint(
-            model_name='syncjob',
-            constraint=models.UniqueConstraint(fields=('record_id', 'object_type', 'source', 'target'), name='job_per_record_target'),
+            model_name="syncjob",
+            constraint=models.UniqueConstraint(
+                fields=("record_id", "object_type", "source", "target"), name="job_per_record_target"
+            ),
         ),
         migrations.AddIndex(
-            model_name='syncattempt',
-            index=models.Index(fields=['job', '-started_at'], name='attempt_job_idx'),
+            model_name="syncattempt",
+            index=models.Index(fields=["job", "-started_at"], name="attempt_job_idx"),
         ),
     ]

@@ -1,0 +1,119 @@
+"""Behaviour that only real servers can show: concurrent ingest on PostgreSQL, Redis going away."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.test import Client, override_settings
+from django_q.brokers import get_broker
+
+from crms.models import Connection
+from sync import tasks
+from sync.auth import api_token_create
+from sync.models import JobState, SyncEvent, SyncJob
+
+EVENT = {"operation": "create", "record_id": "c-1", "object_type": "contact", "data": {"email": "a@example.com"}}
+# A port nothing listens on: connection refused at once, as when Redis is down.
+DEAD_REDIS = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",
+        "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 1, "SOCKET_TIMEOUT": 1},
+    }
+}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_fifty_concurrent_identical_requests_create_one_event():
+    Connection.objects.create(name="salesforce", kind="salesforce")
+    token = api_token_create(username="platform")
+    start = threading.Barrier(50)
+    answers: list[tuple[int, dict[str, Any]]] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        client = Client(HTTP_AUTHORIZATION=f"Token {token}")
+        start.wait()
+        try:
+            response = client.post(
+                "/v1/sync/", data=json.dumps(EVENT), content_type="application/json", HTTP_IDEMPOTENCY_KEY="same"
+            )
+            with lock:
+                answers.append((response.status_code, response.json()))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert [status for status, _ in answers] == [202] * 50
+    assert len({body["event_id"] for _, body in answers}) == 1
+    assert SyncEvent.objects.count() == 1
+    job = SyncJob.objects.get()
+    assert (job.version, job.state) == (1, JobState.PENDING)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_lists_touching_the_same_records_all_land():
+    Connection.objects.create(name="salesforce", kind="salesforce")
+    token = api_token_create(username="platform")
+    records = [{**EVENT, "record_id": f"c-{i}"} for i in range(100)]
+    statuses: list[int] = []
+
+    def send(items: list[dict[str, Any]]) -> None:
+        try:
+            response = Client(HTTP_AUTHORIZATION=f"Token {token}").post(
+                "/v1/sync/", data=json.dumps(items), content_type="application/json"
+            )
+            statuses.append(response.status_code)
+        finally:
+            connection.close()
+
+    # Same records, opposite orders: without one lock order these would deadlock.
+    threads = [threading.Thread(target=send, args=(records if i % 2 else records[::-1],)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert statuses == [202] * 6
+    assert SyncEvent.objects.count() == 600
+    assert sorted(set(SyncJob.objects.values_list("version", flat=True))) == [6]
+
+
+@pytest.mark.redis
+@pytest.mark.django_db
+def test_events_are_accepted_while_redis_is_down_and_queued_once_it_is_back(
+    api, connections, django_capture_on_commit_callbacks
+):
+    with override_settings(CACHES=DEAD_REDIS), django_capture_on_commit_callbacks(execute=True):
+        response = api.post("/v1/sync/", data=json.dumps(EVENT), content_type="application/json")
+        ready = api.get("/readyz")
+
+    assert response.status_code == 202
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "up", "broker": "down", "cache": "down"}
+    assert SyncJob.objects.filter(state=JobState.PENDING).count() == 2
+
+    broker = get_broker()
+    broker.purge_queue()
+    SyncJob.objects.update(updated_at=SyncJob.objects.get(target__name="salesforce").created_at.replace(year=2000))
+    assert tasks.sweep() == 2
+    assert broker.queue_size() == 2
+    broker.purge_queue()
+
+
+@pytest.mark.redis
+def test_the_broker_and_cache_are_redis_when_redis_url_is_set(settings):
+    assert settings.Q_CLUSTER["django_redis"] == "default"
+    assert type(get_broker()).__name__ == "Redis"
+    assert get_broker().ping()
