@@ -19,15 +19,20 @@ $(STAMP): requirements/base.txt requirements/dev.txt | $(BIN)/python
 
 install: $(STAMP)
 
+# Local settings for `make run` and manage.py: DEBUG on, mock CRMs on, a random secret key.
+# Written once; edit it freely. It is git-ignored and never read by the tests.
+.env:
+	@printf '# Local development settings (git-ignored). See docs/deploy.md for every variable.\nDEBUG=1\nSECRET_KEY=%s\n' \
+		"$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')" > .env
+	@echo "wrote .env (DEBUG=1, a new SECRET_KEY)"
+
 # Web server on :$(PORT) and a django-q2 cluster in the foreground; Ctrl-C stops both.
-run: export DEBUG ?= 1
-run: export PATH := $(CURDIR)/$(BIN):$(PATH)
-run: export PORT := $(PORT)
-run: install
-	python manage.py migrate --noinput
-	python manage.py load_demo
-	@echo "Make a token:  $(BIN)/python manage.py create_api_token me --staff"
-	honcho --procfile Procfile.dev start
+run: install .env
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py load_demo
+	@echo "API token:  $(BIN)/python manage.py create_api_token me --staff"
+	@echo "Open http://localhost:$(PORT)/docs (log in as a staff user: $(BIN)/python manage.py createsuperuser)"
+	PORT=$(PORT) $(BIN)/python -m recordsync.devrun
 
 lint: install
 	$(BIN)/ruff check .

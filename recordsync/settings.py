@@ -13,6 +13,7 @@ from typing import Any
 import dj_database_url
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
+from dotenv import load_dotenv
 
 from recordsync.env import env_bool, env_int, env_list, env_str
 
@@ -20,6 +21,10 @@ from recordsync.env import env_bool, env_int, env_list, env_str
 django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# `make run` writes .env for local development; real environment variables always win,
+# and the tests never read it (RECORDSYNC_DOTENV=0), so they behave the same on every machine.
+if env_bool("RECORDSYNC_DOTENV", True):
+    load_dotenv(BASE_DIR / ".env", override=False)
 VAR_DIR = Path(env_str("RECORDSYNC_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)

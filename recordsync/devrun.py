@@ -1,0 +1,54 @@
+"""`make run`: the web server and a django-q2 cluster in the foreground; Ctrl-C stops both.
+
+Each child gets its own process group, so a Ctrl-C reaches only this supervisor, which then
+sends one SIGTERM to each child and waits for a clean stop (qcluster needs a few seconds to
+let its workers finish). A second Ctrl-C kills them at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+STOP_WAIT_SECONDS = 20
+
+
+def _start(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "manage.py", *args], start_new_session=True)  # noqa: S603
+
+
+def _stop(children: list[subprocess.Popen[bytes]], sig: signal.Signals) -> None:
+    for child in children:
+        if child.poll() is None:
+            os.killpg(child.pid, sig)
+
+
+def main() -> int:
+    port = os.environ.get("PORT", "8000")
+    children = [_start(["runserver", f"0.0.0.0:{port}"]), _start(["qcluster"])]
+    stopping = {"count": 0}
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping["count"] += 1
+        _stop(children, signal.SIGTERM if stopping["count"] == 1 else signal.SIGKILL)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stopping["count"] and all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    if not stopping["count"]:  # one child died on its own: take the other down too
+        _stop(children, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_WAIT_SECONDS
+    while any(child.poll() is None for child in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _stop(children, signal.SIGKILL)
+    print("stopped web and worker", file=sys.stderr)
+    return 0 if stopping["count"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
