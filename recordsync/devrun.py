@@ -1,8 +1,10 @@
 """`make run`: the web server and a django-q2 cluster in the foreground; Ctrl-C stops both.
 
 Each child gets its own process group, so a Ctrl-C reaches only this supervisor, which then
-sends one SIGTERM to each child and waits for a clean stop (qcluster needs a few seconds to
-let its workers finish). A second Ctrl-C kills them at once.
+sends one SIGTERM to each child and waits for a clean stop. runserver's auto-reloader runs the
+server in a child process, so it gets the signal as a group; qcluster must get it alone, since
+it stops its own workers in order (signalled all at once, its monitor hangs). A second Ctrl-C
+kills everything at once.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ def _start(args: list[str]) -> subprocess.Popen[bytes]:
 
 
 def _stop(children: list[subprocess.Popen[bytes]], sig: signal.Signals) -> None:
-    for child in children:
-        if child.poll() is None:
-            os.killpg(child.pid, sig)
+    web, worker = children
+    if web.poll() is None:
+        os.killpg(web.pid, sig)
+    if worker.poll() is None:
+        (os.killpg if sig == signal.SIGKILL else os.kill)(worker.pid, sig)
 
 
 def main() -> int:
