@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
 from recordsync.logging import request_id_var
+from recordsync.parsers import PayloadTooLarge, too_large_message
 
 logger = logging.getLogger("recordsync.errors")
 
@@ -73,6 +76,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):  # Django's own guard can fire before our parser's
+        exc = PayloadTooLarge(too_large_message(None, settings.INGEST_MAX_BODY_BYTES))
 
     if not isinstance(exc, exceptions.APIException):
         logger.exception("unhandled error", extra={"view": type(context.get("view")).__name__})

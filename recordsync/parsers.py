@@ -26,16 +26,14 @@ class LimitedJSONParser(JSONParser):
         request = (parser_context or {}).get("request")
         declared = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0
         if declared > limit:
-            raise PayloadTooLarge(_too_large(declared, limit))
+            raise PayloadTooLarge(too_large_message(declared, limit))
         # The body may arrive chunked with no length: read at most one byte past the limit.
         body = stream.read(limit + 1) if stream is not None else b""
         if len(body) > limit:
-            raise PayloadTooLarge(_too_large(len(body), limit))
+            raise PayloadTooLarge(too_large_message(len(body), limit))
         return super().parse(io.BytesIO(body), media_type, parser_context)
 
 
-def _too_large(size: int, limit: int) -> str:
-    return (
-        f"Request body is {size} bytes; the limit is {limit} bytes. "
-        "Send fewer events per request (at most 500) or smaller data."
-    )
+def too_large_message(size: int | None, limit: int) -> str:
+    told = f"Request body is {size} bytes; the" if size is not None else "The request body is over the"
+    return f"{told} limit is {limit} bytes. Send fewer events per request (at most 500) or smaller data."

@@ -182,6 +182,14 @@ def test_a_body_over_the_limit_is_413(api, connections, event):
     assert SyncEvent.objects.count() == 0
 
 
+def test_a_body_over_the_default_limit_is_413_too(api, connections, event):
+    response = post(api, {**event, "data": {"notes": "x" * (6 * 1024 * 1024)}})
+
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert SyncEvent.objects.count() == 0
+
+
 def test_without_a_token_it_is_401(anon, connections, event):
     response = post(anon, event)
 
