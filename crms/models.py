@@ -1,4 +1,4 @@
-"""Connections: the systems records sync with. Config and secrets arrive with the connector registry."""
+"""Connections (the systems records sync with) and the small state their connectors keep."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ class Connection(models.Model):
     name = models.CharField(max_length=64, unique=True, validators=[NAME_VALIDATOR])
     kind = models.CharField(max_length=64, help_text="The connector kind, e.g. salesforce, outreach, system_a.")
     enabled = models.BooleanField(default=True)
+    config = models.JSONField(default=dict, blank=True, help_text="Validated against the kind's JSON Schema.")
+    secrets_encrypted = models.TextField(blank=True, editable=False, help_text="Fernet token; see crms.secrets.")
+    quota_owner = models.CharField(
+        max_length=128, blank=True, help_text="Connections sharing an API allowance (one Salesforce org) share this."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -23,3 +28,18 @@ class Connection(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ConnectorState(models.Model):
+    """What a connector keeps between calls (rotated tokens, Bulk job ids): never sync state."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="state")
+    key = models.CharField(max_length=128)
+    value = models.JSONField(null=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "key"], name="state_per_connection_key")]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id}:{self.key}"

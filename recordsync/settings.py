@@ -34,6 +34,15 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("SECRET_KEY is required when DEBUG is off (set SECRET_KEY or SECRET_KEY_FILE)")
     SECRET_KEY = "insecure-development-key-do-not-use-in-production"  # noqa: S105 - DEBUG only
 
+# Fernet keys for connection secrets at rest (crms.secrets), newest first. In DEBUG a key is
+# derived from SECRET_KEY so `make run` works; production must set its own.
+RECORDSYNC_SECRETS_KEYS = env_list("RECORDSYNC_SECRETS_KEYS", [])
+if not RECORDSYNC_SECRETS_KEYS and DEBUG:
+    import base64
+    import hashlib
+
+    RECORDSYNC_SECRETS_KEYS = [base64.urlsafe_b64encode(hashlib.sha256(SECRET_KEY.encode()).digest()).decode()]
+
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

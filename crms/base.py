@@ -1,0 +1,165 @@
+"""The one interface every connector implements, and the values that cross it.
+
+Connectors never write sync state: they take records, talk to their system through the
+HTTP seam (crms.http) and return one result per record. What they must remember between
+calls (rotated OAuth tokens, Bulk job ids) goes through the StateStore they are handed.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar, Literal, Protocol
+
+from crms.http import HttpClient
+
+Outcome = Literal["created", "updated", "deleted", "unchanged", "error"]
+
+
+class ConnectorError(Exception):
+    """A failed call or record. `permanent` says whether retrying can help.
+
+    `pause_connection` marks errors that concern the whole connection (a daily API limit),
+    so the engine stops calling it instead of failing record after record.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "error",
+        permanent: bool = False,
+        retry_after: float | None = None,
+        http_status: int | None = None,
+        fields: Sequence[str] = (),
+        pause_connection: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.permanent = permanent
+        self.retry_after = retry_after
+        self.http_status = http_status
+        self.fields = tuple(fields)
+        self.pause_connection = pause_connection
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "permanent": self.permanent,
+            "retry_after": self.retry_after,
+            "http_status": self.http_status,
+            "fields": list(self.fields),
+        }
+
+
+@dataclass(frozen=True)
+class OutboundRecord:
+    """One record to write. `record_id` is the source's id; `external_id` comes from the record link."""
+
+    record_id: str
+    object_type: str
+    operation: Literal["upsert", "delete"]
+    fields: dict[str, Any] = field(default_factory=dict)
+    external_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PushResult:
+    record_id: str
+    outcome: Outcome
+    external_id: str | None = None
+    error: ConnectorError | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """A record as it is now in the external system (or its deletion)."""
+
+    object_type: str
+    external_id: str
+    fields: dict[str, Any]
+    modified_at: datetime
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class ChangePage:
+    changes: list[Change]
+    cursor: str | None  # save it after handling the page; pass it back for the next one
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    batch_size: int
+    directions: tuple[str, ...]  # "outbound" (we write to it), "inbound" (we read changes from it)
+    objects: dict[str, dict[str, Any]]  # object name -> {"match_key": ..., "required": [...], "fields": [...]}
+
+
+class StateStore(Protocol):
+    """Per-connection key/value state a connector may keep (tokens, job ids), shared by all processes."""
+
+    def get(self, key: str) -> Any: ...
+
+    def set(self, key: str, value: Any) -> None: ...
+
+    def lock(self, key: str, timeout: float = 30) -> AbstractContextManager[None]: ...
+
+
+class Connector(ABC):
+    kind: ClassVar[str]
+    label: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+    config_schema: ClassVar[dict[str, Any]]  # JSON Schema of the non-secret config
+    secret_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, *, config: dict[str, Any], secrets: dict[str, str], http: HttpClient, store: StateStore) -> None:
+        self.config = config
+        self.secrets = secrets
+        self.http = http
+        self.store = store
+
+    @classmethod
+    def schema(cls) -> dict[str, Any]:
+        return {
+            "kind": cls.kind,
+            "label": cls.label,
+            "config": cls.config_schema,
+            "secrets": list(cls.secret_fields),
+            "batch_size": cls.capabilities.batch_size,
+            "directions": list(cls.capabilities.directions),
+            "objects": cls.capabilities.objects,
+        }
+
+    @abstractmethod
+    def push(self, batch: Sequence[OutboundRecord]) -> list[PushResult]:
+        """Write a batch; one result per record, in order. Raises ConnectorError only for call-level failures."""
+
+    @abstractmethod
+    def read(self, object_type: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The current fields of each record found, by external id."""
+
+    @abstractmethod
+    def changes(self, object_type: str, cursor: str | None) -> ChangePage:
+        """One page of records changed after `cursor` (None: from the beginning)."""
+
+    @abstractmethod
+    def check(self) -> CheckResult:
+        """Credentials and reachability."""
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,78 @@
+"""The one outbound HTTP seam: every connector call goes through HttpClient.
+
+It sets timeouts and the user agent, logs each call without secrets, and turns transport
+failures into ConnectorErrors, so tests fake one place (with `responses`) and later the
+throttle has one place to sit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+logger = logging.getLogger("recordsync.http")
+
+USER_AGENT = "recordsync/0.1 (+https://github.com/recordsync)"
+DEFAULT_TIMEOUT = (5.0, 30.0)  # connect, read
+
+
+class TransportError(Exception):
+    """The call never got an HTTP answer (timeout, refused, DNS). Always worth retrying."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class HttpClient:
+    def __init__(self, *, connection_name: str, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
+        self.connection_name = connection_name
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = USER_AGENT
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: Any = None,
+    ) -> requests.Response:
+        started = time.perf_counter()
+        try:
+            response = self.session.request(
+                method, url, headers=dict(headers or {}), params=params, json=json, data=data, timeout=self.timeout
+            )
+        except requests.Timeout as exc:
+            self._log(method, url, None, started)
+            raise TransportError(f"{method} {_where(url)} timed out", code="timeout") from exc
+        except requests.ConnectionError as exc:
+            self._log(method, url, None, started)
+            raise TransportError(f"{method} {_where(url)} could not connect", code="connection_error") from exc
+        self._log(method, url, response.status_code, started)
+        return response
+
+    def _log(self, method: str, url: str, status: int | None, started: float) -> None:
+        logger.info(
+            "crm call",
+            extra={
+                "connection": self.connection_name,
+                "method": method,
+                "url": _where(url),  # no query string: it can carry ids, filters or tokens
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"

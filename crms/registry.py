@@ -1,0 +1,32 @@
+"""Connector kinds by dotted path, imported lazily. Adding a system is one line here
+(see docs/adding-a-connector.md)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from django.utils.module_loading import import_string
+
+from crms.base import Connector
+
+CONNECTORS: dict[str, str] = {
+    "salesforce": "crms.salesforce.connector.SalesforceConnector",
+}
+
+
+class UnknownKind(LookupError):
+    pass
+
+
+@cache
+def connector_class(kind: str) -> type[Connector]:
+    try:
+        path = CONNECTORS[kind]
+    except KeyError:
+        raise UnknownKind(kind) from None
+    cls: type[Connector] = import_string(path)
+    return cls
+
+
+def kinds() -> list[str]:
+    return sorted(CONNECTORS)

@@ -1,0 +1,296 @@
+"""Salesforce over its REST API: sObject Collections upserts keyed on an external-id field,
+SOQL polling on SystemModstamp, getDeleted for deletions.
+
+We call the REST API through our HTTP seam rather than through simple-salesforce: it has no
+sObject Collections wrapper, no retry classification and no rate limiting (CRM-FACTS), so it
+would have served only the login, which PyJWT does in a few lines.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import requests
+
+from crms.base import (
+    Capabilities,
+    Change,
+    ChangePage,
+    CheckResult,
+    Connector,
+    ConnectorError,
+    OutboundRecord,
+    PushResult,
+    chunks,
+)
+from crms.http import TransportError
+from crms.salesforce import errors
+from crms.salesforce.soql import select_changed, soql_datetime
+
+COLLECTION_LIMIT = 200  # records per sObject Collections call (one API call each)
+TOKEN_KEY = "oauth"  # noqa: S105 - the state-store key, not a secret
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+CALL_OPTIONS = "client=recordsync"  # tags our writes so change events can be told apart
+DEFAULT_FIELDS = {
+    "Contact": ["Id", "FirstName", "LastName", "Email", "Phone", "AccountId"],
+    "Account": ["Id", "Name", "Website", "Phone"],
+    "Lead": ["Id", "FirstName", "LastName", "Email", "Company"],
+}
+
+
+class SalesforceConnector(Connector):
+    kind = "salesforce"
+    label = "Salesforce"
+    secret_fields = ("private_key", "client_secret")
+    capabilities = Capabilities(
+        batch_size=COLLECTION_LIMIT,
+        directions=("outbound", "inbound"),
+        objects={
+            name: {"match_key": "external id field (config external_id_field)", "fields": fields}
+            for name, fields in DEFAULT_FIELDS.items()
+        },
+    )
+    config_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["login_url", "auth", "client_id", "external_id_field"],
+        "properties": {
+            "login_url": {"type": "string", "format": "uri", "description": "e.g. https://login.salesforce.com"},
+            "instance_url": {"type": "string", "format": "uri", "description": "Set for client credentials."},
+            "api_version": {"type": "string", "pattern": r"^\d+\.\d$", "default": "62.0"},
+            "auth": {"enum": ["jwt", "client_credentials"]},
+            "client_id": {"type": "string", "minLength": 1},
+            "username": {"type": "string", "description": "The integration user (JWT bearer)."},
+            "external_id_field": {
+                "type": "string",
+                "pattern": r"^[A-Za-z][A-Za-z0-9_]*__c$",
+                "description": "A custom field marked External ID and Unique that holds System A's id.",
+            },
+            "fields": {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                "description": 'Fields to read per object, e.g. {"Contact": ["Id", "Email"]}.',
+            },
+        },
+    }
+
+    # --- the interface ---------------------------------------------------------------------
+
+    def push(self, batch: Sequence[OutboundRecord]) -> list[PushResult]:
+        results: dict[int, PushResult] = {}
+        upserts = [(i, r) for i, r in enumerate(batch) if r.operation == "upsert"]
+        deletes = [(i, r) for i, r in enumerate(batch) if r.operation == "delete"]
+        for object_type in sorted({r.object_type for _, r in upserts}):
+            group = [(i, r) for i, r in upserts if r.object_type == object_type]
+            for part in chunks(group, COLLECTION_LIMIT):
+                results.update(self._upsert(object_type, part))
+        for part in chunks(deletes, COLLECTION_LIMIT):
+            results.update(self._delete(part))
+        return [results[i] for i in range(len(batch))]
+
+    def read(self, object_type: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        fields = ",".join(self._fields(object_type))
+        for part in chunks(list(ids), COLLECTION_LIMIT):
+            body = self._call(
+                "GET", f"/composite/sobjects/{object_type}", params={"ids": ",".join(part), "fields": fields}
+            )
+            for row in body or []:
+                if row:  # a missing id answers null in its place
+                    found[row["Id"]] = _clean(row)
+        return found
+
+    def changes(self, object_type: str, cursor: str | None) -> ChangePage:
+        state = json.loads(cursor) if cursor else {"since": "1970-01-01T00:00:00Z"}
+        if state.get("next"):
+            body = self._call("GET", state["next"], absolute_path=True)
+        else:
+            soql = select_changed(object_type, self._fields(object_type), since=state["since"])
+            body = self._call("GET", "/query", params={"q": soql})
+        changes = [_change(object_type, row) for row in body["records"]]
+        newest = max((c.modified_at for c in changes), default=None)
+        since = soql_datetime(newest) if newest else state["since"]
+        if not body.get("done", True):
+            return ChangePage(changes, json.dumps({"since": state["since"], "next": body["nextRecordsUrl"],
+                                                   "seen": since}), has_more=True)  # fmt: skip
+        deleted = self._deleted(object_type, state.get("deleted_since"))
+        next_state = {"since": max(since, state.get("seen", since)), "deleted_since": deleted[1]}
+        return ChangePage(changes + deleted[0], json.dumps(next_state), has_more=False)
+
+    def check(self) -> CheckResult:
+        try:
+            described = self._call("GET", f"/sobjects/{self._probe_object()}/describe")
+        except ConnectorError as exc:
+            return CheckResult(False, f"{exc.code}: {exc.message}")
+        field_name = self.config["external_id_field"]
+        field = next((f for f in described.get("fields", []) if f.get("name") == field_name), None)
+        if field is None:
+            return CheckResult(
+                False, f"{self._probe_object()} has no field {field_name}: create it as External ID, Unique"
+            )
+        if not (field.get("externalId") and field.get("unique")):
+            return CheckResult(False, f"{field_name} must be marked External ID and Unique")
+        usage = self.api_usage.get("api-usage", {})
+        return CheckResult(True, "connected; external-id field is External ID and Unique", {"api_usage": usage})
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def _upsert(self, object_type: str, part: Sequence[tuple[int, OutboundRecord]]) -> dict[int, PushResult]:
+        key = self.config["external_id_field"]
+        records = [{"attributes": {"type": object_type}, **r.fields, key: r.record_id} for _, r in part]
+        body = self._call(
+            "PATCH",
+            f"/composite/sobjects/{object_type}/{key}",
+            json_body={"allOrNone": False, "records": records},
+            headers={"Sforce-Call-Options": CALL_OPTIONS},
+        )
+        return {i: _upsert_result(r, row) for (i, r), row in zip(part, body, strict=True)}
+
+    def _delete(self, part: Sequence[tuple[int, OutboundRecord]]) -> dict[int, PushResult]:
+        results: dict[int, PushResult] = {}
+        linked = [(i, r) for i, r in part if r.external_id]
+        for i, r in part:
+            if not r.external_id:  # Collections deletes take Salesforce ids: no link, nothing to delete
+                results[i] = PushResult(r.record_id, "unchanged")
+        if linked:
+            ids = ",".join(str(r.external_id) for _, r in linked)
+            body = self._call("DELETE", "/composite/sobjects", params={"ids": ids, "allOrNone": "false"},
+                              headers={"Sforce-Call-Options": CALL_OPTIONS})  # fmt: skip
+            for (i, r), row in zip(linked, body, strict=True):
+                results[i] = _delete_result(r, row)
+        return results
+
+    def _deleted(self, object_type: str, since: str | None) -> tuple[list[Change], str]:
+        end = datetime.now(UTC).replace(microsecond=0)
+        start = since or soql_datetime(end - timedelta(days=15))  # Salesforce keeps deletions 15 days
+        body = self._call(
+            "GET", f"/sobjects/{object_type}/deleted/", params={"start": start, "end": soql_datetime(end)}
+        )
+        changes = [
+            Change(object_type, row["id"], {}, _parse_time(row["deletedDate"]), deleted=True)
+            for row in body.get("deletedRecords", [])
+        ]
+        return changes, body.get("latestDateCovered") or soql_datetime(end)
+
+    # --- the HTTP conversation -------------------------------------------------------------
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # The last Sforce-Limit-Info seen, e.g. {"api-usage": {"used": 18, "total": 5000}}: the throttle reads it.
+        self.api_usage: dict[str, dict[str, Any]] = {}
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        absolute_path: bool = False,
+    ) -> Any:
+        for attempt in range(2):
+            token = self._token(force=attempt > 0)
+            base = token["instance_url"] if absolute_path else f"{token['instance_url']}{self._api_root()}"
+            response = self._send(method, f"{base}{path}", params, json_body,
+                                  {**(headers or {}), "Authorization": f"Bearer {token['access_token']}"})  # fmt: skip
+            if errors.is_invalid_session(response) and attempt == 0:
+                continue  # refresh the token once, then retry (CRM-FACTS: 401 INVALID_SESSION_ID)
+            self.api_usage = errors.parse_limit_info(response.headers.get("Sforce-Limit-Info")) or self.api_usage
+            if response.status_code >= 300:
+                raise errors.response_error(response)
+            return response.json() if response.content else None
+        raise AssertionError("unreachable")
+
+    def _send(self, method: str, url: str, params: Any, json_body: Any, headers: dict[str, str]) -> requests.Response:
+        try:
+            return self.http.request(method, url, params=params, json=json_body, headers=headers)
+        except TransportError as exc:
+            raise ConnectorError(str(exc), code=exc.code) from exc
+
+    def _api_root(self) -> str:
+        return f"/services/data/v{self.config.get('api_version', '62.0')}"
+
+    def _token(self, *, force: bool) -> dict[str, str]:
+        cached = self.store.get(TOKEN_KEY)
+        if cached and not force:
+            return dict(cached)
+        with self.store.lock(TOKEN_KEY):
+            cached = self.store.get(TOKEN_KEY)
+            if cached and not force:
+                return dict(cached)
+            token = self._login()
+            self.store.set(TOKEN_KEY, token)
+            return token
+
+    def _login(self) -> dict[str, str]:
+        if self.config["auth"] == "jwt":
+            form = {"grant_type": JWT_GRANT, "assertion": self._assertion()}
+            url = f"{self.config['login_url']}/services/oauth2/token"
+        else:
+            form = {"grant_type": "client_credentials", "client_id": self.config["client_id"],
+                    "client_secret": self.secrets.get("client_secret", "")}  # fmt: skip
+            url = f"{self.config.get('instance_url') or self.config['login_url']}/services/oauth2/token"
+        try:
+            response = self.http.request("POST", url, data=form)
+        except TransportError as exc:
+            raise ConnectorError(str(exc), code=exc.code) from exc
+        if response.status_code != 200:
+            failure = errors.response_error(response)
+            # A refused login will not fix itself: permanent, with Salesforce's reason.
+            raise ConnectorError(f"login refused: {failure.message}", code=failure.code or "invalid_grant",
+                                 permanent=response.status_code < 500, http_status=response.status_code)  # fmt: skip
+        body = response.json()
+        return {"access_token": body["access_token"], "instance_url": body["instance_url"]}
+
+    def _assertion(self) -> str:
+        claims = {
+            "iss": self.config["client_id"],
+            "sub": self.config.get("username", ""),
+            "aud": self.config["login_url"],
+            "exp": int(time.time()) + 180,
+        }
+        return jwt.encode(claims, self.secrets.get("private_key", ""), algorithm="RS256")
+
+    def _fields(self, object_type: str) -> list[str]:
+        configured: dict[str, list[str]] = self.config.get("fields", {})
+        fields = configured.get(object_type) or DEFAULT_FIELDS.get(object_type) or ["Id"]
+        extra = ["Id", "SystemModstamp", "LastModifiedById", self.config["external_id_field"]]
+        return list(dict.fromkeys([*fields, *extra]))
+
+    def _probe_object(self) -> str:
+        configured: dict[str, list[str]] = self.config.get("fields", {})
+        return next(iter(configured), "Contact")
+
+
+def _upsert_result(record: OutboundRecord, row: dict[str, Any]) -> PushResult:
+    if not row.get("success"):
+        return PushResult(record.record_id, "error", error=errors.record_error(row.get("errors") or []))
+    return PushResult(record.record_id, "created" if row.get("created") else "updated", external_id=row.get("id"))
+
+
+def _delete_result(record: OutboundRecord, row: dict[str, Any]) -> PushResult:
+    if row.get("success"):
+        return PushResult(record.record_id, "deleted", external_id=row.get("id"))
+    error = errors.record_error(row.get("errors") or [])
+    if error.code == "ENTITY_IS_DELETED":  # already gone: the goal is met
+        return PushResult(record.record_id, "deleted", external_id=record.external_id)
+    return PushResult(record.record_id, "error", external_id=record.external_id, error=error)
+
+
+def _change(object_type: str, row: dict[str, Any]) -> Change:
+    return Change(object_type, row["Id"], _clean(row), _parse_time(row["SystemModstamp"]))
+
+
+def _clean(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "attributes"}
+
+
+def _parse_time(value: str) -> datetime:
+    """Salesforce writes `2013-05-20T20:49:32.000+0000` (no colon in the offset)."""
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z")

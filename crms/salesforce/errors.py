@@ -1,0 +1,92 @@
+"""How Salesforce answers map to ConnectorErrors (see ../shared/CRM-FACTS.md, "Errors")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from crms.base import ConnectorError
+
+# Worth retrying with backoff; everything else a record reports is permanent.
+RETRYABLE_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG"})
+# The org's rolling 24-hour allocation is spent: stop calling it for a while (not a 429).
+LIMIT_PAUSE_SECONDS = 15 * 60
+
+
+def record_error(errors: list[dict[str, Any]]) -> ConnectorError:
+    """The first of a Collections result's `errors` (statusCode, message, fields)."""
+    first = errors[0] if errors else {"statusCode": "UNKNOWN", "message": "failed without a reason"}
+    code = str(first.get("statusCode") or first.get("errorCode") or "UNKNOWN")
+    return ConnectorError(
+        str(first.get("message", "")),
+        code=code,
+        permanent=code not in RETRYABLE_CODES,
+        fields=first.get("fields") or (),
+    )
+
+
+def response_error(response: requests.Response) -> ConnectorError:
+    """A request-level failure: the body is usually [{"message", "errorCode", "fields"}]."""
+    status = response.status_code
+    code, message, fields = _first_error(response)
+    if status == 300:
+        return ConnectorError(
+            "The external id matches several records; nothing was written. Make the field unique.",
+            code="MULTIPLE_RECORDS",
+            permanent=True,
+            http_status=status,
+        )
+    if status == 403 and code == "REQUEST_LIMIT_EXCEEDED":
+        return ConnectorError(
+            message, code=code, retry_after=LIMIT_PAUSE_SECONDS, http_status=status, pause_connection=True
+        )
+    if status == 429 or status >= 500 or code in RETRYABLE_CODES:
+        retry_after = _retry_after(response)
+        return ConnectorError(message, code=code or f"HTTP_{status}", retry_after=retry_after, http_status=status)
+    return ConnectorError(message, code=code or f"HTTP_{status}", permanent=True, http_status=status, fields=fields)
+
+
+def _first_error(response: requests.Response) -> tuple[str, str, list[str]]:
+    try:
+        body = response.json()
+    except ValueError:
+        return "", response.text[:500] or response.reason, []
+    if isinstance(body, list) and body and isinstance(body[0], dict):
+        body = body[0]
+    if isinstance(body, dict):
+        code = str(body.get("errorCode") or body.get("error") or "")
+        message = str(body.get("message") or body.get("error_description") or response.reason)
+        return code, message, list(body.get("fields") or [])
+    return "", str(body)[:500], []
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def is_invalid_session(response: requests.Response) -> bool:
+    return response.status_code == 401
+
+
+def parse_limit_info(header: str | None) -> dict[str, dict[str, Any]]:
+    """`api-usage=25/5000; per-app-api-usage=17/250(appName=sample-app)` → {"api-usage": {"used", "total"}, …}."""
+    usage: dict[str, dict[str, Any]] = {}
+    for part in (header or "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if not value:
+            continue
+        counts, _, rest = value.partition("(")
+        used, _, total = counts.partition("/")
+        try:
+            entry: dict[str, Any] = {"used": int(used), "total": int(total)}
+        except ValueError:
+            continue
+        if rest.startswith("appName="):
+            entry["name"] = rest[len("appName=") :].rstrip(")")
+        usage[name] = entry
+    return usage

@@ -1,0 +1,65 @@
+"""Connection secrets, encrypted at rest with Fernet (AES-128-CBC + HMAC-SHA256, from `cryptography`).
+
+Keys come from RECORDSYNC_SECRETS_KEYS (comma-separated Fernet keys, newest first): MultiFernet
+decrypts with any of them and encrypts with the first, so keys rotate without downtime
+(`manage.py rotate_secrets` is not needed: saving a connection re-encrypts it).
+
+A stored value is either the secret itself or a reference {"env": "NAME"}, read from the
+environment when the connector is built; exports only ever contain references.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+SecretValue = str | dict[str, str]
+
+
+def _fernet() -> MultiFernet:
+    keys = settings.RECORDSYNC_SECRETS_KEYS
+    if not keys:
+        raise ImproperlyConfigured(
+            "RECORDSYNC_SECRETS_KEYS is not set: generate one with "
+            "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+        )
+    return MultiFernet([Fernet(key) for key in keys])
+
+
+def encrypt(values: dict[str, SecretValue]) -> str:
+    if not values:
+        return ""
+    return _fernet().encrypt(json.dumps(values, sort_keys=True).encode()).decode()
+
+
+def decrypt(token: str) -> dict[str, SecretValue]:
+    if not token:
+        return {}
+    try:
+        value: dict[str, SecretValue] = json.loads(_fernet().decrypt(token.encode()))
+    except InvalidToken as exc:
+        raise ImproperlyConfigured("Connection secrets cannot be decrypted: is RECORDSYNC_SECRETS_KEYS right?") from exc
+    return value
+
+
+def resolve(values: dict[str, SecretValue]) -> dict[str, str]:
+    """Secrets as the connector needs them: references replaced by the environment's values."""
+    resolved: dict[str, str] = {}
+    for name, value in values.items():
+        if isinstance(value, dict):
+            env_name = value.get("env", "")
+            if env_name not in os.environ:
+                raise ImproperlyConfigured(f"Secret '{name}' refers to ${env_name}, which is not set")
+            resolved[name] = os.environ[env_name]
+        else:
+            resolved[name] = value
+    return resolved
+
+
+def is_reference(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"env"} and isinstance(value["env"], str)
