@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from typing import Any
+
 from crms.models import Connection
+from crms.registry import connector_class, kinds
 
 
 def connections_enabled() -> dict[str, Connection]:
@@ -9,3 +12,30 @@ def connections_enabled() -> dict[str, Connection]:
 
 def connection_names() -> set[str]:
     return set(Connection.objects.values_list("name", flat=True))
+
+
+def kinds_available() -> list[dict[str, Any]]:
+    """Every registered connector kind, with the connections configured for it."""
+    configured: dict[str, list[dict[str, Any]]] = {}
+    for connection in Connection.objects.order_by("name"):
+        configured.setdefault(connection.kind, []).append({"name": connection.name, "enabled": connection.enabled})
+    out = []
+    for kind in kinds():
+        cls = connector_class(kind)
+        out.append(
+            {
+                "name": kind,
+                "label": cls.label,
+                "capabilities": {
+                    "batch_size": cls.capabilities.batch_size,
+                    "directions": list(cls.capabilities.directions),
+                    "objects": sorted(cls.capabilities.objects),
+                },
+                "connections": configured.get(kind, []),
+            }
+        )
+    return out
+
+
+def kind_schema(kind: str) -> dict[str, Any]:
+    return connector_class(kind).schema()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse
 
 from sync.serializers import ErrorSerializer
@@ -20,3 +23,11 @@ _DESCRIPTIONS = {
 
 def errors(*codes: int) -> dict[int, OpenApiResponse]:
     return {code: OpenApiResponse(ErrorSerializer, description=_DESCRIPTIONS[code]) for code in (*codes, 401, 500)}
+
+
+def declare_batch_limit(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:
+    """drf-spectacular drops a list serializer's max_length: state the 1..500 bound of a batch."""
+    for branch in result.get("components", {}).get("schemas", {}).get("SyncEventInRequest", {}).get("oneOf", []):
+        if branch.get("type") == "array":
+            branch.update({"minItems": 1, "maxItems": settings.INGEST_MAX_BATCH})
+    return result

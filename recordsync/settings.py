@@ -233,6 +233,10 @@ SPECTACULAR_SETTINGS = {
         }
     },
     "SECURITY": [{"tokenAuth": []}],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "recordsync.openapi.declare_batch_limit",
+    ],
 }
 
 # Production hardening; `manage.py check --deploy` is clean with DEBUG off.

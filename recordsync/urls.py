@@ -1,11 +1,16 @@
 from django.contrib import admin
 from django.contrib.auth.decorators import login_required
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from recordsync import health
 
+admin.site.site_header = admin.site.site_title = "Record Sync Service"
+admin.site.site_url = "/docs"  # "View site" opens the API docs: there is no public site
+
 urlpatterns = [
+    path("", RedirectView.as_view(url="/docs", permanent=False)),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("admin/", admin.site.urls),
@@ -16,6 +21,7 @@ urlpatterns = [
         name="docs",
     ),
     path("v1/sync/", include("sync.urls")),
+    path("v1/crms/", include("crms.urls")),
 ]
 
 handler400 = "recordsync.errors.handler400"

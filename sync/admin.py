@@ -6,6 +6,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.http import HttpRequest
+from knox.models import AuthToken
 
 from sync.models import RecordLink, SyncAttempt, SyncEvent, SyncJob
 
@@ -61,3 +62,24 @@ class SyncAttemptAdmin(ReadOnlyAdmin):
     list_display = ["started_at", "job", "outcome", "http_status", "error_code", "duration_ms"]
     list_filter = ["outcome", "error_code"]
     ordering = ["-started_at"]
+
+
+# Tokens are created by `manage.py create_api_token` (the only moment the token is shown);
+# the admin lists and revokes them. knox (earlier in INSTALLED_APPS) registered its own view.
+admin.site.unregister(AuthToken)
+
+
+@admin.register(AuthToken)
+class AuthTokenAdmin(admin.ModelAdmin[AuthToken]):
+    list_display = ["token_key", "user", "created", "expiry"]
+    list_filter = ["user__is_staff"]
+    search_fields = ["user__username", "token_key"]
+    fields = ("token_key", "user", "created", "expiry")
+    readonly_fields = fields
+    list_select_related = ["user"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

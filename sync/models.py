@@ -97,7 +97,7 @@ class SyncJob(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.object_type}/{self.record_id} → {self.target_id} ({self.state})"
+        return f"{self.object_type}/{self.record_id} → {self.target.name} ({self.state})"
 
 
 class RecordLink(models.Model):
@@ -120,7 +120,7 @@ class RecordLink(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.object_type}/{self.record_id} ↔ {self.system_id}:{self.external_id}"
+        return f"{self.object_type}/{self.record_id} ↔ {self.system.name}:{self.external_id}"
 
 
 class AttemptOutcome(models.TextChoices):

@@ -33,6 +33,8 @@ class StrictFieldsMixin:
 
 
 class EventInSerializer(StrictFieldsMixin, serializers.Serializer[dict[str, Any]]):
+    """A change to one record in its source system. Unknown fields are refused."""
+
     operation = serializers.ChoiceField(
         choices=Operation.choices,
         error_messages={"invalid_choice": "'{input}' is not an operation: use create, read, update or delete."},

@@ -38,7 +38,7 @@ class SyncEventViewSet(viewsets.ViewSet):
         parameters=[_IDEMPOTENCY_HEADER],
         request=PolymorphicProxySerializer(
             component_name="SyncEventIn",
-            serializers=[EventInSerializer, EventInSerializer(many=True)],
+            serializers=[EventInSerializer, EventInSerializer(many=True)],  # 1..500: recordsync.openapi
             resource_type_field_name=None,
             many=False,
         ),

@@ -1,0 +1,20 @@
+"""Turning a Connection row into a live connector: the one place secrets are decrypted."""
+
+from __future__ import annotations
+
+from crms import secrets as secret_box
+from crms.base import Connector
+from crms.http import HttpClient
+from crms.models import Connection
+from crms.registry import connector_class
+from crms.state import DatabaseStateStore
+
+
+def connector_for(connection: Connection) -> Connector:
+    cls = connector_class(connection.kind)
+    return cls(
+        config=connection.config,
+        secrets=secret_box.resolve(secret_box.decrypt(connection.secrets_encrypted)),
+        http=HttpClient(connection_name=connection.name),
+        store=DatabaseStateStore(connection),
+    )
