@@ -43,3 +43,9 @@ class ConnectorState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.connection_id}:{self.key}"
+
+
+# The mock CRMs' tables live in this app (crms/mocks/models.py).
+from crms.mocks.models import MockCall, MockFault, MockRecord, MockToken  # noqa: E402
+
+__all__ = ["Connection", "ConnectorState", "MockCall", "MockFault", "MockRecord", "MockToken"]

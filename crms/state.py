@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from django.conf import settings
+from django.db import connection as db
 from django.db import transaction
 
 from crms.models import Connection, ConnectorState
@@ -24,12 +28,32 @@ class DatabaseStateStore:
 
     @contextmanager
     def lock(self, key: str, timeout: float = 30) -> Iterator[None]:
-        """Hold a row lock on `lock:<key>` for the block: one holder across every process.
+        """One holder at a time across every process, for work that includes network calls.
 
-        PostgreSQL: SELECT … FOR UPDATE on the row. SQLite: the IMMEDIATE transaction itself
-        takes the database write lock, which serialises holders just the same.
+        PostgreSQL: a row lock (SELECT … FOR UPDATE) held by a transaction; other tables stay
+        writable meanwhile. SQLite has one writer for the whole file, so a transaction held across
+        an HTTP call would block every other writer (the local mock CRMs included): there, an
+        flock on a file beside the database serialises holders instead, on the one machine
+        SQLite serves.
         """
-        with transaction.atomic():
-            ConnectorState.objects.get_or_create(connection=self.connection, key=f"lock:{key}")
-            ConnectorState.objects.select_for_update().get(connection=self.connection, key=f"lock:{key}")
+        if db.vendor == "postgresql":
+            with transaction.atomic():
+                ConnectorState.objects.get_or_create(connection=self.connection, key=f"lock:{key}")
+                ConnectorState.objects.select_for_update().get(connection=self.connection, key=f"lock:{key}")
+                yield
+            return
+        with _file_lock(f"{self.connection.pk}:{key}"):
             yield
+
+
+@contextmanager
+def _file_lock(name: str) -> Iterator[None]:
+    folder = settings.VAR_DIR / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,20 +1,52 @@
-"""Demo data for `make run`: the three connections the README tour uses. Safe to run twice."""
+"""Demo data for `make run`: connections pointing at the local mock CRMs. Safe to run twice."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from crms.models import Connection
+from crms.registry import kinds
+from crms.services import connection_save
 
-DEMO_CONNECTIONS = [("salesforce", "salesforce"), ("outreach", "outreach"), ("system_a", "system_a")]
+
+def _mock_url(system: str) -> str:
+    return f"http://127.0.0.1:{os.environ.get('PORT', '8000')}/mock/{system}"
+
+
+def _salesforce() -> dict[str, Any]:
+    return {
+        "config": {
+            "login_url": _mock_url("salesforce"),
+            "instance_url": _mock_url("salesforce"),
+            "auth": "client_credentials",
+            "client_id": settings.MOCK_SALESFORCE_CLIENT_ID,
+            "external_id_field": "RecordSync_Id__c",
+        },
+        "secrets": {"client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET},
+    }
+
+
+DEMO = {"salesforce": _salesforce}
+# Kinds whose connectors are not built yet still get a row, so routing and status show them.
+PLACEHOLDERS = ["outreach", "system_a"]
 
 
 class Command(BaseCommand):
-    help = "Create the demo connections (salesforce, outreach, system_a) if they are missing."
+    help = "Create the demo connections (salesforce, outreach, system_a) on the local mocks, if missing."
 
     def handle(self, *args: Any, **options: Any) -> None:
-        for name, kind in DEMO_CONNECTIONS:
-            _, created = Connection.objects.get_or_create(name=name, defaults={"kind": kind})
+        for name, build in DEMO.items():
+            if Connection.objects.filter(name=name).exists():
+                self.stdout.write(f"kept connection {name}")
+                continue
+            connection_save(name=name, kind=name, **build())
+            self.stdout.write(f"created connection {name} (local mock)")
+        for name in PLACEHOLDERS:
+            if name in kinds() and not Connection.objects.filter(name=name).exists():
+                continue  # its connector exists now: configure it explicitly (see docs)
+            _, created = Connection.objects.get_or_create(name=name, defaults={"kind": name})
             self.stdout.write(f"{'created' if created else 'kept'} connection {name}")
