@@ -46,6 +46,6 @@ class ConnectorState(models.Model):
 
 
 # The mock CRMs' tables live in this app (crms/mocks/models.py).
-from crms.mocks.models import MockCall, MockFault, MockRecord, MockToken  # noqa: E402
+from crms.mocks.models import MockBulkJob, MockCall, MockFault, MockRecord, MockToken  # noqa: E402
 
-__all__ = ["Connection", "ConnectorState", "MockCall", "MockFault", "MockRecord", "MockToken"]
+__all__ = ["Connection", "ConnectorState", "MockBulkJob", "MockCall", "MockFault", "MockRecord", "MockToken"]

@@ -97,10 +97,10 @@ TEMPLATES = [
 
 def _database(url: str) -> dict[str, Any]:
     if not url:
-        VAR_DIR.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{VAR_DIR / 'recordsync.sqlite3'}"
     config: dict[str, Any] = dict(dj_database_url.parse(url, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0)))
     if config["ENGINE"] == "django.db.backends.sqlite3":
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
         # Several worker processes write at once: IMMEDIATE takes the write lock when the
         # transaction starts, so a read-then-write never fails with "database is locked"
         # (measured in ../shared/SERVICES.md); WAL lets readers run beside the writer.
@@ -110,6 +110,10 @@ def _database(url: str) -> dict[str, Any]:
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
         config["CONN_MAX_AGE"] = 0
+        # A file, not :memory:, for the test database too: the live-server tests serve the mock
+        # CRMs from other threads, each with its own connection, as in production.
+        config["TEST"] = {"NAME": env_str("TEST_DATABASE_NAME") or str(VAR_DIR / "test_recordsync.sqlite3")}
+        return config
     elif config["ENGINE"] == "django.db.backends.postgresql":
         config["CONN_HEALTH_CHECKS"] = True
     else:

@@ -68,3 +68,21 @@ class MockToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.system} token"
+
+
+class MockBulkJob(models.Model):
+    """A Bulk API 2.0 ingest job in the mock org: uploaded CSV in, result CSVs out."""
+
+    system = models.CharField(max_length=32)
+    job_id = models.CharField(max_length=32, unique=True)
+    object = models.CharField(max_length=64)
+    external_id_field = models.CharField(max_length=64)
+    operation = models.CharField(max_length=16)
+    state = models.CharField(max_length=16, default="Open")
+    uploaded = models.TextField(blank=True)
+    results = models.JSONField(default=dict)  # {"successful": csv, "failed": csv, "unprocessed": csv}
+    created_at = models.DateTimeField(default=timezone.now)
+    polls = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.system} bulk job {self.job_id} ({self.state})"

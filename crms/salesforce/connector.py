@@ -29,7 +29,7 @@ from crms.base import (
     chunks,
 )
 from crms.http import TransportError
-from crms.salesforce import errors
+from crms.salesforce import bulk, errors
 from crms.salesforce.soql import select_changed, soql_datetime
 
 COLLECTION_LIMIT = 200  # records per sObject Collections call (one API call each)
@@ -70,6 +70,12 @@ class SalesforceConnector(Connector):
                 "type": "string",
                 "pattern": r"^[A-Za-z][A-Za-z0-9_]*__c$",
                 "description": "A custom field marked External ID and Unique that holds System A's id.",
+            },
+            "bulk_threshold": {
+                "type": "integer",
+                "minimum": 201,
+                "default": 2000,
+                "description": "Batches larger than this go through Bulk API 2.0 ingest jobs.",
             },
             "fields": {
                 "type": "object",
@@ -123,6 +129,14 @@ class SalesforceConnector(Connector):
         deleted = self._deleted(object_type, state.get("deleted_since"))
         next_state = {"since": max(since, state.get("seen", since)), "deleted_since": deleted[1]}
         return ChangePage(changes + deleted[0], json.dumps(next_state), has_more=False)
+
+    def bulk_start(self, object_type: str, records: Sequence[OutboundRecord]) -> str:
+        """Start a Bulk API 2.0 upsert for a batch above `bulk_threshold` (backfills); returns the job id."""
+        return bulk.bulk_start(self, object_type, records)
+
+    def bulk_poll(self, job_id: str) -> list[PushResult] | None:
+        """One look at a bulk job: None while it runs, then one result per record."""
+        return bulk.bulk_poll(self, job_id)
 
     def check(self) -> CheckResult:
         try:
@@ -187,32 +201,45 @@ class SalesforceConnector(Connector):
         self.api_usage: dict[str, dict[str, Any]] = {}
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # swappable: tests move time
 
-    def _call(
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A REST call answered with JSON (or nothing)."""
+        response = self._request(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def _call_text(self, method: str, path: str, *, body: str | None = None, **kwargs: Any) -> str:
+        """A Bulk API call that sends or answers CSV."""
+        headers = {**kwargs.pop("headers", {}), "Content-Type": "text/csv"} if body is not None else None
+        return self._request(method, path, data=body, headers=headers, **kwargs).text
+
+    def _request(
         self,
         method: str,
         path: str,
         *,
         params: dict[str, Any] | None = None,
         json_body: Any = None,
+        data: str | None = None,
         headers: dict[str, str] | None = None,
         absolute_path: bool = False,
-    ) -> Any:
+    ) -> requests.Response:
         for attempt in range(2):
             token = self._token(force=attempt > 0)
             base = token["instance_url"] if absolute_path else f"{token['instance_url']}{self._api_root()}"
-            response = self._send(method, f"{base}{path}", params, json_body,
-                                  {**(headers or {}), "Authorization": f"Bearer {token['access_token']}"})  # fmt: skip
+            auth = {**(headers or {}), "Authorization": f"Bearer {token['access_token']}"}
+            response = self._send(method, f"{base}{path}", params, json_body, data, auth)
             if errors.is_invalid_session(response) and attempt == 0:
                 continue  # refresh the token once, then retry (CRM-FACTS: 401 INVALID_SESSION_ID)
             self.api_usage = errors.parse_limit_info(response.headers.get("Sforce-Limit-Info")) or self.api_usage
             if response.status_code >= 300:
                 raise errors.response_error(response)
-            return response.json() if response.content else None
+            return response
         raise AssertionError("unreachable")
 
-    def _send(self, method: str, url: str, params: Any, json_body: Any, headers: dict[str, str]) -> requests.Response:
+    def _send(
+        self, method: str, url: str, params: Any, json_body: Any, data: str | None, headers: dict[str, str]
+    ) -> requests.Response:
         try:
-            return self.http.request(method, url, params=params, json=json_body, headers=headers)
+            return self.http.request(method, url, params=params, json=json_body, data=data, headers=headers)
         except TransportError as exc:
             raise ConnectorError(str(exc), code=exc.code) from exc
 

@@ -3,7 +3,7 @@
 It checks bearer tokens, caps sObject Collections at 200 records, enforces required fields and
 the external id, counts `api-usage` in Sforce-Limit-Info and answers 403 REQUEST_LIMIT_EXCEEDED
 at its daily cap, pages SOQL with nextRecordsUrl, and keeps deletions for getDeleted.
-Not built yet: Bulk API 2.0 ingest jobs (the connector does not use them yet either).
+Bulk API 2.0 ingest jobs are in mock_bulk.py.
 """
 
 from __future__ import annotations

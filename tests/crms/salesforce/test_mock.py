@@ -236,3 +236,31 @@ def test_the_mock_is_off_unless_enabled(live_server, settings):
     response = requests.post(f"{live_server.url}/mock/salesforce/services/oauth2/token", timeout=10)
 
     assert response.status_code == 404
+
+
+def test_a_bulk_job_is_started_then_polled_until_done_without_waiting(connector):
+    records = [contact(f"c-{i}", Email=f"{i}@example.com") for i in range(300)]
+    records.append(OutboundRecord("c-bad", "Contact", "upsert", {"Email": "no-last-name@example.com"}))
+
+    job_id = connector.bulk_start("Contact", records)
+    polls = [connector.bulk_poll(job_id) for _ in range(2)]
+
+    assert polls[0] is None  # InProgress: a tick returns at once instead of waiting
+    results = polls[1]
+    assert results is not None and len(results) == 301
+    assert {r.outcome for r in results[:300]} == {"created"}
+    assert results[300].error is not None
+    assert (results[300].error.code, results[300].error.permanent) == ("REQUIRED_FIELD_MISSING", True)
+    assert MockRecord.objects.filter(system="salesforce", deleted_at__isnull=True).count() == 300
+    assert stored("c-7").fields["Email"] == "7@example.com"
+
+
+def test_a_bulk_upsert_of_existing_records_updates_them(connector):
+    connector.push([contact("c-1", Email="old@example.com")])
+
+    job_id = connector.bulk_start("Contact", [contact("c-1", Email="new@example.com")])
+    while (results := connector.bulk_poll(job_id)) is None:
+        pass
+
+    assert [r.outcome for r in results] == ["updated"]
+    assert stored("c-1").fields["Email"] == "new@example.com"
