@@ -11,6 +11,7 @@ from crms.base import Connector
 
 CONNECTORS: dict[str, str] = {
     "salesforce": "crms.salesforce.connector.SalesforceConnector",
+    "system_a": "crms.systema.connector.SystemAConnector",
 }
 
 

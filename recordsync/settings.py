@@ -7,6 +7,7 @@ Production sets DATABASE_URL, REDIS_URL, SECRET_KEY and ALLOWED_HOSTS.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,9 @@ def _database(url: str) -> dict[str, Any]:
         config["CONN_MAX_AGE"] = 0
         # A file, not :memory:, for the test database too: the live-server tests serve the mock
         # CRMs from other threads, each with its own connection, as in production.
-        config["TEST"] = {"NAME": env_str("TEST_DATABASE_NAME") or str(VAR_DIR / "test_recordsync.sqlite3")}
+        # One per test process, so two runs on one machine never share it.
+        test_name = env_str("TEST_DATABASE_NAME") or str(VAR_DIR / f"test_recordsync_{os.getpid()}.sqlite3")
+        config["TEST"] = {"NAME": test_name}
         return config
     elif config["ENGINE"] == "django.db.backends.postgresql":
         config["CONN_HEALTH_CHECKS"] = True
@@ -199,6 +202,7 @@ MOCK_SALESFORCE_CLIENT_ID = env_str("MOCK_SALESFORCE_CLIENT_ID", "recordsync-moc
 MOCK_SALESFORCE_CLIENT_SECRET = env_str("MOCK_SALESFORCE_CLIENT_SECRET", "mock-only-secret")
 MOCK_SALESFORCE_DAILY_LIMIT = env_int("MOCK_SALESFORCE_DAILY_LIMIT", 15000, minimum=1)
 MOCK_SALESFORCE_QUERY_PAGE = env_int("MOCK_SALESFORCE_QUERY_PAGE", 2000, minimum=1)
+MOCK_SYSTEM_A_SIGNING_SECRET = env_str("MOCK_SYSTEM_A_SIGNING_SECRET", "mock-only-signing-secret")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

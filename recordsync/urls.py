@@ -24,6 +24,7 @@ urlpatterns = [
     path("v1/crms/", include("crms.urls")),
     # The local mock CRMs; every view answers 404 unless MOCK_CRMS_ENABLED.
     path("mock/salesforce/", include("crms.salesforce.mock_urls")),
+    path("mock/system_a/", include("crms.systema.mock_urls")),
 ]
 
 handler400 = "recordsync.errors.handler400"

@@ -30,9 +30,16 @@ def _salesforce() -> dict[str, Any]:
     }
 
 
-DEMO = {"salesforce": _salesforce}
+def _system_a() -> dict[str, Any]:
+    return {
+        "config": {"url": _mock_url("system_a")},
+        "secrets": {"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET},
+    }
+
+
+DEMO = {"salesforce": _salesforce, "system_a": _system_a}
 # Kinds whose connectors are not built yet still get a row, so routing and status show them.
-PLACEHOLDERS = ["outreach", "system_a"]
+PLACEHOLDERS = ["outreach"]
 
 
 class Command(BaseCommand):
@@ -40,7 +47,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         for name, build in DEMO.items():
-            if Connection.objects.filter(name=name).exists():
+            existing = Connection.objects.filter(name=name).first()
+            if existing is not None and existing.config:
                 self.stdout.write(f"kept connection {name}")
                 continue
             connection_save(name=name, kind=name, **build())
