@@ -10,6 +10,7 @@ from django.utils.module_loading import import_string
 from crms.base import Connector
 
 CONNECTORS: dict[str, str] = {
+    "outreach": "crms.outreach.connector.OutreachConnector",
     "salesforce": "crms.salesforce.connector.SalesforceConnector",
     "system_a": "crms.systema.connector.SystemAConnector",
 }

@@ -25,6 +25,7 @@ urlpatterns = [
     # The local mock CRMs; every view answers 404 unless MOCK_CRMS_ENABLED.
     path("mock/salesforce/", include("crms.salesforce.mock_urls")),
     path("mock/system_a/", include("crms.systema.mock_urls")),
+    path("mock/outreach/", include("crms.outreach.mock_urls")),
 ]
 
 handler400 = "recordsync.errors.handler400"

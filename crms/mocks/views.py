@@ -15,12 +15,21 @@ from rest_framework.response import Response
 
 from crms.mocks.models import MockCall, MockFault, MockRecord
 from crms.mocks.runtime import fault_add
+from crms.outreach import mock_store as outreach_store
 from crms.salesforce import mock_store as salesforce_store
 from crms.systema import mock as system_a_mock
 from recordsync.openapi import errors
 
-STAFF_PUSH = {"salesforce": salesforce_store.staff_push, "system_a": system_a_mock.staff_push}
-ROW_SHAPES = {"salesforce": salesforce_store.as_row, "system_a": system_a_mock.as_row}
+STAFF_PUSH = {
+    "salesforce": salesforce_store.staff_push,
+    "outreach": outreach_store.staff_push,
+    "system_a": system_a_mock.staff_push,
+}
+ROW_SHAPES = {
+    "salesforce": salesforce_store.as_row,
+    "outreach": outreach_store.as_row,
+    "system_a": system_a_mock.as_row,
+}
 
 
 class NewestFirst(CursorPagination):

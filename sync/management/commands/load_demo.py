@@ -9,7 +9,6 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from crms.models import Connection
-from crms.registry import kinds
 from crms.services import connection_save
 
 
@@ -37,9 +36,21 @@ def _system_a() -> dict[str, Any]:
     }
 
 
-DEMO = {"salesforce": _salesforce, "system_a": _system_a}
-# Kinds whose connectors are not built yet still get a row, so routing and status show them.
-PLACEHOLDERS = ["outreach"]
+def _outreach() -> dict[str, Any]:
+    return {
+        "config": {
+            "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
+            "api_url": f"{_mock_url('outreach')}/api/v2",
+            "token_url": f"{_mock_url('outreach')}/oauth/token",
+        },
+        "secrets": {
+            "client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
+            "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN,
+        },
+    }
+
+
+DEMO = {"salesforce": _salesforce, "outreach": _outreach, "system_a": _system_a}
 
 
 class Command(BaseCommand):
@@ -53,8 +64,3 @@ class Command(BaseCommand):
                 continue
             connection_save(name=name, kind=name, **build())
             self.stdout.write(f"created connection {name} (local mock)")
-        for name in PLACEHOLDERS:
-            if name in kinds() and not Connection.objects.filter(name=name).exists():
-                continue  # its connector exists now: configure it explicitly (see docs)
-            _, created = Connection.objects.get_or_create(name=name, defaults={"kind": name})
-            self.stdout.write(f"{'created' if created else 'kept'} connection {name}")

@@ -1,0 +1,421 @@
+"""Outreach over its JSON:API v2: match-then-write upserts (there is no upsert), updatedAt polling.
+
+We call the API through our HTTP seam, as for Salesforce: the one Python wrapper on PyPI
+(python-outreach 0.1.5, 2022) has no token rotation, rate-limit headers or the paging quirks in
+CRM-FACTS. The refresh grant is one form POST; what matters is doing it once under the connection's
+lock and keeping the rotated token, which requests-oauthlib / Authlib leave to the caller anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC
+from typing import Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import requests
+
+from crms.base import (
+    Capabilities,
+    Change,
+    ChangePage,
+    CheckResult,
+    Connector,
+    ConnectorError,
+    OutboundRecord,
+    PushResult,
+    chunks,
+)
+from crms.http import TransportError
+from crms.outreach import errors, oauth
+from crms.outreach.resources import (
+    ACCOUNT_FIELDS,
+    ACCOUNT_MATCH_KEY,
+    DEFAULT_OBJECTS,
+    PROSPECT_FIELDS,
+    ObjectMap,
+    document,
+    mappings,
+    parse_time,
+)
+
+API_URL = "https://api.outreach.io/api/v2"
+TOKEN_URL = "https://api.outreach.io/oauth/token"  # noqa: S105 - an endpoint, not a secret
+TOKEN_KEY = "oauth"  # noqa: S105 - the state-store key (and lock name), not a secret
+JSONAPI = "application/vnd.api+json"
+BATCH_SIZE = 100
+PAGE_SIZE = 1000  # Outreach's largest page
+MIN_PAGE_SIZE = 50  # a 502 on a large page is retried smaller, halving down to this
+READ_CHUNK = 100  # ids per filter[id] call
+EPOCH = "1970-01-01T00:00:00.000Z"
+
+
+class OutreachConnector(Connector):
+    kind = "outreach"
+    label = "Outreach"
+    secret_fields = ("client_secret", "refresh_token")
+    capabilities = Capabilities(
+        batch_size=BATCH_SIZE,
+        directions=("outbound", "inbound"),
+        objects={
+            "prospect": {"match_key": "emails", "required": ["emails"], "fields": list(PROSPECT_FIELDS),
+                         "custom_fields": "custom1..custom150"},
+            "account": {"match_key": "domain", "match_keys": ["domain", "customId", "custom1..custom150"],
+                        "required": [], "fields": list(ACCOUNT_FIELDS), "custom_fields": "custom1..custom150"},
+        },
+    )  # fmt: skip
+    config_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["client_id"],
+        "properties": {
+            "client_id": {"type": "string", "minLength": 1},
+            "api_url": {"type": "string", "format": "uri", "default": API_URL},
+            "token_url": {"type": "string", "format": "uri", "default": TOKEN_URL},
+            "redirect_uri": {
+                "type": "string",
+                "format": "uri",
+                "description": "The app's redirect URI, sent with each refresh when set (Outreach's examples do).",
+            },
+            "objects": {
+                "type": "object",
+                "minProperties": 1,
+                "default": DEFAULT_OBJECTS,
+                "description": "Our object names → Outreach resource and match key. Prospects match on emails; "
+                "accounts on domain, or on customId / customN holding System A's id.",
+                "additionalProperties": {
+                    "oneOf": [
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["resource"],
+                            "properties": {"resource": {"const": "prospect"}, "match_key": {"const": "emails"}},
+                        },
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["resource", "match_key"],
+                            "properties": {
+                                "resource": {"const": "account"},
+                                "match_key": {"type": "string", "pattern": ACCOUNT_MATCH_KEY},
+                            },
+                        },
+                    ]
+                },
+            },
+        },
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clock: Callable[[], float] = time.time  # tests move it instead of sleeping
+        # The last X-RateLimit-* figures seen, {"limit", "remaining", "reset"}: the throttle reads them.
+        self.rate_limit: dict[str, int] = {}
+        self.objects = mappings(self.config)
+        self.api_url = str(self.config.get("api_url") or API_URL).rstrip("/")
+
+    # --- the interface ---------------------------------------------------------------------
+
+    def push(self, batch: Sequence[OutboundRecord]) -> list[PushResult]:
+        """One record at a time (about two calls each, one with a link). When a call fails for the whole
+        connection (429, 401, 5xx, no answer), the records after it are not sent and say so."""
+        results: list[PushResult] = []
+        stopped: ConnectorError | None = None
+        for record in batch:
+            if stopped is not None:
+                results.append(PushResult(record.record_id, "error", record.external_id, _not_sent(stopped)))
+                continue
+            try:
+                results.append(self._push_one(record))
+            except ConnectorError as exc:
+                results.append(PushResult(record.record_id, "error", record.external_id, exc))
+                stopped = exc if errors.concerns_connection(exc) else None
+        return results
+
+    def read(self, object_type: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        mapping = self._mapping(object_type)
+        found: dict[str, dict[str, Any]] = {}
+        for part in chunks([i for i in ids if str(i).isdigit()], READ_CHUNK):
+            url: str | None = f"{self.api_url}{mapping.path}"
+            params: dict[str, Any] | None = {"filter[id]": ",".join(part), "page[size]": READ_CHUNK, "count": "false"}
+            while url:
+                body = self._call("GET", url, params=params)
+                rows = body.get("data") or []
+                found.update({str(row["id"]): dict(row.get("attributes") or {}) for row in rows})
+                url, params = (_next_link(body) if rows else None), None
+        return found
+
+    def changes(self, object_type: str, cursor: str | None) -> ChangePage:
+        """One page of records with updatedAt ≥ the cursor's `since`, oldest first when Outreach sorts them.
+
+        The filter is inclusive, so the cursor also keeps the ids already delivered at `since` and
+        skips them; pages may come unsorted, so the next `since` is the largest updatedAt seen.
+        Deletions are not visible to polling: they come by webhook (action `destroyed`).
+        """
+        mapping = self._mapping(object_type)
+        state: dict[str, Any] = json.loads(cursor) if cursor else {}
+        since, size = str(state.get("since") or EPOCH), int(state.get("size") or PAGE_SIZE)
+        delivered = set(state.get("delivered") or [])
+        if state.get("next"):
+            url, params = str(state["next"]), None
+        else:
+            url = f"{self.api_url}{mapping.path}"
+            params = {"filter[updatedAt]": f"{since}..inf", "sort": "updatedAt", "page[size]": size, "count": "false"}
+        body, size = self._page(url, params, size)
+        rows = [row for row in body.get("data") or [] if (row.get("attributes") or {}).get("updatedAt")]
+        newest = _Newest(state.get("seen") or since, state.get("seen_ids") or sorted(delivered))
+        changes = []
+        for row in rows:
+            newest.add(row)
+            if not (_stamp(row) == _canonical(since) and str(row["id"]) in delivered):
+                changes.append(_change(object_type, row))
+        link = _next_link(body) if rows else None
+        if link:
+            paging = {"since": since, "delivered": sorted(delivered), "next": link, "size": size,
+                      "seen": newest.stamp, "seen_ids": newest.ids}  # fmt: skip
+            return ChangePage(changes, json.dumps(paging), has_more=True)
+        done = {"since": newest.stamp, "delivered": newest.ids, "size": size}
+        return ChangePage(changes, json.dumps(done), has_more=False)
+
+    def check(self) -> CheckResult:
+        try:
+            self._call("GET", self.api_url)  # the API root: answers for any valid token
+            for name, mapping in self.objects.items():
+                if mapping.numbered_custom:
+                    self._probe_filter(name, mapping)
+        except ConnectorError as exc:
+            return CheckResult(False, f"{exc.code}: {exc.message}", {"rate_limit": dict(self.rate_limit)})
+        left = self.rate_limit.get("remaining")
+        message = "connected" if left is None else f"connected; {left} of {self.rate_limit.get('limit')} calls left"
+        return CheckResult(True, message, {"rate_limit": dict(self.rate_limit)})
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def _push_one(self, record: OutboundRecord) -> PushResult:
+        try:
+            mapping = self._mapping(record.object_type)
+        except ConnectorError as exc:
+            return PushResult(record.record_id, "error", record.external_id, exc)
+        if record.external_id and not record.external_id.isdigit():
+            return _refused(record, f"the record link {record.external_id!r} is not an Outreach id", "BAD_LINK")
+        if record.operation == "delete":
+            return self._delete(mapping, record)
+        attributes = mapping.attributes(record)
+        if record.external_id:
+            try:
+                return self._update(mapping, record, record.external_id, attributes)
+            except ConnectorError as exc:
+                if exc.http_status != 404:
+                    raise
+                # The linked record was deleted in Outreach: match again, and create it if nothing matches.
+        value = mapping.match_value(record)
+        if value is None:
+            return _refused(record, f"{mapping.match_key} is empty: Outreach {mapping.resource}s are matched on it",
+                            "MISSING_MATCH_KEY", fields=(mapping.match_key,))  # fmt: skip
+        matches = self._find(mapping, value)
+        if len(matches) > 1:
+            return _refused(record, f"{len(matches)} Outreach {mapping.resource}s have {mapping.match_key} {value!r} "
+                            f"(ids {', '.join(matches)}); nothing was written", "MULTIPLE_MATCHES",
+                            fields=(mapping.match_key,))  # fmt: skip
+        if matches:
+            return self._update(mapping, record, matches[0], attributes)
+        try:
+            created = self._call("POST", f"{self.api_url}{mapping.path}", body=document(mapping.resource, attributes))
+        except ConnectorError as exc:
+            if mapping.resource != "prospect" or not errors.is_email_taken(exc):
+                raise
+            # The create race: another writer added this email since our lookup. Look again and update.
+            matches = self._find(mapping, value)
+            if len(matches) != 1:
+                raise
+            return self._update(mapping, record, matches[0], attributes)
+        return PushResult(record.record_id, "created", external_id=str(created["data"]["id"]))
+
+    def _find(self, mapping: ObjectMap, value: str) -> list[str]:
+        params = {f"filter[{mapping.match_key}]": value, "page[size]": 2, "count": "false"}
+        body = self._call("GET", f"{self.api_url}{mapping.path}", params=params)
+        return [str(row["id"]) for row in body.get("data") or []]
+
+    def _update(
+        self, mapping: ObjectMap, record: OutboundRecord, external_id: str, attributes: dict[str, Any]
+    ) -> PushResult:
+        body = document(mapping.resource, attributes, int(external_id))
+        self._call("PATCH", f"{self.api_url}{mapping.path}/{external_id}", body=body)
+        return PushResult(record.record_id, "updated", external_id=external_id)
+
+    def _delete(self, mapping: ObjectMap, record: OutboundRecord) -> PushResult:
+        if not record.external_id:  # never written there, or the link is lost: nothing to delete by
+            return PushResult(record.record_id, "unchanged")
+        try:
+            self._call("DELETE", f"{self.api_url}{mapping.path}/{record.external_id}")
+        except ConnectorError as exc:
+            if exc.http_status != 404:  # already gone: the goal is met
+                raise
+        return PushResult(record.record_id, "deleted", external_id=record.external_id)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def _page(self, url: str, params: dict[str, Any] | None, size: int) -> tuple[Any, int]:
+        """GET one page; a 502 on a large page is asked again at half the size (a reported quirk)."""
+        while True:
+            try:
+                return self._call("GET", url, params=params), size
+            except ConnectorError as exc:
+                if exc.http_status != 502 or size <= MIN_PAGE_SIZE:
+                    raise
+            size = max(size // 2, MIN_PAGE_SIZE)
+            if params is not None:
+                params = {**params, "page[size]": size}
+            else:
+                url = _with_query(url, {"page[size]": str(size)})
+
+    def _probe_filter(self, name: str, mapping: ObjectMap) -> None:
+        """The reference marks custom1..150 not filterable; ask once, so a refusal shows here, not per record."""
+        try:
+            self._find(mapping, "recordsync-check")
+        except ConnectorError as exc:
+            if exc.http_status is None or exc.http_status >= 500 or exc.http_status in errors.CONNECTION_STATUSES:
+                raise
+            raise ConnectorError(
+                f"objects.{name}: Outreach will not filter accounts by {mapping.match_key} ({exc.message}); "
+                "match on customId or domain instead",
+                code="MATCH_KEY_NOT_FILTERABLE",
+                permanent=True,
+                http_status=exc.http_status,
+            ) from exc
+
+    # --- the HTTP conversation -------------------------------------------------------------
+
+    def _call(self, method: str, url: str, *, params: dict[str, Any] | None = None, body: Any = None) -> Any:
+        refused: str | None = None
+        for attempt in range(2):
+            token = self._token(refused=refused)
+            response = self._send(method, url, params, body, token["access_token"])
+            self.rate_limit.update(errors.parse_rate_limit(response.headers))
+            if response.status_code == 401 and attempt == 0:
+                refused = token["access_token"]  # refresh once (unless another worker already has), then retry
+                continue
+            if response.status_code >= 400:
+                raise errors.response_error(response, now=self.clock())
+            return _json(response)
+        raise AssertionError("unreachable")
+
+    def _send(self, method: str, url: str, params: Any, body: Any, access_token: str) -> requests.Response:
+        headers = {"Authorization": f"Bearer {access_token}", "Accept": JSONAPI, "Content-Type": JSONAPI}
+        try:
+            return self.http.request(method, url, params=params, json=body, headers=headers)
+        except TransportError as exc:
+            raise ConnectorError(str(exc), code=exc.code) from exc
+
+    def _token(self, *, refused: str | None) -> oauth.Token:
+        """A usable access token. Refreshing happens under the connection's lock, re-reading the stored
+        token first: two workers refreshing at once would each invalidate the other's refresh token."""
+        seed = oauth.seed_of(self.secrets.get("refresh_token", ""))
+        stored = cast(oauth.Token | None, self.store.get(TOKEN_KEY))
+        if oauth.usable(stored, now=self.clock(), seed=seed, refused=refused):
+            return cast(oauth.Token, stored)
+        with self.store.lock(TOKEN_KEY):
+            stored = cast(oauth.Token | None, self.store.get(TOKEN_KEY))
+            if oauth.usable(stored, now=self.clock(), seed=seed, refused=refused):
+                return cast(oauth.Token, stored)
+            chain = (
+                stored["refresh_token"] if stored and stored.get("seed") == seed else self.secrets.get("refresh_token")
+            )
+            if not chain:
+                raise ConnectorError(
+                    "no refresh token: authorise the app in Outreach and save the connection's refresh_token",
+                    code="NOT_AUTHORISED",
+                    permanent=True,
+                    pause_connection=True,
+                )
+            token_url = str(self.config.get("token_url") or TOKEN_URL)
+            token = oauth.refresh(
+                self.http,
+                token_url=token_url,
+                form=self._client_form(),
+                refresh_token=chain,
+                seed=seed,
+                now=self.clock(),
+            )
+            self.store.set(TOKEN_KEY, dict(token))
+            return token
+
+    def _client_form(self) -> dict[str, str]:
+        form = {
+            "client_id": str(self.config.get("client_id", "")),
+            "client_secret": self.secrets.get("client_secret", ""),
+        }
+        if self.config.get("redirect_uri"):
+            form["redirect_uri"] = str(self.config["redirect_uri"])
+        return form
+
+    def _mapping(self, object_type: str) -> ObjectMap:
+        try:
+            return self.objects[object_type]
+        except KeyError:
+            raise ConnectorError(f"no Outreach resource is configured for {object_type!r} (config objects)",
+                                 code="UNKNOWN_OBJECT", permanent=True) from None  # fmt: skip
+
+
+class _Newest:
+    """The largest updatedAt seen in a pass, and the ids that carry it."""
+
+    def __init__(self, stamp: str, ids: list[str]) -> None:
+        self.stamp, self.ids = _canonical(stamp), list(ids)
+
+    def add(self, row: dict[str, Any]) -> None:
+        stamp, row_id = _stamp(row), str(row["id"])
+        if stamp > self.stamp:
+            self.stamp, self.ids = stamp, [row_id]
+        elif stamp == self.stamp and row_id not in self.ids:
+            self.ids.append(row_id)
+
+
+def _change(object_type: str, row: dict[str, Any]) -> Change:
+    attributes = dict(row.get("attributes") or {})
+    return Change(object_type, str(row["id"]), attributes, parse_time(attributes["updatedAt"]))
+
+
+def _stamp(row: dict[str, Any]) -> str:
+    return _canonical(row["attributes"]["updatedAt"])
+
+
+def _canonical(value: str) -> str:
+    """One spelling for every instant (`2021-11-10T14:17:38.000Z`), so strings compare in time order."""
+    return parse_time(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _json(response: requests.Response) -> Any:
+    if not response.content:
+        return {}
+    try:
+        return response.json()
+    except ValueError:
+        raise ConnectorError(f"Outreach answered {response.status_code} with a body that is not JSON",
+                             code="BAD_RESPONSE", http_status=response.status_code) from None  # fmt: skip
+
+
+def _next_link(body: Any) -> str | None:
+    links = body.get("links") if isinstance(body, dict) else None
+    link = links.get("next") if isinstance(links, dict) else None
+    return str(link) if link else None
+
+
+def _with_query(url: str, changes: dict[str, str]) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True)) | changes
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _refused(record: OutboundRecord, message: str, code: str, *, fields: Sequence[str] = ()) -> PushResult:
+    error = ConnectorError(message, code=code, permanent=True, fields=fields)
+    return PushResult(record.record_id, "error", record.external_id, error)
+
+
+def _not_sent(cause: ConnectorError) -> ConnectorError:
+    """Records after a connection-wide failure were never tried: retryable, whatever stopped the batch."""
+    return ConnectorError(f"not sent: an earlier call failed ({cause.code}: {cause.message})", code=cause.code,
+                          retry_after=cause.retry_after, http_status=cause.http_status,
+                          pause_connection=cause.pause_connection)  # fmt: skip
