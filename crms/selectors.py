@@ -1,9 +1,30 @@
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from crms.models import Connection
 from crms.registry import connector_class, kinds
+
+# Every ingest routes over all connections: keep them for a moment instead of a query per request.
+# Saving through crms.services clears this process's copy; other processes see a change within this.
+CONNECTIONS_TTL_SECONDS = 2.0
+clock = time.monotonic  # swappable in tests
+_connections: tuple[float, dict[str, Connection]] = (float("-inf"), {})
+
+
+def connections_by_name() -> dict[str, Connection]:
+    global _connections
+    loaded_at, found = _connections
+    if clock() - loaded_at > CONNECTIONS_TTL_SECONDS:
+        found = {c.name: c for c in Connection.objects.all()}
+        _connections = (clock(), found)
+    return found
+
+
+def connections_forget() -> None:
+    global _connections
+    _connections = (float("-inf"), {})
 
 
 def connections_enabled() -> dict[str, Connection]:

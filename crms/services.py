@@ -11,6 +11,7 @@ from rest_framework.exceptions import ValidationError
 from crms import secrets as secret_box
 from crms.models import NAME_VALIDATOR, Connection
 from crms.registry import UnknownKind, connector_class, kinds
+from crms.selectors import connections_forget
 
 
 def connection_save(
@@ -38,6 +39,7 @@ def connection_save(
         connection.enabled = enabled
         connection.quota_owner = quota_owner
         connection.save()
+    connections_forget()
     return connection
 
 

@@ -12,14 +12,16 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from crms.models import Connection
+from crms.selectors import connections_by_name
 from recordsync.errors import Conflict
-from sync import dispatch
+from sync import dispatch, outbox
 from sync.models import JobState, SyncEvent, SyncJob
+from sync.outbox import JobKey
 from sync.routing import Route, route_event
 
 logger = logging.getLogger("recordsync.sync")
@@ -101,7 +103,9 @@ def _ingest_once(
     items: Sequence[EventInput], keys: list[str], hashes: list[str], is_batch: bool, request_id: str
 ) -> IngestResult:
     with transaction.atomic():
-        existing = {e.idempotency_key: e for e in SyncEvent.objects.filter(idempotency_key__in=keys)}
+        # Keys we made up ourselves ("auto:<uuid4>") cannot have been seen: skip the lookup for them.
+        given = [key for key in keys if not key.startswith("auto:")]
+        existing = {e.idempotency_key: e for e in SyncEvent.objects.filter(idempotency_key__in=given)} if given else {}
         _refuse_reused_keys(keys, hashes, existing, is_batch)
         fresh = [i for i, key in enumerate(keys) if key not in existing]
         answers: dict[int, dict[str, Any]] = {
@@ -131,7 +135,7 @@ def _store(
     items: Sequence[EventInput], keys: list[str], hashes: list[str], fresh: list[int], is_batch: bool, request_id: str
 ) -> dict[int, dict[str, Any]]:
     now = timezone.now()
-    connections = {c.name: c for c in Connection.objects.all()}
+    connections = connections_by_name()
     routes = _route_all(items, fresh, connections, is_batch)
     events: list[SyncEvent] = []
     for index in fresh:
@@ -157,7 +161,7 @@ def _store(
     for index, event in zip(fresh, events, strict=True):
         event.response = _answer(event, routes[index], states)
         answers[index] = event.response
-    SyncEvent.objects.bulk_create(events)
+    outbox.events_insert(events)
     target_ids = sorted({c.pk for i in fresh for c in routes[i].targets})
     if target_ids:
         transaction.on_commit(lambda: dispatch.nudge(target_ids))
@@ -196,16 +200,8 @@ def _route_all(
     return routes
 
 
-JobKey = tuple[str, str, str, int]
-
-
 def _upsert_jobs(events: list[SyncEvent], routes: list[Route], now: datetime) -> dict[JobKey, str]:
-    """Insert or bump one job per (record, target) in one statement, returning each job's state.
-
-    Written as INSERT … ON CONFLICT DO UPDATE (the same SQL on PostgreSQL and SQLite) because the
-    ORM cannot express "version = version + 1, keep in_flight/held": a job already in flight stays
-    in flight with a higher version, so the worker's conditional finish sends it back to pending.
-    """
+    """One job per (record, target): several events for one record in a batch bump it once each."""
     rows: dict[JobKey, tuple[int, SyncEvent]] = {}
     for event, route in zip(events, routes, strict=True):
         for target in route.targets:
@@ -214,56 +210,7 @@ def _upsert_jobs(events: list[SyncEvent], routes: list[Route], now: datetime) ->
             if (event.occurred_at, 1) >= (latest.occurred_at, 0):
                 latest = event
             rows[key] = (bumps + 1, latest)
-    if not rows:
-        return {}
-    table = SyncJob._meta.db_table
-    ops = connection.ops
-    stamp = ops.adapt_datetimefield_value(now)
-    event_pk = SyncEvent._meta.get_field("id")
-    states: dict[JobKey, str] = {}
-    ordered = sorted(rows.items())  # one lock order for every writer: no deadlocks between batches
-    for start in range(0, len(ordered), 500):
-        chunk = ordered[start : start + 500]
-        values = ", ".join(["(%s, %s, %s, %s, %s, 0, %s, %s, %s, %s, %s, '', '')"] * len(chunk))
-        params: list[Any] = []
-        for (record_id, object_type, source, target_id), (bumps, event) in chunk:
-            params += [
-                source, object_type, record_id, target_id, JobState.PENDING, bumps,
-                event_pk.get_db_prep_value(event.id, connection),
-                ops.adapt_datetimefield_value(event.occurred_at), stamp, stamp,
-            ]  # fmt: skip
-        sql = f"""
-            INSERT INTO {table} (source, object_type, record_id, target_id, state, attempts, version,
-                                 last_event_id, last_occurred_at, created_at, updated_at,
-                                 last_error_code, last_error_message)
-            VALUES {values}
-            ON CONFLICT (record_id, object_type, source, target_id) DO UPDATE SET
-                version = {table}.version + excluded.version,
-                last_error_code = CASE WHEN {table}.state IN ('in_flight', 'held')
-                                       THEN {table}.last_error_code ELSE '' END,
-                last_error_message = CASE WHEN {table}.state IN ('in_flight', 'held')
-                                          THEN {table}.last_error_message ELSE '' END,
-                state = CASE WHEN {table}.state IN ('in_flight', 'held') THEN {table}.state ELSE 'pending' END,
-                attempts = CASE WHEN {table}.state IN ('in_flight', 'held') THEN {table}.attempts ELSE 0 END,
-                next_attempt_at = CASE WHEN {table}.state IN ('in_flight', 'held')
-                                       THEN {table}.next_attempt_at ELSE NULL END,
-                last_event_id = CASE WHEN excluded.last_occurred_at >= {table}.last_occurred_at
-                                     THEN excluded.last_event_id ELSE {table}.last_event_id END,
-                last_occurred_at = CASE WHEN excluded.last_occurred_at >= {table}.last_occurred_at
-                                        THEN excluded.last_occurred_at ELSE {table}.last_occurred_at END,
-                updated_at = excluded.updated_at
-            RETURNING record_id, object_type, source, target_id, state, version
-        """  # noqa: S608 - table name from the model, values bound as parameters
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            for record_id, object_type, source, target_id, state, version in cursor.fetchall():
-                states[(record_id, object_type, source, target_id)] = state
-                logger.info(
-                    "job state",
-                    extra={"record_id": record_id, "object_type": object_type, "target_id": target_id,
-                           "state": state, "version": version},
-                )  # fmt: skip
-    return states
+    return outbox.jobs_upsert(rows, now) if rows else {}
 
 
 def _answer(event: SyncEvent, route: Route, states: dict[JobKey, str]) -> dict[str, Any]:

@@ -123,8 +123,13 @@ def event() -> Iterator[dict[str, Any]]:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> Iterator[None]:
-    """Each test starts with an empty cache (nudge debounce, readiness probe)."""
+    """Each test starts with empty caches (nudge debounce, readiness probe, connections)."""
     from django.core.cache import cache
 
+    from crms.selectors import connections_forget
+    from sync import dispatch
+
     cache.clear()
+    dispatch._last_nudge.clear()
+    connections_forget()
     yield

@@ -349,3 +349,17 @@ def test_a_reused_key_in_a_list_is_409_naming_the_item(api, connections):
 
     assert response.status_code == 409
     assert list(fields(response)) == ["[1].event_id"]
+
+
+def test_a_large_list_stores_every_event_exactly_as_sent(api, connections):
+    items = batch(30)  # large enough for PostgreSQL's COPY path
+
+    results = post(api, items).json()["results"]
+
+    stored = {str(e.id): e for e in SyncEvent.objects.all()}
+    assert len(stored) == 30
+    for item, answer in zip(items, results, strict=True):
+        event = stored[answer["event_id"]]
+        assert (event.record_id, event.payload, event.routing["mode"]) == (item["record_id"], item["data"], "default")
+        assert event.response == answer
+    assert SyncJob.objects.filter(state=JobState.PENDING).count() == 60

@@ -1,0 +1,125 @@
+"""The two bulk writes of an ingest: the events (append-only) and the job upsert.
+
+Both are written per database. PostgreSQL gets COPY for large event batches and one
+`unnest()`-fed upsert (ten array parameters instead of thousands of placeholders, which psycopg
+would re-scan on every call); SQLite gets multi-row VALUES. The ORM cannot express the upsert's
+"version = version + 1, keep in_flight/held", and its bulk insert spends most of a 500-event
+request building parameter lists (docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from django.db import connection
+
+from sync.models import SyncEvent, SyncJob
+
+logger = logging.getLogger("recordsync.sync")
+
+JobKey = tuple[str, str, str, int]  # record_id, object_type, source, target id
+COPY_FROM = 20  # events per request from which COPY beats INSERT
+SQLITE_CHUNK = 500
+
+_TABLE = SyncJob._meta.db_table
+_COLUMNS = (
+    "source, object_type, record_id, target_id, state, attempts, version, last_event_id, last_occurred_at, "
+    "created_at, updated_at, last_error_code, last_error_message"
+)
+# A job in flight or held for review keeps its state (and its attempts and error) with a higher
+# version: the worker's conditional finish then sends it back to pending. Any other job reopens.
+_KEEP = f"{_TABLE}.state IN ('in_flight', 'held')"
+_NEWER = f"excluded.last_occurred_at >= {_TABLE}.last_occurred_at"
+_ON_CONFLICT = f"""
+    ON CONFLICT (record_id, object_type, source, target_id) DO UPDATE SET
+        version = {_TABLE}.version + excluded.version,
+        state = CASE WHEN {_KEEP} THEN {_TABLE}.state ELSE 'pending' END,
+        attempts = CASE WHEN {_KEEP} THEN {_TABLE}.attempts ELSE 0 END,
+        next_attempt_at = CASE WHEN {_KEEP} THEN {_TABLE}.next_attempt_at ELSE NULL END,
+        last_error_code = CASE WHEN {_KEEP} THEN {_TABLE}.last_error_code ELSE '' END,
+        last_error_message = CASE WHEN {_KEEP} THEN {_TABLE}.last_error_message ELSE '' END,
+        last_event_id = CASE WHEN {_NEWER} THEN excluded.last_event_id ELSE {_TABLE}.last_event_id END,
+        last_occurred_at = CASE WHEN {_NEWER} THEN excluded.last_occurred_at ELSE {_TABLE}.last_occurred_at END,
+        updated_at = excluded.updated_at
+    RETURNING record_id, object_type, source, target_id, state, version
+"""
+
+
+def events_insert(events: Sequence[SyncEvent]) -> None:
+    if connection.vendor == "postgresql" and len(events) >= COPY_FROM:
+        _events_copy(events)
+    else:
+        SyncEvent.objects.bulk_create(events)
+
+
+def _events_copy(events: Sequence[SyncEvent]) -> None:
+    fields = SyncEvent._meta.concrete_fields
+    columns = ", ".join(connection.ops.quote_name(str(f.column)) for f in fields)
+    with (
+        connection.cursor() as cursor,
+        cursor.cursor.copy(f"COPY {SyncEvent._meta.db_table} ({columns}) FROM STDIN") as copy,
+    ):
+        for event in events:
+            copy.write_row([f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields])
+
+
+def jobs_upsert(rows: dict[JobKey, tuple[int, SyncEvent]], now: datetime) -> dict[JobKey, str]:
+    """Insert or bump one job per key (`bumps` events each, pointing at the latest); returns each job's state."""
+    ordered = sorted(rows.items())  # one lock order for every writer: concurrent batches never deadlock
+    states: dict[JobKey, str] = {}
+    if connection.vendor == "postgresql":
+        answers = _fetch(_unnest_sql(), _unnest_params(ordered, now))
+    else:
+        answers = []
+        for start in range(0, len(ordered), SQLITE_CHUNK):
+            chunk = ordered[start : start + SQLITE_CHUNK]
+            answers += _fetch(_values_sql(len(chunk)), _values_params(chunk, now))
+    for record_id, object_type, source, target_id, state, version in answers:
+        states[(record_id, object_type, source, target_id)] = state
+        logger.info("job state", extra={"record_id": record_id, "object_type": object_type,
+                                        "target_id": target_id, "state": state, "version": version})  # fmt: skip
+    return states
+
+
+def _fetch(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall())
+
+
+def _unnest_sql() -> str:
+    return f"""
+        INSERT INTO {_TABLE} ({_COLUMNS})
+        SELECT s, o, r, t, 'pending', 0, v, e, oc, %s, %s, '', ''
+        FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::uuid[], %s::timestamptz[])
+             AS u(s, o, r, t, v, e, oc)
+        {_ON_CONFLICT}
+    """  # noqa: S608 - names from the model, values bound as parameters
+
+
+def _unnest_params(ordered: list[tuple[JobKey, tuple[int, SyncEvent]]], now: datetime) -> list[Any]:
+    columns: list[list[Any]] = [[], [], [], [], [], [], []]
+    for (record_id, object_type, source, target_id), (bumps, event) in ordered:
+        for column, value in zip(columns, (source, object_type, record_id, target_id, bumps, event.id,
+                                           event.occurred_at), strict=True):  # fmt: skip
+            column.append(value)
+    return [now, now, *columns]
+
+
+def _values_sql(count: int) -> str:
+    values = ", ".join(["(%s, %s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, '', '')"] * count)
+    return f"INSERT INTO {_TABLE} ({_COLUMNS}) VALUES {values} {_ON_CONFLICT}"  # noqa: S608
+
+
+def _values_params(chunk: list[tuple[JobKey, tuple[int, SyncEvent]]], now: datetime) -> list[Any]:
+    ops = connection.ops
+    event_pk = SyncEvent._meta.get_field("id")
+    stamp = ops.adapt_datetimefield_value(now)
+    params: list[Any] = []
+    for (record_id, object_type, source, target_id), (bumps, event) in chunk:
+        params += [source, object_type, record_id, target_id, bumps, event_pk.get_db_prep_value(event.id, connection),
+                   ops.adapt_datetimefield_value(event.occurred_at), stamp, stamp]  # fmt: skip
+    return params
