@@ -69,7 +69,6 @@ def _events_copy(events: Sequence[SyncEvent]) -> None:
 def jobs_upsert(rows: dict[JobKey, tuple[int, SyncEvent]], now: datetime) -> dict[JobKey, str]:
     """Insert or bump one job per key (`bumps` events each, pointing at the latest); returns each job's state."""
     ordered = sorted(rows.items())  # one lock order for every writer: concurrent batches never deadlock
-    states: dict[JobKey, str] = {}
     if connection.vendor == "postgresql":
         answers = _fetch(_unnest_sql(), _unnest_params(ordered, now))
     else:
@@ -77,6 +76,41 @@ def jobs_upsert(rows: dict[JobKey, tuple[int, SyncEvent]], now: datetime) -> dic
         for start in range(0, len(ordered), SQLITE_CHUNK):
             chunk = ordered[start : start + SQLITE_CHUNK]
             answers += _fetch(_values_sql(len(chunk)), _values_params(chunk, now))
+    return _states(answers)
+
+
+def one_statement_available() -> bool:
+    return connection.vendor == "postgresql" and connection.get_autocommit()
+
+
+def events_and_jobs_write(
+    events: Sequence[SyncEvent], rows: dict[JobKey, tuple[int, SyncEvent]], now: datetime
+) -> dict[JobKey, str]:
+    """PostgreSQL: events and the job upsert in one statement, atomic on its own.
+
+    A data-modifying CTE always runs to completion; the job -> event foreign key is deferred,
+    so it is checked when the statement commits, with the events in place.
+    """
+    fields = SyncEvent._meta.concrete_fields
+    columns = ", ".join(connection.ops.quote_name(str(f.column)) for f in fields)
+    casts = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
+    event_params = [[f.get_db_prep_save(getattr(e, f.attname), connection) for e in events] for f in fields]
+    ordered = sorted(rows.items())
+    if not ordered:
+        sql = f"INSERT INTO {SyncEvent._meta.db_table} ({columns}) SELECT * FROM unnest({casts})"  # noqa: S608
+        _fetch_none(sql, event_params)
+        return {}
+    sql = f"WITH events AS (INSERT INTO {SyncEvent._meta.db_table} ({columns}) SELECT * FROM unnest({casts})) "  # noqa: S608
+    return _states(_fetch(sql + _unnest_sql(), [*event_params, *_unnest_params(ordered, now)]))
+
+
+def _fetch_none(sql: str, params: list[Any]) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def _states(answers: list[tuple[Any, ...]]) -> dict[JobKey, str]:
+    states: dict[JobKey, str] = {}
     for record_id, object_type, source, target_id, state, version in answers:
         states[(record_id, object_type, source, target_id)] = state
         logger.info("job state", extra={"record_id": record_id, "object_type": object_type,

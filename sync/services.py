@@ -102,9 +102,13 @@ def _hash(raw: Any) -> str:
 def _ingest_once(
     items: Sequence[EventInput], keys: list[str], hashes: list[str], is_batch: bool, request_id: str
 ) -> IngestResult:
+    # Keys we made up ourselves ("auto:<uuid4>") cannot have been seen: no lookup, and on
+    # PostgreSQL the events and jobs go in one statement, atomic on its own (no BEGIN/COMMIT).
+    given = [key for key in keys if not key.startswith("auto:")]
+    if not given and outbox.one_statement_available():
+        stored = _store(items, keys, hashes, list(range(len(items))), is_batch, request_id, one_statement=True)
+        return IngestResult([stored[i] for i in range(len(items))], replayed=False)
     with transaction.atomic():
-        # Keys we made up ourselves ("auto:<uuid4>") cannot have been seen: skip the lookup for them.
-        given = [key for key in keys if not key.startswith("auto:")]
         existing = {e.idempotency_key: e for e in SyncEvent.objects.filter(idempotency_key__in=given)} if given else {}
         _refuse_reused_keys(keys, hashes, existing, is_batch)
         fresh = [i for i, key in enumerate(keys) if key not in existing]
@@ -112,7 +116,7 @@ def _ingest_once(
             i: existing[key].response for i, key in enumerate(keys) if key in existing
         }
         if fresh:
-            answers.update(_store(items, keys, hashes, fresh, is_batch, request_id))
+            answers.update(_store(items, keys, hashes, fresh, is_batch, request_id, one_statement=False))
     return IngestResult([answers[i] for i in range(len(items))], replayed=not fresh)
 
 
@@ -132,7 +136,14 @@ def _refuse_reused_keys(keys: list[str], hashes: list[str], existing: dict[str, 
 
 
 def _store(
-    items: Sequence[EventInput], keys: list[str], hashes: list[str], fresh: list[int], is_batch: bool, request_id: str
+    items: Sequence[EventInput],
+    keys: list[str],
+    hashes: list[str],
+    fresh: list[int],
+    is_batch: bool,
+    request_id: str,
+    *,
+    one_statement: bool,
 ) -> dict[int, dict[str, Any]]:
     now = timezone.now()
     connections = connections_by_name()
@@ -156,12 +167,18 @@ def _store(
                 routing=routes[index].decision,
             )
         )
-    states = _upsert_jobs(events, [routes[i] for i in fresh], now)
+    rows = _job_rows(events, [routes[i] for i in fresh])
+    if one_statement:
+        states = outbox.events_and_jobs_write(events, rows, now)
+    else:
+        states = outbox.jobs_upsert(rows, now) if rows else {}
     answers: dict[int, dict[str, Any]] = {}
     for index, event in zip(fresh, events, strict=True):
-        event.response = _answer(event, routes[index], states)
-        answers[index] = event.response
-    outbox.events_insert(events)
+        answers[index] = _answer(event, routes[index], states)
+        if not event.idempotency_key.startswith("auto:"):  # only a client's key can be replayed
+            event.response = answers[index]
+    if not one_statement:
+        outbox.events_insert(events)
     target_ids = sorted({c.pk for i in fresh for c in routes[i].targets})
     if target_ids:
         transaction.on_commit(lambda: dispatch.nudge(target_ids))
@@ -200,7 +217,7 @@ def _route_all(
     return routes
 
 
-def _upsert_jobs(events: list[SyncEvent], routes: list[Route], now: datetime) -> dict[JobKey, str]:
+def _job_rows(events: list[SyncEvent], routes: list[Route]) -> dict[JobKey, tuple[int, SyncEvent]]:
     """One job per (record, target): several events for one record in a batch bump it once each."""
     rows: dict[JobKey, tuple[int, SyncEvent]] = {}
     for event, route in zip(events, routes, strict=True):
@@ -210,7 +227,7 @@ def _upsert_jobs(events: list[SyncEvent], routes: list[Route], now: datetime) ->
             if (event.occurred_at, 1) >= (latest.occurred_at, 0):
                 latest = event
             rows[key] = (bumps + 1, latest)
-    return outbox.jobs_upsert(rows, now) if rows else {}
+    return rows
 
 
 def _answer(event: SyncEvent, route: Route, states: dict[JobKey, str]) -> dict[str, Any]:

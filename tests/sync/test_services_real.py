@@ -117,3 +117,36 @@ def test_the_broker_and_cache_are_redis_when_redis_url_is_set(settings):
     assert settings.Q_CLUSTER["django_redis"] == "default"
     assert type(get_broker()).__name__ == "Redis"
     assert get_broker().ping()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_without_a_client_key_the_event_and_its_jobs_are_one_statement():
+    Connection.objects.create(name="salesforce", kind="salesforce")
+    Connection.objects.create(name="outreach", kind="outreach")
+    client = Client(HTTP_AUTHORIZATION=f"Token {api_token_create(username='platform')}")
+
+    statements: list[str] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    # (CaptureQueriesContext misses these: Django clears the query log when a request starts.)
+    with connection.execute_wrapper(record):
+        response = client.post("/v1/sync/", data=json.dumps(EVENT), content_type="application/json")
+    moved = {**EVENT, "record_id": "c-2", "source": "salesforce", "targets": ["outreach"]}
+    nowhere = client.post("/v1/sync/", data=json.dumps(moved), content_type="application/json")
+
+    writes = [sql for sql in statements if "INSERT" in sql]
+    assert len(writes) == 1 and writes[0].startswith("WITH events AS (INSERT")
+    assert not any(sql.startswith(("BEGIN", "SAVEPOINT")) for sql in statements)
+    assert response.status_code == nowhere.status_code == 202
+    assert response.json()["jobs"] == [
+        {"target": "outreach", "state": "pending"},
+        {"target": "salesforce", "state": "pending"},
+    ]
+    event = SyncEvent.objects.get(pk=response.json()["event_id"])
+    assert (event.payload, event.response) == (EVENT["data"], {})
+    assert SyncJob.objects.filter(last_event=event).count() == 2
+    assert SyncJob.objects.get(record_id="c-2").target.name == "outreach"
