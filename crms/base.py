@@ -57,6 +57,11 @@ class ConnectorError(Exception):
         }
 
 
+class RecordRejected(ConnectorError):
+    """Only the records at hand are refused (an unknown object, a bad field, a constraint): push
+    reports it on each of them and goes on; read and changes raise it like any ConnectorError."""
+
+
 @dataclass(frozen=True)
 class OutboundRecord:
     """One record to write. `record_id` is the source's id; `external_id` comes from the record link."""

@@ -10,6 +10,8 @@ from django.utils.module_loading import import_string
 from crms.base import Connector
 
 CONNECTORS: dict[str, str] = {
+    "database": "crms.database.connector.DatabaseConnector",
+    "flatfile": "crms.flatfile.connector.FlatFileConnector",
     "outreach": "crms.outreach.connector.OutreachConnector",
     "salesforce": "crms.salesforce.connector.SalesforceConnector",
     "system_a": "crms.systema.connector.SystemAConnector",

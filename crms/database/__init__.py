@@ -1,0 +1,1 @@
+"""A table per object in an external PostgreSQL or SQLite database (see connector.py)."""
