@@ -8,6 +8,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 from knox.models import AuthToken
 
+from recordsync.auth import verified_tokens_forget
 from sync.models import RecordLink, SyncAttempt, SyncEvent, SyncJob
 
 
@@ -17,6 +18,14 @@ class ReadOnlyAdmin(admin.ModelAdmin[Any]):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def delete_model(self, request: HttpRequest, obj: AuthToken) -> None:
+        super().delete_model(request, obj)
+        verified_tokens_forget()
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        super().delete_queryset(request, queryset)
+        verified_tokens_forget()
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -83,3 +92,11 @@ class AuthTokenAdmin(admin.ModelAdmin[AuthToken]):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def delete_model(self, request: HttpRequest, obj: AuthToken) -> None:
+        super().delete_model(request, obj)
+        verified_tokens_forget()
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        super().delete_queryset(request, queryset)
+        verified_tokens_forget()

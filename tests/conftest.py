@@ -127,9 +127,11 @@ def _fresh_cache() -> Iterator[None]:
     from django.core.cache import cache
 
     from crms.selectors import connections_forget
+    from recordsync.auth import verified_tokens_forget
     from sync import dispatch
 
     cache.clear()
+    verified_tokens_forget()
     dispatch._last_nudge.clear()
     connections_forget()
     yield

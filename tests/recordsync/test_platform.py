@@ -17,7 +17,9 @@ from django.core.management import call_command
 from django.db import OperationalError
 from knox.models import AuthToken
 
+from recordsync.auth import VERIFIED_TTL_SECONDS, TokenAuthentication
 from recordsync.env import env_bool, env_int, env_str
+from sync.auth import api_token_create
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -220,3 +222,30 @@ def test_swagger_ui_is_served_from_our_own_static_files(client, django_user_mode
 
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in page
     assert "cdn" not in page.lower()
+
+
+@pytest.mark.django_db
+def test_a_token_revoked_in_the_admin_is_refused_at_once(anon, connections, admin_client):
+    token = api_token_create(username="platform")
+    anon.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert anon.get("/v1/sync/status/none").status_code == 404  # verified, and now trusted for a while
+
+    row = AuthToken.objects.get(user__username="platform")
+    admin_client.post(f"/admin/knox/authtoken/{row.pk}/delete/", {"post": "yes"})
+
+    assert not AuthToken.objects.filter(pk=row.pk).exists()
+    assert anon.get("/v1/sync/status/none").status_code == 401
+
+
+@pytest.mark.django_db
+def test_a_token_revoked_elsewhere_is_refused_once_the_trust_window_passes(anon, connections, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(TokenAuthentication, "clock", staticmethod(lambda: now[0]))
+    anon.credentials(HTTP_AUTHORIZATION=f"Token {api_token_create(username='platform')}")
+    assert anon.get("/v1/sync/status/none").status_code == 404
+
+    AuthToken.objects.all().delete()  # as another process (the admin on another machine) would
+    assert anon.get("/v1/sync/status/none").status_code == 404  # still inside the window
+    now[0] += VERIFIED_TTL_SECONDS + 0.1
+
+    assert anon.get("/v1/sync/status/none").status_code == 401
