@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` runs bench/ingest.py (see docs/BENCHMARKS.md)."""
