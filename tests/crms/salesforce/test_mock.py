@@ -264,3 +264,14 @@ def test_a_bulk_upsert_of_existing_records_updates_them(connector):
 
     assert [r.outcome for r in results] == ["updated"]
     assert stored("c-1").fields["Email"] == "new@example.com"
+
+
+def test_an_injected_latency_past_the_read_timeout_is_a_retryable_timeout(connector, staff_api):
+    connector.push([contact("c-0")])  # log in first: the fault is for the API call
+    connector.http.timeout = (2.0, 0.2)
+    fault(staff_api, calls=1, latency_ms=600)
+
+    with pytest.raises(ConnectorError) as raised:
+        connector.push([contact("c-1")])
+
+    assert (raised.value.code, raised.value.permanent) == ("timeout", False)
