@@ -20,7 +20,7 @@ from crms.services import connection_save, connection_validate
 
 class ConnectionForm(forms.ModelForm[Connection]):
     kind = forms.ChoiceField(choices=[])
-    new_secrets = forms.JSONField(
+    new_secrets = forms.CharField(
         required=False,
         label="Set secrets",
         help_text='Write-only. e.g. {"client_secret": {"env": "SF_CLIENT_SECRET"}} or {"client_secret": "…"}; '
@@ -35,6 +35,18 @@ class ConnectionForm(forms.ModelForm[Connection]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["kind"].choices = [(k, k) for k in kinds()]  # type: ignore[attr-defined]
+
+    def clean_new_secrets(self) -> dict[str, Any] | None:
+        raw = (self.cleaned_data.get("new_secrets") or "").strip()
+        if not raw:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise forms.ValidationError('Give an object, e.g. {"client_secret": {"env": "SF_CLIENT_SECRET"}}')
+        return value
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
