@@ -12,21 +12,15 @@ from recordsync.auth import verified_tokens_forget
 from sync.models import RecordLink, SyncAttempt, SyncEvent, SyncJob
 
 
-class ReadOnlyAdmin(admin.ModelAdmin[Any]):
+class NoEditAdmin(admin.ModelAdmin[Any]):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def delete_model(self, request: HttpRequest, obj: AuthToken) -> None:
-        super().delete_model(request, obj)
-        verified_tokens_forget()
 
-    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
-        super().delete_queryset(request, queryset)
-        verified_tokens_forget()
-
+class ReadOnlyAdmin(NoEditAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
@@ -79,19 +73,13 @@ admin.site.unregister(AuthToken)
 
 
 @admin.register(AuthToken)
-class AuthTokenAdmin(admin.ModelAdmin[AuthToken]):
+class AuthTokenAdmin(NoEditAdmin):
     list_display = ["token_key", "user", "created", "expiry"]
     list_filter = ["user__is_staff"]
     search_fields = ["user__username", "token_key"]
     fields = ("token_key", "user", "created", "expiry")
     readonly_fields = fields
     list_select_related = ["user"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def delete_model(self, request: HttpRequest, obj: AuthToken) -> None:
         super().delete_model(request, obj)

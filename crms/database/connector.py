@@ -19,7 +19,6 @@ invalid_cursor (permanent).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, time
@@ -28,6 +27,7 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
+from crms import cursors
 from crms.base import (
     Capabilities,
     Change,
@@ -120,13 +120,13 @@ class DatabaseConnector(Connector):
         that commits after a reader has passed its timestamp is missed too; reconcile covers it.
         """
         table = self._table(object_type)
-        after = _load_cursor(cursor)
+        after = cursors.pair_load(cursor)  # PostgreSQL infers the types from the columns
         with self._open() as db:
             rows = db.rows_after(table, after, PAGE_SIZE + 1)
         page = rows[:PAGE_SIZE]
         changes = [_change(table, row) for row in page]
         if page:
-            cursor = json.dumps([_plain(page[-1][table.updated_at]), _plain(page[-1][table.id_column])])
+            cursor = cursors.pair_dump(_plain(page[-1][table.updated_at]), _plain(page[-1][table.id_column]))
         return ChangePage(changes, cursor, has_more=len(rows) > PAGE_SIZE)
 
     def check(self) -> CheckResult:
@@ -250,16 +250,4 @@ def _as_datetime(value: Any, table: Table) -> datetime:
     except (ValueError, OverflowError) as exc:
         raise ConnectorError(f"{table.label}.{table.updated_at} holds {value!r}, which is not a timestamp",
                              code="invalid_timestamp", permanent=True) from exc  # fmt: skip
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _load_cursor(cursor: str | None) -> tuple[Any, Any] | None:
-    """The cursor is [updated_at, id] as JSON; PostgreSQL infers their types from the columns."""
-    if cursor is None:
-        return None
-    try:
-        stamp, row_id = json.loads(cursor)
-    except (ValueError, TypeError) as exc:
-        raise ConnectorError(f"not a cursor from this connector: {cursor!r}", code="invalid_cursor",
-                             permanent=True) from exc  # fmt: skip
-    return stamp, row_id
+    return cursors.as_utc(moment)

@@ -17,7 +17,6 @@ permission_denied, invalid_cursor (permanent).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections import Counter
@@ -29,6 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from crms import cursors
 from crms.base import (
     Capabilities,
     Change,
@@ -135,7 +135,7 @@ class FlatFileConnector(Connector):
         page = newer[:PAGE_SIZE]
         changes = [Change(object_type, key, _visible(rows[key]), stamp) for stamp, key in page]
         if page:
-            cursor = json.dumps([page[-1][0].isoformat(), page[-1][1]])
+            cursor = cursors.pair_dump(page[-1][0].isoformat(), page[-1][1])
         return ChangePage(changes, cursor, has_more=len(newer) > PAGE_SIZE)
 
     def check(self) -> CheckResult:
@@ -304,19 +304,18 @@ def _stamp(spec: ObjectFile, key: str, row: dict[str, Any]) -> datetime:
     except ValueError:
         raise RecordRejected(f"{spec.path.name}: row {key} has {UPDATED_AT} {raw!r}, which is not an ISO-8601 time",
                              code="invalid_file", permanent=True) from None  # fmt: skip
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return cursors.as_utc(moment)
 
 
 def _load_cursor(cursor: str | None) -> tuple[datetime, str] | None:
-    if cursor is None:
+    saved = cursors.pair_load(cursor)
+    if saved is None:
         return None
     try:
-        stamp, key = json.loads(cursor)
-        moment = datetime.fromisoformat(stamp)
+        return cursors.as_utc(datetime.fromisoformat(saved[0])), str(saved[1])
     except (ValueError, TypeError) as exc:
         raise ConnectorError(f"not a cursor from this connector: {cursor!r}", code="invalid_cursor",
                              permanent=True) from exc  # fmt: skip
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), str(key)
 
 
 def _shared_files(objects: dict[str, dict[str, Any]]) -> list[str]:
