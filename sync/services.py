@@ -19,10 +19,13 @@ from rest_framework.exceptions import ValidationError
 from crms.models import Connection
 from crms.selectors import connections_by_name
 from recordsync.errors import Conflict
+from rules.engine import decide, event_context
+from rules.selectors import rule_set_current
 from sync import dispatch, outbox
 from sync.models import JobState, SyncEvent, SyncJob
 from sync.outbox import JobKey
 from sync.routing import Route, route_event
+from sync.selectors import changed_fields
 
 logger = logging.getLogger("recordsync.sync")
 
@@ -147,7 +150,7 @@ def _store(
 ) -> dict[int, dict[str, Any]]:
     now = timezone.now()
     connections = connections_by_name()
-    routes = _route_all(items, fresh, connections, is_batch)
+    routes = _route_all(items, fresh, connections, is_batch, now)
     events: list[SyncEvent] = []
     for index in fresh:
         item = items[index]
@@ -198,8 +201,12 @@ def _store(
 
 
 def _route_all(
-    items: Sequence[EventInput], fresh: list[int], connections: dict[str, Connection], is_batch: bool
+    items: Sequence[EventInput], fresh: list[int], connections: dict[str, Connection], is_batch: bool, now: datetime
 ) -> dict[int, Route]:
+    """Rules decide when there are any; otherwise the foundation's default routing. Either way the
+    requested targets are checked first, so a bad one is a 400 and not a silent skip."""
+    rule_set = rule_set_current()
+    changed = changed_fields(items, fresh) if rule_set is not None and rule_set.uses_changed else {}
     routes: dict[int, Route] = {}
     errors: dict[str, str] = {}
     for index in fresh:
@@ -207,6 +214,12 @@ def _route_all(
         route = route_event(
             operation=item.operation, source=item.source, requested=item.targets, connections=connections
         )
+        if rule_set is not None and item.operation != "read" and not route.errors:
+            context = event_context(operation=item.operation, source=item.source, object_type=item.object_type,
+                                    record_id=item.record_id, data=item.data, occurred_at=item.occurred_at or now,
+                                    changed=changed.get(index, sorted(item.data or {})))  # fmt: skip
+            decision = decide(rule_set, context, connections, item.targets)
+            route = Route(decision.targets, decision.routing)
         if item.source != "system_a" and item.source not in connections:
             route.errors["source"] = f"Unknown source '{item.source}': use 'system_a' or a connection name."
         prefix = f"[{index}]." if is_batch else ""

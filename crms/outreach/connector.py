@@ -61,9 +61,10 @@ class OutreachConnector(Connector):
         directions=("outbound", "inbound"),
         objects={
             "prospect": {"match_key": "emails", "required": ["emails"], "fields": list(PROSPECT_FIELDS),
-                         "custom_fields": "custom1..custom150"},
+                         "custom_fields": "custom1..custom150", "strict_fields": True},
             "account": {"match_key": "domain", "match_keys": ["domain", "customId", "custom1..custom150"],
-                        "required": [], "fields": list(ACCOUNT_FIELDS), "custom_fields": "custom1..custom150"},
+                        "required": [], "fields": list(ACCOUNT_FIELDS), "custom_fields": "custom1..custom150",
+                        "strict_fields": True},
         },
     )  # fmt: skip
     config_schema = {
