@@ -1,4 +1,4 @@
-"""Connections as JSON, for version control: `manage.py sync_config export|import`.
+"""Connections and rules as JSON, for version control: `manage.py sync_config export|import`.
 
 Secrets never appear in an export: each is written as {"env": "NAME"}. A secret stored as a
 literal is exported as a reference to a suggested variable name, which the operator must set.
@@ -10,10 +10,13 @@ import re
 from typing import Any
 
 from django.db import transaction
+from rest_framework.exceptions import ValidationError
 
 from crms import secrets as secret_box
 from crms.models import Connection
 from crms.services import connection_save, connection_validate
+from rules.models import Rule
+from rules.services import rule_as_spec, rule_fields, rule_set_check, rule_set_replace
 
 FORMAT_VERSION = 1
 
@@ -44,11 +47,13 @@ def config_export() -> tuple[dict[str, Any], list[str]]:
                 "secrets": refs,
             }
         )
-    return {"version": FORMAT_VERSION, "connections": connections}, to_set
+    rules = [rule_as_spec(r) for r in Rule.objects.order_by("order", "name")]
+    return {"version": FORMAT_VERSION, "connections": connections, "rules": rules}, to_set
 
 
 def config_import(document: dict[str, Any], *, dry_run: bool) -> list[str]:
-    """Create or update every connection in the document, all or nothing; returns what changed."""
+    """Create or update every connection, then replace the rule set if the document has one;
+    all or nothing. Returns what changed."""
     if document.get("version") != FORMAT_VERSION:
         raise ValueError(f"version must be {FORMAT_VERSION}, got {document.get('version')!r}")
     changes: list[str] = []
@@ -67,7 +72,23 @@ def config_import(document: dict[str, Any], *, dry_run: bool) -> list[str]:
                 connection_validate(**fields)
             else:
                 connection_save(**fields, enabled=item.get("enabled", True), quota_owner=item.get("quota_owner", ""))
+        if "rules" in document:
+            changes.append(_import_rules(document["rules"], dry_run=dry_run))
     return changes
+
+
+def _import_rules(specs: list[dict[str, Any]], *, dry_run: bool) -> str:
+    current = [rule_as_spec(r) for r in Rule.objects.order_by("order", "name")]
+    wanted = sorted((rule_fields(s) for s in specs), key=lambda s: (s["order"], s["name"]))
+    if wanted == current:
+        return f"unchanged rule set ({len(specs)} rules)"
+    if dry_run:
+        errors = rule_set_check(specs)
+        if errors:
+            raise ValidationError(errors)
+        return f"replace the rule set ({len(current)} rules) with {len(specs)} rules"
+    version = rule_set_replace(specs=specs, actor="sync_config import")
+    return f"replace the rule set with {len(specs)} rules (v{version})"
 
 
 def _same(connection: Connection, item: dict[str, Any]) -> bool:

@@ -25,7 +25,7 @@ def rule_set_replace(*, specs: list[dict[str, Any]], actor: str) -> int:
     with transaction.atomic():
         Rule.objects.all().delete()
         for spec in specs:
-            Rule.objects.create(**_fields(spec))
+            Rule.objects.create(**rule_fields(spec))
         return _bump(actor)
 
 
@@ -37,7 +37,7 @@ def rule_upsert(*, spec: dict[str, Any], actor: str) -> int:
         if errors:
             index = f"rules[{len(others)}]"
             raise ValidationError({k.replace(index, "rule", 1): v for k, v in errors.items()})
-        Rule.objects.update_or_create(name=spec["name"], defaults=_fields(spec))
+        Rule.objects.update_or_create(name=spec["name"], defaults=rule_fields(spec))
         return _bump(actor)
 
 
@@ -57,7 +57,7 @@ def _refuse_errors(specs: list[dict[str, Any]]) -> None:
         raise ValidationError(errors)
 
 
-def _fields(spec: dict[str, Any]) -> dict[str, Any]:
+def rule_fields(spec: dict[str, Any]) -> dict[str, Any]:
     defaults: dict[str, Any] = {"enabled": True, "order": 100, "description": "", "match_source": "",
                                 "match_object_type": "", "match_operations": [], "condition": "",
                                 "action": "sync", "reason": "", "targets": []}  # fmt: skip

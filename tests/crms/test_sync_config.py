@@ -32,14 +32,14 @@ def test_export_then_import_round_trips_with_secrets_as_env_references(tmp_path,
     Connection.objects.all().delete()
     out = StringIO()
     call_command("sync_config", "import", str(path), stdout=out)
-    assert out.getvalue().strip() == "create connection sf"
+    assert out.getvalue().splitlines() == ["create connection sf", "unchanged rule set (0 rules)"]
     monkeypatch.setenv("RECORDSYNC_SF_CLIENT_SECRET", "elsewhere")
     stored = secret_box.decrypt(Connection.objects.get().secrets_encrypted)
     assert stored == {"client_secret": {"env": "RECORDSYNC_SF_CLIENT_SECRET"}}
 
     again = StringIO()
     call_command("sync_config", "import", str(path), stdout=again)
-    assert again.getvalue().strip() == "unchanged connection sf"
+    assert again.getvalue().splitlines() == ["unchanged connection sf", "unchanged rule set (0 rules)"]
 
 
 def test_a_dry_run_import_writes_nothing(tmp_path):
@@ -65,3 +65,35 @@ def test_an_invalid_file_imports_nothing_and_names_the_field(tmp_path):
         call_command("sync_config", "import", str(path))
 
     assert not Connection.objects.exists()
+
+
+def test_rules_round_trip_with_the_connections(tmp_path, connections):
+    from rules.demo import DEMO_RULES
+    from rules.models import Rule
+    from rules.services import rule_set_replace
+
+    rule_set_replace(specs=DEMO_RULES, actor="test")
+    path = tmp_path / "config.json"
+    call_command("sync_config", "export", str(path), stderr=StringIO())
+    names = [r["name"] for r in json.loads(path.read_text())["rules"]]
+    assert names == [r["name"] for r in sorted(DEMO_RULES, key=lambda r: r["order"])]
+
+    Rule.objects.all().delete()
+    out = StringIO()
+    call_command("sync_config", "import", str(path), stdout=out)
+    again = StringIO()
+    call_command("sync_config", "import", str(path), stdout=again)
+
+    assert "replace the rule set with 5 rules" in out.getvalue()
+    assert "unchanged rule set (5 rules)" in again.getvalue()
+    assert Rule.objects.count() == 5
+
+
+def test_a_bad_rule_in_an_import_changes_nothing(tmp_path, connections):
+    document = {"version": 1, "connections": [], "rules": [{"name": "bad", "condition": "data.x ==",
+                                                             "targets": [{"target": "salesforce"}]}]}  # fmt: skip
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(document))
+
+    with pytest.raises(CommandError, match=r"rules\[0\]\.condition: syntax error"):
+        call_command("sync_config", "import", str(path))

@@ -1,4 +1,4 @@
-"""Export or import connections as JSON (secrets only as environment references)."""
+"""Export or import connections and rules as JSON (secrets only as environment references)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from recordsync.errors import flatten_errors
 
 
 class Command(BaseCommand):
-    help = "export FILE | import FILE [--dry-run]: connections as JSON, for version control. '-' is stdout/stdin."
+    help = "export FILE | import FILE [--dry-run]: connections and rules as JSON, for version control ('-': stdio)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("action", choices=["export", "import"])

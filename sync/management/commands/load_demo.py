@@ -10,6 +10,9 @@ from django.core.management.base import BaseCommand
 
 from crms.models import Connection
 from crms.services import connection_save
+from rules.demo import DEMO_RULES
+from rules.models import Rule
+from rules.services import rule_set_replace
 
 
 def _mock_url(system: str) -> str:
@@ -54,7 +57,7 @@ DEMO = {"salesforce": _salesforce, "outreach": _outreach, "system_a": _system_a}
 
 
 class Command(BaseCommand):
-    help = "Create the demo connections (salesforce, outreach, system_a) on the local mocks, if missing."
+    help = "Create the demo connections (on the local mocks) and the demo rule set, if missing."
 
     def handle(self, *args: Any, **options: Any) -> None:
         for name, build in DEMO.items():
@@ -64,3 +67,8 @@ class Command(BaseCommand):
                 continue
             connection_save(name=name, kind=name, **build())
             self.stdout.write(f"created connection {name} (local mock)")
+        if Rule.objects.exists():
+            self.stdout.write(f"kept the {Rule.objects.count()} rules in place")
+        else:
+            version = rule_set_replace(specs=DEMO_RULES, actor="load_demo")
+            self.stdout.write(f"loaded {len(DEMO_RULES)} demo rules (rule set v{version})")
