@@ -32,7 +32,7 @@ DEMO_RULES: list[dict[str, Any]] = [
                 "mapping": {
                     "Email": "$lower(data.email)",
                     "FirstName": "data.first_name",
-                    "LastName": '$coalesce(data.last_name, "Unknown")',
+                    "LastName": 'operation == "create" ? $coalesce(data.last_name, "Unknown") : data.last_name',
                     "Phone": "data.phone",
                 },
             },

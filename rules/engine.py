@@ -10,7 +10,7 @@ from typing import Any
 import rule_engine
 
 from crms.models import Connection
-from rules.expressions import ExpressionError, Fields, compile_expression, evaluate, plain
+from rules.expressions import ExpressionError, Fields, compile_expression, evaluate, evaluate_field, plain
 
 CONFLICT_POLICIES = ("last_writer_wins", "source_wins", "target_wins", "field_merge", "hold")
 DELETE_POLICIES = ("propagate", "soft_delete", "ignore")
@@ -217,9 +217,11 @@ def _payload(spec: TargetSpec | None, event: dict[str, Any], rule_name: str) -> 
     fields: dict[str, Any] = {}
     for target_field, expression in spec.mapping.items():
         try:
-            fields[target_field] = _plain(evaluate(expression, event))
+            value, absent = evaluate_field(expression, event)
         except ExpressionError as exc:
             return None, {"reason": f"mapping of {target_field} failed: {exc}", "rule": rule_name}
+        if not absent:
+            fields[target_field] = _plain(value)
     return {
         "object": spec.object or event["object_type"],
         "fields": fields if spec.mapping else event["raw_data"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +43,18 @@ class Fields:
         self.values = values
 
 
+# Names an evaluation looked up that the record does not have: a mapped field that comes out null
+# only because its source field is absent is left out, so a partial update never blanks a field
+# in the target. A field the record holds as null is still sent as null (that clears it).
+_absent: ContextVar[set[str] | None] = ContextVar("absent", default=None)
+
+
 def _resolve(thing: Any, name: str) -> Any:
     if isinstance(thing, Fields):
+        if name not in thing.values:
+            absent = _absent.get()
+            if absent is not None:
+                absent.add(name)
         value = thing.values.get(name)
         return Fields(value) if isinstance(value, dict) else value
     return rule_engine.resolve_item(thing, name)
@@ -137,3 +148,13 @@ def evaluate(expression: rule_engine.Rule, event: dict[str, Any]) -> Any:
         return expression.evaluate(event)
     except rule_engine.errors.EngineError as exc:
         raise ExpressionError(f"{type(exc).__name__}: {exc.message}") from None
+
+
+def evaluate_field(expression: rule_engine.Rule, event: dict[str, Any]) -> tuple[Any, bool]:
+    """A mapped field's value, and whether it is null only because the record lacks its source."""
+    token = _absent.set(set())
+    try:
+        value = evaluate(expression, event)
+        return value, value is None and bool(_absent.get())
+    finally:
+        _absent.reset(token)

@@ -258,6 +258,7 @@ def report_console(driver: Chrome, name: str) -> None:
 ADMIN_PAGES = [
     ("admin-index", "/admin/"),
     ("admin-connections", "/admin/crms/connection/"),
+    ("admin-rules", "/admin/rules/rule/"),
     ("admin-events", "/admin/sync/syncevent/"),
     ("admin-jobs", "/admin/sync/syncjob/"),
     ("admin-attempts", "/admin/sync/syncattempt/"),
@@ -275,10 +276,25 @@ def shoot_admin(driver: Chrome, base: str) -> None:
         save(driver, name)
     open_row(driver, base, "/admin/crms/connection/", "salesforce")
     save(driver, "admin-connection-detail")
+    shoot_rules(driver, base)
     # One job's page, attempts inline: c-1002's salesforce job (a create, then a salesforce-only update).
     open_row(driver, base, "/admin/sync/syncjob/?q=c-1002", "salesforce")
     WebDriverWait(driver, 10).until(ec.presence_of_element_located((By.CSS_SELECTOR, ".inline-group")))
     save(driver, "admin-job-detail")
+
+
+def shoot_rules(driver: Chrome, base: str) -> None:
+    """A rule's form, its history, and the dry-run page run over the recent events."""
+    open_row(driver, base, "/admin/rules/rule/", "contacts-with-email")
+    save(driver, "admin-rule-detail")
+    driver.find_element(By.CSS_SELECTOR, "a.historylink").click()
+    WebDriverWait(driver, 10).until(ec.url_contains("/history/"))
+    save(driver, "admin-rule-history")
+    open_page(driver, base, "/admin/rules/rule/test/")
+    driver.find_element(By.NAME, "recent").send_keys("5")
+    driver.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    WebDriverWait(driver, 10).until(ec.presence_of_element_located((By.CSS_SELECTOR, "details")))
+    save(driver, "admin-rules-dry-run")
 
 
 def open_row(driver: Chrome, base: str, changelist: str, text: str) -> None:

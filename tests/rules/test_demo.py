@@ -46,6 +46,10 @@ def test_the_readmes_events_are_routed_by_the_demo_rules(api):
     assert {s["reason"] for s in test_delete["routing"]["skipped"]} == {  # type: ignore[index]
         "test accounts are never deleted in the CRMs"
     }
+    # FirstName was not in the change: it is left out, not sent as null.
     assert inbound["routing"]["payloads"]["system_a"]["fields"] == {  # type: ignore[index]
-        "email": "grace@example.com", "first_name": None, "last_name": "Hopper",
+        "email": "grace@example.com", "last_name": "Hopper",
     }  # fmt: skip
+    update = post({"operation": "update", "record_id": "c-42", "object_type": "contact",
+                   "data": {"email": "ada@example.com"}})  # fmt: skip
+    assert update["routing"]["payloads"]["salesforce"]["fields"] == {"Email": "ada@example.com"}  # type: ignore[index]

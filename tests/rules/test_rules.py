@@ -254,3 +254,17 @@ def test_rule_set_replace_keeps_history(connections):
 
     assert Rule.history.filter(name="skip-test-account-deletes").count() >= 2
     assert SyncJob.objects.count() == 0
+
+
+def test_a_field_the_change_does_not_carry_is_left_out_but_an_explicit_null_is_sent(api, staff_api, connections):
+    mapping = {"Email": "data.email", "FirstName": "data.first_name", "LeadSource": '"System A"'}
+    put_rules(staff_api, {"name": "contacts", "targets": [{"target": "salesforce", "object": "Contact",
+                                                           "mapping": mapping}]})  # fmt: skip
+
+    partial = ingest(api, operation="update", data={"email": "ada@example.com"})
+    cleared = ingest(api, operation="update", data={"email": "ada@example.com", "first_name": None})
+
+    assert partial["routing"]["payloads"]["salesforce"]["fields"] == {"Email": "ada@example.com",
+                                                                      "LeadSource": "System A"}  # fmt: skip
+    assert cleared["routing"]["payloads"]["salesforce"]["fields"] == {"Email": "ada@example.com", "FirstName": None,
+                                                                      "LeadSource": "System A"}  # fmt: skip
