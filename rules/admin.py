@@ -18,14 +18,39 @@ from rules.models import Rule
 from rules.validation import rule_set_errors
 
 
+class PrettyJSONField(forms.JSONField):
+    """JSON shown indented, so a rule's targets and mappings can be read and edited."""
+
+    def prepare_value(self, value: Any) -> Any:
+        if isinstance(value, forms.fields.InvalidJSONInput):
+            return value
+        return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+MONOSPACE = "font-family: monospace"
+
+
 class RuleForm(forms.ModelForm[Rule]):
+    targets = PrettyJSONField(
+        required=False,
+        help_text=Rule._meta.get_field("targets").help_text,
+        widget=forms.Textarea(attrs={"rows": 18, "cols": 110, "style": MONOSPACE}),
+    )
+
     class Meta:
         model = Rule
         fields = list(services.FIELDS)
-        widgets = {"condition": forms.Textarea(attrs={"rows": 2, "cols": 80, "style": "font-family: monospace"})}
+        widgets = {
+            "condition": forms.Textarea(attrs={"rows": 2, "cols": 110, "style": MONOSPACE}),
+            "match_operations": forms.TextInput(attrs={"size": 40, "style": MONOSPACE}),
+            "description": forms.Textarea(attrs={"rows": 2, "cols": 110}),
+        }
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        for name in ("targets", "match_operations"):  # an emptied box means an empty list, not null
+            if name in data and data[name] is None:
+                data[name] = []
         spec = {name: data.get(name) for name in services.FIELDS if name in data}
         others = [services.rule_as_spec(r) for r in Rule.objects.exclude(pk=self.instance.pk)]
         prefix = f"rules[{len(others)}]."
