@@ -1,4 +1,4 @@
-"""`make run`: the web server and a django-q2 cluster in the foreground; Ctrl-C stops both.
+"""`make run`: the web server, a django-q2 cluster and the dispatcher in the foreground; Ctrl-C stops all three.
 
 Each child gets its own process group, so a Ctrl-C reaches only this supervisor, which then
 sends one SIGTERM to each child and waits for a clean stop. runserver's auto-reloader runs the
@@ -24,16 +24,17 @@ def _start(args: list[str]) -> subprocess.Popen[bytes]:
 
 
 def _stop(children: list[subprocess.Popen[bytes]], sig: signal.Signals) -> None:
-    web, worker = children
+    web, *others = children
     if web.poll() is None:
         os.killpg(web.pid, sig)
-    if worker.poll() is None:
-        (os.killpg if sig == signal.SIGKILL else os.kill)(worker.pid, sig)
+    for child in others:
+        if child.poll() is None:
+            (os.killpg if sig == signal.SIGKILL else os.kill)(child.pid, sig)
 
 
 def main() -> int:
     port = os.environ.get("PORT", "8000")
-    children = [_start(["runserver", f"0.0.0.0:{port}"]), _start(["qcluster"])]
+    children = [_start(["runserver", f"0.0.0.0:{port}"]), _start(["qcluster"]), _start(["sync_dispatch"])]
     stopping = {"count": 0}
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -50,7 +51,7 @@ def main() -> int:
     while any(child.poll() is None for child in children) and time.monotonic() < deadline:
         time.sleep(0.2)
     _stop(children, signal.SIGKILL)
-    print("stopped web and worker", file=sys.stderr)
+    print("stopped web, worker and dispatcher", file=sys.stderr)
     return 0 if stopping["count"] else 1
 
 

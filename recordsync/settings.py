@@ -193,6 +193,15 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = not env_bool("STATIC_MANIFEST", not DEBUG)
 
+# The sync engine's defaults (docs/operations.md). Batches go out when full or when the oldest
+# waiting job is this old; retries back off exponentially with full jitter up to the cap.
+SYNC_BATCH_SIZE = env_int("SYNC_BATCH_SIZE", 200, minimum=1)
+SYNC_FLUSH_INTERVAL = env_int("SYNC_FLUSH_INTERVAL", 2, minimum=0)
+SYNC_MAX_ATTEMPTS = env_int("SYNC_MAX_ATTEMPTS", 8, minimum=1)
+SYNC_LEASE_SECONDS = env_int("SYNC_LEASE_SECONDS", 120, minimum=10)
+SYNC_BACKOFF_BASE_SECONDS = env_int("SYNC_BACKOFF_BASE_SECONDS", 2, minimum=1)
+SYNC_BACKOFF_CAP_SECONDS = env_int("SYNC_BACKOFF_CAP_SECONDS", 600, minimum=1)
+
 # Ingest limits (documented in docs/api.md).
 INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024, minimum=1024)
 INGEST_MAX_BATCH = 500

@@ -77,6 +77,7 @@ class SyncJob(models.Model):
     last_occurred_at = models.DateTimeField()
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=32, blank=True, help_text="The worker run holding the lease.")
     last_error_code = models.CharField(max_length=64, blank=True)
     last_error_message = models.TextField(blank=True)
     last_error_permanent = models.BooleanField(null=True)

@@ -27,7 +27,7 @@ SQLITE_CHUNK = 500
 _TABLE = SyncJob._meta.db_table
 _COLUMNS = (
     "source, object_type, record_id, target_id, state, attempts, version, last_event_id, last_occurred_at, "
-    "created_at, updated_at, last_error_code, last_error_message"
+    "created_at, updated_at, last_error_code, last_error_message, lease_owner"
 )
 # A job in flight or held for review keeps its state (and its attempts and error) with a higher
 # version: the worker's conditional finish then sends it back to pending. Any other job reopens.
@@ -41,6 +41,7 @@ _ON_CONFLICT = f"""
         next_attempt_at = CASE WHEN {_KEEP} THEN {_TABLE}.next_attempt_at ELSE NULL END,
         last_error_code = CASE WHEN {_KEEP} THEN {_TABLE}.last_error_code ELSE '' END,
         last_error_message = CASE WHEN {_KEEP} THEN {_TABLE}.last_error_message ELSE '' END,
+        lease_owner = CASE WHEN {_KEEP} THEN {_TABLE}.lease_owner ELSE '' END,
         last_event_id = CASE WHEN {_NEWER} THEN excluded.last_event_id ELSE {_TABLE}.last_event_id END,
         last_occurred_at = CASE WHEN {_NEWER} THEN excluded.last_occurred_at ELSE {_TABLE}.last_occurred_at END,
         updated_at = excluded.updated_at
@@ -127,7 +128,7 @@ def _fetch(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
 def _unnest_sql() -> str:
     return f"""
         INSERT INTO {_TABLE} ({_COLUMNS})
-        SELECT s, o, r, t, 'pending', 0, v, e, oc, %s, %s, '', ''
+        SELECT s, o, r, t, 'pending', 0, v, e, oc, %s, %s, '', '', ''
         FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::uuid[], %s::timestamptz[])
              AS u(s, o, r, t, v, e, oc)
         {_ON_CONFLICT}
@@ -144,7 +145,7 @@ def _unnest_params(ordered: list[tuple[JobKey, tuple[int, SyncEvent]]], now: dat
 
 
 def _values_sql(count: int) -> str:
-    values = ", ".join(["(%s, %s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, '', '')"] * count)
+    values = ", ".join(["(%s, %s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, '', '', '')"] * count)
     return f"INSERT INTO {_TABLE} ({_COLUMNS}) VALUES {values} {_ON_CONFLICT}"  # noqa: S608
 
 

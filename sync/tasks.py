@@ -10,8 +10,10 @@ import logging
 from datetime import timedelta
 
 from django.utils import timezone
+from django_q.tasks import async_task
 
-from sync import dispatch
+from crms.models import Connection
+from sync import dispatch, engine
 from sync.models import JobState, SyncJob
 
 logger = logging.getLogger("recordsync.tasks")
@@ -21,14 +23,30 @@ SWEEP_AGE = timedelta(seconds=30)
 
 
 def dispatch_tick(connection_id: int) -> int:
-    """Look at one connection's pending work; returns how many jobs are waiting.
+    """Queue the batches of one connection that are ready (full, or old enough); returns how many.
 
-    Retry policy: none (a lost tick is replaced by the sweep). Sending lands with the
-    sync engine (issue 6); until then jobs honestly stay pending and this only reports them.
+    Retry policy: none. A lost tick changes nothing: the dispatcher loop (manage.py sync_dispatch)
+    and the sweep look again, and jobs claimed for a batch whose task is lost go back to pending
+    when their lease expires.
     """
-    waiting = SyncJob.objects.filter(target_id=connection_id, state=JobState.PENDING).count()
-    logger.info("dispatch tick", extra={"target_id": connection_id, "pending": waiting})
-    return waiting
+    connection = Connection.objects.filter(pk=connection_id, enabled=True).first()
+    if connection is None:
+        return 0
+    batches = engine.batches_claim(connection=connection, now=timezone.now())
+    for job_ids in batches:
+        async_task("sync.tasks.batch_send", job_ids, task_name=f"batch-{connection_id}")
+    logger.info("dispatch tick", extra={"target_id": connection_id, "batches": len(batches)})
+    return len(batches)
+
+
+def batch_send(job_ids: list[int]) -> dict[str, int]:
+    """Send one claimed batch through its connector.
+
+    Retry policy: none from django-q2 (max_attempts=1). Each job's own retries are rows:
+    a transient error sets `retrying` with a backed-off next attempt, which the dispatcher
+    picks up; a permanent one, or the last allowed attempt, sets `failed`.
+    """
+    return engine.batch_run(job_ids=job_ids)
 
 
 def sweep() -> int:

@@ -124,7 +124,14 @@ def test_the_sweep_nudges_connections_with_old_pending_jobs(api, connections):
     broker.purge_queue()
 
 
-def test_the_dispatch_tick_reports_what_is_waiting(api, connections):
+def test_the_dispatch_tick_queues_a_ready_batch_for_a_worker(api, connections, settings):
+    settings.SYNC_FLUSH_INTERVAL = 0
     ingest(api)
+    broker = get_broker()
+    broker.purge_queue()
 
     assert tasks.dispatch_tick(connections["salesforce"].pk) == 1
+
+    assert SyncJob.objects.get(target__name="salesforce").state == JobState.QUEUED
+    assert broker.queue_size() == 1
+    broker.purge_queue()

@@ -1,0 +1,211 @@
+"""The engine: pending jobs go out in batches through the real connector to the mock Salesforce."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from crms.mocks.models import MockCall, MockRecord
+from crms.models import Connection
+from crms.services import connection_save
+from sync import engine
+from sync.auth import api_token_create
+from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncJob
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def salesforce(live_server, settings) -> Connection:
+    org = f"{live_server.url}/mock/salesforce"
+    return connection_save(
+        name="salesforce", kind="salesforce",
+        config={"login_url": org, "instance_url": org, "auth": "client_credentials",
+                "client_id": settings.MOCK_SALESFORCE_CLIENT_ID, "external_id_field": "RecordSync_Id__c"},
+        secrets={"client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def client_(client) -> Any:
+    client.defaults["HTTP_AUTHORIZATION"] = f"Token {api_token_create(username='platform')}"
+    return client
+
+
+def ingest(client: Any, record_id: str = "c-1", operation: str = "create", **data: Any) -> None:
+    body = {"operation": operation, "record_id": record_id, "object_type": "Contact",
+            "data": {"LastName": "Lovelace", "Email": "ada@example.com", **data}}  # fmt: skip
+    if operation == "delete":
+        body.pop("data")
+    response = client.post("/v1/sync/", data=json.dumps(body), content_type="application/json")
+    assert response.status_code == 202, response.content
+
+
+def drain(connection: Connection, now: Any = None) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for job_ids in engine.batches_claim(connection=connection, now=now or timezone.now(), force=True):
+        for key, count in engine.batch_run(job_ids=job_ids, now=now).items():
+            totals[key] = totals.get(key, 0) + count
+    return totals
+
+
+def in_salesforce() -> list[MockRecord]:
+    return list(MockRecord.objects.filter(system="salesforce", object="Contact", deleted_at__isnull=True))
+
+
+def test_a_pending_job_is_sent_and_marked_synced_with_its_link_and_attempt(client_, salesforce):
+    ingest(client_)
+
+    assert drain(salesforce)["synced"] == 1
+
+    job = SyncJob.objects.get()
+    link = RecordLink.objects.get()
+    (record,) = in_salesforce()
+    assert (job.state, job.attempts, job.synced_at is not None) == (JobState.SYNCED, 0, True)
+    assert (link.external_object, link.external_id) == ("Contact", record.record_id)
+    assert record.fields["Email"] == "ada@example.com" and record.fields["RecordSync_Id__c"] == "c-1"
+    assert SyncAttempt.objects.get().outcome == AttemptOutcome.SUCCESS
+    status = client_.get("/v1/sync/status/c-1").json()
+    assert status["targets"][0]["state"] == "synced" and status["targets"][0]["external_id"] == record.record_id
+
+
+def test_an_unchanged_payload_is_not_written_again(client_, salesforce):
+    ingest(client_)
+    drain(salesforce)
+    calls_before = MockCall.objects.count()
+
+    ingest(client_, operation="update")
+    result = drain(salesforce)
+
+    assert result.get("skipped") == 1
+    attempt = SyncAttempt.objects.order_by("-id").first()
+    assert attempt is not None and (attempt.outcome, attempt.error_code) == (AttemptOutcome.SKIPPED, "unchanged")
+    assert MockCall.objects.count() == calls_before
+
+
+def test_an_update_and_a_delete_follow_the_link(client_, salesforce):
+    ingest(client_)
+    drain(salesforce)
+    ingest(client_, operation="update", Email="ada@new.example.com")
+    drain(salesforce)
+    assert [r.fields["Email"] for r in in_salesforce()] == ["ada@new.example.com"]
+
+    ingest(client_, operation="delete")
+    drain(salesforce)
+
+    assert in_salesforce() == []
+    assert SyncJob.objects.get().state == JobState.SYNCED
+
+
+def test_a_transient_error_retries_later_with_backoff(client_, salesforce, staff_api):
+    ingest(client_)
+    drain(salesforce)  # log in first, so the fault meets the write
+    ingest(client_, record_id="c-2")
+    staff_api.post("/v1/crms/mock/salesforce/faults", {"status": 503, "calls": 1, "retry_after": 30}, format="json")
+    now = timezone.now()
+
+    drain(salesforce, now)
+
+    job = SyncJob.objects.get(record_id="c-2")
+    assert (job.state, job.attempts, job.last_error_code, job.last_error_permanent) == (
+        JobState.RETRYING, 1, "SERVER_UNAVAILABLE", False,
+    )  # fmt: skip
+    assert job.next_attempt_at is not None and job.next_attempt_at >= now + timedelta(seconds=30)
+    assert engine.batches_claim(connection=salesforce, now=now + timedelta(seconds=5), force=True) == []
+
+    drain(salesforce, job.next_attempt_at + timedelta(seconds=1))
+
+    assert SyncJob.objects.get(record_id="c-2").state == JobState.SYNCED
+
+
+def test_a_permanent_error_fails_the_job_with_the_reason(client_, salesforce):
+    response = client_.post("/v1/sync/", data=json.dumps({"operation": "create", "record_id": "c-9",
+                            "object_type": "Contact", "data": {"Email": "x@example.com"}}),
+                            content_type="application/json")  # fmt: skip
+    assert response.status_code == 202
+
+    drain(salesforce)
+
+    job = SyncJob.objects.get()
+    assert (job.state, job.last_error_code, job.last_error_permanent) == (
+        JobState.FAILED,
+        "REQUIRED_FIELD_MISSING",
+        True,
+    )
+    assert "LastName" in job.last_error_message
+
+
+def test_a_job_fails_after_its_last_allowed_attempt(client_, salesforce, staff_api, settings):
+    settings.SYNC_MAX_ATTEMPTS = 2
+    ingest(client_)
+    drain(salesforce)
+    ingest(client_, record_id="c-2")
+    staff_api.post("/v1/crms/mock/salesforce/faults", {"status": 503, "calls": 5}, format="json")
+    later = timezone.now() + timedelta(hours=1)
+
+    drain(salesforce)
+    drain(salesforce, later)
+
+    job = SyncJob.objects.get(record_id="c-2")
+    assert (job.state, job.attempts) == (JobState.FAILED, 2)
+
+
+def test_a_change_arriving_while_in_flight_is_sent_next_not_lost(client_, salesforce):
+    ingest(client_)
+    (job_ids,) = engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)
+    ingest(client_, operation="update", Email="newer@example.com")  # arrives after the claim
+
+    engine.batch_run(job_ids=job_ids)
+    assert SyncJob.objects.get().state == JobState.PENDING
+    drain(salesforce)
+
+    assert [r.fields["Email"] for r in in_salesforce()] == ["newer@example.com"]
+    assert SyncJob.objects.get().state == JobState.SYNCED
+
+
+def test_a_batch_claimed_twice_is_sent_once(client_, salesforce):
+    ingest(client_)
+    (job_ids,) = engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)
+
+    first = engine.batch_run(job_ids=job_ids)
+    second = engine.batch_run(job_ids=job_ids)  # a duplicated task
+
+    assert first["synced"] == 1 and second == {"claimed": 0}
+    assert SyncAttempt.objects.count() == 1
+
+
+def test_an_expired_lease_sends_the_job_back_to_pending(client_, salesforce, settings):
+    ingest(client_)
+    engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)  # its task is then lost
+
+    expired = engine.leases_expire(now=timezone.now() + timedelta(seconds=settings.SYNC_LEASE_SECONDS + 1))
+
+    assert expired == 1 and SyncJob.objects.get().state == JobState.PENDING
+
+
+def test_batches_wait_for_the_flush_interval_unless_full(client_, salesforce, settings):
+    settings.SYNC_FLUSH_INTERVAL = 60
+    settings.SYNC_BATCH_SIZE = 3
+    ingest(client_, record_id="a")
+    ingest(client_, record_id="b")
+    now = timezone.now()
+
+    assert engine.batches_claim(connection=salesforce, now=now) == []  # 2 < 3 and young
+    ingest(client_, record_id="c")
+    assert [len(b) for b in engine.batches_claim(connection=salesforce, now=now)] == [3]
+    ingest(client_, record_id="d")
+    assert [len(b) for b in engine.batches_claim(connection=salesforce, now=now + timedelta(seconds=61))] == [1]
+
+
+def test_the_dispatcher_command_queues_ready_batches(client_, salesforce, settings):
+    settings.SYNC_FLUSH_INTERVAL = 0
+    ingest(client_)
+
+    call_command("sync_dispatch", "--once")
+
+    assert SyncJob.objects.get().state == JobState.QUEUED
