@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 #
-# Record Sync Service: one image, three roles (docs/deploy.md).
+# Record Sync Service: one image, four roles (docs/deploy.md).
 #   web      the default CMD: gunicorn on :8000
 #   worker   python manage.py qcluster        (no HTTP: disable the healthcheck)
+#   dispatcher python manage.py sync_dispatch (no HTTP: disable the healthcheck)
 #   migrate  python manage.py migrate --noinput   (one-off task before a release; no entrypoint does it)
 #
 # Not built in CI (no Docker engine on the developers' machines): review changes carefully.
