@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from knox.models import AuthToken
 
 from recordsync.auth import verified_tokens_forget
 from sync.models import RecordLink, SyncAttempt, SyncEvent, SyncJob
+from sync.retry import jobs_retry
 
 
 class NoEditAdmin(admin.ModelAdmin[Any]):
@@ -51,6 +53,14 @@ class SyncJobAdmin(ReadOnlyAdmin):
     list_select_related = ["target"]
     ordering = ["-updated_at"]
     inlines = [AttemptInline]
+    actions = ["retry_jobs"]
+
+    @admin.action(description="Retry the selected failed or retrying jobs")
+    def retry_jobs(self, request: HttpRequest, queryset: QuerySet[SyncJob]) -> None:
+        retried = jobs_retry(jobs=queryset, actor=request.user.get_username())
+        skipped = queryset.count() - len(retried)
+        note = f"; {skipped} were not failed or retrying and were left alone" if skipped else ""
+        self.message_user(request, f"{len(retried)} job(s) sent back to pending{note}.", messages.SUCCESS)
 
 
 @admin.register(RecordLink)

@@ -206,3 +206,14 @@ class RecordStatusSerializer(serializers.Serializer[dict[str, Any]]):
     targets = TargetStatusSerializer(many=True)
     events = EventSummarySerializer(many=True, help_text="The last 20 events, newest first.")
     attempts = AttemptSerializer(many=True, help_text="The last 20 attempts, newest first.")
+
+
+class RetryInSerializer(StrictFieldsMixin, serializers.Serializer[dict[str, Any]]):
+    target = serializers.RegexField(SLUG, required=False, help_text="Only this connection's job")
+    object_type = serializers.RegexField(OBJECT_TYPE, required=False)
+    source = serializers.RegexField(SLUG, required=False)  # type: ignore[assignment]  # API field name; DRF pops declared fields
+
+
+class RetriedSerializer(serializers.Serializer[dict[str, Any]]):
+    record_id = serializers.CharField()
+    jobs = JobBriefSerializer(many=True, help_text="The jobs sent back to pending")

@@ -1,10 +1,11 @@
 from django.urls import path
 
 from rules.views import RuleSetViewSet
-from sync.views import SyncEventViewSet, SyncStatusViewSet
+from sync.views import SyncEventViewSet, SyncRetryViewSet, SyncStatusViewSet
 
 urlpatterns = [
     path("", SyncEventViewSet.as_view({"post": "create"}), name="sync-ingest"),
     path("rules", RuleSetViewSet.as_view({"get": "rule_set", "post": "rule_set_update"}), name="sync-rules"),
+    path("retry/<str:record_id>", SyncRetryViewSet.as_view({"post": "retry"}), name="sync-retry"),
     path("status/<str:record_id>", SyncStatusViewSet.as_view({"get": "retrieve"}), name="sync-status"),
 ]

@@ -13,12 +13,15 @@ from rest_framework.response import Response
 
 from recordsync.openapi import errors
 from sync import selectors, services
+from sync.retry import job_retry
 from sync.serializers import (
     BatchAcceptedSerializer,
     EventAcceptedSerializer,
     EventBatchInSerializer,
     EventInSerializer,
     RecordStatusSerializer,
+    RetriedSerializer,
+    RetryInSerializer,
     StatusQuerySerializer,
 )
 
@@ -113,3 +116,18 @@ class SyncStatusViewSet(viewsets.ViewSet):
         if found is None:
             raise NotFound(f"No event was ever accepted for record '{record_id}' with these filters.")
         return Response(RecordStatusSerializer(found).data)
+
+
+class SyncRetryViewSet(viewsets.ViewSet):
+    @extend_schema(
+        operation_id="sync_retry",
+        summary="Retry a record's failed jobs (once: a second call while they wait is a 409)",
+        request=RetryInSerializer,
+        responses={202: RetriedSerializer, **errors(400, 404, 409, 415)},
+    )
+    def retry(self, request: Request, record_id: str) -> Response:
+        body = RetryInSerializer(data=request.data or {})
+        body.is_valid(raise_exception=True)
+        jobs = job_retry(record_id=record_id, actor=request.user.get_username(), **body.validated_data)
+        answer = {"record_id": record_id, "jobs": [{"target": j.target.name, "state": j.state} for j in jobs]}
+        return Response(RetriedSerializer(answer).data, status=status.HTTP_202_ACCEPTED)
