@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from knox.models import AuthToken
 
 from recordsync.auth import verified_tokens_forget
-from sync.models import RecordLink, SyncAttempt, SyncEvent, SyncJob
+from sync.config_services import config_override_set, override_errors
+from sync.models import ConfigOverride, RecordLink, SyncAttempt, SyncEvent, SyncJob
 from sync.retry import jobs_retry
 
 
@@ -98,3 +100,36 @@ class AuthTokenAdmin(NoEditAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
         super().delete_queryset(request, queryset)
         verified_tokens_forget()
+
+
+class ConfigOverrideForm(forms.ModelForm[ConfigOverride]):
+    class Meta:
+        model = ConfigOverride
+        fields = ["connection", "values"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        values = data.get("values") or {}
+        if not isinstance(values, dict):
+            self.add_error("values", 'Give an object, e.g. {"batch_size": 100}')
+            return data
+        for key, message in override_errors(values).items():
+            self.add_error("values", f"{key}: {message}")
+        return data
+
+
+@admin.register(ConfigOverride)
+class ConfigOverrideAdmin(admin.ModelAdmin[ConfigOverride]):
+    form = ConfigOverrideForm
+    list_display = ["scope", "values", "updated_by", "updated_at"]
+    readonly_fields = ["scope", "updated_by", "updated_at"]
+
+    def save_model(self, request: HttpRequest, obj: ConfigOverride, form: Any, change: bool) -> None:
+        connection = form.cleaned_data.get("connection")
+        if change and obj.scope != (f"connection:{connection.name}" if connection else "global"):
+            ConfigOverride.objects.filter(pk=obj.pk).delete()  # moved to another scope
+        replaced = dict.fromkeys(form.initial.get("values") or {})
+        saved = config_override_set(values={**replaced, **form.cleaned_data["values"]},
+                                    connection=connection.name if connection else None,
+                                    actor=request.user.get_username())  # fmt: skip
+        obj.pk = saved.pk

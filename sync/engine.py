@@ -28,6 +28,7 @@ from crms.base import ConnectorError, OutboundRecord, PushResult
 from crms.build import connector_for
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
+from sync import config
 from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncJob
 
 logger = logging.getLogger("recordsync.engine")
@@ -39,11 +40,12 @@ DUE_STATES = (JobState.PENDING, JobState.RETRYING)
 
 
 def batch_size_for(connection: Connection) -> int:
+    wanted = config.effective(connection.pk).batch_size
     try:
         limit = connector_class(connection.kind).capabilities.batch_size
     except UnknownKind:
-        limit = settings.SYNC_BATCH_SIZE
-    return max(1, min(settings.SYNC_BATCH_SIZE, limit))
+        limit = wanted
+    return max(1, min(wanted, limit))
 
 
 def _due(connection_id: int, now: datetime) -> Any:
@@ -59,7 +61,7 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
     due, so dispatchers on several machines never queue one job twice.
     """
     size = batch_size_for(connection)
-    flush_before = now - timedelta(seconds=settings.SYNC_FLUSH_INTERVAL)
+    flush_before = now - timedelta(seconds=config.effective(connection.pk).flush_interval)
     batches: list[list[int]] = []
     groups = _due(connection.pk, now).values("object_type").annotate(oldest=Min("updated_at"))
     for group in groups:
@@ -188,7 +190,7 @@ def _record_result(item: Claimed, result: PushResult, now: datetime, duration_ms
         if item.record is not None and result.external_id:
             _link(job, item.record, result.external_id, now)
         return _finish(job, JobState.SYNCED, now, error=None)
-    exhausted = job.attempts + 1 >= settings.SYNC_MAX_ATTEMPTS
+    exhausted = job.attempts + 1 >= config.effective(job.target_id).max_attempts
     state = JobState.FAILED if error.permanent or exhausted else JobState.RETRYING
     return _finish(job, state, now, error=error)
 

@@ -149,3 +149,17 @@ class SyncAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"attempt {self.pk} of job {self.job_id}: {self.outcome or 'running'}"
+
+
+class ConfigOverride(models.Model):
+    """Live engine settings: one global row and at most one per connection (`scope` keeps it so)."""
+
+    scope = models.CharField(max_length=80, unique=True, help_text='"global" or "connection:<name>"')
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, null=True, blank=True,
+                                   related_name="config_overrides")  # fmt: skip
+    values = models.JSONField(default=dict, help_text='e.g. {"batch_size": 100, "flush_interval": 1}')
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.CharField(max_length=150, blank=True)
+
+    def __str__(self) -> str:
+        return f"overrides for {self.scope}"

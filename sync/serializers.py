@@ -217,3 +217,28 @@ class RetryInSerializer(StrictFieldsMixin, serializers.Serializer[dict[str, Any]
 class RetriedSerializer(serializers.Serializer[dict[str, Any]]):
     record_id = serializers.CharField()
     jobs = JobBriefSerializer(many=True, help_text="The jobs sent back to pending")
+
+
+class ConfigOverrideInSerializer(StrictFieldsMixin, serializers.Serializer[dict[str, Any]]):
+    connection = serializers.RegexField(SLUG, required=False, help_text="Only this connection; leave out for all")
+    batch_size = serializers.IntegerField(required=False, allow_null=True, help_text="1-10000; null drops it")
+    flush_interval = serializers.IntegerField(required=False, allow_null=True, help_text="seconds, 0-3600")
+    max_attempts = serializers.IntegerField(required=False, allow_null=True, help_text="1-100")
+
+
+class EngineConfigSerializer(serializers.Serializer[dict[str, Any]]):
+    batch_size = serializers.IntegerField()
+    flush_interval = serializers.IntegerField()
+    max_attempts = serializers.IntegerField()
+
+
+class OverrideRowSerializer(serializers.Serializer[dict[str, Any]]):
+    values = serializers.DictField(child=serializers.IntegerField())
+    updated_by = serializers.CharField()
+    updated_at = serializers.DateTimeField()
+
+
+class ConfigInForceSerializer(serializers.Serializer[dict[str, Any]]):
+    defaults = EngineConfigSerializer(help_text="From the environment (SYNC_*)")
+    overrides = serializers.DictField(child=OverrideRowSerializer(), help_text='"global" and "connection:<name>"')
+    effective = serializers.DictField(child=EngineConfigSerializer(), help_text="What each connection uses now")

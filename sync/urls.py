@@ -1,11 +1,16 @@
 from django.urls import path
 
 from rules.views import RuleSetViewSet
-from sync.views import SyncEventViewSet, SyncRetryViewSet, SyncStatusViewSet
+from sync.views import ConfigOverrideViewSet, SyncEventViewSet, SyncRetryViewSet, SyncStatusViewSet
 
 urlpatterns = [
     path("", SyncEventViewSet.as_view({"post": "create"}), name="sync-ingest"),
     path("rules", RuleSetViewSet.as_view({"get": "rule_set", "post": "rule_set_update"}), name="sync-rules"),
+    path(
+        "config-override",
+        ConfigOverrideViewSet.as_view({"get": "in_force", "post": "override"}),
+        name="sync-config-override",
+    ),
     path("retry/<str:record_id>", SyncRetryViewSet.as_view({"post": "retry"}), name="sync-retry"),
     path("status/<str:record_id>", SyncStatusViewSet.as_view({"get": "retrieve"}), name="sync-status"),
 ]

@@ -8,14 +8,20 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from crms.models import Connection
 from recordsync.openapi import errors
-from sync import selectors, services
+from sync import config, selectors, services
+from sync.config_services import config_override_set
+from sync.models import ConfigOverride
 from sync.retry import job_retry
 from sync.serializers import (
     BatchAcceptedSerializer,
+    ConfigInForceSerializer,
+    ConfigOverrideInSerializer,
     EventAcceptedSerializer,
     EventBatchInSerializer,
     EventInSerializer,
@@ -131,3 +137,42 @@ class SyncRetryViewSet(viewsets.ViewSet):
         jobs = job_retry(record_id=record_id, actor=request.user.get_username(), **body.validated_data)
         answer = {"record_id": record_id, "jobs": [{"target": j.target.name, "state": j.state} for j in jobs]}
         return Response(RetriedSerializer(answer).data, status=status.HTTP_202_ACCEPTED)
+
+
+def _config_in_force() -> dict[str, Any]:
+    rows = {row.scope: row for row in ConfigOverride.objects.all()}
+    effective = {"global": vars(config.effective(None))}
+    for connection in Connection.objects.order_by("name"):
+        effective[connection.name] = vars(config.effective(connection.pk))
+    return {
+        "defaults": vars(config.EngineConfig(settings.SYNC_BATCH_SIZE, settings.SYNC_FLUSH_INTERVAL,
+                                             settings.SYNC_MAX_ATTEMPTS)),
+        "overrides": {scope: {"values": r.values, "updated_by": r.updated_by, "updated_at": r.updated_at}
+                      for scope, r in rows.items()},
+        "effective": effective,
+    }  # fmt: skip
+
+
+class ConfigOverrideViewSet(viewsets.ViewSet):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(operation_id="sync_config_in_force", summary="The engine settings in force",
+                   responses={200: ConfigInForceSerializer, **errors(403)})  # fmt: skip
+    def in_force(self, request: Request) -> Response:
+        return Response(ConfigInForceSerializer(_config_in_force()).data)
+
+    @extend_schema(
+        operation_id="sync_config_override",
+        summary="Override batch size, flush interval or max attempts, globally or for one connection",
+        request=ConfigOverrideInSerializer,
+        responses={200: ConfigInForceSerializer, **errors(400, 403, 415)},
+    )
+    def override(self, request: Request) -> Response:
+        body = ConfigOverrideInSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        values = dict(body.validated_data)
+        connection = values.pop("connection", None)
+        if not values:
+            raise ValidationError({"batch_size": ["Send at least one of batch_size, flush_interval, max_attempts."]})
+        config_override_set(values=values, connection=connection, actor=request.user.get_username())
+        return Response(ConfigInForceSerializer(_config_in_force()).data)

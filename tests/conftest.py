@@ -129,11 +129,12 @@ def _fresh_cache() -> Iterator[None]:
     from crms.selectors import connections_forget
     from recordsync.auth import verified_tokens_forget
     from rules.selectors import rule_set_forget
-    from sync import dispatch
+    from sync import config, dispatch
 
     cache.clear()
     verified_tokens_forget()
     rule_set_forget()
+    config.forget()
     dispatch._last_nudge.clear()
     connections_forget()
     yield

@@ -1,0 +1,54 @@
+"""Runtime configuration staff change without a redeploy: global, or per connection.
+
+Read by the engine through `effective()`, cached per process for a second, so a change made
+through the API or the admin reaches every dispatcher and worker within about a second.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from sync.models import ConfigOverride
+
+KNOBS = ("batch_size", "flush_interval", "max_attempts")
+CHECK_SECONDS = 1.0
+clock = time.monotonic  # swappable in tests
+_cache: dict[str, Any] = {"checked": float("-inf"), "rows": {}}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    batch_size: int
+    flush_interval: int
+    max_attempts: int
+
+
+def _defaults() -> dict[str, int]:
+    return {"batch_size": settings.SYNC_BATCH_SIZE, "flush_interval": settings.SYNC_FLUSH_INTERVAL,
+            "max_attempts": settings.SYNC_MAX_ATTEMPTS}  # fmt: skip
+
+
+def _rows() -> dict[int | None, dict[str, int]]:
+    now = clock()
+    if now - _cache["checked"] >= CHECK_SECONDS:
+        rows: dict[int | None, dict[str, int]] = {}
+        for row in ConfigOverride.objects.all():
+            rows[row.connection_id] = {k: v for k, v in row.values.items() if k in KNOBS}
+        _cache.update({"checked": now, "rows": rows})
+    found: dict[int | None, dict[str, int]] = _cache["rows"]
+    return found
+
+
+def effective(connection_id: int | None = None) -> EngineConfig:
+    """Settings, then the global override, then the connection's own."""
+    rows = _rows()
+    merged = {**_defaults(), **rows.get(None, {}), **(rows.get(connection_id, {}) if connection_id else {})}
+    return EngineConfig(**merged)
+
+
+def forget() -> None:
+    _cache.update({"checked": float("-inf"), "rows": {}})

@@ -1,0 +1,94 @@
+"""POST /v1/sync/config-override: live engine settings, validated, recorded, applied within a second."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from sync import config, engine
+from sync.models import ConfigOverride, JobState, SyncJob
+
+pytestmark = pytest.mark.django_db
+URL = "/v1/sync/config-override"
+
+
+def override(client: Any, **body: Any) -> Any:
+    return client.post(URL, body, format="json")
+
+
+def test_it_shows_the_defaults_and_what_each_connection_uses(staff_api, connections, settings):
+    body = staff_api.get(URL).json()
+
+    assert body["defaults"] == {"batch_size": settings.SYNC_BATCH_SIZE, "flush_interval": settings.SYNC_FLUSH_INTERVAL,
+                                "max_attempts": settings.SYNC_MAX_ATTEMPTS}  # fmt: skip
+    assert set(body["effective"]) == {"global", "outreach", "salesforce", "system_a"}
+    assert body["overrides"] == {}
+
+
+def test_a_global_then_a_connection_override_apply_in_that_order_and_record_who(staff_api, connections):
+    override(staff_api, batch_size=50, flush_interval=5)
+    body = override(staff_api, connection="salesforce", batch_size=10).json()
+
+    assert body["effective"]["salesforce"] == {"batch_size": 10, "flush_interval": 5, "max_attempts": 8}
+    assert body["effective"]["outreach"]["batch_size"] == 50
+    assert body["overrides"]["connection:salesforce"]["updated_by"] == "ops"
+    assert body["overrides"]["global"]["values"] == {"batch_size": 50, "flush_interval": 5}
+
+
+def test_null_drops_an_override(staff_api, connections, settings):
+    override(staff_api, batch_size=50)
+
+    body = override(staff_api, batch_size=None).json()
+
+    assert body["effective"]["global"]["batch_size"] == settings.SYNC_BATCH_SIZE
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"batch_size": 0}, "batch_size"), ({"flush_interval": -1}, "flush_interval"),
+     ({"max_attempts": "many"}, "max_attempts"), ({"connection": "nope", "batch_size": 5}, "connection"),
+     ({"rate_limit": 5}, "rate_limit"), ({}, "batch_size")],
+)  # fmt: skip
+def test_bad_values_are_refused_naming_the_field_and_change_nothing(staff_api, connections, body, field):
+    response = override(staff_api, **body)
+
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["fields"][0]["field"] == field
+    assert not ConfigOverride.objects.exists()
+
+
+def test_config_is_staff_only(api, connections):
+    assert api.get(URL).status_code == 403
+    assert override(api, batch_size=5).status_code == 403
+
+
+def test_a_running_dispatcher_uses_a_new_batch_size_within_a_second(api, staff_api, connections, monkeypatch):
+    now = [500.0]
+    monkeypatch.setattr(config, "clock", lambda: now[0])
+    for i in range(5):
+        body = {"operation": "create", "record_id": f"c-{i}", "object_type": "contact", "data": {"email": "a@b.c"},
+                "targets": ["salesforce"]}  # fmt: skip
+        api.post("/v1/sync/", data=json.dumps(body), content_type="application/json")
+    salesforce = connections["salesforce"]
+    config.effective(salesforce.pk)  # this process has read the settings
+
+    override(staff_api, connection="salesforce", batch_size=2)
+    now[0] += config.CHECK_SECONDS  # another process would notice within this long
+
+    batches = engine.batches_claim(connection=salesforce, now=timezone.now() + timedelta(seconds=60))
+
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert SyncJob.objects.filter(state=JobState.QUEUED).count() == 5
+
+
+def test_overrides_are_editable_in_the_admin(admin_client, connections):
+    response = admin_client.post("/admin/sync/configoverride/add/", {"connection": "", "values": '{"batch_size": 25}'})
+
+    assert response.status_code == 302, response.content.decode()[:2000]
+    assert config.effective(None).batch_size == 25
+    bad = admin_client.post("/admin/sync/configoverride/add/", {"connection": "", "values": '{"batch_size": 0}'})
+    assert "batch_size: Give a whole number" in bad.content.decode()
