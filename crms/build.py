@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from crms import secrets as secret_box
 from crms.base import Connector
 from crms.http import HttpClient
@@ -10,11 +12,12 @@ from crms.registry import connector_class
 from crms.state import DatabaseStateStore
 
 
-def connector_for(connection: Connection) -> Connector:
+def connector_for(connection: Connection, *, gate: Callable[[], None] | None = None) -> Connector:
+    """`gate` runs before every HTTP request (the engine's throttle)."""
     cls = connector_class(connection.kind)
     return cls(
         config=connection.config,
         secrets=secret_box.resolve(secret_box.decrypt(connection.secrets_encrypted)),
-        http=HttpClient(connection_name=connection.name),
+        http=HttpClient(connection_name=connection.name, gate=gate),
         store=DatabaseStateStore(connection),
     )

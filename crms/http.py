@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,9 +30,18 @@ class TransportError(Exception):
 
 
 class HttpClient:
-    def __init__(self, *, connection_name: str, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        *,
+        connection_name: str,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        gate: Callable[[], None] | None = None,
+    ) -> None:
         self.connection_name = connection_name
         self.timeout = timeout
+        # Called before every request: the engine passes its throttle here, so pushes, lookups,
+        # polls and logins all count against the connection's allowance.
+        self.gate = gate
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
 
@@ -46,6 +55,8 @@ class HttpClient:
         json: Any = None,
         data: Any = None,
     ) -> requests.Response:
+        if self.gate is not None:
+            self.gate()
         started = time.perf_counter()
         try:
             response = self.session.request(

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from sync.models import ConfigOverride
 
-KNOBS = ("batch_size", "flush_interval", "max_attempts")
+KNOBS = ("batch_size", "flush_interval", "max_attempts", "rate_limit_calls", "rate_limit_window")
 CHECK_SECONDS = 1.0
 clock = time.monotonic  # swappable in tests
 _cache: dict[str, Any] = {"checked": float("-inf"), "rows": {}}
@@ -25,11 +25,14 @@ class EngineConfig:
     batch_size: int
     flush_interval: int
     max_attempts: int
+    rate_limit_calls: int  # 0: no limit
+    rate_limit_window: int  # seconds
 
 
 def _defaults() -> dict[str, int]:
     return {"batch_size": settings.SYNC_BATCH_SIZE, "flush_interval": settings.SYNC_FLUSH_INTERVAL,
-            "max_attempts": settings.SYNC_MAX_ATTEMPTS}  # fmt: skip
+            "max_attempts": settings.SYNC_MAX_ATTEMPTS, "rate_limit_calls": settings.SYNC_RATE_LIMIT_CALLS,
+            "rate_limit_window": settings.SYNC_RATE_LIMIT_WINDOW}  # fmt: skip
 
 
 def _rows() -> dict[int | None, dict[str, int]]:
@@ -52,3 +55,7 @@ def effective(connection_id: int | None = None) -> EngineConfig:
 
 def forget() -> None:
     _cache.update({"checked": float("-inf"), "rows": {}})
+
+
+def effective_defaults() -> EngineConfig:
+    return EngineConfig(**_defaults())

@@ -14,7 +14,7 @@ import logging
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,6 +30,7 @@ from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from sync import config
 from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncJob
+from sync.throttle import gate_for
 
 logger = logging.getLogger("recordsync.engine")
 
@@ -166,7 +167,7 @@ def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[s
     records = [item.record for item in items if item.record is not None]
     started = timezone.now()
     try:
-        results = connector_for(connection).push(records)
+        results = connector_for(connection, gate=_gate(connection)).push(records)
     except ConnectorError as exc:
         results = [PushResult(r.record_id, "error", external_id=r.external_id, error=exc) for r in records]
     except Exception as exc:  # a bug or a broken config must not leave the batch in flight
@@ -175,6 +176,13 @@ def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[s
         results = [PushResult(r.record_id, "error", external_id=r.external_id, error=error) for r in records]
     duration = int((timezone.now() - started).total_seconds() * 1000)
     return [_record_result(item, result, now, duration) for item, result in zip(items, results, strict=True)]
+
+
+def _gate(connection: Connection) -> Callable[[], None] | None:
+    settings_now = config.effective(connection.pk)
+    if not settings_now.rate_limit_calls:
+        return None
+    return gate_for(connection, limit=settings_now.rate_limit_calls, window=settings_now.rate_limit_window)
 
 
 def _record_result(item: Claimed, result: PushResult, now: datetime, duration_ms: int) -> str:
@@ -190,6 +198,8 @@ def _record_result(item: Claimed, result: PushResult, now: datetime, duration_ms
         if item.record is not None and result.external_id:
             _link(job, item.record, result.external_id, now)
         return _finish(job, JobState.SYNCED, now, error=None)
+    if error.code == "THROTTLED":  # not a failure: the batch is handed back until the window frees up
+        return _finish(job, JobState.RETRYING, now, error=error, counts=False)
     exhausted = job.attempts + 1 >= config.effective(job.target_id).max_attempts
     state = JobState.FAILED if error.permanent or exhausted else JobState.RETRYING
     return _finish(job, state, now, error=error)
@@ -211,14 +221,11 @@ def backoff_seconds(attempt: int, retry_after: float | None) -> float:
     return max(random.uniform(0, ceiling), retry_after or 0)  # noqa: S311 - jitter, not a secret
 
 
-def _finish(job: SyncJob, state: str, now: datetime, *, error: ConnectorError | None) -> str:
+def _finish(job: SyncJob, state: str, now: datetime, *, error: ConnectorError | None, counts: bool = True) -> str:
     """Conditional on the version claimed: an event that arrived meanwhile sends the job back to pending."""
-    retry_at = (
-        now + timedelta(seconds=backoff_seconds(job.attempts, error.retry_after))
-        if state == JobState.RETRYING and error
-        else None
-    )
-    attempts = 0 if state in (JobState.SYNCED, JobState.SKIPPED) else job.attempts + 1
+    wait = (backoff_seconds(job.attempts, error.retry_after) if counts else error.retry_after or 1) if error else 0
+    retry_at = now + timedelta(seconds=wait) if state == JobState.RETRYING and error else None
+    attempts = 0 if state in (JobState.SYNCED, JobState.SKIPPED) else job.attempts + (1 if counts else 0)
     with transaction.atomic():
         done = SyncJob.objects.filter(id=job.id, version=job.version, state=JobState.IN_FLIGHT).update(
             state=state, attempts=attempts, next_attempt_at=retry_at, lease_expires_at=None, lease_owner="",

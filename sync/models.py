@@ -163,3 +163,16 @@ class ConfigOverride(models.Model):
 
     def __str__(self) -> str:
         return f"overrides for {self.scope}"
+
+
+class ThrottleCall(models.Model):
+    """One API call inside a throttle window (the database backend; Redis keeps its own)."""
+
+    key = models.CharField(max_length=128)
+    at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["key", "at"], name="throttle_key_at_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.key} @ {self.at}"

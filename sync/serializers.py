@@ -224,12 +224,17 @@ class ConfigOverrideInSerializer(StrictFieldsMixin, serializers.Serializer[dict[
     batch_size = serializers.IntegerField(required=False, allow_null=True, help_text="1-10000; null drops it")
     flush_interval = serializers.IntegerField(required=False, allow_null=True, help_text="seconds, 0-3600")
     max_attempts = serializers.IntegerField(required=False, allow_null=True, help_text="1-100")
+    rate_limit_calls = serializers.IntegerField(required=False, allow_null=True,
+                                                help_text="calls per window per quota owner; 0: no limit")  # fmt: skip
+    rate_limit_window = serializers.IntegerField(required=False, allow_null=True, help_text="seconds, 1-86400")
 
 
 class EngineConfigSerializer(serializers.Serializer[dict[str, Any]]):
     batch_size = serializers.IntegerField()
     flush_interval = serializers.IntegerField()
     max_attempts = serializers.IntegerField()
+    rate_limit_calls = serializers.IntegerField()
+    rate_limit_window = serializers.IntegerField()
 
 
 class OverrideRowSerializer(serializers.Serializer[dict[str, Any]]):

@@ -145,8 +145,7 @@ def _config_in_force() -> dict[str, Any]:
     for connection in Connection.objects.order_by("name"):
         effective[connection.name] = vars(config.effective(connection.pk))
     return {
-        "defaults": vars(config.EngineConfig(settings.SYNC_BATCH_SIZE, settings.SYNC_FLUSH_INTERVAL,
-                                             settings.SYNC_MAX_ATTEMPTS)),
+        "defaults": vars(config.effective_defaults()),
         "overrides": {scope: {"values": r.values, "updated_by": r.updated_by, "updated_at": r.updated_at}
                       for scope, r in rows.items()},
         "effective": effective,
@@ -173,6 +172,6 @@ class ConfigOverrideViewSet(viewsets.ViewSet):
         values = dict(body.validated_data)
         connection = values.pop("connection", None)
         if not values:
-            raise ValidationError({"batch_size": ["Send at least one of batch_size, flush_interval, max_attempts."]})
+            raise ValidationError({"batch_size": [f"Send at least one of {', '.join(config.KNOBS)}."]})
         config_override_set(values=values, connection=connection, actor=request.user.get_username())
         return Response(ConfigInForceSerializer(_config_in_force()).data)

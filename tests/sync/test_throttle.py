@@ -1,0 +1,155 @@
+"""The shared sliding-window throttle: database and Redis backends, the gate, the engine's use of it."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pytest
+from django.db import connection as db
+
+from crms.models import Connection
+from sync.models import ThrottleCall
+from sync.throttle import DatabaseThrottle, RedisThrottle, Throttled, gate_for
+
+
+@pytest.fixture
+def clock(monkeypatch) -> list[float]:
+    now = [1_000_000.0]
+    monkeypatch.setattr(DatabaseThrottle, "clock", staticmethod(lambda: now[0]))
+    return now
+
+
+@pytest.mark.django_db
+def test_the_database_window_grants_n_calls_then_says_how_long_to_wait(clock):
+    throttle = DatabaseThrottle()
+
+    granted = [throttle.acquire("org-1", 3, 10) for _ in range(3)]
+    refused = throttle.acquire("org-1", 3, 10)
+    clock[0] += 4
+    still = throttle.acquire("org-1", 3, 10)
+    clock[0] += 6.01
+    again = throttle.acquire("org-1", 3, 10)
+
+    assert granted == [0.0, 0.0, 0.0]
+    assert refused == pytest.approx(10.0) and still == pytest.approx(6.0)
+    assert again == 0.0
+    assert throttle.acquire("org-2", 3, 10) == 0.0  # another quota owner has its own window
+
+
+@pytest.mark.django_db
+def test_the_gate_waits_a_short_time_but_hands_back_a_long_wait(clock):
+    sf = Connection.objects.create(name="sf", kind="salesforce", quota_owner="org-1")
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    short = gate_for(sf, limit=1, window=0.5, backend=DatabaseThrottle(), sleep=sleep)
+    short()
+    short()  # waits ~0.5 s, then goes
+    long = gate_for(sf, limit=1, window=30, backend=DatabaseThrottle(), sleep=sleep)
+
+    with pytest.raises(Throttled) as raised:
+        long()
+
+    assert slept == [pytest.approx(0.5)]
+    assert raised.value.code == "THROTTLED" and raised.value.retry_after == pytest.approx(30, abs=1)
+
+
+@pytest.mark.django_db
+def test_connections_sharing_a_quota_owner_share_the_window(clock):
+    a = Connection.objects.create(name="sf-sales", kind="salesforce", quota_owner="org-1")
+    b = Connection.objects.create(name="sf-support", kind="salesforce", quota_owner="org-1")
+    gate_for(a, limit=1, window=60, backend=DatabaseThrottle())()
+
+    with pytest.raises(Throttled):
+        gate_for(b, limit=1, window=60, backend=DatabaseThrottle())()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_acquires_never_exceed_the_limit_on_postgresql():
+    granted: list[float] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        try:
+            result = DatabaseThrottle().acquire("org-race", 5, 60)
+            with lock:
+                granted.append(result)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=take) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert granted.count(0.0) == 5
+    assert ThrottleCall.objects.filter(key="org-race").count() == 5
+
+
+@pytest.mark.redis
+def test_the_redis_window_is_atomic_across_threads():
+    from django_redis import get_redis_connection
+
+    get_redis_connection("default").delete("recordsync:throttle:org-redis")
+    granted: list[float] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        result = RedisThrottle().acquire("org-redis", 7, 60)
+        with lock:
+            granted.append(result)
+
+    threads = [threading.Thread(target=take) for _ in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert granted.count(0.0) == 7
+    waits = [g for g in granted if g]
+    assert all(0 < w <= 60 for w in waits)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_throttled_batch_is_handed_back_without_counting_an_attempt(live_server, settings, client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from crms.services import connection_save
+    from sync import engine
+    from sync.auth import api_token_create
+    from sync.config_services import config_override_set
+    from sync.models import JobState, SyncJob
+
+    org = f"{live_server.url}/mock/salesforce"
+    salesforce = connection_save(
+        name="salesforce", kind="salesforce",
+        config={"login_url": org, "instance_url": org, "auth": "client_credentials",
+                "client_id": settings.MOCK_SALESFORCE_CLIENT_ID, "external_id_field": "RecordSync_Id__c"},
+        secrets={"client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET},
+    )  # fmt: skip
+    config_override_set(values={"rate_limit_calls": 2, "rate_limit_window": 60}, connection="salesforce", actor="t")
+    token = api_token_create(username="p")
+    for record_id in ("a", "b"):
+        body: dict[str, Any] = {"operation": "create", "record_id": record_id, "object_type": "Contact",
+                                "data": {"LastName": "L"}}  # fmt: skip
+        client.post("/v1/sync/", data=json.dumps(body), content_type="application/json",
+                    HTTP_AUTHORIZATION=f"Token {token}")  # fmt: skip
+    settings.SYNC_BATCH_SIZE = 1
+
+    for job_ids in engine.batches_claim(connection=salesforce, now=timezone.now(), force=True):
+        engine.batch_run(job_ids=job_ids)
+
+    states = dict(SyncJob.objects.values_list("record_id", "state"))
+    assert states == {"a": JobState.SYNCED, "b": JobState.RETRYING}  # login + write used the 2 calls
+    held = SyncJob.objects.get(record_id="b")
+    assert (held.attempts, held.last_error_code) == (0, "THROTTLED")
+    assert held.next_attempt_at is not None and held.next_attempt_at > timezone.now() + timedelta(seconds=30)
