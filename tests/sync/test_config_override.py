@@ -24,7 +24,9 @@ def test_it_shows_the_defaults_and_what_each_connection_uses(staff_api, connecti
     body = staff_api.get(URL).json()
 
     assert body["defaults"] == {"batch_size": settings.SYNC_BATCH_SIZE, "flush_interval": settings.SYNC_FLUSH_INTERVAL,
-                                "max_attempts": settings.SYNC_MAX_ATTEMPTS}  # fmt: skip
+                                "max_attempts": settings.SYNC_MAX_ATTEMPTS,
+                                "rate_limit_calls": settings.SYNC_RATE_LIMIT_CALLS,
+                                "rate_limit_window": settings.SYNC_RATE_LIMIT_WINDOW}  # fmt: skip
     assert set(body["effective"]) == {"global", "outreach", "salesforce", "system_a"}
     assert body["overrides"] == {}
 
@@ -33,7 +35,8 @@ def test_a_global_then_a_connection_override_apply_in_that_order_and_record_who(
     override(staff_api, batch_size=50, flush_interval=5)
     body = override(staff_api, connection="salesforce", batch_size=10).json()
 
-    assert body["effective"]["salesforce"] == {"batch_size": 10, "flush_interval": 5, "max_attempts": 8}
+    assert body["effective"]["salesforce"] == {"batch_size": 10, "flush_interval": 5, "max_attempts": 8,
+                                               "rate_limit_calls": 0, "rate_limit_window": 1}  # fmt: skip
     assert body["effective"]["outreach"]["batch_size"] == 50
     assert body["overrides"]["connection:salesforce"]["updated_by"] == "ops"
     assert body["overrides"]["global"]["values"] == {"batch_size": 50, "flush_interval": 5}
