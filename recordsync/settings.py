@@ -201,6 +201,10 @@ SYNC_MAX_ATTEMPTS = env_int("SYNC_MAX_ATTEMPTS", 8, minimum=1)
 # Calls per window per quota owner through the HTTP seam (0: no limit); overridable per connection.
 SYNC_RATE_LIMIT_CALLS = env_int("SYNC_RATE_LIMIT_CALLS", 0, minimum=0)
 SYNC_RATE_LIMIT_WINDOW = env_int("SYNC_RATE_LIMIT_WINDOW", 1, minimum=1)
+# The circuit breaker per connection: this many connection-level failures in a row open it; after
+# the cool-down one probe batch is let through.
+SYNC_BREAKER_FAILURES = env_int("SYNC_BREAKER_FAILURES", 5, minimum=1)
+SYNC_BREAKER_COOLDOWN = env_int("SYNC_BREAKER_COOLDOWN", 30, minimum=1)
 SYNC_LEASE_SECONDS = env_int("SYNC_LEASE_SECONDS", 120, minimum=10)
 SYNC_BACKOFF_BASE_SECONDS = env_int("SYNC_BACKOFF_BASE_SECONDS", 2, minimum=1)
 SYNC_BACKOFF_CAP_SECONDS = env_int("SYNC_BACKOFF_CAP_SECONDS", 600, minimum=1)

@@ -12,7 +12,15 @@ from knox.models import AuthToken
 
 from recordsync.auth import verified_tokens_forget
 from sync.config_services import config_override_set, override_errors
-from sync.models import ConfigOverride, RecordLink, SyncAttempt, SyncEvent, SyncJob
+from sync.models import (
+    BreakerTransition,
+    CircuitBreaker,
+    ConfigOverride,
+    RecordLink,
+    SyncAttempt,
+    SyncEvent,
+    SyncJob,
+)
 from sync.retry import jobs_retry
 
 
@@ -133,3 +141,15 @@ class ConfigOverrideAdmin(admin.ModelAdmin[ConfigOverride]):
                                     connection=connection.name if connection else None,
                                     actor=request.user.get_username())  # fmt: skip
         obj.pk = saved.pk
+
+
+@admin.register(CircuitBreaker)
+class CircuitBreakerAdmin(NoEditAdmin):
+    list_display = ["connection", "state", "failures", "opened_at", "updated_at"]
+    list_filter = ["state"]
+    readonly_fields = ["connection", "state", "failures", "opened_at", "last_error", "updated_at", "history"]
+
+    @admin.display(description="History (newest first)")
+    def history(self, obj: CircuitBreaker) -> str:
+        rows = BreakerTransition.objects.filter(connection=obj.connection).order_by("-at")[:50]
+        return "\n".join(f"{r.at:%Y-%m-%d %H:%M:%S} {r.from_state} → {r.to_state}: {r.reason}" for r in rows) or "—"

@@ -29,6 +29,7 @@ from crms.build import connector_for
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from sync import config
+from sync.breaker import Gate, breaker_allow, breaker_failure, breaker_release_probe, breaker_success
 from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncJob
 from sync.throttle import gate_for
 
@@ -164,18 +165,40 @@ def _skip_unchanged(job: SyncJob, now: datetime) -> str:
 
 
 def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[str]:
+    gate, look_again = breaker_allow(connection, now)
+    if gate is Gate.WAIT:  # the breaker is open: no call, the jobs wait without spending an attempt
+        error = ConnectorError("circuit breaker open: the connection is failing", code="BREAKER_OPEN",
+                               retry_after=(look_again - now).total_seconds() if look_again else None)  # fmt: skip
+        return [_finish(item.job, JobState.RETRYING, now, error=error, counts=False) for item in items]
     records = [item.record for item in items if item.record is not None]
     started = timezone.now()
+    call_error: ConnectorError | None = None
     try:
         results = connector_for(connection, gate=_gate(connection)).push(records)
     except ConnectorError as exc:
-        results = [PushResult(r.record_id, "error", external_id=r.external_id, error=exc) for r in records]
+        call_error = exc
     except Exception as exc:  # a bug or a broken config must not leave the batch in flight
         logger.exception("connector failed", extra={"connection": connection.name})
-        error = ConnectorError(f"{type(exc).__name__}: {exc}", code="connector_exception")
-        results = [PushResult(r.record_id, "error", external_id=r.external_id, error=error) for r in records]
+        call_error = ConnectorError(f"{type(exc).__name__}: {exc}", code="connector_exception")
+    if call_error is not None:
+        results = [PushResult(r.record_id, "error", external_id=r.external_id, error=call_error) for r in records]
+    _breaker_report(connection, call_error, now, probe=gate is Gate.PROBE)
     duration = int((timezone.now() - started).total_seconds() * 1000)
     return [_record_result(item, result, now, duration) for item, result in zip(items, results, strict=True)]
+
+
+def _breaker_report(connection: Connection, error: ConnectorError | None, now: datetime, *, probe: bool) -> None:
+    """Only the connection's health moves the breaker: a record refused for its data does not."""
+    if error is None:
+        breaker_success(connection)
+    elif error.code == "THROTTLED":
+        if probe:
+            breaker_release_probe(connection)
+    elif not error.permanent or error.pause_connection or error.http_status in (401, 403):
+        breaker_failure(connection, reason=f"{error.code}: {error.message}", now=now, probe=probe,
+                        at_once=error.pause_connection)  # fmt: skip
+    elif probe:
+        breaker_success(connection)  # it answered: the connection works, the request was wrong
 
 
 def _gate(connection: Connection) -> Callable[[], None] | None:
@@ -198,7 +221,7 @@ def _record_result(item: Claimed, result: PushResult, now: datetime, duration_ms
         if item.record is not None and result.external_id:
             _link(job, item.record, result.external_id, now)
         return _finish(job, JobState.SYNCED, now, error=None)
-    if error.code == "THROTTLED":  # not a failure: the batch is handed back until the window frees up
+    if error.code in ("THROTTLED", "BREAKER_OPEN"):  # not the records' fault: handed back, not counted
         return _finish(job, JobState.RETRYING, now, error=error, counts=False)
     exhausted = job.attempts + 1 >= config.effective(job.target_id).max_attempts
     state = JobState.FAILED if error.permanent or exhausted else JobState.RETRYING

@@ -176,3 +176,39 @@ class ThrottleCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} @ {self.at}"
+
+
+class BreakerState(models.TextChoices):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class CircuitBreaker(models.Model):
+    """Per connection, shared by every worker: opened by consecutive connection-level failures."""
+
+    connection = models.OneToOneField(Connection, on_delete=models.CASCADE, related_name="breaker")
+    state = models.CharField(max_length=16, choices=BreakerState.choices, default=BreakerState.CLOSED)
+    failures = models.PositiveIntegerField(default=0, help_text="Consecutive connection-level failures")
+    opened_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.connection} breaker: {self.state}"
+
+
+class BreakerTransition(models.Model):
+    """The breaker's history: every change of state, with the reason."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="breaker_transitions")
+    at = models.DateTimeField(default=timezone.now)
+    from_state = models.CharField(max_length=16)
+    to_state = models.CharField(max_length=16)
+    reason = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["connection", "-at"], name="breaker_history_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id}: {self.from_state} -> {self.to_state}"

@@ -51,12 +51,18 @@ def _job(job: SyncJob, external_id: str | None) -> dict[str, Any]:
         "version": job.version,
         "last_error": error,
         "external_id": external_id,
+        "breaker": _breaker(job),
         "last_event_id": job.last_event_id,
         "next_attempt_at": job.next_attempt_at,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "synced_at": job.synced_at,
     }
+
+
+def _breaker(job: SyncJob) -> str:
+    breaker = getattr(job.target, "breaker", None)
+    return breaker.state if breaker is not None else "closed"
 
 
 def _event(event: SyncEvent) -> dict[str, Any]:

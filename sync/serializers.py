@@ -171,6 +171,7 @@ class TargetStatusSerializer(serializers.Serializer[dict[str, Any]]):
     version = serializers.IntegerField()
     last_error = LastErrorSerializer(allow_null=True)
     external_id = serializers.CharField(allow_null=True)
+    breaker = serializers.ChoiceField(choices=["closed", "open", "half_open"], help_text="The target's circuit breaker")
     last_event_id = serializers.UUIDField(allow_null=True)
     next_attempt_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
@@ -227,6 +228,8 @@ class ConfigOverrideInSerializer(StrictFieldsMixin, serializers.Serializer[dict[
     rate_limit_calls = serializers.IntegerField(required=False, allow_null=True,
                                                 help_text="calls per window per quota owner; 0: no limit")  # fmt: skip
     rate_limit_window = serializers.IntegerField(required=False, allow_null=True, help_text="seconds, 1-86400")
+    breaker_failures = serializers.IntegerField(required=False, allow_null=True, help_text="1-1000")
+    breaker_cooldown = serializers.IntegerField(required=False, allow_null=True, help_text="seconds, 1-86400")
 
 
 class EngineConfigSerializer(serializers.Serializer[dict[str, Any]]):
@@ -235,6 +238,8 @@ class EngineConfigSerializer(serializers.Serializer[dict[str, Any]]):
     max_attempts = serializers.IntegerField()
     rate_limit_calls = serializers.IntegerField()
     rate_limit_window = serializers.IntegerField()
+    breaker_failures = serializers.IntegerField()
+    breaker_cooldown = serializers.IntegerField()
 
 
 class OverrideRowSerializer(serializers.Serializer[dict[str, Any]]):
