@@ -102,7 +102,8 @@ def leases_expire(*, now: datetime) -> int:
 @dataclass(frozen=True)
 class Claimed:
     job: SyncJob
-    record: OutboundRecord | None  # None: nothing to send (an unchanged payload)
+    record: OutboundRecord | None  # None: nothing to send (unchanged, or refused before the call)
+    refused: ConnectorError | None = None
 
 
 def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[str, int]:
@@ -123,7 +124,9 @@ def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[st
     work = [_prepare(job, links.get((job.object_type, job.record_id))) for job in jobs]
     counts: dict[str, int] = defaultdict(int)
     for item in work:
-        if item.record is None:
+        if item.refused is not None:
+            counts[_refuse(item.job, item.refused, now)] += 1
+        elif item.record is None:
             counts[_skip_unchanged(item.job, now)] += 1
     to_send = [item for item in work if item.record is not None]
     if to_send:
@@ -150,7 +153,23 @@ def _prepare(job: SyncJob, link: RecordLink | None) -> Claimed:
     fields = dict(fields or {})
     if link is not None and link.last_hash == payload_hash(fields):
         return Claimed(job, None)
+    missing = [] if link is not None else _missing_required(job.target, target_object, fields)
+    if missing:
+        return Claimed(job, None, ConnectorError(
+            f"{', '.join(missing)} required to create a {target_object} in {job.target.name}; nothing was sent",
+            code="REQUIRED_FIELD_MISSING", permanent=True, fields=missing))  # fmt: skip
     return Claimed(job, OutboundRecord(job.record_id, target_object, "upsert", fields, external_id))
+
+
+def _missing_required(connection: Connection, object_type: str, fields: dict[str, Any]) -> list[str]:
+    """Checked against the connector's schema before any call: a record that cannot be valid
+    fails at once, permanently, and costs no quota."""
+    try:
+        objects = connector_class(connection.kind).capabilities.objects
+    except UnknownKind:
+        return []
+    required = (objects.get(object_type) or {}).get("required") or []
+    return [name for name in required if fields.get(name) in (None, "", [])]
 
 
 def payload_hash(fields: dict[str, Any]) -> str:
@@ -162,6 +181,13 @@ def _skip_unchanged(job: SyncJob, now: datetime) -> str:
                                outcome=AttemptOutcome.SKIPPED, error_code="unchanged",
                                error_message="the target already holds this state")  # fmt: skip
     return _finish(job, JobState.SKIPPED, now, error=None)
+
+
+def _refuse(job: SyncJob, error: ConnectorError, now: datetime) -> str:
+    SyncAttempt.objects.create(job=job, version=job.version, started_at=now, finished_at=now,
+                               outcome=AttemptOutcome.ERROR, error_code=error.code, error_message=error.message,
+                               permanent=True)  # fmt: skip
+    return _finish(job, JobState.FAILED, now, error=error)
 
 
 def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[str]:

@@ -36,6 +36,8 @@ COLLECTION_LIMIT = 200  # records per sObject Collections call (one API call eac
 TOKEN_KEY = "oauth"  # noqa: S105 - the state-store key, not a secret
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CALL_OPTIONS = "client=recordsync"  # tags our writes so change events can be told apart
+# Fields Salesforce requires to create a record (the engine checks them before any call).
+REQUIRED_ON_CREATE = {"Contact": ["LastName"], "Account": ["Name"], "Lead": ["LastName", "Company"]}
 DEFAULT_FIELDS = {
     "Contact": ["Id", "FirstName", "LastName", "Email", "Phone", "AccountId"],
     "Account": ["Id", "Name", "Website", "Phone"],
@@ -51,7 +53,11 @@ class SalesforceConnector(Connector):
         batch_size=COLLECTION_LIMIT,
         directions=("outbound", "inbound"),
         objects={
-            name: {"match_key": "external id field (config external_id_field)", "fields": fields}
+            name: {
+                "match_key": "external id field (config external_id_field)",
+                "fields": fields,
+                "required": REQUIRED_ON_CREATE.get(name, []),
+            }
             for name, fields in DEFAULT_FIELDS.items()
         },
     )

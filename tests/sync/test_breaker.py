@@ -111,20 +111,20 @@ def test_a_failed_probe_opens_it_again(client, salesforce, staff_api):
     assert opened_at is not None and opened_at > timezone.now() - timedelta(seconds=5)
 
 
-def test_record_level_errors_never_open_it(client, salesforce):
+def test_record_level_errors_never_open_it(client, salesforce, staff_api):
     ingest(client, "warm")
     run(salesforce, timezone.now())
     for record_id in ("a", "b", "c"):
-        response = client.post("/v1/sync/", data=json.dumps({"operation": "create", "record_id": record_id,
-                               "object_type": "Contact", "data": {"Email": "no-last-name@example.com"}}),
-                               content_type="application/json",
-                               HTTP_AUTHORIZATION=f"Token {api_token_create(username='p')}")  # fmt: skip
-        assert response.status_code == 202
+        ingest(client, record_id)
+    staff_api.post("/v1/crms/mock/salesforce/faults", {"record_error": "FIELD_CUSTOM_VALIDATION_EXCEPTION", "calls": 3},
+                   format="json")  # fmt: skip
 
     run(salesforce, timezone.now())
 
     assert breaker().state == BreakerState.CLOSED
-    assert SyncJob.objects.filter(state=JobState.FAILED).count() == 3
+    assert (
+        SyncJob.objects.filter(state=JobState.FAILED, last_error_code="FIELD_CUSTOM_VALIDATION_EXCEPTION").count() == 3
+    )
 
 
 def test_a_daily_limit_opens_it_at_once(client, salesforce, staff_api):

@@ -209,3 +209,23 @@ def test_the_dispatcher_command_queues_ready_batches(client_, salesforce, settin
     call_command("sync_dispatch", "--once")
 
     assert SyncJob.objects.get().state == JobState.QUEUED
+
+
+def test_a_record_that_cannot_be_created_fails_before_any_call_and_costs_no_quota(client_, salesforce):
+    ingest(client_)
+    drain(salesforce)  # logged in
+    calls = MockCall.objects.count()
+    body = {"operation": "create", "record_id": "c-9", "object_type": "Contact", "data": {"Email": "x@example.com"}}
+    assert client_.post("/v1/sync/", data=json.dumps(body), content_type="application/json").status_code == 202
+
+    drain(salesforce)
+
+    job = SyncJob.objects.get(record_id="c-9")
+    assert (job.state, job.last_error_code, job.last_error_permanent) == (
+        JobState.FAILED,
+        "REQUIRED_FIELD_MISSING",
+        True,
+    )
+    assert "LastName required to create a Contact" in job.last_error_message
+    assert MockCall.objects.count() == calls
+    assert SyncAttempt.objects.filter(job=job, outcome=AttemptOutcome.ERROR).count() == 1
