@@ -147,7 +147,13 @@ def _prepare(job: SyncJob, link: RecordLink | None) -> Claimed:
     spec = (event.routing.get("payloads") or {}).get(job.target.name) if event else None
     target_object = (spec or {}).get("object") or job.object_type
     external_id = link.external_id if link else None
-    if event is None or event.operation == "delete":
+    if event is None:  # never guess: a missing event must not turn into a delete
+        return Claimed(job, None, ConnectorError("the event behind this job is gone; post the record again",
+                                                 code="EVENT_MISSING", permanent=True))  # fmt: skip
+    if event.operation == "delete":
+        if (spec or {}).get("delete") == "soft_delete" and spec:
+            marker = {spec["soft_delete_field"]: True}
+            return Claimed(job, OutboundRecord(job.record_id, target_object, "upsert", marker, external_id))
         return Claimed(job, OutboundRecord(job.record_id, target_object, "delete", {}, external_id))
     fields = (spec or {}).get("fields") if spec else event.payload
     fields = dict(fields or {})

@@ -229,3 +229,22 @@ def test_a_record_that_cannot_be_created_fails_before_any_call_and_costs_no_quot
     assert "LastName required to create a Contact" in job.last_error_message
     assert MockCall.objects.count() == calls
     assert SyncAttempt.objects.filter(job=job, outcome=AttemptOutcome.ERROR).count() == 1
+
+
+def test_a_soft_delete_rule_marks_the_record_instead_of_deleting_it(client_, salesforce, staff_api):
+    rule = {
+        "name": "soft",
+        "match_object_type": "Contact",
+        "targets": [
+            {"target": "salesforce", "object": "Contact", "on_delete": "soft_delete", "soft_delete_field": "Deleted__c"}
+        ],
+    }
+    assert staff_api.post("/v1/sync/rules", {"rules": [rule]}, format="json").status_code == 200
+    ingest(client_)
+    drain(salesforce)
+
+    ingest(client_, operation="delete")
+    drain(salesforce)
+
+    (record,) = in_salesforce()
+    assert record.fields["Deleted__c"] is True
