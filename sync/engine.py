@@ -102,8 +102,9 @@ def leases_expire(*, now: datetime) -> int:
 @dataclass(frozen=True)
 class Claimed:
     job: SyncJob
-    record: OutboundRecord | None  # None: nothing to send (unchanged, or refused before the call)
+    record: OutboundRecord | None  # None: nothing to send (skipped, or refused before the call)
     refused: ConnectorError | None = None
+    skip: tuple[str, str] = ("unchanged", "the target already holds this state")
 
 
 def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[str, int]:
@@ -127,7 +128,7 @@ def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[st
         if item.refused is not None:
             counts[_refuse(item.job, item.refused, now)] += 1
         elif item.record is None:
-            counts[_skip_unchanged(item.job, now)] += 1
+            counts[_skip(item.job, item.skip, now)] += 1
     to_send = [item for item in work if item.record is not None]
     if to_send:
         for state in _send(connection, to_send, now):
@@ -154,6 +155,8 @@ def _prepare(job: SyncJob, link: RecordLink | None) -> Claimed:
         if (spec or {}).get("delete") == "soft_delete" and spec:
             marker = {spec["soft_delete_field"]: True}
             return Claimed(job, OutboundRecord(job.record_id, target_object, "upsert", marker, external_id))
+        if link is None:  # created and deleted before it was ever sent, or never synced: nothing to undo
+            return Claimed(job, None, skip=("never_synced", "the target never received this record"))
         return Claimed(job, OutboundRecord(job.record_id, target_object, "delete", {}, external_id))
     fields = (spec or {}).get("fields") if spec else event.payload
     fields = dict(fields or {})
@@ -182,10 +185,9 @@ def payload_hash(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _skip_unchanged(job: SyncJob, now: datetime) -> str:
+def _skip(job: SyncJob, why: tuple[str, str], now: datetime) -> str:
     SyncAttempt.objects.create(job=job, version=job.version, started_at=now, finished_at=now,
-                               outcome=AttemptOutcome.SKIPPED, error_code="unchanged",
-                               error_message="the target already holds this state")  # fmt: skip
+                               outcome=AttemptOutcome.SKIPPED, error_code=why[0], error_message=why[1])  # fmt: skip
     return _finish(job, JobState.SKIPPED, now, error=None)
 
 

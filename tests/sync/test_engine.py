@@ -248,3 +248,16 @@ def test_a_soft_delete_rule_marks_the_record_instead_of_deleting_it(client_, sal
 
     (record,) = in_salesforce()
     assert record.fields["Deleted__c"] is True
+
+
+def test_a_create_then_a_delete_before_the_flush_writes_nothing(client_, salesforce):
+    ingest(client_)
+    ingest(client_, operation="delete")  # both before any batch went out
+    calls = MockCall.objects.count()
+
+    drain(salesforce)
+
+    assert MockCall.objects.count() == calls and in_salesforce() == []
+    job = SyncJob.objects.get()
+    assert job.state == JobState.SKIPPED
+    assert SyncAttempt.objects.get().error_code == "never_synced"
