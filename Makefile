@@ -49,5 +49,8 @@ test: lint typecheck pytest
 bench: install
 	$(BIN)/python bench/ingest.py
 
+bench-rules: install
+	$(BIN)/python bench/rules.py
+
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

@@ -26,8 +26,8 @@ INSERT_EVENT_SQL = (
 )
 INSERT_JOB_SQL = (
     "INSERT INTO sync_syncjob (source, object_type, record_id, target_id, state, attempts, version, "
-    "last_event_id, last_occurred_at, created_at, updated_at, last_error_code, last_error_message) "
-    "VALUES (%s, %s, %s, %s, 'pending', 0, 1, %s, %s, %s, %s, '', '')"
+    "last_event_id, last_occurred_at, created_at, updated_at, last_error_code, last_error_message, lease_owner) "
+    "VALUES (%s, %s, %s, %s, 'pending', 0, 1, %s, %s, %s, %s, '', '', '')"
 )
 
 

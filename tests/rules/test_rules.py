@@ -268,3 +268,18 @@ def test_a_field_the_change_does_not_carry_is_left_out_but_an_explicit_null_is_s
                                                                       "LeadSource": "System A"}  # fmt: skip
     assert cleared["routing"]["payloads"]["salesforce"]["fields"] == {"Email": "ada@example.com", "FirstName": None,
                                                                       "LeadSource": "System A"}  # fmt: skip
+
+
+def test_a_condition_that_cannot_be_evaluated_on_an_event_is_recorded_not_a_500(api, staff_api, connections):
+    rule = {
+        "name": "vip-tags",
+        "condition": '"vip" in data.tags',
+        "targets": [{"target": "salesforce", "object": "Contact"}],
+    }
+    put_rules(staff_api, rule)
+
+    answer = ingest(api)  # this contact has no tags
+
+    assert answer["jobs"] == [] and answer["routing"]["reason"] == "no rule matched"
+    assert answer["routing"]["errors"][0]["rule"] == "vip-tags"
+    assert answer["routing"]["errors"][0]["message"].startswith("condition: ")
