@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal, Protocol
 
+import requests
+
 from crms.http import HttpClient
 
 Outcome = Literal["created", "updated", "deleted", "unchanged", "error"]
@@ -123,6 +125,21 @@ class StateStore(Protocol):
     def lock(self, key: str, timeout: float = 30) -> AbstractContextManager[None]: ...
 
 
+@dataclass(frozen=True)
+class QuotaSignal:
+    """What one answer said about the target's own allowance, for the throttle to obey.
+
+    `used`/`cap` count calls in the target's period; `resets_in` is how long until that period
+    refills (for a rolling period, its length); `pause_for` is an explicit request to stop
+    calling for that long (a 429's Retry-After, Salesforce's REQUEST_LIMIT_EXCEEDED).
+    """
+
+    used: int | None = None
+    cap: int | None = None
+    resets_in: float | None = None
+    pause_for: float | None = None
+
+
 class Connector(ABC):
     kind: ClassVar[str]
     label: ClassVar[str]
@@ -147,6 +164,11 @@ class Connector(ABC):
             "directions": list(cls.capabilities.directions),
             "objects": cls.capabilities.objects,
         }
+
+    @classmethod
+    def quota_signal(cls, response: requests.Response, now: float) -> QuotaSignal | None:
+        """Read the target's rate-limit headers from any answer; None when it says nothing."""
+        return None
 
     @abstractmethod
     def push(self, batch: Sequence[OutboundRecord]) -> list[PushResult]:

@@ -1,8 +1,8 @@
 """The one outbound HTTP seam: every connector call goes through HttpClient.
 
 It sets timeouts and the user agent, logs each call without secrets, and turns transport
-failures into ConnectorErrors, so tests fake one place (with `responses`) and later the
-throttle has one place to sit.
+failures into ConnectorErrors, so tests fake one place (with `responses`) and the throttle
+has one place to sit: `gate` runs before every request, `observe` sees every answer.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from django.conf import settings
 
 logger = logging.getLogger("recordsync.http")
 
 USER_AGENT = "recordsync/0.1 (+https://github.com/recordsync)"
-DEFAULT_TIMEOUT = (5.0, 30.0)  # connect, read
 
 
 class TransportError(Exception):
@@ -34,14 +34,17 @@ class HttpClient:
         self,
         *,
         connection_name: str,
-        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        timeout: tuple[float, float] | None = None,
         gate: Callable[[], None] | None = None,
+        observe: Callable[[requests.Response], None] | None = None,
     ) -> None:
         self.connection_name = connection_name
-        self.timeout = timeout
+        self.timeout = timeout or (settings.CRM_HTTP_CONNECT_TIMEOUT, settings.CRM_HTTP_READ_TIMEOUT)
         # Called before every request: the engine passes its throttle here, so pushes, lookups,
         # polls and logins all count against the connection's allowance.
         self.gate = gate
+        # Called with every answer: the throttle reads the target's own rate-limit headers there.
+        self.observe = observe
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
 
@@ -69,6 +72,8 @@ class HttpClient:
             self._log(method, url, None, started)
             raise TransportError(f"{method} {_where(url)} could not connect", code="connection_error") from exc
         self._log(method, url, response.status_code, started)
+        if self.observe is not None:
+            self.observe(response)
         return response
 
     def _log(self, method: str, url: str, status: int | None, started: float) -> None:

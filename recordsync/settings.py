@@ -205,7 +205,11 @@ SYNC_RATE_LIMIT_WINDOW = env_int("SYNC_RATE_LIMIT_WINDOW", 1, minimum=1)
 # the cool-down one probe batch is let through.
 SYNC_BREAKER_FAILURES = env_int("SYNC_BREAKER_FAILURES", 5, minimum=1)
 SYNC_BREAKER_COOLDOWN = env_int("SYNC_BREAKER_COOLDOWN", 30, minimum=1)
+# Past this share of a target's own allowance (Sforce-Limit-Info, X-RateLimit-*), calls are spread out.
+SYNC_QUOTA_SLOW_DOWN_PERCENT = env_int("SYNC_QUOTA_SLOW_DOWN_PERCENT", 90, minimum=1)
 SYNC_LEASE_SECONDS = env_int("SYNC_LEASE_SECONDS", 120, minimum=10)
+# Batches of one connection queued or in flight at once; the rest of a backlog waits as pending.
+SYNC_OUTSTANDING_BATCHES = env_int("SYNC_OUTSTANDING_BATCHES", 2 * Q_CLUSTER["workers"], minimum=1)
 SYNC_BACKOFF_BASE_SECONDS = env_int("SYNC_BACKOFF_BASE_SECONDS", 2, minimum=1)
 SYNC_BACKOFF_CAP_SECONDS = env_int("SYNC_BACKOFF_CAP_SECONDS", 600, minimum=1)
 
@@ -217,6 +221,11 @@ IDEMPOTENCY_KEY_MAX_LENGTH = 200
 
 # The local mock CRMs (crms/*/mock.py): on in `make run` (DEBUG), off by default in production.
 MOCK_CRMS_ENABLED = env_bool("MOCK_CRMS_ENABLED", DEBUG)
+# Outbound calls to CRMs: seconds to connect and to wait for an answer (a timeout is retried).
+CRM_HTTP_CONNECT_TIMEOUT = env_int("CRM_HTTP_CONNECT_TIMEOUT", 5, minimum=1)
+CRM_HTTP_READ_TIMEOUT = env_int("CRM_HTTP_READ_TIMEOUT", 30, minimum=1)
+# A Salesforce org that answered 403 REQUEST_LIMIT_EXCEEDED is not called again for this long.
+SALESFORCE_LIMIT_PAUSE_SECONDS = env_int("SALESFORCE_LIMIT_PAUSE_SECONDS", 900, minimum=1)
 MOCK_SALESFORCE_CLIENT_ID = env_str("MOCK_SALESFORCE_CLIENT_ID", "recordsync-mock")
 MOCK_SALESFORCE_CLIENT_SECRET = env_str("MOCK_SALESFORCE_CLIENT_SECRET", "mock-only-secret")
 MOCK_SALESFORCE_DAILY_LIMIT = env_int("MOCK_SALESFORCE_DAILY_LIMIT", 15000, minimum=1)

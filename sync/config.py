@@ -15,7 +15,7 @@ from django.conf import settings
 from sync.models import ConfigOverride
 
 KNOBS = ("batch_size", "flush_interval", "max_attempts", "rate_limit_calls", "rate_limit_window",
-         "breaker_failures", "breaker_cooldown")  # fmt: skip
+         "breaker_failures", "breaker_cooldown", "quota_slow_down_percent")  # fmt: skip
 CHECK_SECONDS = 1.0
 clock = time.monotonic  # swappable in tests
 _cache: dict[str, Any] = {"checked": float("-inf"), "rows": {}}
@@ -30,13 +30,15 @@ class EngineConfig:
     rate_limit_window: int  # seconds
     breaker_failures: int  # consecutive connection-level failures that open the breaker
     breaker_cooldown: int  # seconds before one probe is let through
+    quota_slow_down_percent: int  # share of the target's own allowance past which calls are spread thin
 
 
 def _defaults() -> dict[str, int]:
     return {"batch_size": settings.SYNC_BATCH_SIZE, "flush_interval": settings.SYNC_FLUSH_INTERVAL,
             "max_attempts": settings.SYNC_MAX_ATTEMPTS, "rate_limit_calls": settings.SYNC_RATE_LIMIT_CALLS,
             "rate_limit_window": settings.SYNC_RATE_LIMIT_WINDOW, "breaker_failures": settings.SYNC_BREAKER_FAILURES,
-            "breaker_cooldown": settings.SYNC_BREAKER_COOLDOWN}  # fmt: skip
+            "breaker_cooldown": settings.SYNC_BREAKER_COOLDOWN,
+            "quota_slow_down_percent": settings.SYNC_QUOTA_SLOW_DOWN_PERCENT}  # fmt: skip
 
 
 def _rows() -> dict[int | None, dict[str, int]]:

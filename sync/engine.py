@@ -11,31 +11,36 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Min, Q
 from django.utils import timezone
 
-from crms.base import ConnectorError, OutboundRecord, PushResult
+from crms.base import Connector, ConnectorError, OutboundRecord, PushResult
 from crms.build import connector_for
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from sync import config
 from sync.breaker import Gate, breaker_allow, breaker_failure, breaker_release_probe, breaker_success
 from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncJob
-from sync.throttle import gate_for
+from sync.throttle import gate_for, observer_for, throttle
 
 logger = logging.getLogger("recordsync.engine")
 
 DUE_STATES = (JobState.PENDING, JobState.RETRYING)
+# No call was made for these, or it was ours to hold back: the job waits without spending an attempt,
+# and the breaker does not count it.
+NOT_THEIR_FAULT = frozenset({"THROTTLED", "THROTTLE_UNAVAILABLE", "BREAKER_OPEN"})
 
 
 # --- dispatch: pending jobs -> queued batches ---------------------------------------------------
@@ -65,9 +70,13 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
     size = batch_size_for(connection)
     flush_before = now - timedelta(seconds=config.effective(connection.pk).flush_interval)
     batches: list[list[int]] = []
+    # Back-pressure: a backlog stays pending, not queued, so queued leases do not run out while
+    # their tasks wait behind others in the broker.
+    outstanding = SyncJob.objects.filter(target_id=connection.pk, state__in=(JobState.QUEUED, JobState.IN_FLIGHT))
+    room = settings.SYNC_OUTSTANDING_BATCHES - math.ceil(outstanding.count() / size)
     groups = _due(connection.pk, now).values("object_type").annotate(oldest=Min("updated_at"))
     for group in groups:
-        while True:
+        while len(batches) < room:
             ids = list(
                 _due(connection.pk, now).filter(object_type=group["object_type"]).order_by("updated_at", "id")
                 .values_list("id", flat=True)[:size]
@@ -76,7 +85,7 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
             if not ids or not ready:
                 break
             lease = now + timedelta(seconds=settings.SYNC_LEASE_SECONDS)
-            owner = uuid.uuid4().hex
+            owner = lease_owner()
             claimed = (
                 _due(connection.pk, now)
                 .filter(id__in=ids)
@@ -108,32 +117,70 @@ class Claimed:
 
 
 def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[str, int]:
-    """Send one claimed batch through its connector; write an attempt and a state for every job."""
+    """Send one claimed batch through its connector; write an attempt and a state for every job.
+
+    Every result of the batch is written in one transaction with bulk statements (attempts,
+    links, states): per-job writes made the database, not the target, the drain's bottleneck.
+    """
     now = now or timezone.now()
-    owner = uuid.uuid4().hex
+    owner = lease_owner()
     lease = now + timedelta(seconds=settings.SYNC_LEASE_SECONDS)
     taken = SyncJob.objects.filter(id__in=job_ids, state=JobState.QUEUED).update(
         state=JobState.IN_FLIGHT, lease_owner=owner, lease_expires_at=lease, updated_at=now
     )
     if not taken:
         return {"claimed": 0}
+    try:
+        return {"claimed": taken, **_run(owner, now)}
+    except BaseException as exc:
+        if isinstance(exc, Exception):
+            raise  # a bug: the lease runs out and the jobs come back, slowly enough not to spin
+        # Stopping (SIGTERM, django-q2's timeout, Ctrl-C): hand the jobs back now rather than after
+        # the lease. A call already made is sent again later: an upsert of the same state.
+        released = leases_release(owner=owner)
+        logger.warning("batch interrupted; leases returned", extra={"jobs": released, "reason": repr(exc)})
+        raise
+
+
+def lease_owner() -> str:
+    """Unique per claim, and names the process holding it (operators and the kill -9 proof read it)."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:20]}"
+
+
+def leases_release(*, owner: str) -> int:
+    """Jobs still in flight under this lease go back to pending at once."""
+    return SyncJob.objects.filter(lease_owner=owner, state__in=(JobState.QUEUED, JobState.IN_FLIGHT)).update(
+        state=JobState.PENDING, lease_expires_at=None, lease_owner="", updated_at=timezone.now()
+    )
+
+
+def batch_release(job_ids: Sequence[int]) -> int:
+    """A claimed batch whose task could not be queued (the broker is down) goes back to pending."""
+    return SyncJob.objects.filter(id__in=job_ids, state=JobState.QUEUED).update(
+        state=JobState.PENDING, lease_expires_at=None, lease_owner="", updated_at=timezone.now()
+    )
+
+
+def _run(owner: str, now: datetime) -> dict[str, int]:
     jobs = list(
         SyncJob.objects.filter(lease_owner=owner, state=JobState.IN_FLIGHT).select_related("target", "last_event")
     )
     connection = jobs[0].target
     links = _links(jobs)
     work = [_prepare(job, links.get((job.object_type, job.record_id))) for job in jobs]
-    counts: dict[str, int] = defaultdict(int)
+    outcomes: list[Outcome] = []
     for item in work:
         if item.refused is not None:
-            counts[_refuse(item.job, item.refused, now)] += 1
+            outcomes.append(Outcome(item.job, JobState.FAILED, item.refused, attempt=AttemptOutcome.ERROR))
         elif item.record is None:
-            counts[_skip(item.job, item.skip, now)] += 1
+            outcomes.append(Outcome(item.job, JobState.SKIPPED, None, attempt=AttemptOutcome.SKIPPED, skip=item.skip))
     to_send = [item for item in work if item.record is not None]
     if to_send:
-        for state in _send(connection, to_send, now):
-            counts[state] += 1
-    return {"claimed": taken, **counts}
+        outcomes.extend(_send(connection, to_send, now))
+    counts: dict[str, int] = defaultdict(int)
+    for state in outcomes_save(outcomes, owner=owner, now=now):
+        counts[state] += 1
+    return counts
 
 
 def _links(jobs: Sequence[SyncJob]) -> dict[tuple[str, str], RecordLink]:
@@ -185,30 +232,17 @@ def payload_hash(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _skip(job: SyncJob, why: tuple[str, str], now: datetime) -> str:
-    SyncAttempt.objects.create(job=job, version=job.version, started_at=now, finished_at=now,
-                               outcome=AttemptOutcome.SKIPPED, error_code=why[0], error_message=why[1])  # fmt: skip
-    return _finish(job, JobState.SKIPPED, now, error=None)
-
-
-def _refuse(job: SyncJob, error: ConnectorError, now: datetime) -> str:
-    SyncAttempt.objects.create(job=job, version=job.version, started_at=now, finished_at=now,
-                               outcome=AttemptOutcome.ERROR, error_code=error.code, error_message=error.message,
-                               permanent=True)  # fmt: skip
-    return _finish(job, JobState.FAILED, now, error=error)
-
-
-def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[str]:
+def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[Outcome]:
     gate, look_again = breaker_allow(connection, now)
     if gate is Gate.WAIT:  # the breaker is open: no call, the jobs wait without spending an attempt
         error = ConnectorError("circuit breaker open: the connection is failing", code="BREAKER_OPEN",
                                retry_after=(look_again - now).total_seconds() if look_again else None)  # fmt: skip
-        return [_finish(item.job, JobState.RETRYING, now, error=error, counts=False) for item in items]
+        return [Outcome(item.job, JobState.RETRYING, error, counts=False) for item in items]
     records = [item.record for item in items if item.record is not None]
     started = timezone.now()
     call_error: ConnectorError | None = None
     try:
-        results = connector_for(connection, gate=_gate(connection)).push(records)
+        results = _connector(connection).push(records)
     except ConnectorError as exc:
         call_error = exc
     except Exception as exc:  # a bug or a broken config must not leave the batch in flight
@@ -216,16 +250,30 @@ def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[s
         call_error = ConnectorError(f"{type(exc).__name__}: {exc}", code="connector_exception")
     if call_error is not None:
         results = [PushResult(r.record_id, "error", external_id=r.external_id, error=call_error) for r in records]
-    _breaker_report(connection, call_error, now, probe=gate is Gate.PROBE)
+    _breaker_report(connection, call_error or _connection_failure(results), now, probe=gate is Gate.PROBE)
     duration = int((timezone.now() - started).total_seconds() * 1000)
-    return [_record_result(item, result, now, duration) for item, result in zip(items, results, strict=True)]
+    return [_outcome(item, result, duration) for item, result in zip(items, results, strict=True)]
+
+
+def _connection_failure(results: Sequence[PushResult]) -> ConnectorError | None:
+    """A connector that sends record by record reports a failed connection in a record's result."""
+    for result in results:
+        error = result.error
+        if error is None:
+            continue
+        status = error.http_status or 0
+        if error.code in NOT_THEIR_FAULT or error.code in ("timeout", "connection_error") or status >= 500:
+            return error
+        if error.pause_connection or status in (401, 403, 408, 429):
+            return error
+    return None
 
 
 def _breaker_report(connection: Connection, error: ConnectorError | None, now: datetime, *, probe: bool) -> None:
     """Only the connection's health moves the breaker: a record refused for its data does not."""
     if error is None:
         breaker_success(connection)
-    elif error.code == "THROTTLED":
+    elif error.code in NOT_THEIR_FAULT:
         if probe:
             breaker_release_probe(connection)
     elif not error.permanent or error.pause_connection or error.http_status in (401, 403):
@@ -235,40 +283,159 @@ def _breaker_report(connection: Connection, error: ConnectorError | None, now: d
         breaker_success(connection)  # it answered: the connection works, the request was wrong
 
 
-def _gate(connection: Connection) -> Callable[[], None] | None:
-    settings_now = config.effective(connection.pk)
-    if not settings_now.rate_limit_calls:
-        return None
-    return gate_for(connection, limit=settings_now.rate_limit_calls, window=settings_now.rate_limit_window)
+def _connector(connection: Connection) -> Connector:
+    """The connector with the throttle in its HTTP seam: our window and the target's own limits."""
+    knobs = config.effective(connection.pk)
+    backend = throttle()
+    gate = gate_for(connection, limit=knobs.rate_limit_calls, window=knobs.rate_limit_window, backend=backend)
+    observe = observer_for(connection, window=knobs.rate_limit_window, share_percent=knobs.quota_slow_down_percent,
+                           backend=backend)  # fmt: skip
+    return connector_for(connection, gate=gate, observe=observe)
 
 
-def _record_result(item: Claimed, result: PushResult, now: datetime, duration_ms: int) -> str:
+def _outcome(item: Claimed, result: PushResult, duration_ms: int) -> Outcome:
     job, error = item.job, result.error
-    SyncAttempt.objects.create(
-        job=job, version=job.version, started_at=now, finished_at=timezone.now(),
-        outcome=AttemptOutcome.ERROR if error else AttemptOutcome.SUCCESS,
-        http_status=error.http_status if error else None, error_code=error.code if error else "",
-        error_message=error.message if error else "", permanent=error.permanent if error else None,
-        duration_ms=duration_ms,
-    )  # fmt: skip
+    attempt = AttemptOutcome.ERROR if error else AttemptOutcome.SUCCESS
     if error is None:
-        if item.record is not None and result.external_id:
-            _link(job, item.record, result.external_id, now)
-        return _finish(job, JobState.SYNCED, now, error=None)
-    if error.code in ("THROTTLED", "BREAKER_OPEN"):  # not the records' fault: handed back, not counted
-        return _finish(job, JobState.RETRYING, now, error=error, counts=False)
+        linked = item.record if item.record is not None and item.record.operation != "delete" else None
+        return Outcome(job, JobState.SYNCED, None, attempt=attempt, duration_ms=duration_ms, sent=linked,
+                       external_id=result.external_id or "")  # fmt: skip
+    if error.code in NOT_THEIR_FAULT:  # handed back, not counted as an attempt
+        return Outcome(job, JobState.RETRYING, error, counts=False, attempt=attempt, duration_ms=duration_ms)
     exhausted = job.attempts + 1 >= config.effective(job.target_id).max_attempts
     state = JobState.FAILED if error.permanent or exhausted else JobState.RETRYING
-    return _finish(job, state, now, error=error)
+    return Outcome(job, state, error, attempt=attempt, duration_ms=duration_ms)
 
 
-def _link(job: SyncJob, record: OutboundRecord, external_id: str, now: datetime) -> None:
-    if record.operation == "delete":
+@dataclass
+class Outcome:
+    """What became of one job in a batch, before it is written."""
+
+    job: SyncJob
+    state: str
+    error: ConnectorError | None
+    counts: bool = True  # spends one of the job's attempts
+    attempt: str | None = None  # the attempt row's outcome; None writes no attempt (the breaker was open)
+    skip: tuple[str, str] | None = None
+    duration_ms: int | None = None
+    sent: OutboundRecord | None = None  # an upsert the target accepted: its link is written
+    external_id: str = ""
+
+
+def outcomes_save(outcomes: Sequence[Outcome], *, owner: str, now: datetime) -> list[str]:
+    """Links, attempts and job states of one batch, in one transaction; returns each job's final state.
+
+    A job's finish is conditional on the version it was claimed at and on still holding its lease:
+    an event that arrived meanwhile sends the job back to pending (the newer state goes out next),
+    and a job whose lease ran out and was taken by another worker is left to that worker.
+    """
+    finished = timezone.now()
+    with transaction.atomic():
+        _links_save([o for o in outcomes if o.sent is not None and o.external_id], now)
+        SyncAttempt.objects.bulk_create([_attempt_row(o, now, finished) for o in outcomes if o.attempt])
+        held = dict(
+            SyncJob.objects.select_for_update()
+            .filter(id__in=[o.job.id for o in outcomes], state=JobState.IN_FLIGHT, lease_owner=owner)
+            .values_list("id", "version")
+        )  # fmt: skip
+        current = [o for o in outcomes if held.get(o.job.id) == o.job.version]
+        superseded = [o.job.id for o in outcomes if o.job.id in held and held[o.job.id] != o.job.version]
+        _states_save(current, now, finished)
+        if superseded:
+            SyncJob.objects.filter(id__in=superseded).update(
+                state=JobState.PENDING, lease_expires_at=None, lease_owner="", updated_at=finished
+            )
+    final = {o.job.id: o.state for o in current} | dict.fromkeys(superseded, JobState.PENDING)
+    states = [final.get(o.job.id, "lost_lease") for o in outcomes]
+    for outcome, state in zip(outcomes, states, strict=True):
+        logger.info("job state", extra={"job_id": outcome.job.id, "record_id": outcome.job.record_id,
+                                        "target_id": outcome.job.target_id, "state": state,
+                                        "version": outcome.job.version})  # fmt: skip
+    return states
+
+
+def _attempt_row(outcome: Outcome, started: datetime, finished: datetime) -> SyncAttempt:
+    error = outcome.error
+    code, message = outcome.skip or ((error.code, error.message) if error else ("", ""))
+    return SyncAttempt(
+        job=outcome.job, version=outcome.job.version, started_at=started, finished_at=finished,
+        outcome=outcome.attempt or "", http_status=error.http_status if error else None, error_code=code,
+        error_message=message, permanent=error.permanent if error else None, duration_ms=outcome.duration_ms,
+    )  # fmt: skip
+
+
+def _states_save(outcomes: Sequence[Outcome], now: datetime, finished: datetime) -> None:
+    """One UPDATE for the synced jobs and one for the skipped (they share their values); one per
+    job that failed or retries (each has its own backoff)."""
+    clear: dict[str, Any] = {
+        "lease_expires_at": None, "lease_owner": "", "updated_at": finished, "attempts": 0, "next_attempt_at": None,
+        "last_error_code": "", "last_error_message": "", "last_error_permanent": None,
+    }  # fmt: skip
+    synced = [o.job.id for o in outcomes if o.state == JobState.SYNCED]
+    skipped = [o.job.id for o in outcomes if o.state == JobState.SKIPPED]
+    if synced:
+        SyncJob.objects.filter(id__in=synced).update(state=JobState.SYNCED, synced_at=now, **clear)
+    if skipped:
+        SyncJob.objects.filter(id__in=skipped).update(state=JobState.SKIPPED, **clear)
+    for outcome in outcomes:
+        if outcome.state in (JobState.SYNCED, JobState.SKIPPED):
+            continue
+        job, error = outcome.job, outcome.error
+        wait = 0.0
+        if error is not None:
+            wait = backoff_seconds(job.attempts, error.retry_after) if outcome.counts else error.retry_after or 1
+        SyncJob.objects.filter(id=job.id).update(
+            state=outcome.state, attempts=job.attempts + (1 if outcome.counts else 0),
+            next_attempt_at=now + timedelta(seconds=wait) if outcome.state == JobState.RETRYING else None,
+            lease_expires_at=None, lease_owner="", updated_at=finished,
+            last_error_code=error.code if error else "", last_error_message=error.message if error else "",
+            last_error_permanent=error.permanent if error else None,
+        )  # fmt: skip
+
+
+def _links_save(outcomes: Sequence[Outcome], now: datetime) -> None:
+    """Upsert the link of every record the target accepted, in one statement.
+
+    If one link collides with another record's (two System A records matched to one CRM record,
+    e.g. an Outreach prospect found by email), the rest are still written and that job fails
+    with the reason instead of the whole batch.
+    """
+    rows = [_link_row(o, now) for o in outcomes]
+    if not rows:
         return
-    RecordLink.objects.update_or_create(
-        object_type=job.object_type, record_id=job.record_id, system_id=job.target_id,
-        defaults={"external_object": record.object_type, "external_id": external_id, "last_values": record.fields,
-                  "last_hash": payload_hash(record.fields), "synced_at": now},
+    try:
+        with transaction.atomic():
+            _links_upsert(rows)
+        return
+    except IntegrityError:
+        pass
+    for outcome, row in zip(outcomes, rows, strict=True):
+        try:
+            with transaction.atomic():
+                _links_upsert([row])
+        except IntegrityError:
+            outcome.state, outcome.attempt, outcome.sent = JobState.FAILED, AttemptOutcome.ERROR, None
+            outcome.error = ConnectorError(
+                f"{row.external_object} {row.external_id} is already linked to another record; "
+                "the target was written but this record is not linked to it",
+                code="LINK_CONFLICT",
+                permanent=True,
+            )
+
+
+def _link_row(outcome: Outcome, now: datetime) -> RecordLink:
+    record = outcome.sent
+    assert record is not None  # noqa: S101 - callers pass only sent records
+    return RecordLink(object_type=outcome.job.object_type, record_id=outcome.job.record_id,
+                      system_id=outcome.job.target_id, external_object=record.object_type,
+                      external_id=outcome.external_id, last_values=record.fields,
+                      last_hash=payload_hash(record.fields), synced_at=now)  # fmt: skip
+
+
+def _links_upsert(rows: Sequence[RecordLink]) -> None:
+    RecordLink.objects.bulk_create(
+        rows, update_conflicts=True, unique_fields=["record_id", "object_type", "system"],
+        update_fields=["external_object", "external_id", "last_values", "last_hash", "synced_at"],
     )  # fmt: skip
 
 
@@ -276,25 +443,3 @@ def backoff_seconds(attempt: int, retry_after: float | None) -> float:
     """Exponential backoff with full jitter (AWS's), never sooner than the target asked."""
     ceiling = min(settings.SYNC_BACKOFF_CAP_SECONDS, settings.SYNC_BACKOFF_BASE_SECONDS * 2**attempt)
     return max(random.uniform(0, ceiling), retry_after or 0)  # noqa: S311 - jitter, not a secret
-
-
-def _finish(job: SyncJob, state: str, now: datetime, *, error: ConnectorError | None, counts: bool = True) -> str:
-    """Conditional on the version claimed: an event that arrived meanwhile sends the job back to pending."""
-    wait = (backoff_seconds(job.attempts, error.retry_after) if counts else error.retry_after or 1) if error else 0
-    retry_at = now + timedelta(seconds=wait) if state == JobState.RETRYING and error else None
-    attempts = 0 if state in (JobState.SYNCED, JobState.SKIPPED) else job.attempts + (1 if counts else 0)
-    with transaction.atomic():
-        done = SyncJob.objects.filter(id=job.id, version=job.version, state=JobState.IN_FLIGHT).update(
-            state=state, attempts=attempts, next_attempt_at=retry_at, lease_expires_at=None, lease_owner="",
-            updated_at=timezone.now(), synced_at=now if state == JobState.SYNCED else job.synced_at,
-            last_error_code=error.code if error else "", last_error_message=error.message if error else "",
-            last_error_permanent=error.permanent if error else None,
-        )  # fmt: skip
-        if not done:
-            SyncJob.objects.filter(id=job.id, state=JobState.IN_FLIGHT).update(
-                state=JobState.PENDING, lease_expires_at=None, lease_owner="", updated_at=timezone.now()
-            )
-            state = JobState.PENDING
-    logger.info("job state", extra={"job_id": job.id, "record_id": job.record_id, "target_id": job.target_id,
-                                    "state": state, "version": job.version})  # fmt: skip
-    return state

@@ -178,6 +178,20 @@ class ThrottleCall(models.Model):
         return f"{self.key} @ {self.at}"
 
 
+class ThrottleLimit(models.Model):
+    """What the target itself asked of one quota owner (the database backend; Redis keeps its own):
+    a pause until `hold_until`, or at most `cap_calls` per `cap_seconds` until `cap_until`."""
+
+    key = models.CharField(max_length=128, unique=True)
+    hold_until = models.DateTimeField(null=True, blank=True)
+    cap_calls = models.PositiveIntegerField(null=True, blank=True)
+    cap_seconds = models.FloatField(null=True, blank=True)
+    cap_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.key}: hold until {self.hold_until}, cap {self.cap_calls}/{self.cap_seconds}s"
+
+
 class BreakerState(models.TextChoices):
     CLOSED = "closed"
     OPEN = "open"

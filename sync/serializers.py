@@ -230,6 +230,9 @@ class ConfigOverrideInSerializer(StrictFieldsMixin, serializers.Serializer[dict[
     rate_limit_window = serializers.IntegerField(required=False, allow_null=True, help_text="seconds, 1-86400")
     breaker_failures = serializers.IntegerField(required=False, allow_null=True, help_text="1-1000")
     breaker_cooldown = serializers.IntegerField(required=False, allow_null=True, help_text="seconds, 1-86400")
+    quota_slow_down_percent = serializers.IntegerField(
+        required=False, allow_null=True, help_text="1-100: past this share of the target's own quota, calls slow down"
+    )
 
 
 class EngineConfigSerializer(serializers.Serializer[dict[str, Any]]):
@@ -240,6 +243,7 @@ class EngineConfigSerializer(serializers.Serializer[dict[str, Any]]):
     rate_limit_window = serializers.IntegerField()
     breaker_failures = serializers.IntegerField()
     breaker_cooldown = serializers.IntegerField()
+    quota_slow_down_percent = serializers.IntegerField()
 
 
 class OverrideRowSerializer(serializers.Serializer[dict[str, Any]]):

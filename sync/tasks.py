@@ -7,7 +7,9 @@ job rows hold the state and the periodic sweep re-nudges anything still pending.
 from __future__ import annotations
 
 import logging
+import signal
 from datetime import timedelta
+from types import FrameType
 
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -33,10 +35,18 @@ def dispatch_tick(connection_id: int) -> int:
     if connection is None:
         return 0
     batches = engine.batches_claim(connection=connection, now=timezone.now())
+    queued = 0
     for job_ids in batches:
-        async_task("sync.tasks.batch_send", job_ids, task_name=f"batch-{connection_id}")
-    logger.info("dispatch tick", extra={"target_id": connection_id, "batches": len(batches)})
-    return len(batches)
+        try:
+            async_task("sync.tasks.batch_send", job_ids, task_name=f"batch-{connection_id}")
+        except Exception as exc:  # the broker is down: the batch goes back to pending, not to a lease wait
+            engine.batch_release(job_ids)
+            logger.warning("broker unavailable; batch released",
+                           extra={"target_id": connection_id, "jobs": len(job_ids), "error": repr(exc)})  # fmt: skip
+            continue
+        queued += 1
+    logger.info("dispatch tick", extra={"target_id": connection_id, "batches": queued})
+    return queued
 
 
 def batch_send(job_ids: list[int]) -> dict[str, int]:
@@ -47,6 +57,20 @@ def batch_send(job_ids: list[int]) -> dict[str, int]:
     picks up; a permanent one, or the last allowed attempt, sets `failed`.
     """
     return engine.batch_run(job_ids=job_ids)
+
+
+def worker_stop_handler_install(sender: object = None, **kwargs: object) -> None:
+    """In each django-q2 worker (post_spawn): SIGTERM raises SystemExit instead of killing outright.
+
+    django-q2 leaves its workers on the default SIGTERM action, so a signal sent to the whole
+    process group (systemd, some container runtimes) would kill a worker mid-batch and strand
+    its jobs until the lease ran out. Raised as SystemExit, it lets batch_run hand them back.
+    """
+    signal.signal(signal.SIGTERM, _raise_system_exit)
+
+
+def _raise_system_exit(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def sweep() -> int:

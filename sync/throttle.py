@@ -1,75 +1,166 @@
-"""A sliding-window limit of N calls per W seconds per quota owner, shared by every process.
+"""A sliding-window limit of N calls per W seconds per quota owner, shared by every process,
+that also obeys what the target says about its own allowance.
 
 Redis when REDIS_URL is set: one Lua script on a sorted set, timed by the Redis server's own
 clock (TIME), so hosts with drifting clocks still share one window and no check-then-act race
-exists. Otherwise the database: an IMMEDIATE transaction on SQLite (or a row lock on PostgreSQL)
-around count-then-insert. `acquire` never sleeps: it answers how long to wait.
+exists. Otherwise the database: an IMMEDIATE transaction on SQLite (or an advisory lock on
+PostgreSQL) around count-then-insert. `acquire` never sleeps: it answers how long to wait.
+
+Two more limits come from the target's answers (read in the HTTP seam by `observer_for`):
+a *hold* (stop calling for a while: a 429's Retry-After, Salesforce's REQUEST_LIMIT_EXCEEDED,
+an exhausted allowance) and a *cap* (past a configurable share of the target's allowance, the
+calls left are spread evenly until it refills). Both live beside the window, so every worker
+obeys what any one of them heard.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+import requests
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection as db
+from django.db import transaction
+from django.db.models import Q
 from django_redis import get_redis_connection
 
-from crms.base import ConnectorError
+from crms.base import ConnectorError, QuotaSignal
 from crms.models import Connection
-from sync.models import ThrottleCall
+from crms.registry import UnknownKind, connector_class
+from sync.models import ThrottleCall, ThrottleLimit
 
-# KEYS[1] the window; ARGV: limit, window in ms, a unique member. Returns 0 (granted) or the ms to wait.
-_LUA = """
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - window)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now_ms, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  return 0
+logger = logging.getLogger("recordsync.throttle")
+
+# KEYS: the calls (sorted set), the hold, the cap (hash n, p). ARGV: our limit (0: none), our window
+# in ms, a unique member. Returns 0 (granted: the call is recorded) or the ms to wait.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local held = redis.call('PTTL', KEYS[2])
+if held > 0 then return held end
+local rules = {}
+if tonumber(ARGV[1]) > 0 then rules[#rules + 1] = {tonumber(ARGV[1]), tonumber(ARGV[2])} end
+local cap = redis.call('HMGET', KEYS[3], 'n', 'p')
+if cap[1] then rules[#rules + 1] = {tonumber(cap[1]), tonumber(cap[2])} end
+if #rules == 0 then return 0 end
+local keep = 0
+for _, r in ipairs(rules) do if r[2] > keep then keep = r[2] end end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - keep)
+local wait = 0
+for _, r in ipairs(rules) do
+  local since = '(' .. (now - r[2])
+  if redis.call('ZCOUNT', KEYS[1], since, '+inf') >= r[1] then
+    local nth = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', since, 'WITHSCORES', 'LIMIT', r[1] - 1, 1)
+    wait = math.max(wait, tonumber(nth[2]) + r[2] - now)
+  end
 end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(oldest[2]) + window - now_ms)
+if wait > 0 then return math.max(1, wait) end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], keep)
+return 0
+"""
+# KEYS: the hold. ARGV: ms. Never shortens a longer hold another worker set.
+_HOLD = """
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], 1, 'PX', ARGV[1]) end
 """
 
 
 class Throttle(Protocol):
     def acquire(self, key: str, limit: int, window: float) -> float:
-        """Take one call if the window has room (0.0), else the seconds until it will."""
+        """Take one call if every limit has room (0.0), else the seconds until it will. limit 0: none of ours."""
+
+    def hold(self, key: str, seconds: float) -> None:
+        """No call at all for `seconds` (a longer hold already set stays)."""
+
+    def cap(self, key: str, calls: int, per: float, seconds: float) -> None:
+        """At most `calls` per `per` seconds, for the next `seconds`."""
+
+
+def _keys(key: str) -> list[str]:
+    return [f"recordsync:throttle:{key}", f"recordsync:throttle-hold:{key}", f"recordsync:throttle-cap:{key}"]
 
 
 class RedisThrottle:
     def __init__(self) -> None:
-        self.script = get_redis_connection("default").register_script(_LUA)
+        self.redis = get_redis_connection("default")
+        self.script = self.redis.register_script(_ACQUIRE)
+        self.hold_script = self.redis.register_script(_HOLD)
 
     def acquire(self, key: str, limit: int, window: float) -> float:
-        waited_ms = self.script(keys=[f"recordsync:throttle:{key}"], args=[limit, int(window * 1000), uuid.uuid4().hex])
+        waited_ms = self.script(keys=_keys(key), args=[limit, int(window * 1000), uuid.uuid4().hex])
         return int(waited_ms) / 1000
+
+    def hold(self, key: str, seconds: float) -> None:
+        self.hold_script(keys=_keys(key)[1:2], args=[max(1, int(seconds * 1000))])
+
+    def cap(self, key: str, calls: int, per: float, seconds: float) -> None:
+        name = _keys(key)[2]
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(name, mapping={"n": calls, "p": max(1, int(per * 1000))})
+            pipe.pexpire(name, max(1, int(seconds * 1000)))
+            pipe.execute()
 
 
 class DatabaseThrottle:
     clock: Callable[[], float] = staticmethod(time.time)  # swappable: tests move time
 
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), tz=UTC)
+
     def acquire(self, key: str, limit: int, window: float) -> float:
-        now = datetime.fromtimestamp(self.clock(), tz=UTC)
-        start = now - timedelta(seconds=window)
+        active = Q(hold_until__gt=self._now()) | Q(cap_until__gt=self._now())
+        if limit <= 0 and not ThrottleLimit.objects.filter(active, key=key).exists():
+            return 0.0  # nothing limits this owner: no write lock taken
         with transaction.atomic():
-            if connection.vendor == "postgresql":
+            if db.vendor == "postgresql":
                 # Count-then-insert must not interleave: one holder per key until commit.
-                with connection.cursor() as cursor:
+                with db.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"throttle:{key}"])
             # (SQLite: the IMMEDIATE transaction already holds the database's write lock.)
-            ThrottleCall.objects.filter(key=key, at__lte=start).delete()  # the window is (now - W, now]
-            calls = list(ThrottleCall.objects.filter(key=key).order_by("at").values_list("at", flat=True)[:limit])
-            if len(calls) < limit:
-                ThrottleCall.objects.create(key=key, at=now)
+            now = self._now()  # read once the lock is held: time spent waiting for it is not in the window
+            target = ThrottleLimit.objects.filter(key=key).first()
+            if target is not None and target.hold_until is not None and target.hold_until > now:
+                return (target.hold_until - now).total_seconds()
+            rules = [(limit, float(window))] if limit > 0 else []
+            if target is not None and target.cap_until is not None and target.cap_until > now and target.cap_calls:
+                rules.append((target.cap_calls, float(target.cap_seconds or window)))
+            if not rules:
                 return 0.0
-        return max(0.001, (calls[0] + timedelta(seconds=window) - now).total_seconds())
+            keep = max(per for _, per in rules)
+            ThrottleCall.objects.filter(key=key, at__lte=now - timedelta(seconds=keep)).delete()
+            wait = max(self._wait(key, calls, per, now) for calls, per in rules)
+            if wait > 0:
+                return max(0.001, wait)
+            ThrottleCall.objects.create(key=key, at=now)
+        return 0.0
+
+    @staticmethod
+    def _wait(key: str, calls: int, per: float, now: datetime) -> float:
+        """The window is (now - per, now]: full when it holds `calls`; it frees up when the calls-th newest leaves."""
+        recent = ThrottleCall.objects.filter(key=key, at__gt=now - timedelta(seconds=per)).order_by("-at")
+        newest = list(recent.values_list("at", flat=True)[:calls])
+        if len(newest) < calls:
+            return 0.0
+        return (newest[-1] + timedelta(seconds=per) - now).total_seconds()
+
+    def hold(self, key: str, seconds: float) -> None:
+        until = self._now() + timedelta(seconds=seconds)
+        with transaction.atomic():
+            row, _ = ThrottleLimit.objects.select_for_update().get_or_create(key=key)
+            if row.hold_until is None or row.hold_until < until:
+                row.hold_until = until
+                row.save(update_fields=["hold_until"])
+
+    def cap(self, key: str, calls: int, per: float, seconds: float) -> None:
+        until = self._now() + timedelta(seconds=seconds)
+        ThrottleLimit.objects.update_or_create(key=key, defaults={"cap_calls": calls, "cap_seconds": per,
+                                                                  "cap_until": until})  # fmt: skip
 
 
 def throttle() -> Throttle:
@@ -78,6 +169,16 @@ def throttle() -> Throttle:
 
 # A worker waits this long at most for the window; longer, it gives the batch back (Throttled).
 MAX_WAIT_SECONDS = 1.0
+# A cap read from usage headers lasts this long unless a newer answer renews it.
+CAP_TTL_SECONDS = 60.0
+# An allowance used up without a stated reset: stop for this long (the next answer says more).
+EXHAUSTED_HOLD_SECONDS = 15 * 60.0
+
+
+def margin(window: float) -> float:
+    """A call is counted when it is granted but the target counts it when it arrives, a little later
+    and not always equally later; the window is kept this much longer so the target never sees N+1."""
+    return min(0.1, 0.05 * window)
 
 
 class Throttled(ConnectorError):
@@ -85,6 +186,14 @@ class Throttled(ConnectorError):
 
     def __init__(self, wait: float) -> None:
         super().__init__(f"rate limit: the window frees up in {wait:.1f} s", code="THROTTLED", retry_after=wait)
+
+
+class ThrottleUnavailable(ConnectorError):
+    """The shared window cannot be read (Redis down): no call is made, and it is nobody's failure."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"the throttle is unavailable ({type(error).__name__}); nothing was sent",
+                         code="THROTTLE_UNAVAILABLE", retry_after=5.0)  # fmt: skip
 
 
 def quota_key(connection: Connection) -> str:
@@ -96,13 +205,17 @@ def gate_for(
     connection: Connection, *, limit: int, window: float, backend: Throttle | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Callable[[], None]:  # fmt: skip
-    """What the HTTP seam calls before every request of this connection."""
+    """What the HTTP seam calls before every request of this connection (limit 0: only the target's own limits)."""
     chosen = backend or throttle()
     key = quota_key(connection)
+    kept = window + margin(window)
 
     def gate() -> None:
         while True:
-            wait = chosen.acquire(key, limit, window)
+            try:
+                wait = chosen.acquire(key, limit, kept)
+            except Exception as exc:  # never call unthrottled; hand the batch back instead
+                raise ThrottleUnavailable(exc) from exc
             if wait == 0:
                 return
             if wait > MAX_WAIT_SECONDS:
@@ -110,3 +223,58 @@ def gate_for(
             sleep(wait)
 
     return gate
+
+
+@dataclass(frozen=True)
+class Obey:
+    """What to do about one quota signal: hold for `hold` seconds, or cap at calls per seconds."""
+
+    hold: float = 0.0
+    cap: tuple[int, float] | None = None
+    cap_for: float = 0.0
+
+
+def obey(signal: QuotaSignal, *, window: float, share: float) -> Obey | None:
+    """Past `share` of the target's allowance, spread the calls left evenly until it refills; none left, stop."""
+    if signal.pause_for:
+        return Obey(hold=signal.pause_for)
+    if signal.used is None or not signal.cap or signal.used / signal.cap < share:
+        return None
+    resets_in = max(signal.resets_in or CAP_TTL_SECONDS, 1.0)
+    remaining = signal.cap - signal.used
+    if remaining <= 0:
+        return Obey(hold=min(resets_in, EXHAUSTED_HOLD_SECONDS))
+    every = resets_in / remaining  # seconds per call that spend the rest exactly as it refills
+    cap = (max(1, int(window / every)), float(window)) if every <= window else (1, every)
+    return Obey(cap=cap, cap_for=min(resets_in, CAP_TTL_SECONDS))
+
+
+def observer_for(
+    connection: Connection, *, window: float, share_percent: int, backend: Throttle | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Callable[[requests.Response], None] | None:  # fmt: skip
+    """What the HTTP seam calls with every answer of this connection: the target's own limits."""
+    try:
+        cls = connector_class(connection.kind)
+    except UnknownKind:
+        return None
+    chosen = backend or throttle()
+    key = quota_key(connection)
+
+    def observe(response: requests.Response) -> None:
+        signal = cls.quota_signal(response, clock())
+        decision = obey(signal, window=window, share=share_percent / 100) if signal else None
+        if decision is None:
+            return
+        try:
+            if decision.hold:
+                chosen.hold(key, decision.hold)
+            if decision.cap:
+                chosen.cap(key, *decision.cap, seconds=decision.cap_for)
+        except Exception as exc:  # advisory: the next answer says it again
+            logger.warning("could not store the target's limit", extra={"quota_key": key, "error": repr(exc)})
+            return
+        logger.info("target limit obeyed", extra={"quota_key": key, "connection": connection.name,
+                                                  "hold_s": decision.hold, "cap": decision.cap})  # fmt: skip
+
+    return observe

@@ -33,12 +33,13 @@ def mock_view(system: str, *, counted: bool = True, faults: bool = True) -> Call
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if not settings.MOCK_CRMS_ENABLED:
                 raise Http404("mock CRMs are off")
+            arrived = timezone.now()  # the log keeps arrival times: rate-limit proofs read them
             fault = take_fault(system) if faults else None
             if fault is not None and fault.latency_ms:
                 time.sleep(min(fault.latency_ms, MAX_LATENCY_MS) / 1000)
             request.mock_fault = fault  # type: ignore[attr-defined]
             response = view(request, *args, **kwargs)
-            MockCall.objects.create(system=system, method=request.method or "", path=request.path[:512],
+            MockCall.objects.create(system=system, at=arrived, method=request.method or "", path=request.path[:512],
                                     status=response.status_code, counted=counted)  # fmt: skip
             return response
 

@@ -26,6 +26,7 @@ from crms.base import (
     ConnectorError,
     OutboundRecord,
     PushResult,
+    QuotaSignal,
     chunks,
 )
 from crms.http import TransportError
@@ -118,6 +119,10 @@ class OutreachConnector(Connector):
         self.api_url = str(self.config.get("api_url") or API_URL).rstrip("/")
 
     # --- the interface ---------------------------------------------------------------------
+
+    @classmethod
+    def quota_signal(cls, response: requests.Response, now: float) -> QuotaSignal | None:
+        return errors.quota_signal(response, now)
 
     def push(self, batch: Sequence[OutboundRecord]) -> list[PushResult]:
         """One record at a time (about two calls each, one with a link). When a call fails for the whole

@@ -12,13 +12,15 @@ from typing import Any
 
 import requests
 
-from crms.base import ConnectorError
+from crms.base import ConnectorError, QuotaSignal
 
 RATE_LIMITED = "RATE_LIMITED"
 RATE_HEADERS = {"limit": "X-RateLimit-Limit", "remaining": "X-RateLimit-Remaining", "reset": "X-RateLimit-Reset"}
 # These concern the connection, not the record: the rest of a batch would fail the same way.
 CONNECTION_STATUSES = frozenset({401, 408, 415, 429})
 TRANSPORT_CODES = frozenset({"timeout", "connection_error"})  # crms.http.TransportError codes
+# Raised by the engine's throttle in the HTTP seam (sync.throttle): the next call would wait the same.
+THROTTLE_CODES = frozenset({"THROTTLED", "THROTTLE_UNAVAILABLE"})
 _EMAIL_TAKEN = re.compile(r"email.*(taken|already exists)", re.IGNORECASE)
 
 
@@ -33,6 +35,17 @@ def parse_rate_limit(headers: Mapping[str, str]) -> dict[str, int]:
         if numbers:
             found[key] = max(numbers) if key == "reset" else min(numbers)
     return found
+
+
+def quota_signal(response: requests.Response, now: float) -> QuotaSignal | None:
+    """X-RateLimit-* on every answer (the hour's allowance, reset on the hour); a 429 asks for a pause."""
+    if response.status_code == 429:
+        return QuotaSignal(pause_for=_retry_after(response, now) or 1.0)
+    rate = parse_rate_limit(response.headers)
+    if "limit" not in rate or "remaining" not in rate or rate["limit"] <= 0:
+        return None
+    resets_in = max(rate["reset"] - now, 1.0) if "reset" in rate else 3600.0
+    return QuotaSignal(used=rate["limit"] - rate["remaining"], cap=rate["limit"], resets_in=resets_in)
 
 
 def response_error(response: requests.Response, *, now: float) -> ConnectorError:
@@ -58,7 +71,7 @@ def concerns_connection(error: ConnectorError) -> bool:
     """True when the next call would fail the same way: no answer, 5xx, 401, 415, 429 or a refused refresh."""
     status = error.http_status
     if status is None:
-        return error.pause_connection or error.code in TRANSPORT_CODES
+        return error.pause_connection or error.code in TRANSPORT_CODES or error.code in THROTTLE_CODES
     return error.pause_connection or status >= 500 or status in CONNECTION_STATUSES
 
 

@@ -26,6 +26,7 @@ from crms.base import (
     ConnectorError,
     OutboundRecord,
     PushResult,
+    QuotaSignal,
     chunks,
 )
 from crms.http import TransportError
@@ -92,6 +93,10 @@ class SalesforceConnector(Connector):
     }
 
     # --- the interface ---------------------------------------------------------------------
+
+    @classmethod
+    def quota_signal(cls, response: requests.Response, now: float) -> QuotaSignal | None:
+        return errors.quota_signal(response)
 
     def push(self, batch: Sequence[OutboundRecord]) -> list[PushResult]:
         results: dict[int, PushResult] = {}

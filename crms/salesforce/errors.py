@@ -5,13 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import requests
+from django.conf import settings
 
-from crms.base import ConnectorError
+from crms.base import ConnectorError, QuotaSignal
 
 # Worth retrying with backoff; everything else a record reports is permanent.
 RETRYABLE_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG"})
+
+
 # The org's rolling 24-hour allocation is spent: stop calling it for a while (not a 429).
-LIMIT_PAUSE_SECONDS = 15 * 60
+def limit_pause_seconds() -> float:
+    """How long an org that answered REQUEST_LIMIT_EXCEEDED is left alone (SALESFORCE_LIMIT_PAUSE_SECONDS)."""
+    return float(settings.SALESFORCE_LIMIT_PAUSE_SECONDS)
 
 
 def record_error(errors: list[dict[str, Any]]) -> ConnectorError:
@@ -39,7 +44,7 @@ def response_error(response: requests.Response) -> ConnectorError:
         )
     if status == 403 and code == "REQUEST_LIMIT_EXCEEDED":
         return ConnectorError(
-            message, code=code, retry_after=LIMIT_PAUSE_SECONDS, http_status=status, pause_connection=True
+            message, code=code, retry_after=limit_pause_seconds(), http_status=status, pause_connection=True
         )
     if status == 429 or status >= 500 or code in RETRYABLE_CODES:
         retry_after = _retry_after(response)
@@ -67,6 +72,26 @@ def _retry_after(response: requests.Response) -> float | None:
         return float(raw) if raw else None
     except ValueError:
         return None
+
+
+# The org's allocation is a rolling 24 hours: usage near the cap is spread over that period.
+ALLOCATION_PERIOD_SECONDS = 24 * 3600
+
+
+def quota_signal(response: requests.Response) -> QuotaSignal | None:
+    """`Sforce-Limit-Info: api-usage=used/cap` on every answer; a 403 REQUEST_LIMIT_EXCEEDED or a 429 asks
+    for a pause."""
+    status = response.status_code
+    if status == 403 and _first_error(response)[0] == "REQUEST_LIMIT_EXCEEDED":
+        return QuotaSignal(pause_for=limit_pause_seconds())
+    if status == 429:
+        return QuotaSignal(pause_for=_retry_after(response) or 1.0)
+    # The org's api-usage and, when present, the connected app's per-app-api-usage: the fuller one binds.
+    usages = [u for u in parse_limit_info(response.headers.get("Sforce-Limit-Info")).values() if u["total"] > 0]
+    if not usages:
+        return None
+    usage = max(usages, key=lambda u: u["used"] / u["total"])
+    return QuotaSignal(used=usage["used"], cap=usage["total"], resets_in=ALLOCATION_PERIOD_SECONDS)
 
 
 def is_invalid_session(response: requests.Response) -> bool:

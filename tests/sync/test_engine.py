@@ -261,3 +261,95 @@ def test_a_create_then_a_delete_before_the_flush_writes_nothing(client_, salesfo
     job = SyncJob.objects.get()
     assert job.state == JobState.SKIPPED
     assert SyncAttempt.objects.get().error_code == "never_synced"
+
+
+def test_a_worker_whose_lease_was_taken_over_leaves_the_job_to_the_new_holder(client_, salesforce):
+    ingest(client_)
+    (job_ids,) = engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)
+    SyncJob.objects.filter(id__in=job_ids).update(state=JobState.IN_FLIGHT, lease_owner="another-worker")
+    job = SyncJob.objects.get()
+    outcome = engine.Outcome(job, JobState.FAILED, None, attempt=AttemptOutcome.ERROR)
+
+    states = engine.outcomes_save([outcome], owner="this-worker", now=timezone.now())
+
+    job.refresh_from_db()
+    assert states == ["lost_lease"]
+    assert (job.state, job.lease_owner) == (JobState.IN_FLIGHT, "another-worker")
+
+
+def test_a_record_matched_to_a_crm_record_linked_elsewhere_fails_alone_with_the_reason(client_, salesforce):
+    ingest(client_, "c-1")
+    drain(salesforce)
+    RecordLink.objects.filter(record_id="c-1").update(record_id="c-0")  # another record owns that CRM id
+    ingest(client_, "c-1", operation="update", Email="second@example.com")
+    ingest(client_, "c-2", Email="other@example.com")
+
+    totals = drain(salesforce)
+
+    failed = SyncJob.objects.get(record_id="c-1")
+    assert totals == {"claimed": 2, "synced": 1, "failed": 1}
+    assert (failed.state, failed.last_error_code, failed.last_error_permanent) == (
+        JobState.FAILED,
+        "LINK_CONFLICT",
+        True,
+    )
+    assert "already linked to another record" in failed.last_error_message
+    assert SyncAttempt.objects.filter(job=failed).latest("id").error_code == "LINK_CONFLICT"
+    assert set(RecordLink.objects.values_list("record_id", flat=True)) == {"c-0", "c-2"}
+
+
+def test_a_backlog_is_claimed_only_as_fast_as_batches_finish(client_, salesforce, settings):
+    settings.SYNC_BATCH_SIZE, settings.SYNC_OUTSTANDING_BATCHES = 1, 2
+    for n in range(5):
+        ingest(client_, f"c-{n}")
+
+    first = engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)
+    none_while_full = engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)
+    engine.batch_run(job_ids=first[0])
+    after_one = engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)
+
+    assert (len(first), len(none_while_full), len(after_one)) == (2, 0, 1)
+    assert SyncJob.objects.filter(state=JobState.PENDING).count() == 2
+
+
+def test_a_batch_interrupted_by_a_stop_hands_its_jobs_back_at_once(client_, salesforce, monkeypatch):
+    ingest(client_)
+    (job_ids,) = engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)
+
+    def stopped(*args: Any, **kwargs: Any) -> None:
+        raise SystemExit(143)  # what a SIGTERM raises in a worker (sync.tasks.worker_stop_handler_install)
+
+    monkeypatch.setattr("crms.salesforce.connector.SalesforceConnector.push", stopped)
+    with pytest.raises(SystemExit):
+        engine.batch_run(job_ids=job_ids)
+
+    job = SyncJob.objects.get()
+    assert (job.state, job.lease_owner, job.lease_expires_at, job.attempts) == (JobState.PENDING, "", None, 0)
+
+
+def test_a_batch_whose_task_cannot_be_queued_goes_back_to_pending(client_, salesforce, monkeypatch, settings):
+    from sync import tasks
+
+    settings.SYNC_FLUSH_INTERVAL = 0
+    ingest(client_)
+    tried: list[Any] = []
+
+    def broker_down(*args: Any, **kwargs: Any) -> None:
+        tried.append(args)
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(tasks, "async_task", broker_down)
+    queued = tasks.dispatch_tick(salesforce.pk)
+
+    job = SyncJob.objects.get()
+    assert queued == 0 and len(tried) == 1  # it was claimed, then could not be queued
+    assert (job.state, job.lease_owner) == (JobState.PENDING, "")
+
+
+def test_the_lease_owner_names_the_process_holding_it(client_, salesforce):
+    import os
+
+    ingest(client_)
+    engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)
+
+    assert SyncJob.objects.get().lease_owner.startswith(f"{os.getpid()}-")

@@ -6,6 +6,7 @@ Ctrl-C stops it between two passes.
 
 from __future__ import annotations
 
+import logging
 import signal
 import time
 from types import FrameType
@@ -17,6 +18,8 @@ from django.utils import timezone
 
 from sync import engine, tasks
 from sync.models import SyncJob
+
+logger = logging.getLogger("recordsync.dispatch")
 
 
 class Command(BaseCommand):
@@ -32,7 +35,13 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, self._stop)
         while self.running:
             started = time.monotonic()
-            queued = self.dispatch_pass()
+            try:
+                queued = self.dispatch_pass()
+            except Exception as exc:  # the database or broker is away: keep looking, loudly
+                if once:
+                    raise
+                logger.exception("dispatch pass failed", extra={"error": repr(exc)})
+                queued = 0
             if once:
                 self.stdout.write(f"queued {queued} batch(es)")
                 return
