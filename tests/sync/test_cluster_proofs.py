@@ -1,0 +1,324 @@
+"""Proofs with a real django-q2 cluster (tests/sync/cluster.py) pushing to the mock Salesforce,
+served by the live server: workers killed with SIGKILL mid-batch, Redis stopped during ingest,
+several workers sharing one rate limit, and the target's fault bursts.
+
+They run on whatever database the suite runs on: a SQLite file with two workers and the ORM
+broker on the embedded default, PostgreSQL and Redis with four workers in CI's second run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from django.conf import settings
+
+from crms.mocks.models import MockCall, MockRecord
+from crms.mocks.runtime import fault_add
+from crms.models import Connection
+from crms.services import connection_save
+from sync.config_services import config_override_set
+from sync.models import BreakerTransition, JobState, SyncAttempt, SyncJob
+from tests.sync.cluster import Cluster, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ON_SERVICES = bool(settings.REDIS_URL)
+WORKERS = 4 if ON_SERVICES else 2
+KEY = "RecordSync_Id__c"
+
+
+@pytest.fixture
+def salesforce(live_server: Any) -> Connection:
+    org = f"{live_server.url}/mock/salesforce"
+    return connection_save(
+        name="salesforce", kind="salesforce", quota_owner="org-proof",
+        config={"login_url": org, "instance_url": org, "auth": "client_credentials",
+                "client_id": settings.MOCK_SALESFORCE_CLIENT_ID, "external_id_field": KEY},
+        secrets={"client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, salesforce: Connection) -> Iterator[Any]:
+    started: list[Cluster] = []
+
+    def start(**env: str) -> Cluster:
+        env = {"Q_WORKERS": str(WORKERS), "SYNC_BACKOFF_BASE_SECONDS": "1", "SYNC_BACKOFF_CAP_SECONDS": "3", **env}
+        started.append(Cluster(tmp_path, **env).start())
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+def post(api: Any, events: list[dict[str, Any]]) -> int:
+    response = api.post("/v1/sync/", data=json.dumps(events), content_type="application/json")
+    return int(response.status_code)
+
+
+def contacts(prefix: str, count: int, version: str = "v1") -> list[dict[str, Any]]:
+    return [{"operation": "create" if version == "v1" else "update", "record_id": f"{prefix}{n}",
+             "object_type": "Contact", "data": {"LastName": f"L{n}", "Email": f"{version}-{prefix}{n}@example.com"}}
+            for n in range(count)]  # fmt: skip
+
+
+def ingest(api: Any, events: list[dict[str, Any]]) -> None:
+    for start in range(0, len(events), 500):
+        assert post(api, events[start : start + 500]) == 202
+
+
+def states() -> dict[str, int]:
+    return dict(Counter(SyncJob.objects.values_list("state", flat=True)))
+
+
+def all_synced(count: int) -> bool:
+    return SyncJob.objects.filter(state=JobState.SYNCED).count() == count
+
+
+def explain(cluster: Cluster | None = None) -> Any:
+    def text() -> str:
+        errors = Counter(SyncJob.objects.exclude(last_error_code="").values_list("last_error_code", flat=True))
+        return f"jobs: {states()}; errors: {dict(errors)}\n{cluster.output() if cluster else ''}"
+
+    return text
+
+
+def in_mock() -> dict[str, dict[str, Any]]:
+    rows = MockRecord.objects.filter(system="salesforce", object="Contact", deleted_at__isnull=True)
+    found: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        assert row.fields[KEY] not in found, f"{row.fields[KEY]} was created twice in the mock"
+        found[row.fields[KEY]] = row.fields
+    return found
+
+
+def call_times() -> list[float]:
+    arrivals = MockCall.objects.filter(system="salesforce").order_by("at").values_list("at", flat=True)
+    return [at.timestamp() for at in arrivals]
+
+
+# --- kill -9 in the middle of batches ---------------------------------------------------------------
+
+
+def test_workers_killed_mid_batch_lose_nothing_and_create_nothing_twice(api, cluster, salesforce):
+    count = 2000 if ON_SERVICES else 1000
+    config_override_set(values={"batch_size": 50}, connection="salesforce", actor="proof")
+    ingest(api, contacts("k-", count))
+    running = cluster()
+    killed: list[int] = []
+    updated = False
+    deadline = time.monotonic() + 120
+    while len(killed) < 4 and time.monotonic() < deadline:
+        holders = SyncJob.objects.filter(state=JobState.IN_FLIGHT).values_list("lease_owner", flat=True).distinct()
+        workers = running.descendants()
+        victim = next((int(o.split("-")[0]) for o in holders if o and int(o.split("-")[0]) in workers), None)
+        if victim is None or victim in killed:
+            time.sleep(0.02)
+            continue
+        os.kill(victim, signal.SIGKILL)  # in the middle of its batch: its jobs are in flight under its lease
+        killed.append(victim)
+        if len(killed) == 2 and not updated:  # newer states arrive while leases are stranded
+            ingest(api, contacts("k-", 300, version="v2"))
+            updated = True
+        time.sleep(1.0)
+
+    wait_for(lambda: all_synced(count), seconds=150, what=f"all {count} jobs synced", explain=explain(running))
+
+    assert len(killed) == 4, f"only {len(killed)} workers were caught mid-batch"
+    held = in_mock()
+    assert len(held) == count  # every record once: none lost, none created twice
+    expected = {f"k-{n}": f"{'v2' if n < 300 else 'v1'}-k-{n}@example.com" for n in range(count)}
+    assert {key: fields["Email"] for key, fields in held.items()} == expected  # each record's final state
+    assert SyncAttempt.objects.filter(outcome="success").count() >= count
+
+
+# --- Redis stopped during ingest ---------------------------------------------------------------------
+
+
+def _redis_address() -> tuple[str, str]:
+    parts = urlsplit(settings.REDIS_URL)
+    return parts.hostname or "127.0.0.1", str(parts.port or 6379)
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name)
+    assert found, f"{name} is not installed"
+    return found
+
+
+def _redis_up() -> bool:
+    host, port = _redis_address()
+    answer = subprocess.run([_tool("redis-cli"), "-h", host, "-p", port, "ping"], capture_output=True, check=False)
+    return answer.returncode == 0
+
+
+def _redis_start() -> None:
+    """The command the machine itself uses (../shared/SERVICES.md); Redis keeps nothing on disk."""
+    host, port = _redis_address()
+    Path("/var/lib/redis").mkdir(parents=True, exist_ok=True)
+    Path("/var/log/redis").mkdir(parents=True, exist_ok=True)
+    subprocess.run([_tool("redis-server"), "--daemonize", "yes", "--bind", host, "-::1", "--port", port, "--save", "",
+                    "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"],
+                   check=True)  # fmt: skip
+    wait_for(_redis_up, seconds=30, what="Redis back up")
+
+
+@pytest.fixture
+def redis_outage() -> Iterator[Any]:
+    """Stop and start the real Redis; it is running again when the test ends, pass or fail."""
+
+    def stop() -> None:
+        host, port = _redis_address()
+        subprocess.run(
+            [_tool("redis-cli"), "-h", host, "-p", port, "shutdown", "nosave"], capture_output=True, check=False
+        )
+        wait_for(lambda: not _redis_up(), seconds=10, what="Redis stopped")
+
+    yield stop, _redis_start
+    if not _redis_up():
+        _redis_start()
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_redis_stopped_during_ingest_fails_no_request_and_the_jobs_drain_once_it_is_back(
+    api, cluster, salesforce, redis_outage
+):
+    stop_redis, start_redis = redis_outage
+    running = cluster()
+    answers: list[int] = []
+    events = contacts("r-", 600)
+    for n, start in enumerate(range(0, 600, 25)):
+        if n == 6:
+            stop_redis()
+        if n == 18:
+            start_redis()
+        answers.append(post(api, events[start : start + 25]))
+
+    assert answers == [202] * 24  # a third of them while Redis was down
+    wait_for(lambda: all_synced(600), seconds=120, what="all 600 jobs synced", explain=explain(running))
+    assert len(in_mock()) == 600
+
+
+# --- several workers, one allowance ------------------------------------------------------------------
+
+
+def test_workers_together_never_exceed_n_calls_per_window_and_use_most_of_it(api, cluster, salesforce):
+    limit, window = 16, 4
+    config_override_set(values={"batch_size": 5, "rate_limit_calls": limit, "rate_limit_window": window},
+                        connection="salesforce", actor="proof")  # fmt: skip
+    count = 400  # 80 Collections calls: about 20 s at 16 per 4 s
+    ingest(api, contacts("t-", count))
+    running = cluster()
+
+    wait_for(lambda: all_synced(count), seconds=120, what=f"all {count} jobs synced", explain=explain(running))
+
+    times = call_times()  # arrival times in the mock's own log
+    busiest = max(bisect_left(times, start + window) - i for i, start in enumerate(times))
+    # Every window of W seconds that lies inside the backlog (which lasts until the last call),
+    # sampled every 10 ms: the mean share of the N calls each one held.
+    starts = [times[0] + step / 100 for step in range(int((times[-1] - window - times[0]) * 100) + 1)]
+    used = sum(bisect_left(times, s + window) - bisect_left(times, s) for s in starts) / (len(starts) * limit)
+    print(f"PROOF busiest={busiest} used={used:.3f} calls={len(times)}")
+    assert busiest <= limit, f"{busiest} calls within {window} s"
+    assert used >= 0.9, f"only {used:.0%} of the allowance used with a backlog waiting"
+    assert len(in_mock()) == count
+
+
+# --- the target misbehaves ---------------------------------------------------------------------------
+
+
+def calls_during(moment: datetime, seconds: float) -> list[str]:
+    """Calls that arrived while a pause starting at `moment` should hold. A call granted before the
+    pause was heard may still land just after it (workers run at once): 0.25 s is left for those."""
+    start, end = moment + timedelta(seconds=0.25), moment + timedelta(seconds=seconds - 0.1)
+    return [f"{c.at.isoformat()} {c.status}" for c in MockCall.objects.filter(system="salesforce", at__gt=start,
+                                                                              at__lt=end)]  # fmt: skip
+
+
+def _fault_calls(status: int) -> list[MockCall]:
+    return list(MockCall.objects.filter(system="salesforce", status=status).order_by("at"))
+
+
+def test_a_429_burst_is_waited_out_by_every_worker_and_nothing_fails(api, cluster, salesforce):
+    config_override_set(values={"batch_size": 5}, connection="salesforce", actor="proof")
+    fault_add(system="salesforce", calls=3, seconds=None, status=429, retry_after=3)
+    ingest(api, contacts("q-", 60))
+    running = cluster()
+
+    wait_for(lambda: all_synced(60), seconds=90, what="all jobs synced", explain=explain(running))
+
+    limited = _fault_calls(429)
+    assert len(limited) == 3
+    for answer in limited:  # Retry-After obeyed by every worker, not only the one that got it
+        assert calls_during(answer.at, 3) == [], f"called during the pause after the 429 at {answer.at}"
+    assert SyncAttempt.objects.filter(http_status=429, permanent=False).exists()
+    assert len(in_mock()) == 60
+
+
+def test_a_5xx_burst_opens_the_breaker_then_one_probe_closes_it(api, cluster, salesforce):
+    config_override_set(values={"batch_size": 5, "breaker_failures": 3, "breaker_cooldown": 2},
+                        connection="salesforce", actor="proof")  # fmt: skip
+    fault_add(system="salesforce", calls=4, seconds=None, status=503)
+    ingest(api, contacts("f-", 60))
+    running = cluster()
+
+    wait_for(lambda: all_synced(60), seconds=90, what="all jobs synced", explain=explain(running))
+
+    path = list(BreakerTransition.objects.filter(connection=salesforce).order_by("at", "id")
+                .values_list("from_state", "to_state"))  # fmt: skip
+    assert path[0] == ("closed", "open") and path[-1] == ("half_open", "closed"), path
+    assert ("open", "half_open") in path
+    opened = BreakerTransition.objects.filter(connection=salesforce, to_state="open").order_by("at").first()
+    assert opened is not None
+    assert calls_during(opened.at, 2) == []  # no call while open, then one probe
+    assert not SyncJob.objects.filter(state=JobState.FAILED).exists()
+    assert len(in_mock()) == 60
+
+
+def test_request_limit_exceeded_pauses_the_connection_then_it_resumes(api, cluster, salesforce):
+    config_override_set(values={"batch_size": 5, "breaker_cooldown": 2}, connection="salesforce", actor="proof")
+    fault_add(system="salesforce", calls=1, seconds=None, status=403, code="REQUEST_LIMIT_EXCEEDED")
+    ingest(api, contacts("l-", 40))
+    running = cluster(SALESFORCE_LIMIT_PAUSE_SECONDS="4")
+
+    wait_for(lambda: all_synced(40), seconds=90, what="all jobs synced", explain=explain(running))
+
+    (refused,) = _fault_calls(403)
+    assert calls_during(refused.at, 4) == []  # paused, for every worker
+    opened = BreakerTransition.objects.filter(connection=salesforce, to_state="open").order_by("at").first()
+    assert opened is not None and "REQUEST_LIMIT_EXCEEDED" in opened.reason  # opened at once, by one answer
+    assert not SyncJob.objects.filter(state=JobState.FAILED).exists()
+    assert len(in_mock()) == 40
+
+
+def test_a_run_of_timeouts_is_retried_and_the_repeat_is_an_upsert_of_the_same_state(api, cluster, salesforce):
+    config_override_set(values={"batch_size": 10, "breaker_failures": 3, "breaker_cooldown": 2},
+                        connection="salesforce", actor="proof")  # fmt: skip
+    fault_add(system="salesforce", calls=3, seconds=None, latency_ms=2500)
+    ingest(api, contacts("o-", 40))
+    running = cluster(CRM_HTTP_READ_TIMEOUT="1")
+
+    wait_for(lambda: all_synced(40), seconds=90, what="all jobs synced", explain=explain(running))
+
+    timeouts = SyncAttempt.objects.filter(error_code="timeout", permanent=False)
+    assert timeouts.exists(), explain(running)()
+    timed_out = set(timeouts.values_list("job_id", flat=True))
+    tries = Counter(SyncAttempt.objects.filter(job_id__in=timed_out).values_list("job_id", flat=True))
+    assert all(tries[job] >= 2 for job in timed_out)  # each tried again after its timeout
+    assert len(in_mock()) == 40  # the timed-out calls were written by the mock too: the repeats updated them
+    assert not SyncJob.objects.filter(state=JobState.FAILED).exists()
