@@ -58,15 +58,19 @@ def breaker_allow(connection: Connection, now: datetime) -> tuple[Gate, datetime
     return Gate.WAIT, max(reopen_at, now + timedelta(seconds=1))
 
 
-def breaker_success(connection: Connection) -> None:
+def breaker_success(connection: Connection, *, probe: bool) -> None:
+    """Closed: the run of failures is over. Open: only the probe's answer counts; a call let through
+    before the breaker opened says nothing about the connection now, and must not skip the probe."""
     row = _row(connection)
     if row.state == BreakerState.CLOSED and row.failures == 0:
         return
+    wanted = BreakerState.HALF_OPEN if probe else BreakerState.CLOSED
     with transaction.atomic():
-        previous = row.state
-        CircuitBreaker.objects.filter(pk=row.pk).update(state=BreakerState.CLOSED, failures=0, opened_at=None)
-        if previous != BreakerState.CLOSED:
-            _transition(connection, previous, BreakerState.CLOSED, "a call succeeded")
+        closed = CircuitBreaker.objects.filter(pk=row.pk, state=wanted).update(
+            state=BreakerState.CLOSED, failures=0, opened_at=None
+        )
+        if closed and wanted != BreakerState.CLOSED:
+            _transition(connection, wanted, BreakerState.CLOSED, "the probe succeeded")
 
 
 def breaker_release_probe(connection: Connection) -> None:

@@ -250,7 +250,8 @@ def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[O
         call_error = ConnectorError(f"{type(exc).__name__}: {exc}", code="connector_exception")
     if call_error is not None:
         results = [PushResult(r.record_id, "error", external_id=r.external_id, error=call_error) for r in records]
-    _breaker_report(connection, call_error or _connection_failure(results), now, probe=gate is Gate.PROBE)
+    # The cool-down runs from when the failure was seen, not from when the batch began.
+    _breaker_report(connection, call_error or _connection_failure(results), timezone.now(), probe=gate is Gate.PROBE)
     duration = int((timezone.now() - started).total_seconds() * 1000)
     return [_outcome(item, result, duration) for item, result in zip(items, results, strict=True)]
 
@@ -272,7 +273,7 @@ def _connection_failure(results: Sequence[PushResult]) -> ConnectorError | None:
 def _breaker_report(connection: Connection, error: ConnectorError | None, now: datetime, *, probe: bool) -> None:
     """Only the connection's health moves the breaker: a record refused for its data does not."""
     if error is None:
-        breaker_success(connection)
+        breaker_success(connection, probe=probe)
     elif error.code in NOT_THEIR_FAULT:
         if probe:
             breaker_release_probe(connection)
@@ -280,7 +281,7 @@ def _breaker_report(connection: Connection, error: ConnectorError | None, now: d
         breaker_failure(connection, reason=f"{error.code}: {error.message}", now=now, probe=probe,
                         at_once=error.pause_connection)  # fmt: skip
     elif probe:
-        breaker_success(connection)  # it answered: the connection works, the request was wrong
+        breaker_success(connection, probe=True)  # it answered: the connection works, the request was wrong
 
 
 def _connector(connection: Connection) -> Connector:

@@ -146,3 +146,19 @@ def test_the_records_status_shows_the_breaker(client, salesforce, staff_api):
     status = staff_api.get("/v1/sync/status/warm").json()
 
     assert status["targets"][0]["breaker"] == "open"
+
+
+@pytest.mark.django_db
+def test_a_success_from_a_call_let_through_before_it_opened_does_not_skip_the_probe():
+    from sync.breaker import breaker_failure, breaker_success
+
+    connection = Connection.objects.create(name="sf", kind="salesforce")
+    config_override_set(values={"breaker_failures": 1}, connection="sf", actor="test")
+    breaker_failure(connection, reason="HTTP_503", now=timezone.now(), probe=False)
+
+    breaker_success(connection, probe=False)  # a straggler that started while it was still closed
+
+    assert breaker().state == "open"
+    CircuitBreaker.objects.update(state="half_open")
+    breaker_success(connection, probe=True)
+    assert breaker().state == "closed"

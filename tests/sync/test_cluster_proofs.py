@@ -8,6 +8,7 @@ broker on the embedded default, PostgreSQL and Redis with four workers in CI's s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -322,3 +323,51 @@ def test_a_run_of_timeouts_is_retried_and_the_repeat_is_an_upsert_of_the_same_st
     assert all(tries[job] >= 2 for job in timed_out)  # each tried again after its timeout
     assert len(in_mock()) == 40  # the timed-out calls were written by the mock too: the repeats updated them
     assert not SyncJob.objects.filter(state=JobState.FAILED).exists()
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its dead parent to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# --- stopping ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("whole_group", [False, True], ids=["sigterm-to-qcluster", "sigterm-to-every-process"])
+def test_sigterm_mid_batch_finishes_the_batch_or_hands_its_leases_back(api, cluster, salesforce, whole_group):
+    config_override_set(values={"batch_size": 10}, connection="salesforce", actor="proof")
+    fault_add(system="salesforce", calls=2, seconds=None, latency_ms=3000)  # two batches stay in flight 3 s
+    ingest(api, contacts("s-", 40))
+    running = cluster()
+    wait_for(lambda: SyncJob.objects.filter(state=JobState.IN_FLIGHT).exists(), seconds=30, what="a batch in flight",
+             explain=explain(running))  # fmt: skip
+    time.sleep(0.5)
+    in_flight = set(SyncJob.objects.filter(state=JobState.IN_FLIGHT).values_list("id", flat=True))
+
+    dispatcher = running.procs["dispatch"]  # stopped first, as in a shutdown: nothing is queued again
+    dispatcher.send_signal(signal.SIGTERM)
+    dispatcher.wait(timeout=30)
+    main = running.procs["qcluster"]
+    workers = running.descendants()
+    targets = [main.pid, *(workers if whole_group else ())]
+    for pid in targets:  # the cluster's main process only (docker stop), or all of them (systemd)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    if whole_group:
+        # Signalled all at once, django-q2's main process can hang on a lock its sentinel died holding
+        # (docs/operations.md: signal the main process only); the workers are what hold batches.
+        wait_for(lambda: not any(_alive(pid) for pid in workers), seconds=60,
+                 what="every worker exited", explain=explain(running))  # fmt: skip
+    else:
+        main.wait(timeout=60)
+
+    stranded = SyncJob.objects.filter(id__in=in_flight, state__in=(JobState.IN_FLIGHT, JobState.QUEUED))
+    assert not stranded.exists(), explain(running)()
+    after = dict(Counter(SyncJob.objects.filter(id__in=in_flight).values_list("state", flat=True)))
+    if not whole_group:
+        assert after == {JobState.SYNCED: len(in_flight)}  # the batches in flight were finished
+    else:
+        assert set(after) <= {JobState.SYNCED, JobState.PENDING}  # finished, or handed back at once
