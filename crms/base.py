@@ -95,6 +95,16 @@ class Change:
 
 
 @dataclass(frozen=True)
+class Inbound:
+    """A captured change as it syncs: the System A id the record carries (if any), its fields
+    without the target's own bookkeeping (ids, timestamps), and whether we were its last writer."""
+
+    record_id: str | None
+    fields: dict[str, Any]
+    written_by_us: bool = False
+
+
+@dataclass(frozen=True)
 class ChangePage:
     changes: list[Change]
     cursor: str | None  # save it after handling the page; pass it back for the next one
@@ -185,6 +195,10 @@ class Connector(ABC):
     @abstractmethod
     def check(self) -> CheckResult:
         """Credentials and reachability."""
+
+    def inbound(self, change: Change) -> Inbound:
+        """How a change read from this system enters the pipeline (connectors that read override it)."""
+        return Inbound(record_id=None, fields=dict(change.fields))
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -242,7 +242,7 @@ def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[O
     started = timezone.now()
     call_error: ConnectorError | None = None
     try:
-        results = _connector(connection).push(records)
+        results = throttled_connector(connection).push(records)
     except ConnectorError as exc:
         call_error = exc
     except Exception as exc:  # a bug or a broken config must not leave the batch in flight
@@ -284,7 +284,7 @@ def _breaker_report(connection: Connection, error: ConnectorError | None, now: d
         breaker_success(connection, probe=True)  # it answered: the connection works, the request was wrong
 
 
-def _connector(connection: Connection) -> Connector:
+def throttled_connector(connection: Connection) -> Connector:
     """The connector with the throttle in its HTTP seam: our window and the target's own limits."""
     knobs = config.effective(connection.pk)
     backend = throttle()

@@ -178,6 +178,26 @@ class ThrottleCall(models.Model):
         return f"{self.key} @ {self.at}"
 
 
+class InboundCursor(models.Model):
+    """Where polling of one object in one connection has got to: saved after every page."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="inbound_cursors")
+    object_type = models.CharField(max_length=64, help_text="The object as the connection names it")
+    cursor = models.TextField(blank=True, help_text="The connector's own cursor; empty: from the beginning")
+    polled_at = models.DateTimeField(null=True, blank=True)
+    pages = models.PositiveBigIntegerField(default=0)
+    captured = models.PositiveBigIntegerField(default=0, help_text="Changes turned into events")
+    last_error = models.TextField(blank=True)
+    lease_owner = models.CharField(max_length=64, blank=True, help_text="The poller holding it")
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["connection", "object_type"], name="inbound_cursor_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.connection.name}:{self.object_type}"
+
+
 class ThrottleLimit(models.Model):
     """What the target itself asked of one quota owner (the database backend; Redis keeps its own):
     a pause until `hold_until`, or at most `cap_calls` per `cap_seconds` until `cap_until`."""

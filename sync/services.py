@@ -45,6 +45,7 @@ class EventInput:
     occurred_at: datetime | None
     event_id: str | None
     raw: Any  # the item exactly as sent, hashed to tell a replay from a reused key
+    skip_reason: str | None = None  # recorded, routed nowhere (an inbound echo of our own write)
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,9 @@ def _route_all(
         route = route_event(
             operation=item.operation, source=item.source, requested=item.targets, connections=connections
         )
-        if rule_set is not None and item.operation != "read" and not route.errors:
+        if item.skip_reason:
+            route = Route([], {"mode": "skipped", "targets": [], "reason": item.skip_reason})
+        elif rule_set is not None and item.operation != "read" and not route.errors:
             context = event_context(operation=item.operation, source=item.source, object_type=item.object_type,
                                     record_id=item.record_id, data=item.data, occurred_at=item.occurred_at or now,
                                     changed=changed.get(index, sorted(item.data or {})))  # fmt: skip

@@ -24,6 +24,7 @@ from crms.base import (
     CheckResult,
     Connector,
     ConnectorError,
+    Inbound,
     OutboundRecord,
     PushResult,
     QuotaSignal,
@@ -51,6 +52,8 @@ PAGE_SIZE = 1000  # Outreach's largest page
 MIN_PAGE_SIZE = 50  # a 502 on a large page is retried smaller, halving down to this
 READ_CHUNK = 100  # ids per filter[id] call
 EPOCH = "1970-01-01T00:00:00.000Z"
+# Outreach's own bookkeeping on every resource: never synced as data.
+SYSTEM_FIELDS = frozenset({"createdAt", "updatedAt"})
 
 
 class OutreachConnector(Connector):
@@ -123,6 +126,13 @@ class OutreachConnector(Connector):
     @classmethod
     def quota_signal(cls, response: requests.Response, now: float) -> QuotaSignal | None:
         return errors.quota_signal(response, now)
+
+    def inbound(self, change: Change) -> Inbound:
+        """System A's id is in the match field when the mapping writes it there (customId, customN)."""
+        mapping = self.objects.get(change.object_type)
+        fields = {k: v for k, v in change.fields.items() if k not in SYSTEM_FIELDS}
+        key = change.fields.get(mapping.match_key) if mapping is not None and mapping.holds_source_id else None
+        return Inbound(record_id=str(key) if key else None, fields=fields)
 
     def push(self, batch: Sequence[OutboundRecord]) -> list[PushResult]:
         """One record at a time (about two calls each, one with a link). When a call fails for the whole

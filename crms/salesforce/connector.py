@@ -24,6 +24,7 @@ from crms.base import (
     CheckResult,
     Connector,
     ConnectorError,
+    Inbound,
     OutboundRecord,
     PushResult,
     QuotaSignal,
@@ -34,6 +35,9 @@ from crms.salesforce import bulk, errors
 from crms.salesforce.soql import select_changed, soql_datetime
 
 COLLECTION_LIMIT = 200  # records per sObject Collections call (one API call each)
+# Salesforce's own bookkeeping on every record: never synced as data.
+SYSTEM_FIELDS = frozenset({"Id", "attributes", "SystemModstamp", "LastModifiedById", "LastModifiedDate", "CreatedDate",
+                           "CreatedById", "IsDeleted"})  # fmt: skip
 TOKEN_KEY = "oauth"  # noqa: S105 - the state-store key, not a secret
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CALL_OPTIONS = "client=recordsync"  # tags our writes so change events can be told apart
@@ -140,6 +144,16 @@ class SalesforceConnector(Connector):
         deleted = self._deleted(object_type, state.get("deleted_since"))
         next_state = {"since": max(since, state.get("seen", since)), "deleted_since": deleted[1]}
         return ChangePage(changes + deleted[0], json.dumps(next_state), has_more=False)
+
+    def inbound(self, change: Change) -> Inbound:
+        """System A's id is in the external-id field of records it created; the integration user
+        as last modifier marks our own write read back (`changeOrigin` exists only in CDC)."""
+        key_field = self.config["external_id_field"]
+        fields = {k: v for k, v in change.fields.items() if k not in {*SYSTEM_FIELDS, key_field}}
+        token = self.store.get(TOKEN_KEY) or {}
+        ours = bool(token.get("user_id")) and change.fields.get("LastModifiedById") == token.get("user_id")
+        key = change.fields.get(key_field)
+        return Inbound(record_id=str(key) if key else None, fields=fields, written_by_us=ours)
 
     def bulk_start(self, object_type: str, records: Sequence[OutboundRecord]) -> str:
         """Start a Bulk API 2.0 upsert for a batch above `bulk_threshold` (backfills); returns the job id."""
@@ -287,7 +301,9 @@ class SalesforceConnector(Connector):
             raise ConnectorError(f"login refused: {failure.message}", code=failure.code or "invalid_grant",
                                  permanent=response.status_code < 500, http_status=response.status_code)  # fmt: skip
         body = response.json()
-        return {"access_token": body["access_token"], "instance_url": body["instance_url"]}
+        # The identity URL ends with the integration user's id: polling tells our own writes by it.
+        return {"access_token": body["access_token"], "instance_url": body["instance_url"],
+                "user_id": str(body.get("id") or "").rstrip("/").rsplit("/", 1)[-1]}  # fmt: skip
 
     def _assertion(self) -> str:
         claims = {

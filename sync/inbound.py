@@ -1,0 +1,154 @@
+"""Inbound capture: changes made in a CRM become ordinary SyncEvents with the CRM as source, so
+rules, the engine and the status apply to them unchanged.
+
+Polling reads one page at a time through the connector's `changes()` and checkpoints the
+cursor in the same transaction as the page's events: an interrupted run resumes at the page it
+stopped on, and re-reading a page (or the overlap window a connector keeps on purpose) never
+makes a second event, since each change's event id is (connection, object, id, modified time).
+One poller per (connection, object) at a time: the cursor row is claimed with a lease.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from crms.base import Change, Connector, Inbound
+from crms.models import Connection
+from sync.models import InboundCursor, RecordLink, SyncEvent
+from sync.services import EventInput, event_ingest
+
+logger = logging.getLogger("recordsync.inbound")
+
+# A poller that died holding the cursor gives it up after this long.
+POLL_LEASE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class PollResult:
+    pages: int
+    counts: dict[str, int]  # captured, echo, already_captured
+    cursor: str
+    skipped: str = ""  # why nothing was read (another poller holds the cursor)
+
+
+def poll(
+    *, connection: Connection, object_type: str, connector: Connector, max_pages: int | None = None,
+    owner: str, clock: Callable[[], datetime] = timezone.now,
+) -> PollResult:  # fmt: skip
+    """Read changes page by page until the connector has no more (or `max_pages`)."""
+    row, _ = InboundCursor.objects.get_or_create(connection=connection, object_type=object_type)
+    if not _claim(row.pk, owner, clock()):
+        return PollResult(0, {}, row.cursor, skipped="another poller holds this cursor")
+    pages, totals = 0, Counter[str]()
+    try:
+        while max_pages is None or pages < max_pages:
+            cursor = InboundCursor.objects.values_list("cursor", flat=True).get(pk=row.pk)
+            page = connector.changes(object_type, cursor or None)
+            with transaction.atomic():
+                counts = capture(connection=connection, connector=connector, changes=page.changes, now=clock())
+                InboundCursor.objects.filter(pk=row.pk, lease_owner=owner).update(
+                    cursor=page.cursor or "", polled_at=clock(), pages=F("pages") + 1,
+                    captured=F("captured") + counts["captured"], lease_until=clock() + POLL_LEASE, last_error="",
+                )  # fmt: skip
+            pages += 1
+            totals.update(counts)
+            if not page.has_more:
+                break
+    except Exception as exc:
+        InboundCursor.objects.filter(pk=row.pk).update(last_error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    finally:
+        InboundCursor.objects.filter(pk=row.pk, lease_owner=owner).update(lease_owner="", lease_until=None)
+    final = InboundCursor.objects.values_list("cursor", flat=True).get(pk=row.pk)
+    logger.info("polled", extra={"connection": connection.name, "object_type": object_type, "pages": pages,
+                                 **dict(totals)})  # fmt: skip
+    return PollResult(pages, dict(totals), final)
+
+
+def _claim(pk: int, owner: str, now: datetime) -> bool:
+    free = Q(lease_owner="") | Q(lease_until__lt=now)
+    return bool(InboundCursor.objects.filter(free, pk=pk).update(lease_owner=owner, lease_until=now + POLL_LEASE))
+
+
+def capture(*, connection: Connection, connector: Connector, changes: Sequence[Change], now: datetime) -> Counter[str]:
+    """Turn one page of changes into events (with their jobs) and links; our own writes read back are echoes."""
+    counts = Counter[str]()
+    items: list[EventInput] = []
+    for change in changes:
+        view = connector.inbound(change)
+        link = RecordLink.objects.filter(
+            system=connection, external_object=change.object_type, external_id=change.external_id
+        ).first()
+        object_type = link.object_type if link else change.object_type
+        record_id = link.record_id if link else (view.record_id or f"{connection.name}-{change.external_id}")
+        event_id = f"{connection.name}:{change.object_type}:{change.external_id}@{change.modified_at.isoformat()}"
+        if SyncEvent.objects.filter(idempotency_key=f"event:{event_id}").exists():
+            counts["already_captured"] += 1  # the overlap window, or a page read again after a crash
+            continue
+        echo = None if change.deleted else echo_reason(link, view)
+        if not change.deleted:
+            _link_save(connection, change, object_type, record_id, view, now)
+        counts["echo" if echo else "captured"] += 1
+        items.append(_event(connection, change, object_type, record_id, view, event_id, echo, linked=link is not None))
+    if items:
+        event_ingest(items=items, idempotency_key=None, is_batch=True, request_id="")
+    return counts
+
+
+def echo_reason(link: RecordLink | None, view: Inbound) -> str | None:
+    """Our own write read back: compared field by field with what the link says we last synced
+    (a hash of the raw record never matches: the target adds its own fields)."""
+    if link is None or not link.last_values:
+        return None
+    if view.written_by_us:
+        return "echo: last modified by this service's integration user"
+    known = link.last_values
+    for name, value in view.fields.items():
+        if name in known:
+            if _same(known[name], value):
+                continue
+            return None
+        if value not in (None, "", []):
+            return None  # a field we never synced now holds a value: someone else changed the record
+    return "echo: the record holds exactly what was last synced"
+
+
+def _same(left: Any, right: Any) -> bool:
+    return left == right or (left in (None, "") and right in (None, ""))
+
+
+def _link_save(
+    connection: Connection, change: Change, object_type: str, record_id: str, view: Inbound, now: datetime
+) -> None:
+    """The first capture links the CRM record to its System A id; later ones keep its last-synced values."""
+    from sync.engine import payload_hash  # the engine's hash, so its "unchanged" check agrees
+
+    values = {k: v for k, v in view.fields.items() if v not in (None, "")}
+    RecordLink.objects.update_or_create(
+        system=connection, external_object=change.object_type, external_id=change.external_id,
+        defaults={"object_type": object_type, "record_id": record_id, "last_values": values,
+                  "last_hash": payload_hash(values), "synced_at": now},
+    )  # fmt: skip
+
+
+def _event(
+    connection: Connection, change: Change, object_type: str, record_id: str, view: Inbound, event_id: str,
+    echo: str | None, *, linked: bool,
+) -> EventInput:  # fmt: skip
+    operation = "delete" if change.deleted else ("update" if linked else "create")
+    # A new record's empty fields are noise; in an update an empty field may be a value someone cleared.
+    data = None if change.deleted else {k: v for k, v in view.fields.items() if linked or v not in (None, "")}
+    raw = {"operation": operation, "record_id": record_id, "object_type": object_type, "source": connection.name,
+           "data": data, "occurred_at": change.modified_at.isoformat()}  # fmt: skip
+    return EventInput(operation=operation, record_id=record_id, object_type=object_type, source=connection.name,
+                      targets=None, data=data, occurred_at=change.modified_at, event_id=event_id, raw=raw,
+                      skip_reason=echo)  # fmt: skip

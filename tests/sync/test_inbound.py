@@ -1,0 +1,205 @@
+"""Inbound capture by polling: changes made in the mock Salesforce become events with Salesforce as
+source, linked to System A's ids, checkpointed per page, captured once, and our own writes read
+back are echoes that go nowhere."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+
+from crms.base import Inbound
+from crms.mocks.models import MockRecord
+from crms.models import Connection
+from crms.salesforce import mock_store
+from crms.services import connection_save
+from sync import engine, inbound
+from sync.engine import throttled_connector
+from sync.inbound import PollResult, poll
+from sync.models import InboundCursor, JobState, RecordLink, SyncEvent, SyncJob
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def salesforce(live_server, settings) -> Connection:
+    org = f"{live_server.url}/mock/salesforce"
+    return connection_save(
+        name="salesforce", kind="salesforce",
+        config={"login_url": org, "instance_url": org, "auth": "client_credentials",
+                "client_id": settings.MOCK_SALESFORCE_CLIENT_ID, "external_id_field": "RecordSync_Id__c"},
+        secrets={"client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def system_a(live_server, settings) -> Connection:
+    return connection_save(name="system_a", kind="system_a", config={"url": f"{live_server.url}/mock/system_a"},
+                           secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET})  # fmt: skip
+
+
+def poll_contacts(connection: Connection, **kwargs: Any) -> PollResult:
+    return poll(connection=connection, object_type="Contact", connector=throttled_connector(connection),
+                owner="test", **kwargs)  # fmt: skip
+
+
+def drain(connection: Connection) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for job_ids in engine.batches_claim(connection=connection, now=timezone.now(), force=True):
+        for key, count in engine.batch_run(job_ids=job_ids).items():
+            totals[key] = totals.get(key, 0) + count
+    return totals
+
+
+def crm_edit(**fields: Any) -> str:
+    """A person edits Salesforce: the service learns of it only by polling."""
+    (row,) = mock_store.staff_push("Contact", [fields], [])
+    return str(row["Id"])
+
+
+def post(api: Any, record_id: str, **data: Any) -> None:
+    body = {"operation": "create", "record_id": record_id, "object_type": "Contact",
+            "data": {"LastName": "Lovelace", **data}}  # fmt: skip
+    assert api.post("/v1/sync/", data=json.dumps(body), content_type="application/json").status_code == 202
+
+
+def test_a_contact_created_in_salesforce_reaches_system_a_linked_both_ways(api, salesforce, system_a):
+    sf_id = crm_edit(LastName="Hopper", Email="grace@example.com")
+
+    result = poll_contacts(salesforce)
+    drained = drain(system_a)
+
+    record_id = f"salesforce-{sf_id}"
+    event = SyncEvent.objects.get(source="salesforce")
+    assert result.counts == {"captured": 1}
+    assert (event.record_id, event.operation, event.payload) == (
+        record_id,
+        "create",
+        {"LastName": "Hopper", "Email": "grace@example.com"},
+    )
+    assert drained["synced"] == 1
+    (in_a,) = MockRecord.objects.filter(system="system_a", object="Contact")
+    assert in_a.fields == {"LastName": "Hopper", "Email": "grace@example.com"}
+    links = dict(RecordLink.objects.filter(record_id=record_id).values_list("system__name", "external_id"))
+    assert links == {"salesforce": sf_id, "system_a": in_a.record_id}
+    status = api.get(f"/v1/sync/status/{record_id}").json()
+    assert [(t["target"], t["source"], t["state"]) for t in status["targets"]] == [("system_a", "salesforce", "synced")]
+
+
+def test_our_own_write_read_back_is_an_echo_routed_nowhere(api, salesforce, system_a):
+    post(
+        api,
+        "c-1",
+        Email="ada@example.com",
+    )
+    SyncJob.objects.filter(target=system_a).delete()  # only the Salesforce side matters here
+    drain(salesforce)
+
+    result = poll_contacts(salesforce)
+
+    assert result.counts == {"echo": 1}
+    echo = SyncEvent.objects.get(source="salesforce")
+    assert echo.record_id == "c-1"  # found through the link the push wrote
+    assert echo.routing["mode"] == "skipped" and echo.routing["reason"].startswith("echo")
+    assert not SyncJob.objects.filter(source="salesforce").exists()
+    status = api.get("/v1/sync/status/c-1").json()
+    assert any(e["source"] == "salesforce" and e["routing"]["reason"].startswith("echo") for e in status["events"])
+
+
+def test_an_echo_is_found_by_the_values_too_when_the_last_modifier_is_unknown(salesforce):
+    link = RecordLink(object_type="Contact", record_id="c-1", system=salesforce, external_object="Contact",
+                      external_id="003X", last_values={"LastName": "Lovelace", "Email": "ada@example.com"})  # fmt: skip
+    same = Inbound("c-1", {"LastName": "Lovelace", "Email": "ada@example.com", "Title": None})
+    edited = Inbound("c-1", {"LastName": "Lovelace", "Email": "ada@example.com", "Title": "Countess"})
+
+    assert inbound.echo_reason(link, same) is not None
+    assert inbound.echo_reason(link, edited) is None  # a field we never wrote now has a value
+    assert inbound.echo_reason(None, same) is None
+
+
+def test_a_crm_edit_after_our_write_is_captured_for_the_same_record(api, salesforce, system_a):
+    post(api, "c-1", Email="ada@example.com")
+    drain(salesforce)
+    drain(system_a)
+    poll_contacts(salesforce)  # the echo of our write
+    sf_id = RecordLink.objects.get(system=salesforce).external_id
+
+    crm_edit(Id=sf_id, Phone="+1 555 0100")
+    result = poll_contacts(salesforce)
+
+    assert result.counts.get("captured") == 1
+    update = SyncEvent.objects.filter(source="salesforce", operation="update").latest("received_at")
+    assert update.record_id == "c-1" and (update.payload or {}).get("Phone") == "+1 555 0100"
+    assert SyncJob.objects.get(source="salesforce", target=system_a).state == JobState.PENDING
+
+
+def test_polling_again_never_captures_a_change_twice(salesforce):
+    for n in range(3):
+        crm_edit(LastName=f"L{n}")
+
+    first = poll_contacts(salesforce)
+    again = poll_contacts(salesforce)  # Salesforce's overlap window reads the last second again
+
+    assert first.counts == {"captured": 3}
+    assert again.counts.get("captured", 0) == 0
+    assert SyncEvent.objects.filter(source="salesforce").count() == 3
+
+
+def test_an_interrupted_poll_resumes_from_the_page_it_stopped_on(salesforce, settings, monkeypatch):
+    settings.MOCK_SALESFORCE_QUERY_PAGE = 2
+    for n in range(5):
+        crm_edit(LastName=f"L{n}")
+    real = inbound.capture
+    calls: list[int] = []
+
+    def crash_on_second_page(**kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("worker lost")
+        return real(**kwargs)
+
+    monkeypatch.setattr(inbound, "capture", crash_on_second_page)
+    with pytest.raises(RuntimeError):
+        poll_contacts(salesforce)
+    cursor = InboundCursor.objects.get()
+    assert (cursor.pages, cursor.captured, cursor.lease_owner) == (1, 2, "")
+    assert "worker lost" in cursor.last_error
+
+    monkeypatch.setattr(inbound, "capture", real)
+    resumed = poll_contacts(salesforce)
+
+    assert resumed.counts == {"captured": 3}  # the two of page one are not read as new again
+    assert SyncEvent.objects.filter(source="salesforce").count() == 5
+
+
+def test_a_second_poller_leaves_a_held_cursor_alone(salesforce):
+    crm_edit(LastName="L")
+    InboundCursor.objects.create(connection=salesforce, object_type="Contact", lease_owner="other",
+                                 lease_until=timezone.now() + inbound.POLL_LEASE)  # fmt: skip
+
+    result = poll_contacts(salesforce)
+
+    assert result.skipped and not SyncEvent.objects.exists()
+
+
+def test_a_cursor_in_the_far_future_reads_nothing(salesforce):
+    crm_edit(LastName="L")
+    InboundCursor.objects.create(connection=salesforce, object_type="Contact",
+                                 cursor=json.dumps({"since": "2999-01-01T00:00:00Z"}))  # fmt: skip
+
+    result = poll_contacts(salesforce)
+
+    assert result.counts.get("captured", 0) == 0 and not SyncEvent.objects.exists()
+
+
+def test_the_sync_poll_command_reports_each_object(salesforce):
+    crm_edit(LastName="L")
+    out = StringIO()
+
+    call_command("sync_poll", "--connection", "salesforce", "--object", "Contact", stdout=out, stderr=StringIO())
+
+    assert "salesforce Contact: 1 page(s), captured 1" in out.getvalue()
