@@ -83,17 +83,20 @@ def capture(*, connection: Connection, connector: Connector, changes: Sequence[C
     """Turn one page of changes into events (with their jobs) and links; our own writes read back are echoes."""
     counts = Counter[str]()
     items: list[EventInput] = []
-    for change in changes:
-        view = connector.inbound(change)
-        link = RecordLink.objects.filter(
-            system=connection, external_object=change.object_type, external_id=change.external_id
-        ).first()
-        object_type = link.object_type if link else change.object_type
-        record_id = link.record_id if link else (view.record_id or f"{connection.name}-{change.external_id}")
-        event_id = f"{connection.name}:{change.object_type}:{change.external_id}@{change.modified_at.isoformat()}"
-        if SyncEvent.objects.filter(idempotency_key=f"event:{event_id}").exists():
+    ids = [_event_id(connection, change) for change in changes]
+    seen = set(SyncEvent.objects.filter(idempotency_key__in=[f"event:{i}" for i in ids])
+               .values_list("idempotency_key", flat=True))  # fmt: skip
+    links = {(link.external_object, link.external_id): link for link in RecordLink.objects.filter(
+        system=connection, external_id__in={change.external_id for change in changes})}  # fmt: skip
+    for change, event_id in zip(changes, ids, strict=True):
+        if f"event:{event_id}" in seen:
             counts["already_captured"] += 1  # the overlap window, or a page read again after a crash
             continue
+        seen.add(f"event:{event_id}")  # the same change twice in one page
+        view = connector.inbound(change)
+        link = links.get((change.object_type, change.external_id))
+        object_type = link.object_type if link else change.object_type
+        record_id = link.record_id if link else (view.record_id or f"{connection.name}-{change.external_id}")
         echo = None if change.deleted else echo_reason(link, view)
         if not change.deleted:
             _link_save(connection, change, object_type, record_id, view, now)
@@ -102,6 +105,10 @@ def capture(*, connection: Connection, connector: Connector, changes: Sequence[C
     if items:
         event_ingest(items=items, idempotency_key=None, is_batch=True, request_id="")
     return counts
+
+
+def _event_id(connection: Connection, change: Change) -> str:
+    return f"{connection.name}:{change.object_type}:{change.external_id}@{change.modified_at.isoformat()}"
 
 
 def echo_reason(link: RecordLink | None, view: Inbound) -> str | None:
