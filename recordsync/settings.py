@@ -207,6 +207,8 @@ SYNC_BREAKER_FAILURES = env_int("SYNC_BREAKER_FAILURES", 5, minimum=1)
 SYNC_BREAKER_COOLDOWN = env_int("SYNC_BREAKER_COOLDOWN", 30, minimum=1)
 # Past this share of a target's own allowance (Sforce-Limit-Info, X-RateLimit-*), calls are spread out.
 SYNC_QUOTA_SLOW_DOWN_PERCENT = env_int("SYNC_QUOTA_SLOW_DOWN_PERCENT", 90, minimum=1)
+# Seconds between polls of each readable connection's objects for changes made there; 0: never.
+SYNC_POLL_INTERVAL = env_int("SYNC_POLL_INTERVAL", 60, minimum=0)
 SYNC_LEASE_SECONDS = env_int("SYNC_LEASE_SECONDS", 120, minimum=10)
 # Batches of one connection queued or in flight at once; the rest of a backlog waits as pending.
 SYNC_OUTSTANDING_BATCHES = env_int("SYNC_OUTSTANDING_BATCHES", 2 * Q_CLUSTER["workers"], minimum=1)

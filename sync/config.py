@@ -15,7 +15,7 @@ from django.conf import settings
 from sync.models import ConfigOverride
 
 KNOBS = ("batch_size", "flush_interval", "max_attempts", "rate_limit_calls", "rate_limit_window",
-         "breaker_failures", "breaker_cooldown", "quota_slow_down_percent")  # fmt: skip
+         "breaker_failures", "breaker_cooldown", "quota_slow_down_percent", "poll_interval")  # fmt: skip
 CHECK_SECONDS = 1.0
 clock = time.monotonic  # swappable in tests
 _cache: dict[str, Any] = {"checked": float("-inf"), "rows": {}}
@@ -31,6 +31,7 @@ class EngineConfig:
     breaker_failures: int  # consecutive connection-level failures that open the breaker
     breaker_cooldown: int  # seconds before one probe is let through
     quota_slow_down_percent: int  # share of the target's own allowance past which calls are spread thin
+    poll_interval: int  # seconds between polls of a readable connection's objects; 0: not polled
 
 
 def _defaults() -> dict[str, int]:
@@ -38,7 +39,8 @@ def _defaults() -> dict[str, int]:
             "max_attempts": settings.SYNC_MAX_ATTEMPTS, "rate_limit_calls": settings.SYNC_RATE_LIMIT_CALLS,
             "rate_limit_window": settings.SYNC_RATE_LIMIT_WINDOW, "breaker_failures": settings.SYNC_BREAKER_FAILURES,
             "breaker_cooldown": settings.SYNC_BREAKER_COOLDOWN,
-            "quota_slow_down_percent": settings.SYNC_QUOTA_SLOW_DOWN_PERCENT}  # fmt: skip
+            "quota_slow_down_percent": settings.SYNC_QUOTA_SLOW_DOWN_PERCENT,
+            "poll_interval": settings.SYNC_POLL_INTERVAL}  # fmt: skip
 
 
 def _rows() -> dict[int | None, dict[str, int]]:

@@ -111,6 +111,7 @@ def leases_expire(*, now: datetime) -> int:
 @dataclass(frozen=True)
 class Claimed:
     job: SyncJob
+    link: RecordLink | None  # the record's link in the target, if it has one
     record: OutboundRecord | None  # None: nothing to send (skipped, or refused before the call)
     refused: ConnectorError | None = None
     skip: tuple[str, str] = ("unchanged", "the target already holds this state")
@@ -167,7 +168,7 @@ def _run(owner: str, now: datetime) -> dict[str, int]:
     )
     connection = jobs[0].target
     links = _links(jobs)
-    work = [_prepare(job, links.get((job.object_type, job.record_id))) for job in jobs]
+    work = [_prepare(job, links.get(job.record_id, [])) for job in jobs]
     outcomes: list[Outcome] = []
     for item in work:
         if item.refused is not None:
@@ -183,38 +184,50 @@ def _run(owner: str, now: datetime) -> dict[str, int]:
     return counts
 
 
-def _links(jobs: Sequence[SyncJob]) -> dict[tuple[str, str], RecordLink]:
-    target = jobs[0].target_id
-    keys = {(job.object_type, job.record_id) for job in jobs}
-    found = RecordLink.objects.filter(system_id=target, record_id__in={k[1] for k in keys})
-    return {(link.object_type, link.record_id): link for link in found if (link.object_type, link.record_id) in keys}
+def _links(jobs: Sequence[SyncJob]) -> dict[str, list[RecordLink]]:
+    found: dict[str, list[RecordLink]] = defaultdict(list)
+    for link in RecordLink.objects.filter(system_id=jobs[0].target_id, record_id__in={job.record_id for job in jobs}):
+        found[link.record_id].append(link)
+    return found
 
 
-def _prepare(job: SyncJob, link: RecordLink | None) -> Claimed:
+def _link_for(job: SyncJob, target_object: str, links: Sequence[RecordLink]) -> RecordLink | None:
+    """The record's link in the target: the one to the same target object, whichever way it was made.
+
+    A record first seen in a CRM is linked under the CRM's object name ("Contact"); System A may
+    name it otherwise ("contact"): matching on the target object keeps a later write an update of
+    that record, never a second create.
+    """
+    same_object = [link for link in links if link.external_object == target_object]
+    return next(iter(same_object), None) or next((link for link in links if link.object_type == job.object_type), None)
+
+
+def _prepare(job: SyncJob, links: Sequence[RecordLink]) -> Claimed:
     event = job.last_event
     spec = (event.routing.get("payloads") or {}).get(job.target.name) if event else None
     target_object = (spec or {}).get("object") or job.object_type
+    link = _link_for(job, target_object, links)
     external_id = link.external_id if link else None
     if event is None:  # never guess: a missing event must not turn into a delete
-        return Claimed(job, None, ConnectorError("the event behind this job is gone; post the record again",
+        return Claimed(job, link, None, ConnectorError("the event behind this job is gone; post the record again",
                                                  code="EVENT_MISSING", permanent=True))  # fmt: skip
     if event.operation == "delete":
         if (spec or {}).get("delete") == "soft_delete" and spec:
             marker = {spec["soft_delete_field"]: True}
-            return Claimed(job, OutboundRecord(job.record_id, target_object, "upsert", marker, external_id))
+            return Claimed(job, link, OutboundRecord(job.record_id, target_object, "upsert", marker, external_id))
         if link is None:  # created and deleted before it was ever sent, or never synced: nothing to undo
-            return Claimed(job, None, skip=("never_synced", "the target never received this record"))
-        return Claimed(job, OutboundRecord(job.record_id, target_object, "delete", {}, external_id))
+            return Claimed(job, link, None, skip=("never_synced", "the target never received this record"))
+        return Claimed(job, link, OutboundRecord(job.record_id, target_object, "delete", {}, external_id))
     fields = (spec or {}).get("fields") if spec else event.payload
     fields = dict(fields or {})
     if link is not None and link.last_hash == payload_hash(fields):
-        return Claimed(job, None)
+        return Claimed(job, link, None)
     missing = [] if link is not None else _missing_required(job.target, target_object, fields)
     if missing:
-        return Claimed(job, None, ConnectorError(
+        return Claimed(job, link, None, ConnectorError(
             f"{', '.join(missing)} required to create a {target_object} in {job.target.name}; nothing was sent",
             code="REQUIRED_FIELD_MISSING", permanent=True, fields=missing))  # fmt: skip
-    return Claimed(job, OutboundRecord(job.record_id, target_object, "upsert", fields, external_id))
+    return Claimed(job, link, OutboundRecord(job.record_id, target_object, "upsert", fields, external_id))
 
 
 def _missing_required(connection: Connection, object_type: str, fields: dict[str, Any]) -> list[str]:
@@ -300,7 +313,8 @@ def _outcome(item: Claimed, result: PushResult, duration_ms: int) -> Outcome:
     if error is None:
         linked = item.record if item.record is not None and item.record.operation != "delete" else None
         return Outcome(job, JobState.SYNCED, None, attempt=attempt, duration_ms=duration_ms, sent=linked,
-                       external_id=result.external_id or "")  # fmt: skip
+                       external_id=result.external_id or "",
+                       link_object_type=item.link.object_type if item.link else job.object_type)  # fmt: skip
     if error.code in NOT_THEIR_FAULT:  # handed back, not counted as an attempt
         return Outcome(job, JobState.RETRYING, error, counts=False, attempt=attempt, duration_ms=duration_ms)
     exhausted = job.attempts + 1 >= config.effective(job.target_id).max_attempts
@@ -321,6 +335,7 @@ class Outcome:
     duration_ms: int | None = None
     sent: OutboundRecord | None = None  # an upsert the target accepted: its link is written
     external_id: str = ""
+    link_object_type: str = ""  # the object type the record's link is kept under (the job's, unless linked)
 
 
 def outcomes_save(outcomes: Sequence[Outcome], *, owner: str, now: datetime) -> list[str]:
@@ -427,7 +442,7 @@ def _links_save(outcomes: Sequence[Outcome], now: datetime) -> None:
 def _link_row(outcome: Outcome, now: datetime) -> RecordLink:
     record = outcome.sent
     assert record is not None  # noqa: S101 - callers pass only sent records
-    return RecordLink(object_type=outcome.job.object_type, record_id=outcome.job.record_id,
+    return RecordLink(object_type=outcome.link_object_type or outcome.job.object_type, record_id=outcome.job.record_id,
                       system_id=outcome.job.target_id, external_object=record.object_type,
                       external_id=outcome.external_id, last_values=record.fields,
                       last_hash=payload_hash(record.fields), synced_at=now)  # fmt: skip

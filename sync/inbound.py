@@ -11,6 +11,7 @@ One poller per (connection, object) at a time: the cursor row is claimed with a 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from django.utils import timezone
 
 from crms.base import Change, Connector, Inbound
 from crms.models import Connection
+from crms.registry import UnknownKind, connector_class
+from sync import config
 from sync.models import InboundCursor, RecordLink, SyncEvent
 from sync.services import EventInput, event_ingest
 
@@ -75,8 +78,44 @@ def poll(
 
 
 def _claim(pk: int, owner: str, now: datetime) -> bool:
-    free = Q(lease_owner="") | Q(lease_until__lt=now)
+    """Free, expired, or already ours (the dispatcher claims a due poll before queueing its task)."""
+    free = Q(lease_owner="") | Q(lease_until__lt=now) | Q(lease_owner=owner)
     return bool(InboundCursor.objects.filter(free, pk=pk).update(lease_owner=owner, lease_until=now + POLL_LEASE))
+
+
+def readable_objects(connection: Connection) -> list[str]:
+    """The objects a connection is polled for: its `poll_objects` config, else every object its connector knows."""
+    try:
+        capabilities = connector_class(connection.kind).capabilities
+    except UnknownKind:
+        return []
+    if "inbound" not in capabilities.directions:
+        return []
+    configured = connection.config.get("poll_objects")
+    return [str(name) for name in configured] if configured else [n for n in capabilities.objects if n != "*"]
+
+
+def polls_claim(*, now: datetime) -> list[tuple[int, str, str]]:
+    """The (connection, object) polls that are due, each claimed for one task: (connection id, object, owner).
+
+    Due: `poll_interval` seconds (a live setting; 0 turns polling off) since the last poll. The
+    claim is a conditional update of the cursor's lease, so dispatchers on several machines never
+    queue one poll twice; a lost task's claim runs out with the lease.
+    """
+    claimed: list[tuple[int, str, str]] = []
+    for connection in Connection.objects.filter(enabled=True).order_by("name"):
+        interval = config.effective(connection.pk).poll_interval
+        if not interval:
+            continue
+        for object_type in readable_objects(connection):
+            row, _ = InboundCursor.objects.get_or_create(connection=connection, object_type=object_type)
+            if row.polled_at is not None and row.polled_at + timedelta(seconds=interval) > now:
+                continue
+            owner = f"dispatch-{uuid.uuid4().hex[:12]}"
+            free = Q(lease_owner="") | Q(lease_until__lt=now)
+            if InboundCursor.objects.filter(free, pk=row.pk).update(lease_owner=owner, lease_until=now + POLL_LEASE):
+                claimed.append((connection.pk, object_type, owner))
+    return claimed
 
 
 def capture(*, connection: Connection, connector: Connector, changes: Sequence[Change], now: datetime) -> Counter[str]:
@@ -95,7 +134,9 @@ def capture(*, connection: Connection, connector: Connector, changes: Sequence[C
         seen.add(f"event:{event_id}")  # the same change twice in one page
         view = connector.inbound(change)
         link = links.get((change.object_type, change.external_id))
-        object_type = link.object_type if link else change.object_type
+        # Events carry the CRM's own object name, so rules match on it ("Contact" from Salesforce);
+        # the record keeps System A's id through the link.
+        object_type = change.object_type
         record_id = link.record_id if link else (view.record_id or f"{connection.name}-{change.external_id}")
         echo = None if change.deleted else echo_reason(link, view)
         if not change.deleted:
@@ -142,8 +183,9 @@ def _link_save(
     values = {k: v for k, v in view.fields.items() if v not in (None, "")}
     RecordLink.objects.update_or_create(
         system=connection, external_object=change.object_type, external_id=change.external_id,
-        defaults={"object_type": object_type, "record_id": record_id, "last_values": values,
-                  "last_hash": payload_hash(values), "synced_at": now},
+        defaults={"last_values": values, "last_hash": payload_hash(values), "synced_at": now},
+        create_defaults={"object_type": object_type, "record_id": record_id, "last_values": values,
+                         "last_hash": payload_hash(values), "synced_at": now},
     )  # fmt: skip
 
 

@@ -233,6 +233,9 @@ class ConfigOverrideInSerializer(StrictFieldsMixin, serializers.Serializer[dict[
     quota_slow_down_percent = serializers.IntegerField(
         required=False, allow_null=True, help_text="1-100: past this share of the target's own quota, calls slow down"
     )
+    poll_interval = serializers.IntegerField(
+        required=False, allow_null=True, help_text="seconds between polls for changes, 0-86400; 0: not polled"
+    )
 
 
 class EngineConfigSerializer(serializers.Serializer[dict[str, Any]]):
@@ -244,6 +247,7 @@ class EngineConfigSerializer(serializers.Serializer[dict[str, Any]]):
     breaker_failures = serializers.IntegerField()
     breaker_cooldown = serializers.IntegerField()
     quota_slow_down_percent = serializers.IntegerField()
+    poll_interval = serializers.IntegerField()
 
 
 class OverrideRowSerializer(serializers.Serializer[dict[str, Any]]):

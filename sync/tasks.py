@@ -15,8 +15,8 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from crms.models import Connection
-from sync import dispatch, engine
-from sync.models import JobState, SyncJob
+from sync import dispatch, engine, inbound
+from sync.models import InboundCursor, JobState, SyncJob
 
 logger = logging.getLogger("recordsync.tasks")
 
@@ -71,6 +71,40 @@ def worker_stop_handler_install(sender: object = None, **kwargs: object) -> None
 
 def _raise_system_exit(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
+
+
+def polls_dispatch() -> int:
+    """Queue a poll task for every (connection, object) whose poll is due; returns how many.
+
+    Retry policy: none. A lost poll task leaves its cursor claimed until the lease runs out
+    (sync.inbound.POLL_LEASE); the next pass after that queues it again.
+    """
+    queued = 0
+    for connection_id, object_type, owner in inbound.polls_claim(now=timezone.now()):
+        try:
+            async_task("sync.tasks.poll_objects", connection_id, object_type, owner,
+                       task_name=f"poll-{connection_id}-{object_type}")  # fmt: skip
+        except Exception as exc:  # the broker is down: give the claim back, look again next pass
+            InboundCursor.objects.filter(connection_id=connection_id, object_type=object_type,
+                                         lease_owner=owner).update(lease_owner="", lease_until=None)  # fmt: skip
+            logger.warning("broker unavailable; poll not queued", extra={"target_id": connection_id,
+                                                                         "error": repr(exc)})  # fmt: skip
+            continue
+        queued += 1
+    return queued
+
+
+def poll_objects(connection_id: int, object_type: str, owner: str) -> dict[str, int]:
+    """Poll one object of one connection from its cursor (sync.inbound.poll).
+
+    Retry policy: none; the cursor is saved after every page, so the next due poll resumes.
+    """
+    connection = Connection.objects.filter(pk=connection_id, enabled=True).first()
+    if connection is None:
+        return {}
+    result = inbound.poll(connection=connection, object_type=object_type,
+                          connector=engine.throttled_connector(connection), owner=owner)  # fmt: skip
+    return {"pages": result.pages, **result.counts}
 
 
 def sweep() -> int:

@@ -182,6 +182,23 @@ class SalesforceConnector(Connector):
     # --- writes ----------------------------------------------------------------------------
 
     def _upsert(self, object_type: str, part: Sequence[tuple[int, OutboundRecord]]) -> dict[int, PushResult]:
+        """Records we know the Salesforce id of (linked) are updated by it, and stamped with System A's id
+        in the external-id field (a record first created in Salesforce has none yet); the rest are
+        upserted on the external-id field, which never creates a record twice."""
+        linked = [(i, r) for i, r in part if r.external_id]
+        results = self._update(object_type, linked) if linked else {}
+        rest = [(i, r) for i, r in part if not r.external_id]
+        return {**results, **(self._upsert_by_key(object_type, rest) if rest else {})}
+
+    def _update(self, object_type: str, part: Sequence[tuple[int, OutboundRecord]]) -> dict[int, PushResult]:
+        key = self.config["external_id_field"]
+        records = [{"attributes": {"type": object_type}, "id": r.external_id, **r.fields, key: r.record_id}
+                   for _, r in part]  # fmt: skip
+        body = self._call("PATCH", "/composite/sobjects", json_body={"allOrNone": False, "records": records},
+                          headers={"Sforce-Call-Options": CALL_OPTIONS})  # fmt: skip
+        return {i: _update_result(r, row) for (i, r), row in zip(part, body, strict=True)}
+
+    def _upsert_by_key(self, object_type: str, part: Sequence[tuple[int, OutboundRecord]]) -> dict[int, PushResult]:
         key = self.config["external_id_field"]
         records = [{"attributes": {"type": object_type}, **r.fields, key: r.record_id} for _, r in part]
         body = self._call(
@@ -329,6 +346,12 @@ def _upsert_result(record: OutboundRecord, row: dict[str, Any]) -> PushResult:
     if not row.get("success"):
         return PushResult(record.record_id, "error", error=errors.record_error(row.get("errors") or []))
     return PushResult(record.record_id, "created" if row.get("created") else "updated", external_id=row.get("id"))
+
+
+def _update_result(record: OutboundRecord, row: dict[str, Any]) -> PushResult:
+    if not row.get("success"):
+        return PushResult(record.record_id, "error", record.external_id, errors.record_error(row.get("errors") or []))
+    return PushResult(record.record_id, "updated", external_id=row.get("id") or record.external_id)
 
 
 def _delete_result(record: OutboundRecord, row: dict[str, Any]) -> PushResult:

@@ -152,9 +152,12 @@ def _forced(code: str) -> dict[str, Any]:
 
 @api
 def collection(request: HttpRequest, version: str) -> HttpResponse:
-    """DELETE …/composite/sobjects?ids=a,b&allOrNone=false"""
+    """DELETE …/composite/sobjects?ids=a,b&allOrNone=false, or PATCH with records that carry their Id."""
+    if request.method == "PATCH":
+        return _collection_update(request)
     if request.method != "DELETE":
-        return _errors(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{request.method}' not allowed. Allowed are DELETE")
+        return _errors(405, "METHOD_NOT_ALLOWED",
+                       f"HTTP Method '{request.method}' not allowed. Allowed are DELETE, PATCH")  # fmt: skip
     ids = [i for i in request.GET.get("ids", "").split(",") if i]
     if not ids:
         return _errors(400, "REQUIRED_FIELD_MISSING", "At least 1 Id is required.")
@@ -163,6 +166,29 @@ def collection(request: HttpRequest, version: str) -> HttpResponse:
             400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into this call"
         )
     return JsonResponse([store.delete_one(i) for i in ids], safe=False)
+
+
+def _collection_update(request: HttpRequest) -> HttpResponse:
+    """Update by Salesforce id: each record names its type in `attributes` and its `id`."""
+    body = _json(request)
+    records = body.get("records") if isinstance(body, dict) else None
+    if not isinstance(records, list):
+        return _errors(400, "JSON_PARSER_ERROR", 'Expected {"allOrNone": …, "records": […]}')
+    if len(records) > 200:
+        return _errors(
+            400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into this call"
+        )
+    for record in records:
+        object_type = str((record.get("attributes") or {}).get("type") or "")
+        refused = _check_object(object_type)
+        if refused:
+            return refused
+        unknown = store.unknown_fields(object_type, {k: v for k, v in record.items() if k.lower() != "id"})
+        if unknown:
+            return _errors(400, "INVALID_FIELD", f"No such column '{unknown[0]}' on sobject of type {object_type}")
+    forced = request.mock_fault.record_error if request.mock_fault else ""  # type: ignore[attr-defined]
+    results = [_forced(forced) if forced else store.update_one(r, by=store.INTEGRATION_USER) for r in records]
+    return JsonResponse(results, safe=False)
 
 
 @api

@@ -104,6 +104,28 @@ def upsert_one(object_type: str, key_field: str, values: dict[str, Any], *, by: 
     return {"id": record.record_id, "success": True, "errors": [], "created": True}
 
 
+def update_one(values: dict[str, Any], *, by: str) -> dict[str, Any]:
+    """One record of a Collections update by id: the result row for it."""
+    record_id = str(values.get("id") or values.get("Id") or "")
+    object_type = str((values.get("attributes") or {}).get("type") or "")
+    fields = {k: v for k, v in values.items() if k not in ("attributes", "id", "Id")}
+    with transaction.atomic():
+        record = live(object_type).filter(record_id=record_id).first()
+        if record is None:
+            gone = MockRecord.objects.filter(system=SYSTEM, record_id=record_id, deleted_at__isnull=False).exists()
+            code = "ENTITY_IS_DELETED" if gone else "INVALID_CROSS_REFERENCE_KEY"
+            return _error(code, f"{'entity is deleted' if gone else 'invalid cross reference id'}: {record_id}", [],
+                          record_id)  # fmt: skip
+        key = fields.get(EXTERNAL_ID_FIELD)
+        if key not in (None, "") and matching(object_type, EXTERNAL_ID_FIELD, key).exclude(pk=record.pk).exists():
+            return _error("DUPLICATE_VALUE", f"duplicate value found: {EXTERNAL_ID_FIELD} duplicates value on "
+                          f"another record with id {key}", [EXTERNAL_ID_FIELD], record_id)  # fmt: skip
+        record.fields = {**record.fields, **fields}
+        record.modified_at, record.modified_by = timezone.now(), by
+        record.save()
+    return {"id": record.record_id, "success": True, "errors": []}
+
+
 def delete_one(record_id: str) -> dict[str, Any]:
     record = MockRecord.objects.filter(system=SYSTEM, record_id=record_id).first()
     if record is None:

@@ -29,7 +29,8 @@ def test_it_shows_the_defaults_and_what_each_connection_uses(staff_api, connecti
                                 "rate_limit_window": settings.SYNC_RATE_LIMIT_WINDOW,
                                 "breaker_failures": settings.SYNC_BREAKER_FAILURES,
                                 "breaker_cooldown": settings.SYNC_BREAKER_COOLDOWN,
-                                "quota_slow_down_percent": settings.SYNC_QUOTA_SLOW_DOWN_PERCENT}  # fmt: skip
+                                "quota_slow_down_percent": settings.SYNC_QUOTA_SLOW_DOWN_PERCENT,
+                                "poll_interval": settings.SYNC_POLL_INTERVAL}  # fmt: skip
     assert set(body["effective"]) == {"global", "outreach", "salesforce", "system_a"}
     assert body["overrides"] == {}
 
@@ -41,7 +42,7 @@ def test_a_global_then_a_connection_override_apply_in_that_order_and_record_who(
     assert body["effective"]["salesforce"] == {"batch_size": 10, "flush_interval": 5, "max_attempts": 8,
                                                "rate_limit_calls": 0, "rate_limit_window": 1,
                                                "breaker_failures": 5, "breaker_cooldown": 30,
-                                               "quota_slow_down_percent": 90}  # fmt: skip
+                                               "quota_slow_down_percent": 90, "poll_interval": 60}  # fmt: skip
     assert body["effective"]["outreach"]["batch_size"] == 50
     assert body["overrides"]["connection:salesforce"]["updated_by"] == "ops"
     assert body["overrides"]["global"]["values"] == {"batch_size": 50, "flush_interval": 5}

@@ -5,6 +5,7 @@ back are echoes that go nowhere."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from io import StringIO
 from typing import Any
 
@@ -203,3 +204,80 @@ def test_the_sync_poll_command_reports_each_object(salesforce):
     call_command("sync_poll", "--connection", "salesforce", "--object", "Contact", stdout=out, stderr=StringIO())
 
     assert "salesforce Contact: 1 page(s), captured 1" in out.getvalue()
+
+
+# --- polling on a schedule -------------------------------------------------------------------------
+
+
+def test_due_polls_are_claimed_once_then_wait_for_the_interval(salesforce, system_a):
+    from sync.config_services import config_override_set
+
+    config_override_set(values={"poll_interval": 60}, connection="salesforce", actor="test")
+    now = timezone.now()
+
+    first = inbound.polls_claim(now=now)
+    again = inbound.polls_claim(now=now)  # another dispatcher, or the next pass
+
+    assert sorted(obj for _, obj, _ in first) == ["Account", "Contact", "Lead"]  # System A is not readable
+    assert again == []
+    (_, object_type, owner) = next(c for c in first if c[1] == "Contact")
+    result = poll(connection=salesforce, object_type=object_type, connector=throttled_connector(salesforce),
+                  owner=owner)  # fmt: skip
+    assert not result.skipped  # the task runs under the dispatcher's claim
+    assert [c[1] for c in inbound.polls_claim(now=timezone.now() + timedelta(seconds=59))] == []
+    assert "Contact" in [c[1] for c in inbound.polls_claim(now=timezone.now() + timedelta(seconds=61 + 300))]
+
+
+def test_a_poll_interval_of_zero_turns_polling_off(salesforce):
+    from sync.config_services import config_override_set
+
+    config_override_set(values={"poll_interval": 0}, connection="salesforce", actor="test")
+
+    assert inbound.polls_claim(now=timezone.now()) == []
+
+
+def test_a_poll_that_cannot_be_queued_gives_its_claim_back(salesforce, monkeypatch):
+    from sync import tasks
+
+    def broker_down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(tasks, "async_task", broker_down)
+
+    assert tasks.polls_dispatch() == 0
+    assert set(InboundCursor.objects.values_list("lease_owner", flat=True)) == {""}
+
+
+def test_the_dispatcher_polls_a_change_made_in_the_crm_and_sends_it_on(salesforce, system_a, settings):
+    from sync import tasks
+
+    crm_edit(LastName="Hopper")
+    claimed = inbound.polls_claim(now=timezone.now())
+    for connection_id, object_type, owner in claimed:
+        tasks.poll_objects(connection_id, object_type, owner)  # what the queued task runs
+    drain(system_a)
+
+    assert MockRecord.objects.filter(system="system_a", object="Contact").count() == 1
+
+
+def test_system_a_naming_the_object_otherwise_still_updates_the_crm_record_it_came_from(api, salesforce, system_a):
+    from rules.selectors import rule_set_forget
+    from rules.services import rule_set_replace
+
+    sf_id = crm_edit(LastName="Hopper", Email="grace@example.com")
+    poll_contacts(salesforce)
+    rule = {"name": "contacts", "order": 10, "match_source": "system_a", "match_object_type": "contact",
+            "action": "sync", "targets": [{"target": "salesforce", "object": "Contact",
+                                           "mapping": {"LastName": "data.last_name"}}]}  # fmt: skip
+    rule_set_replace(specs=[rule], actor="test")
+    rule_set_forget()  # this process looks at the rule-set version at most once a second
+    body = {"operation": "update", "record_id": f"salesforce-{sf_id}", "object_type": "contact",
+            "data": {"last_name": "Hopper-Murray"}}  # fmt: skip
+    assert api.post("/v1/sync/", data=json.dumps(body), content_type="application/json").status_code == 202
+
+    drained = drain(salesforce)
+
+    assert drained.get("synced") == 1, SyncJob.objects.values_list("last_error_code", "last_error_message")
+    (record,) = MockRecord.objects.filter(system="salesforce", object="Contact")  # updated, not created again
+    assert record.record_id == sf_id and record.fields["LastName"] == "Hopper-Murray"
+    assert RecordLink.objects.filter(system=salesforce).count() == 1

@@ -1,4 +1,5 @@
-"""The dispatcher loop: about once a second, queue every ready batch and expire lost leases.
+"""The dispatcher loop: about once a second, queue every ready batch and every due poll, and
+expire lost leases.
 
 Safe to run on several machines at once: every claim is a conditional update. SIGTERM or
 Ctrl-C stops it between two passes.
@@ -53,9 +54,10 @@ class Command(BaseCommand):
         if expired:
             self.stderr.write(f"{expired} job(s) with an expired lease went back to pending")
         targets = SyncJob.objects.filter(state__in=engine.DUE_STATES, target__enabled=True)
-        return sum(
+        queued = sum(
             tasks.dispatch_tick(target_id) for target_id in targets.values_list("target_id", flat=True).distinct()
         )
+        return queued + tasks.polls_dispatch()
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.running = False

@@ -13,21 +13,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from crms.models import Connection
-from crms.registry import UnknownKind, connector_class
 from sync.engine import throttled_connector
-from sync.inbound import poll
-
-
-def readable_objects(connection: Connection) -> list[str]:
-    """The objects a connection can be polled for (its connector reads changes)."""
-    try:
-        capabilities = connector_class(connection.kind).capabilities
-    except UnknownKind:
-        return []
-    if "inbound" not in capabilities.directions:
-        return []
-    configured = connection.config.get("poll_objects")
-    return list(configured) if configured else [name for name in capabilities.objects if name != "*"]
+from sync.inbound import poll, readable_objects
 
 
 class Command(BaseCommand):

@@ -151,6 +151,21 @@ def test_it_upserts_through_collections_keyed_on_the_external_id_field(connector
     assert body["records"][0] == {"attributes": {"type": "Contact"}, "Email": "a@example.com", KEY_FIELD: "c-1"}
 
 
+def test_a_linked_record_is_updated_by_its_salesforce_id_and_stamped_with_system_as_id(connector, sf):
+    sf.patch(f"{API}/composite/sobjects", json=fixture("restforce_composite_sobjects_success_response.json"))
+    sf.patch(f"{API}/composite/sobjects/Contact/{KEY_FIELD}", json=[{"id": "003N", "success": True, "errors": [],
+                                                                     "created": True}])  # fmt: skip
+    linked = OutboundRecord("sf-1", "Contact", "upsert", {"LastName": "Hopper"}, "some_id")
+
+    results = connector.push([linked, upsert("c-2", LastName="New")])
+
+    assert [(r.record_id, r.outcome, r.external_id) for r in results] == [("sf-1", "updated", "some_id"),
+                                                                           ("c-2", "created", "003N")]  # fmt: skip
+    update = next(c for c in sf.calls if c.request.url.endswith("/composite/sobjects"))
+    assert sent_body(update)["records"] == [{"attributes": {"type": "Contact"}, "id": "some_id",
+                                             "LastName": "Hopper", KEY_FIELD: "sf-1"}]  # fmt: skip
+
+
 def test_a_locked_row_is_a_retryable_record_error(connector, sf):
     sf.patch(f"{API}/composite/sobjects/Contact/{KEY_FIELD}", json=[
         {"id": None, "success": False, "errors": [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "locked"}]},
