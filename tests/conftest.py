@@ -111,6 +111,19 @@ def connections(db: None) -> dict[str, Connection]:
     return {name: Connection.objects.create(name=name, kind=kind) for name, kind in names}
 
 
+def mock_salesforce(base_url: str, **extra: Any) -> Connection:
+    """A `salesforce` connection to the mock org served at `base_url` (a live server)."""
+    from crms.services import connection_save
+
+    org = f"{base_url}/mock/salesforce"
+    return connection_save(
+        name="salesforce", kind="salesforce",
+        config={"login_url": org, "instance_url": org, "auth": "client_credentials",
+                "client_id": settings.MOCK_SALESFORCE_CLIENT_ID, "external_id_field": "RecordSync_Id__c"},
+        secrets={"client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET}, **extra,
+    )  # fmt: skip
+
+
 @pytest.fixture
 def event() -> Iterator[dict[str, Any]]:
     yield {

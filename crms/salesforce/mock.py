@@ -128,14 +128,9 @@ def collection_upsert(request: HttpRequest, version: str, object_type: str, key_
     refused = _check_object(object_type) or _check_key_field(key_field)
     if refused:
         return refused
-    body = _json(request)
-    records = body.get("records") if isinstance(body, dict) else None
-    if not isinstance(records, list):
-        return _errors(400, "JSON_PARSER_ERROR", 'Expected {"allOrNone": …, "records": […]}')
-    if len(records) > 200:
-        return _errors(
-            400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into this call"
-        )
+    records = _collection_records(request)
+    if isinstance(records, HttpResponse):
+        return records
     for record in records:
         unknown = store.unknown_fields(object_type, record)
         if unknown:
@@ -168,8 +163,8 @@ def collection(request: HttpRequest, version: str) -> HttpResponse:
     return JsonResponse([store.delete_one(i) for i in ids], safe=False)
 
 
-def _collection_update(request: HttpRequest) -> HttpResponse:
-    """Update by Salesforce id: each record names its type in `attributes` and its `id`."""
+def _collection_records(request: HttpRequest) -> list[dict[str, Any]] | HttpResponse:
+    """The `records` of a Collections body, or the error Salesforce answers for a malformed or too-long one."""
     body = _json(request)
     records = body.get("records") if isinstance(body, dict) else None
     if not isinstance(records, list):
@@ -178,6 +173,14 @@ def _collection_update(request: HttpRequest) -> HttpResponse:
         return _errors(
             400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into this call"
         )
+    return records
+
+
+def _collection_update(request: HttpRequest) -> HttpResponse:
+    """Update by Salesforce id: each record names its type in `attributes` and its `id`."""
+    records = _collection_records(request)
+    if isinstance(records, HttpResponse):
+        return records
     for record in records:
         object_type = str((record.get("attributes") or {}).get("type") or "")
         refused = _check_object(object_type)

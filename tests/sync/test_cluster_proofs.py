@@ -29,9 +29,9 @@ from django.conf import settings
 from crms.mocks.models import MockCall, MockRecord
 from crms.mocks.runtime import fault_add
 from crms.models import Connection
-from crms.services import connection_save
 from sync.config_services import config_override_set
 from sync.models import BreakerTransition, JobState, SyncAttempt, SyncJob
+from tests.conftest import mock_salesforce
 from tests.sync.cluster import Cluster, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,13 +43,7 @@ KEY = "RecordSync_Id__c"
 
 @pytest.fixture
 def salesforce(live_server: Any) -> Connection:
-    org = f"{live_server.url}/mock/salesforce"
-    return connection_save(
-        name="salesforce", kind="salesforce", quota_owner="org-proof",
-        config={"login_url": org, "instance_url": org, "auth": "client_credentials",
-                "client_id": settings.MOCK_SALESFORCE_CLIENT_ID, "external_id_field": KEY},
-        secrets={"client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET},
-    )  # fmt: skip
+    return mock_salesforce(live_server.url, quota_owner="org-proof")
 
 
 @pytest.fixture

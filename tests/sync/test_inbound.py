@@ -22,19 +22,14 @@ from sync import engine, inbound
 from sync.engine import throttled_connector
 from sync.inbound import PollResult, poll
 from sync.models import InboundCursor, JobState, RecordLink, SyncEvent, SyncJob
+from tests.conftest import mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def salesforce(live_server, settings) -> Connection:
-    org = f"{live_server.url}/mock/salesforce"
-    return connection_save(
-        name="salesforce", kind="salesforce",
-        config={"login_url": org, "instance_url": org, "auth": "client_credentials",
-                "client_id": settings.MOCK_SALESFORCE_CLIENT_ID, "external_id_field": "RecordSync_Id__c"},
-        secrets={"client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET},
-    )  # fmt: skip
+def salesforce(live_server) -> Connection:
+    return mock_salesforce(live_server.url)
 
 
 @pytest.fixture
