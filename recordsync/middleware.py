@@ -48,3 +48,26 @@ class RequestIdMiddleware:
             return response
         finally:
             request_id_var.reset(token)
+
+
+class HealthProbeMiddleware:
+    """/healthz and /readyz answered before Django checks the Host header.
+
+    Load balancers probe each task by its private address (an AWS ALB sends `Host: 10.0.1.23:8000`),
+    which no ALLOWED_HOSTS list can know in advance; without this, every probe would be a 400 and
+    every task unhealthy. Only these two read-only paths skip the check.
+    """
+
+    PROBES = {"/healthz": "healthz", "/readyz": "readyz"}
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        probe = self.PROBES.get(request.path_info.rstrip("/") or "/")
+        if probe is None:
+            return self.get_response(request)
+        from recordsync import health
+
+        view: Callable[[HttpRequest], HttpResponse] = getattr(health, probe)
+        return view(request)

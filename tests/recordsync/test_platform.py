@@ -87,6 +87,19 @@ def test_readyz_is_503_when_the_database_is_unreachable(client, monkeypatch):
     assert response.json()["checks"]["database"] == "down"
 
 
+@pytest.mark.django_db
+def test_a_load_balancer_probe_by_private_address_is_answered_but_nothing_else_is(client, settings):
+    settings.ALLOWED_HOSTS = ["sync.example.com"]
+
+    probe = client.get("/readyz", HTTP_HOST="10.0.1.23:8000")  # how an AWS ALB addresses a task
+    alive = client.get("/healthz", HTTP_HOST="10.0.1.23:8000")
+    other = client.get("/v1/sync/status/c-1", HTTP_HOST="10.0.1.23:8000")
+
+    assert (probe.status_code, probe.json()["status"]) == (200, "ready")
+    assert alive.status_code == 200
+    assert other.status_code == 400  # the Host check still guards everything else
+
+
 # --- settings -------------------------------------------------------------------------------------
 
 
