@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sync.models import RecordLink, SyncAttempt, SyncEvent, SyncJob
+from django.db.models import Count, Min, Q
+
+from sync.models import JobState, RecordLink, SyncAttempt, SyncEvent, SyncJob
 
 HISTORY_LIMIT = 20
 
@@ -111,3 +114,13 @@ def changed_fields(items: Sequence[Any], indexes: list[int]) -> dict[int, list[s
         if item.data is not None:
             previous[key] = {**before, **now}
     return changed
+
+
+def queue_lag(now: datetime) -> tuple[float, int]:
+    """How long the oldest job that is due has waited (seconds), and how many are due."""
+    due = SyncJob.objects.filter(state__in=(JobState.PENDING, JobState.RETRYING), target__enabled=True).filter(
+        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    )
+    found = due.aggregate(oldest=Min("updated_at"), count=Count("id"))
+    oldest = found["oldest"]
+    return (max(0.0, (now - oldest).total_seconds()) if oldest else 0.0), int(found["count"] or 0)

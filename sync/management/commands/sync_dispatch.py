@@ -8,6 +8,7 @@ Ctrl-C stops it between two passes.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from types import FrameType
@@ -19,8 +20,31 @@ from django.utils import timezone
 
 from sync import engine, tasks
 from sync.models import SyncJob
+from sync.selectors import queue_lag
 
 logger = logging.getLogger("recordsync.dispatch")
+metrics_logger = logging.getLogger("recordsync.metrics")
+METRICS_EVERY_SECONDS = 10.0
+
+
+def lag_metric_log() -> dict[str, Any]:
+    """The queue's lag as a CloudWatch embedded-metric-format line: on AWS the log group turns it
+    into the `RecordSync/QueueLagSeconds` metric the workers scale on (deploy/aws); elsewhere it
+    is one more JSON log line."""
+    lag, due = queue_lag(timezone.now())
+    service = os.environ.get("RECORDSYNC_METRICS_SERVICE", "recordsync")
+    fields = {
+        "_aws": {
+            "Timestamp": int(time.time() * 1000),
+            "CloudWatchMetrics": [{
+                "Namespace": "RecordSync", "Dimensions": [["Service"]],
+                "Metrics": [{"Name": "QueueLagSeconds", "Unit": "Seconds"}, {"Name": "DueJobs", "Unit": "Count"}],
+            }],
+        },
+        "Service": service, "QueueLagSeconds": round(lag, 3), "DueJobs": due,
+    }  # fmt: skip
+    metrics_logger.info("queue lag", extra=fields)
+    return fields
 
 
 class Command(BaseCommand):
@@ -50,6 +74,10 @@ class Command(BaseCommand):
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     def dispatch_pass(self) -> int:
+        now = time.monotonic()
+        if now - getattr(self, "metrics_at", float("-inf")) >= METRICS_EVERY_SECONDS:
+            self.metrics_at = now
+            lag_metric_log()
         expired = engine.leases_expire(now=timezone.now())
         if expired:
             self.stderr.write(f"{expired} job(s) with an expired lease went back to pending")
