@@ -26,4 +26,4 @@ def test_the_lag_line_names_the_oldest_due_jobs_wait_and_declares_the_metrics(ap
     assert declared["Namespace"] == "RecordSync" and declared["Dimensions"] == [["Service"]]
     assert {m["Name"] for m in declared["Metrics"]} == {"QueueLagSeconds", "DueJobs"}
     (record,) = [r for r in caplog.records if r.name == "recordsync.metrics"]
-    assert record.QueueLagSeconds == fields["QueueLagSeconds"]  # type: ignore[attr-defined]
+    assert record.QueueLagSeconds == fields["QueueLagSeconds"]
