@@ -37,6 +37,7 @@ run: install .env
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/cfn-lint deploy/aws/*.yaml
 
 typecheck: install
 	DEBUG=1 $(BIN)/mypy
