@@ -43,6 +43,7 @@ class Cluster:
             "Q_CLUSTER_NAME": f"proof-{uuid.uuid4().hex[:8]}",  # its own queue: stray nudges stay out
             "SYNC_LEASE_SECONDS": "10",
             "SYNC_FLUSH_INTERVAL": "0",
+            "SYNC_POLL_INTERVAL": "0",  # these proofs are about pushes: no poll takes a fault or a slot
             "PYTHONUNBUFFERED": "1",
             **env,
         }
