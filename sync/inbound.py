@@ -26,7 +26,7 @@ from crms.base import Change, Connector, Inbound
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from sync import config
-from sync.models import InboundCursor, RecordLink, SyncEvent
+from sync.models import BreakerState, CircuitBreaker, InboundCursor, RecordLink, SyncEvent
 from sync.services import EventInput, event_ingest
 
 logger = logging.getLogger("recordsync.inbound")
@@ -49,6 +49,10 @@ def poll(
 ) -> PollResult:  # fmt: skip
     """Read changes page by page until the connector has no more (or `max_pages`)."""
     row, _ = InboundCursor.objects.get_or_create(connection=connection, object_type=object_type)
+    if CircuitBreaker.objects.filter(connection=connection).exclude(state=BreakerState.CLOSED).exists():
+        # While the breaker is open no call is made, polls included; the probe is a push's to make.
+        InboundCursor.objects.filter(pk=row.pk, lease_owner=owner).update(lease_owner="", lease_until=None)
+        return PollResult(0, {}, row.cursor, skipped="the connection's circuit breaker is open")
     if not _claim(row.pk, owner, clock()):
         return PollResult(0, {}, row.cursor, skipped="another poller holds this cursor")
     pages, totals = 0, Counter[str]()
@@ -139,7 +143,9 @@ def capture(*, connection: Connection, connector: Connector, changes: Sequence[C
         object_type = change.object_type
         record_id = link.record_id if link else (view.record_id or f"{connection.name}-{change.external_id}")
         echo = None if change.deleted else echo_reason(link, view)
-        if not change.deleted:
+        if not change.deleted and not echo:
+            # An echo leaves links to the engine: read while our push was in flight, the record has
+            # no link yet, and one made here would claim the push's state was already synced.
             _link_save(connection, change, object_type, record_id, view, now)
         counts["echo" if echo else "captured"] += 1
         items.append(_event(connection, change, object_type, record_id, view, event_id, echo, linked=link is not None))
@@ -155,10 +161,10 @@ def _event_id(connection: Connection, change: Change) -> str:
 def echo_reason(link: RecordLink | None, view: Inbound) -> str | None:
     """Our own write read back: compared field by field with what the link says we last synced
     (a hash of the raw record never matches: the target adds its own fields)."""
-    if link is None or not link.last_values:
-        return None
     if view.written_by_us:
         return "echo: last modified by this service's integration user"
+    if link is None or not link.last_values:
+        return None
     known = link.last_values
     for name, value in view.fields.items():
         if name in known:

@@ -276,3 +276,25 @@ def test_system_a_naming_the_object_otherwise_still_updates_the_crm_record_it_ca
     (record,) = MockRecord.objects.filter(system="salesforce", object="Contact")  # updated, not created again
     assert record.record_id == sf_id and record.fields["LastName"] == "Hopper-Murray"
     assert RecordLink.objects.filter(system=salesforce).count() == 1
+
+
+def test_our_write_read_before_its_link_exists_is_an_echo_and_links_nothing(salesforce):
+    """A poll can read a record between the push that wrote it and the link that push writes."""
+    crm_edit(LastName="L", RecordSync_Id__c="c-9")
+    MockRecord.objects.filter(system="salesforce").update(modified_by=mock_store.INTEGRATION_USER)
+
+    result = poll_contacts(salesforce)
+
+    assert result.counts == {"echo": 1}
+    assert not RecordLink.objects.exists()  # the push in flight writes it
+
+
+def test_no_poll_calls_while_the_breaker_is_open(salesforce):
+    from crms.mocks.models import MockCall
+    from sync.models import CircuitBreaker
+
+    CircuitBreaker.objects.create(connection=salesforce, state="open", opened_at=timezone.now())
+
+    result = poll_contacts(salesforce)
+
+    assert result.skipped and not MockCall.objects.exists()
