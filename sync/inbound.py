@@ -26,6 +26,7 @@ from crms.base import Change, Connector, Inbound
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from sync import config
+from sync.engine import payload_hash
 from sync.models import BreakerState, CircuitBreaker, InboundCursor, RecordLink, SyncEvent
 from sync.services import EventInput, event_ingest
 
@@ -183,9 +184,8 @@ def _same(left: Any, right: Any) -> bool:
 def _link_save(
     connection: Connection, change: Change, object_type: str, record_id: str, view: Inbound, now: datetime
 ) -> None:
-    """The first capture links the CRM record to its System A id; later ones keep its last-synced values."""
-    from sync.engine import payload_hash  # the engine's hash, so its "unchanged" check agrees
-
+    """The first capture links the CRM record to its System A id; later ones keep its last-synced values.
+    The hash is the engine's own, so its "unchanged" check agrees with what a capture saw."""
     values = {k: v for k, v in view.fields.items() if v not in (None, "")}
     RecordLink.objects.update_or_create(
         system=connection, external_object=change.object_type, external_id=change.external_id,

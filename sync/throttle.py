@@ -114,7 +114,8 @@ class DatabaseThrottle:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
 
     def acquire(self, key: str, limit: int, window: float) -> float:
-        active = Q(hold_until__gt=self._now()) | Q(cap_until__gt=self._now())
+        before = self._now()
+        active = Q(hold_until__gt=before) | Q(cap_until__gt=before)
         if limit <= 0 and not ThrottleLimit.objects.filter(active, key=key).exists():
             return 0.0  # nothing limits this owner: no write lock taken
         with transaction.atomic():
