@@ -298,3 +298,42 @@ def test_no_poll_calls_while_the_breaker_is_open(salesforce):
     result = poll_contacts(salesforce)
 
     assert result.skipped and not MockCall.objects.exists()
+
+
+def test_a_hundred_alternating_edits_on_both_sides_make_no_ping_pong(api, salesforce, system_a):
+    """Each edit crosses once: System A's to Salesforce, Salesforce's to System A; nothing bounces."""
+    from crms.mocks.models import MockCall
+
+    post(api, "c-1", Email="v0@example.com")
+    drain(salesforce)
+    drain(system_a)
+    poll_contacts(salesforce)  # our first write read back: an echo
+    sf_id = RecordLink.objects.get(system=salesforce).external_id
+
+    def writes(system: str) -> int:
+        path = "records" if system == "system_a" else "composite"
+        calls = MockCall.objects.filter(
+            system=system, method__in=["PATCH", "POST"], status__lt=300, path__contains=path
+        )
+        return calls.count()
+
+    before = {"salesforce": writes("salesforce"), "system_a": writes("system_a")}
+    for n in range(1, 101):
+        if n % 2:  # an edit in System A
+            body = {"operation": "update", "record_id": "c-1", "object_type": "Contact",
+                    "data": {"LastName": "Lovelace", "Email": f"v{n}@example.com"}}  # fmt: skip
+            assert api.post("/v1/sync/", data=json.dumps(body), content_type="application/json").status_code == 202
+        else:  # an edit in Salesforce
+            crm_edit(Id=sf_id, Phone=f"+1 555 {n:04d}")
+        drain(salesforce)
+        drain(system_a)
+        poll_contacts(salesforce)
+    for _ in range(2):  # quiet rounds: nothing left to cross
+        drain(salesforce)
+        drain(system_a)
+        poll_contacts(salesforce)
+
+    assert writes("salesforce") - before["salesforce"] == 50  # one per System A edit
+    assert writes("system_a") - before["system_a"] == 50  # one per Salesforce edit
+    echoes = SyncEvent.objects.filter(source="salesforce", routing__mode="skipped").count()
+    assert echoes >= 50  # each of our Salesforce writes, read back, was recognised
