@@ -8,7 +8,7 @@ calls (rotated OAuth tokens, Bulk job ids) goes through the StateStore they are 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,6 +57,14 @@ class ConnectorError(Exception):
             "http_status": self.http_status,
             "fields": list(self.fields),
         }
+
+
+class WebhookRefused(ConnectorError):
+    """A webhook delivery that does not verify (or a connection that takes none): nothing is read from it."""
+
+    def __init__(self, message: str, *, header: str) -> None:
+        super().__init__(message, code="bad_signature", permanent=True)
+        self.header = header
 
 
 class RecordRejected(ConnectorError):
@@ -195,6 +203,10 @@ class Connector(ABC):
     @abstractmethod
     def check(self) -> CheckResult:
         """Credentials and reachability."""
+
+    def webhook_changes(self, body: bytes, headers: Mapping[str, str], now: datetime) -> list[Change]:
+        """Verify one webhook delivery and read its changes; raise WebhookRefused when it does not verify."""
+        raise WebhookRefused(f"{self.label} connections take no webhooks; their changes are polled", header="")
 
     def inbound(self, change: Change) -> Inbound:
         """How a change read from this system enters the pipeline (connectors that read override it)."""

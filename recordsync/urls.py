@@ -5,6 +5,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from recordsync import health
+from sync.views import WebhookViewSet
 
 admin.site.site_header = admin.site.site_title = "Record Sync Service"
 admin.site.site_url = "/docs"  # "View site" opens the API docs: there is no public site
@@ -22,6 +23,7 @@ urlpatterns = [
     ),
     path("v1/sync/", include("sync.urls")),
     path("v1/crms/", include("crms.urls")),
+    path("v1/webhooks/<str:connection>", WebhookViewSet.as_view({"post": "receive"}), name="webhook-receive"),
     # The local mock CRMs; every view answers 404 unless MOCK_CRMS_ENABLED.
     path("mock/salesforce/", include("crms.salesforce.mock_urls")),
     path("mock/system_a/", include("crms.systema.mock_urls")),

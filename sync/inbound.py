@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,13 +21,15 @@ from typing import Any
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from rest_framework.exceptions import NotFound
 
 from crms.base import Change, Connector, Inbound
+from crms.build import connector_for
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from sync import config
 from sync.engine import payload_hash
-from sync.models import BreakerState, CircuitBreaker, InboundCursor, RecordLink, SyncEvent
+from sync.models import BreakerState, CircuitBreaker, InboundCursor, JobState, RecordLink, SyncEvent, SyncJob
 from sync.services import EventInput, event_ingest
 
 logger = logging.getLogger("recordsync.inbound")
@@ -143,7 +145,7 @@ def capture(*, connection: Connection, connector: Connector, changes: Sequence[C
         # the record keeps System A's id through the link.
         object_type = change.object_type
         record_id = link.record_id if link else (view.record_id or f"{connection.name}-{change.external_id}")
-        echo = None if change.deleted else echo_reason(link, view)
+        echo = None if change.deleted else (echo_reason(link, view) or in_flight_echo(connection, link, view))
         if not change.deleted and not echo:
             # An echo leaves links to the engine: read while our push was in flight, the record has
             # no link yet, and one made here would claim the push's state was already synced.
@@ -177,6 +179,35 @@ def echo_reason(link: RecordLink | None, view: Inbound) -> str | None:
     return "echo: the record holds exactly what was last synced"
 
 
+# In-flight jobs looked at for one delivery, at most (a connection has few batches out at once).
+IN_FLIGHT_SCAN = 2000
+
+
+def in_flight_echo(connection: Connection, link: RecordLink | None, view: Inbound) -> str | None:
+    """Our write on its way back before its call has even returned: Outreach calls its webhooks
+    before it answers the API call that caused them, so neither the link nor its values exist
+    yet. The change is an echo when a job in flight to this connection is sending exactly these values."""
+    values = {k: v for k, v in view.fields.items() if v not in (None, "", [])}
+    if not values:
+        return None
+    jobs = SyncJob.objects.filter(target=connection, state=JobState.IN_FLIGHT).select_related("last_event")
+    if link is not None:
+        jobs = jobs.filter(record_id=link.record_id)
+    for job in jobs[:IN_FLIGHT_SCAN]:
+        sending = _sending(job, connection)
+        if sending and all(_same(sending.get(name), value) for name, value in values.items()):
+            return "echo: the values a write in flight to this connection is sending"
+    return None
+
+
+def _sending(job: SyncJob, connection: Connection) -> dict[str, Any]:
+    event = job.last_event
+    if event is None:
+        return {}
+    spec = (event.routing.get("payloads") or {}).get(connection.name)
+    return dict((spec or {}).get("fields") or {}) if spec else dict(event.payload or {})
+
+
 def _same(left: Any, right: Any) -> bool:
     return left == right or (left in (None, "") and right in (None, ""))
 
@@ -207,3 +238,19 @@ def _event(
     return EventInput(operation=operation, record_id=record_id, object_type=object_type, source=connection.name,
                       targets=None, data=data, occurred_at=change.modified_at, event_id=event_id, raw=raw,
                       skip_reason=echo)  # fmt: skip
+
+
+def webhook_receive(*, name: str, body: bytes, headers: Mapping[str, str]) -> Counter[str]:
+    """Verify one webhook delivery for the connection `name` and capture its changes.
+
+    Stored before the answer (Outreach never resends a delivery it got a 4xx/5xx for: a later
+    poll or reconcile is what catches one lost anyway). Raises NotFound for an unknown
+    connection, WebhookRefused when the signature does not verify.
+    """
+    connection = Connection.objects.filter(name=name, enabled=True).first()
+    if connection is None:
+        raise NotFound(f"No enabled connection named '{name}'.")
+    connector = connector_for(connection)
+    changes = connector.webhook_changes(body, headers, timezone.now())
+    with transaction.atomic():
+        return capture(connection=connection, connector=connector, changes=changes, now=timezone.now())

@@ -260,3 +260,9 @@ class ConfigInForceSerializer(serializers.Serializer[dict[str, Any]]):
     defaults = EngineConfigSerializer(help_text="From the environment (SYNC_*)")
     overrides = serializers.DictField(child=OverrideRowSerializer(), help_text='"global" and "connection:<name>"')
     effective = serializers.DictField(child=EngineConfigSerializer(), help_text="What each connection uses now")
+
+
+class WebhookAnswerSerializer(serializers.Serializer[dict[str, Any]]):
+    captured = serializers.IntegerField(default=0, help_text="Changes turned into events")
+    echo = serializers.IntegerField(default=0, help_text="Our own writes coming back: recorded, sent nowhere")
+    already_captured = serializers.IntegerField(default=0, help_text="Changes captured before (by a poll or a repeat)")

@@ -6,15 +6,16 @@ from typing import Any
 
 from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
-from rest_framework import status, viewsets
+from rest_framework import exceptions, status, viewsets
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.permissions import IsAdminUser
+from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from crms.base import ConnectorError, WebhookRefused
 from crms.models import Connection
 from recordsync.openapi import errors
-from sync import config, selectors, services
+from sync import config, inbound, selectors, services
 from sync.config_services import config_override_set
 from sync.models import ConfigOverride
 from sync.retry import job_retry
@@ -29,6 +30,7 @@ from sync.serializers import (
     RetriedSerializer,
     RetryInSerializer,
     StatusQuerySerializer,
+    WebhookAnswerSerializer,
 )
 
 _IDEMPOTENCY_HEADER = OpenApiParameter(
@@ -175,3 +177,39 @@ class ConfigOverrideViewSet(viewsets.ViewSet):
             raise ValidationError({"batch_size": [f"Send at least one of {', '.join(config.KNOBS)}."]})
         config_override_set(values=values, connection=connection, actor=request.user.get_username())
         return Response(ConfigInForceSerializer(_config_in_force()).data)
+
+
+class SignatureRefused(exceptions.AuthenticationFailed):
+    """A webhook delivery whose signature does not verify: 401 naming the header to fix."""
+
+    def __init__(self, message: str, header: str) -> None:
+        super().__init__(message, "bad_signature")
+        self.fields = [{"field": header or "connection", "message": message}]
+
+
+class WebhookViewSet(viewsets.ViewSet):
+    """Deliveries from a CRM's webhooks. The delivery's own signature, checked by the connection's
+    connector against the connection's `webhook_secret`, is the authentication: the CRM holds no
+    API token of ours."""
+
+    authentication_classes: list[type] = []
+    permission_classes = [AllowAny]
+
+    def get_authenticate_header(self, request: Request) -> str:
+        return 'Signature realm="webhooks"'  # so a refused signature is a 401, not DRF's 403
+
+    @extend_schema(
+        operation_id="webhook_receive",
+        summary="A CRM webhook delivery (signed; Outreach: Outreach-Webhook-Signature)",
+        request={"application/json": {"type": "object"}},
+        responses={200: WebhookAnswerSerializer, **errors(400, 404)},
+        auth=[],
+    )
+    def receive(self, request: Request, connection: str) -> Response:
+        try:
+            counts = inbound.webhook_receive(name=connection, body=request.body, headers=request.headers)
+        except WebhookRefused as exc:
+            raise SignatureRefused(exc.message, exc.header) from exc
+        except ConnectorError as exc:
+            raise ValidationError({"body": [exc.message]}) from exc
+        return Response(WebhookAnswerSerializer(dict(counts)).data)

@@ -1,0 +1,138 @@
+"""Webhook receivers: Outreach's signed deliveries become events (verified, or refused naming the
+header), and the deliveries our own writes cause are echoes, even before those writes return."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from crms.mocks.models import MockRecord
+from crms.models import Connection
+from crms.outreach import mock_store
+from crms.services import connection_save
+from sync import engine
+from sync.models import JobState, RecordLink, SyncEvent, SyncJob
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SECRET = "hook-secret-for-tests"
+
+
+@pytest.fixture
+def outreach(live_server, settings) -> Connection:
+    base = f"{live_server.url}/mock/outreach"
+    connection = connection_save(
+        name="outreach", kind="outreach",
+        config={"client_id": settings.MOCK_OUTREACH_CLIENT_ID, "api_url": f"{base}/api/v2",
+                "token_url": f"{base}/oauth/token"},
+        secrets={"client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
+                 "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN, "webhook_secret": SECRET},
+    )  # fmt: skip
+    # The webhook as registered in Outreach (POST /api/v2/webhooks): every resource and action.
+    MockRecord.objects.create(system="outreach", object=mock_store.WEBHOOKS, record_id="1",
+                              fields={"resource": "*", "action": "*", "secret": SECRET,
+                                      "url": f"{live_server.url}/v1/webhooks/outreach"})  # fmt: skip
+    return connection
+
+
+@pytest.fixture
+def system_a(live_server, settings) -> Connection:
+    return connection_save(name="system_a", kind="system_a", config={"url": f"{live_server.url}/mock/system_a"},
+                           secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET})  # fmt: skip
+
+
+def delivery(**attributes: Any) -> bytes:
+    data = {"type": "prospect", "id": 77, "attributes": {"updatedAt": "2026-11-25T10:00:00.000Z", **attributes}}
+    meta = {"eventName": "prospect.updated", "deliveredAt": "2026-11-25T10:00:01.000Z"}
+    return json.dumps({"data": data, "meta": meta}).encode()
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def send(client: Any, body: bytes, signature: str | None, connection: str = "outreach") -> Any:
+    headers = {"HTTP_OUTREACH_WEBHOOK_SIGNATURE": signature} if signature is not None else {}
+    return client.post(f"/v1/webhooks/{connection}", data=body, content_type="application/json", **headers)
+
+
+def drain(connection: Connection) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for job_ids in engine.batches_claim(connection=connection, now=timezone.now(), force=True):
+        for key, count in engine.batch_run(job_ids=job_ids).items():
+            totals[key] = totals.get(key, 0) + count
+    return totals
+
+
+@pytest.mark.parametrize("signature", [None, "", "0" * 64, "wrong-secret"])
+def test_a_delivery_that_does_not_verify_is_refused_naming_the_header(anon, outreach, signature):
+    body = delivery(firstName="Grace")
+    if signature == "wrong-secret":
+        signature = sign(body, "another-secret")
+
+    response = send(anon, body, signature)
+
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["code"] == "bad_signature" and error["fields"][0]["field"] == "Outreach-Webhook-Signature"
+    assert not SyncEvent.objects.exists()
+
+
+def test_a_verified_delivery_is_captured_once(anon, outreach, system_a):
+    body = delivery(firstName="Grace", lastName="Hopper", emails=["grace@example.com"])
+
+    first = send(anon, body, sign(body))
+    again = send(anon, body, sign(body))  # a repeat of the same delivery
+
+    assert first.status_code == 200 and first.json() == {"captured": 1, "echo": 0, "already_captured": 0}
+    assert again.json()["already_captured"] == 1
+    event = SyncEvent.objects.get(source="outreach")
+    assert (event.record_id, event.object_type) == ("outreach-77", "prospect")
+    assert (event.payload or {}).get("firstName") == "Grace"
+    assert SyncJob.objects.get(source="outreach").target == system_a
+
+
+def test_unknown_connections_bad_bodies_and_connections_without_webhooks_are_refused(anon, outreach, settings):
+    from tests.conftest import mock_salesforce
+
+    mock_salesforce("http://127.0.0.1:9")
+    garbage = b'{"no": "data"}'
+
+    assert send(anon, delivery(), sign(delivery()), connection="nope").status_code == 404
+    bad_body = send(anon, garbage, sign(garbage))
+    assert bad_body.status_code == 400 and bad_body.json()["error"]["fields"][0]["field"] == "body"
+    assert send(anon, delivery(), sign(delivery()), connection="salesforce").status_code == 401
+
+
+def test_a_prospect_created_in_outreach_reaches_system_a_by_webhook(outreach, system_a):
+    (row,) = mock_store.staff_push("prospect", [{"firstName": "Grace", "lastName": "Hopper",
+                                                 "emails": ["grace@example.com"]}], [])  # fmt: skip
+
+    drained = drain(system_a)
+
+    event = SyncEvent.objects.get(source="outreach")
+    assert event.operation == "create" and event.record_id == f"outreach-{row['id']}"
+    assert drained["synced"] == 1
+    (in_a,) = MockRecord.objects.filter(system="system_a", object="prospect")
+    assert in_a.fields["firstName"] == "Grace"
+    assert RecordLink.objects.filter(system=outreach, external_id=str(row["id"])).exists()
+
+
+def test_the_delivery_our_own_write_causes_is_an_echo_even_before_the_write_returns(api, outreach, system_a):
+    body = {"operation": "create", "record_id": "c-1", "object_type": "prospect",
+            "data": {"firstName": "Ada", "lastName": "Lovelace", "emails": ["ada@example.com"]}}  # fmt: skip
+    assert api.post("/v1/sync/", data=json.dumps(body), content_type="application/json").status_code == 202
+    SyncJob.objects.filter(target=system_a).delete()
+
+    drained = drain(outreach)  # Outreach calls the webhook while our create is still in flight
+
+    assert drained["synced"] == 1
+    echo = SyncEvent.objects.get(source="outreach")
+    assert echo.routing["mode"] == "skipped" and echo.routing["reason"].startswith("echo")
+    assert not SyncJob.objects.filter(source="outreach").exists()  # nothing bounces back to System A
+    assert SyncJob.objects.get(record_id="c-1").state == JobState.SYNCED
