@@ -53,3 +53,18 @@ def test_the_readmes_events_are_routed_by_the_demo_rules(api):
     update = post({"operation": "update", "record_id": "c-42", "object_type": "contact",
                    "data": {"email": "ada@example.com"}})  # fmt: skip
     assert update["routing"]["payloads"]["salesforce"]["fields"] == {"Email": "ada@example.com"}  # type: ignore[index]
+
+
+def test_load_demo_registers_one_signed_webhook_in_the_mock_outreach(settings):
+    from crms import secrets
+    from crms.mocks.models import MockRecord
+    from crms.models import Connection
+
+    settings.MOCK_CRMS_ENABLED = True
+    call_command("load_demo", stdout=StringIO())
+    call_command("load_demo", stdout=StringIO())
+
+    (hook,) = MockRecord.objects.filter(system="outreach", object="webhook")
+    stored = secrets.decrypt(Connection.objects.get(name="outreach").secrets_encrypted)
+    assert hook.fields["url"].endswith("/v1/webhooks/outreach")
+    assert hook.fields["secret"] == stored["webhook_secret"]
