@@ -145,7 +145,11 @@ def capture(*, connection: Connection, connector: Connector, changes: Sequence[C
         # the record keeps System A's id through the link.
         object_type = change.object_type
         record_id = link.record_id if link else (view.record_id or f"{connection.name}-{change.external_id}")
-        echo = None if change.deleted else (echo_reason(link, view) or in_flight_echo(connection, link, view))
+        echo = None if change.deleted else echo_reason(link, view)
+        if not change.deleted and echo is None:
+            sender = in_flight_echo(connection, link, view)
+            if sender is not None:  # recorded under the record whose write it echoes
+                echo, record_id = "echo: the values a write in flight to this connection is sending", sender.record_id
         if not change.deleted and not echo:
             # An echo leaves links to the engine: read while our push was in flight, the record has
             # no link yet, and one made here would claim the push's state was already synced.
@@ -183,10 +187,11 @@ def echo_reason(link: RecordLink | None, view: Inbound) -> str | None:
 IN_FLIGHT_SCAN = 2000
 
 
-def in_flight_echo(connection: Connection, link: RecordLink | None, view: Inbound) -> str | None:
+def in_flight_echo(connection: Connection, link: RecordLink | None, view: Inbound) -> SyncJob | None:
     """Our write on its way back before its call has even returned: Outreach calls its webhooks
     before it answers the API call that caused them, so neither the link nor its values exist
-    yet. The change is an echo when a job in flight to this connection is sending exactly these values."""
+    yet. The change is an echo when a job in flight to this connection is sending exactly these
+    values; that job is returned."""
     values = {k: v for k, v in view.fields.items() if v not in (None, "", [])}
     if not values:
         return None
@@ -196,7 +201,7 @@ def in_flight_echo(connection: Connection, link: RecordLink | None, view: Inboun
     for job in jobs[:IN_FLIGHT_SCAN]:
         sending = _sending(job, connection)
         if sending and all(_same(sending.get(name), value) for name, value in values.items()):
-            return "echo: the values a write in flight to this connection is sending"
+            return job
     return None
 
 

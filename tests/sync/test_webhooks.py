@@ -134,5 +134,6 @@ def test_the_delivery_our_own_write_causes_is_an_echo_even_before_the_write_retu
     assert drained["synced"] == 1
     echo = SyncEvent.objects.get(source="outreach")
     assert echo.routing["mode"] == "skipped" and echo.routing["reason"].startswith("echo")
+    assert echo.record_id == "c-1"  # shown in the status of the record whose write it echoes
     assert not SyncJob.objects.filter(source="outreach").exists()  # nothing bounces back to System A
     assert SyncJob.objects.get(record_id="c-1").state == JobState.SYNCED
