@@ -111,6 +111,19 @@ def connections(db: None) -> dict[str, Connection]:
     return {name: Connection.objects.create(name=name, kind=kind) for name, kind in names}
 
 
+def drain(connection: Connection, now: Any = None) -> dict[str, int]:
+    """Claim and send every pending batch of a connection in this process; the outcome counts."""
+    from django.utils import timezone
+
+    from sync import engine
+
+    totals: dict[str, int] = {}
+    for job_ids in engine.batches_claim(connection=connection, now=now or timezone.now(), force=True):
+        for key, count in engine.batch_run(job_ids=job_ids, now=now).items():
+            totals[key] = totals.get(key, 0) + count
+    return totals
+
+
 def mock_salesforce(base_url: str, **extra: Any) -> Connection:
     """A `salesforce` connection to the mock org served at `base_url` (a live server)."""
     from crms.services import connection_save

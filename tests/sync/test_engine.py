@@ -15,7 +15,7 @@ from crms.models import Connection
 from sync import engine
 from sync.auth import api_token_create
 from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncJob
-from tests.conftest import mock_salesforce
+from tests.conftest import drain, mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,14 +38,6 @@ def ingest(client: Any, record_id: str = "c-1", operation: str = "create", **dat
         body.pop("data")
     response = client.post("/v1/sync/", data=json.dumps(body), content_type="application/json")
     assert response.status_code == 202, response.content
-
-
-def drain(connection: Connection, now: Any = None) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for job_ids in engine.batches_claim(connection=connection, now=now or timezone.now(), force=True):
-        for key, count in engine.batch_run(job_ids=job_ids, now=now).items():
-            totals[key] = totals.get(key, 0) + count
-    return totals
 
 
 def in_salesforce() -> list[MockRecord]:

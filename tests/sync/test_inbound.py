@@ -18,11 +18,11 @@ from crms.mocks.models import MockRecord
 from crms.models import Connection
 from crms.salesforce import mock_store
 from crms.services import connection_save
-from sync import engine, inbound
+from sync import inbound
 from sync.engine import throttled_connector
 from sync.inbound import PollResult, poll
 from sync.models import InboundCursor, JobState, RecordLink, SyncEvent, SyncJob
-from tests.conftest import mock_salesforce
+from tests.conftest import drain, mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,14 +41,6 @@ def system_a(live_server, settings) -> Connection:
 def poll_contacts(connection: Connection, **kwargs: Any) -> PollResult:
     return poll(connection=connection, object_type="Contact", connector=throttled_connector(connection),
                 owner="test", **kwargs)  # fmt: skip
-
-
-def drain(connection: Connection) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for job_ids in engine.batches_claim(connection=connection, now=timezone.now(), force=True):
-        for key, count in engine.batch_run(job_ids=job_ids).items():
-            totals[key] = totals.get(key, 0) + count
-    return totals
 
 
 def crm_edit(**fields: Any) -> str:

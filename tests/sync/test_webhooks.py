@@ -9,14 +9,13 @@ import json
 from typing import Any
 
 import pytest
-from django.utils import timezone
 
 from crms.mocks.models import MockRecord
 from crms.models import Connection
 from crms.outreach import mock_store
 from crms.services import connection_save
-from sync import engine
 from sync.models import JobState, RecordLink, SyncEvent, SyncJob
+from tests.conftest import drain, mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -61,14 +60,6 @@ def send(client: Any, body: bytes, signature: str | None, connection: str = "out
     return client.post(f"/v1/webhooks/{connection}", data=body, content_type="application/json", **headers)
 
 
-def drain(connection: Connection) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for job_ids in engine.batches_claim(connection=connection, now=timezone.now(), force=True):
-        for key, count in engine.batch_run(job_ids=job_ids).items():
-            totals[key] = totals.get(key, 0) + count
-    return totals
-
-
 @pytest.mark.parametrize("signature", [None, "", "0" * 64, "wrong-secret"])
 def test_a_delivery_that_does_not_verify_is_refused_naming_the_header(anon, outreach, signature):
     body = delivery(firstName="Grace")
@@ -98,7 +89,6 @@ def test_a_verified_delivery_is_captured_once(anon, outreach, system_a):
 
 
 def test_unknown_connections_bad_bodies_and_connections_without_webhooks_are_refused(anon, outreach, settings):
-    from tests.conftest import mock_salesforce
 
     mock_salesforce("http://127.0.0.1:9")
     garbage = b'{"no": "data"}'
