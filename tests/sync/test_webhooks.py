@@ -89,7 +89,6 @@ def test_a_verified_delivery_is_captured_once(anon, outreach, system_a):
 
 
 def test_unknown_connections_bad_bodies_and_connections_without_webhooks_are_refused(anon, outreach, settings):
-
     mock_salesforce("http://127.0.0.1:9")
     garbage = b'{"no": "data"}'
 
