@@ -11,25 +11,19 @@ from django.utils import timezone
 
 from crms.mocks.models import MockCall
 from crms.models import Connection
-from crms.services import connection_save
 from sync import engine
 from sync.auth import api_token_create
 from sync.breaker import Gate, breaker_allow
 from sync.config_services import config_override_set
 from sync.models import BreakerState, BreakerTransition, CircuitBreaker, JobState, SyncJob
+from tests.conftest import mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def salesforce(live_server, settings) -> Connection:
-    org = f"{live_server.url}/mock/salesforce"
-    connection = connection_save(
-        name="salesforce", kind="salesforce",
-        config={"login_url": org, "instance_url": org, "auth": "client_credentials",
-                "client_id": settings.MOCK_SALESFORCE_CLIENT_ID, "external_id_field": "RecordSync_Id__c"},
-        secrets={"client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET},
-    )  # fmt: skip
+def salesforce(live_server) -> Connection:
+    connection = mock_salesforce(live_server.url)
     config_override_set(values={"breaker_failures": 2, "breaker_cooldown": 30, "batch_size": 1},
                         connection="salesforce", actor="test")  # fmt: skip
     return connection

@@ -123,19 +123,13 @@ def test_a_throttled_batch_is_handed_back_without_counting_an_attempt(live_serve
 
     from django.utils import timezone
 
-    from crms.services import connection_save
     from sync import engine
     from sync.auth import api_token_create
     from sync.config_services import config_override_set
     from sync.models import JobState, SyncJob
+    from tests.conftest import mock_salesforce
 
-    org = f"{live_server.url}/mock/salesforce"
-    salesforce = connection_save(
-        name="salesforce", kind="salesforce",
-        config={"login_url": org, "instance_url": org, "auth": "client_credentials",
-                "client_id": settings.MOCK_SALESFORCE_CLIENT_ID, "external_id_field": "RecordSync_Id__c"},
-        secrets={"client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET},
-    )  # fmt: skip
+    salesforce = mock_salesforce(live_server.url)
     config_override_set(values={"rate_limit_calls": 2, "rate_limit_window": 60}, connection="salesforce", actor="t")
     token = api_token_create(username="p")
     for record_id in ("a", "b"):
