@@ -125,11 +125,18 @@ def polls_claim(*, now: datetime) -> list[tuple[int, str, str]]:
     return claimed
 
 
-def capture(*, connection: Connection, connector: Connector, changes: Sequence[Change], now: datetime) -> Counter[str]:
-    """Turn one page of changes into events (with their jobs) and links; our own writes read back are echoes."""
+def capture(
+    *, connection: Connection, connector: Connector, changes: Sequence[Change], now: datetime,
+    targets: list[str] | None = None, id_prefix: str = "",
+) -> Counter[str]:  # fmt: skip
+    """Turn one page of changes into events (with their jobs) and links; our own writes read back are echoes.
+
+    `targets` names the connections the events go to (None: the rules decide); `id_prefix` gives
+    the events ids of their own, so a backfill or a reconcile re-sends a change already captured.
+    """
     counts = Counter[str]()
     items: list[EventInput] = []
-    ids = [_event_id(connection, change) for change in changes]
+    ids = [id_prefix + _event_id(connection, change) for change in changes]
     seen = set(SyncEvent.objects.filter(idempotency_key__in=[f"event:{i}" for i in ids])
                .values_list("idempotency_key", flat=True))  # fmt: skip
     links = {(link.external_object, link.external_id): link for link in RecordLink.objects.filter(
@@ -155,7 +162,8 @@ def capture(*, connection: Connection, connector: Connector, changes: Sequence[C
             # no link yet, and one made here would claim the push's state was already synced.
             _link_save(connection, change, object_type, record_id, view, now)
         counts["echo" if echo else "captured"] += 1
-        items.append(_event(connection, change, object_type, record_id, view, event_id, echo, linked=link is not None))
+        items.append(_event(connection, change, object_type, record_id, view, event_id, echo,
+                            linked=link is not None, targets=targets))  # fmt: skip
     if items:
         event_ingest(items=items, idempotency_key=None, is_batch=True, request_id="")
     return counts
@@ -233,7 +241,7 @@ def _link_save(
 
 def _event(
     connection: Connection, change: Change, object_type: str, record_id: str, view: Inbound, event_id: str,
-    echo: str | None, *, linked: bool,
+    echo: str | None, *, linked: bool, targets: list[str] | None = None,
 ) -> EventInput:  # fmt: skip
     operation = "delete" if change.deleted else ("update" if linked else "create")
     # A new record's empty fields are noise; in an update an empty field may be a value someone cleared.
@@ -241,7 +249,7 @@ def _event(
     raw = {"operation": operation, "record_id": record_id, "object_type": object_type, "source": connection.name,
            "data": data, "occurred_at": change.modified_at.isoformat()}  # fmt: skip
     return EventInput(operation=operation, record_id=record_id, object_type=object_type, source=connection.name,
-                      targets=None, data=data, occurred_at=change.modified_at, event_id=event_id, raw=raw,
+                      targets=targets, data=data, occurred_at=change.modified_at, event_id=event_id, raw=raw,
                       skip_reason=echo)  # fmt: skip
 
 

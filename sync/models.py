@@ -246,3 +246,104 @@ class BreakerTransition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.connection_id}: {self.from_state} -> {self.to_state}"
+
+
+class ConflictState(models.TextChoices):
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+class SyncConflict(models.Model):
+    """Both System A and a CRM changed one record since its last sync.
+
+    Every value is kept in the CRM's field names (the names the record link's last-synced values
+    use): `base` is what both sides last agreed on, `system_a_values` is System A's change as it
+    would be written to the CRM, `crm_values` is the CRM's change as captured. `resolution` is
+    the state chosen, by the policy or by a person in the admin.
+    """
+
+    record_id = models.CharField(max_length=255)
+    object_type = models.CharField(max_length=64, help_text="System A's object type")
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="conflicts")
+    external_object = models.CharField(max_length=64)
+    external_id = models.CharField(max_length=255)
+    policy = models.CharField(max_length=32)
+    state = models.CharField(max_length=16, choices=ConflictState.choices, default=ConflictState.OPEN)
+    base = models.JSONField(default=dict)
+    system_a_values = models.JSONField(default=dict)
+    crm_values = models.JSONField(default=dict)
+    fields = models.JSONField(default=list, help_text="Fields changed on both sides to different values")
+    system_a_event = models.ForeignKey(SyncEvent, on_delete=models.SET_NULL, null=True, related_name="+")
+    crm_event = models.ForeignKey(SyncEvent, on_delete=models.SET_NULL, null=True, related_name="+")
+    system_a_occurred_at = models.DateTimeField(null=True)
+    crm_occurred_at = models.DateTimeField(null=True)
+    resolution = models.JSONField(null=True, blank=True, help_text="The values chosen, in the CRM's field names")
+    resolved_by = models.CharField(max_length=150, blank=True, help_text='"policy:<name>" or the staff user')
+    note = models.TextField(blank=True)
+    detected_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["record_id", "connection"],
+                condition=models.Q(state="open"),
+                name="conflict_one_open_per_record",
+            )
+        ]
+        indexes = [models.Index(fields=["state", "-detected_at"], name="conflict_state_idx")]
+
+    def __str__(self) -> str:
+        return f"conflict {self.pk}: {self.object_type}/{self.record_id} ↔ {self.connection_id} ({self.state})"
+
+
+class RunState(models.TextChoices):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class BackfillRun(models.Model):
+    """One `sync_backfill`: its checkpoint, so a run stopped by Ctrl-C or a crash resumes where it was."""
+
+    source = models.CharField(max_length=64)
+    target = models.CharField(max_length=64)
+    object_type = models.CharField(max_length=64)
+    since = models.DateTimeField(null=True, blank=True)
+    state = models.CharField(max_length=16, choices=RunState.choices, default=RunState.RUNNING)
+    cursor = models.TextField(blank=True, help_text="Where to resume: the connector's cursor or the last key done")
+    processed = models.PositiveBigIntegerField(default=0)
+    total = models.PositiveBigIntegerField(null=True, blank=True, help_text="Estimated at the start")
+    counts = models.JSONField(default=dict)
+    api_calls = models.PositiveBigIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    owner = models.CharField(max_length=64, blank=True, help_text="The process running it")
+    started_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["source", "target", "object_type", "state"], name="backfill_lookup_idx")]
+
+    def __str__(self) -> str:
+        return f"backfill {self.source} → {self.target} {self.object_type} ({self.state})"
+
+
+class ReconcileRun(models.Model):
+    """One reconcile of one connection's object: what differed from the record links and what was queued."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="reconcile_runs")
+    object_type = models.CharField(max_length=64)
+    dry_run = models.BooleanField(default=False)
+    state = models.CharField(max_length=16, choices=RunState.choices, default=RunState.RUNNING)
+    counts = models.JSONField(default=dict, help_text="creates, updates, deletes, unchanged, ...")
+    report = models.JSONField(default=dict, help_text="Sample ids per action")
+    last_error = models.TextField(blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["connection", "object_type", "-started_at"], name="reconcile_recent_idx")]
+
+    def __str__(self) -> str:
+        return f"reconcile {self.connection_id}:{self.object_type} ({self.state})"
