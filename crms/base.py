@@ -158,6 +158,17 @@ class QuotaSignal:
     pause_for: float | None = None
 
 
+# Settings every connection takes, whatever its kind: how two-way sync treats it.
+COMMON_CONFIG: dict[str, Any] = {
+    "poll_objects": {"type": "array", "items": {"type": "string"},
+                     "description": "Objects polled for changes (default: every object the connector knows)."},
+    "conflict": {"enum": ["last_writer_wins", "system_a_wins", "crm_wins", "field_merge", "hold"],
+                 "description": "How a conflict with System A is decided when the rule does not say."},
+    "merge_fallback": {"enum": ["last_writer_wins", "system_a_wins", "crm_wins", "hold"],
+                       "description": "field_merge: for a field changed on both sides."},
+}  # fmt: skip
+
+
 class Connector(ABC):
     kind: ClassVar[str]
     label: ClassVar[str]
@@ -176,12 +187,19 @@ class Connector(ABC):
         return {
             "kind": cls.kind,
             "label": cls.label,
-            "config": cls.config_schema,
+            "config": cls.full_config_schema(),
             "secrets": list(cls.secret_fields),
             "batch_size": cls.capabilities.batch_size,
             "directions": list(cls.capabilities.directions),
             "objects": cls.capabilities.objects,
         }
+
+    @classmethod
+    def full_config_schema(cls) -> dict[str, Any]:
+        """The connector's own settings and the ones every connection takes (COMMON_CONFIG)."""
+        schema = dict(cls.config_schema)
+        schema["properties"] = {**COMMON_CONFIG, **schema.get("properties", {})}
+        return schema
 
     @classmethod
     def quota_signal(cls, response: requests.Response, now: float) -> QuotaSignal | None:
@@ -207,6 +225,10 @@ class Connector(ABC):
     def webhook_changes(self, body: bytes, headers: Mapping[str, str], now: datetime) -> list[Change]:
         """Verify one webhook delivery and read its changes; raise WebhookRefused when it does not verify."""
         raise WebhookRefused(f"{self.label} connections take no webhooks; their changes are polled", header="")
+
+    def modified_at(self, fields: Mapping[str, Any]) -> datetime | None:
+        """When the record `read` returned was last changed, if the system says (None: unknown)."""
+        return None
 
     def inbound(self, change: Change) -> Inbound:
         """How a change read from this system enters the pipeline (connectors that read override it)."""

@@ -52,7 +52,7 @@ def connection_validate(*, name: str, kind: str, config: dict[str, Any], secrets
 
 def config_errors(kind: str, config: dict[str, Any]) -> dict[str, str]:
     """JSON Schema errors keyed by path, e.g. {"config.login_url": "'x' is not a 'uri'"}."""
-    schema = connector_class(kind).config_schema
+    schema = connector_class(kind).full_config_schema()
     validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
     found: dict[str, str] = {}
     for error in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):

@@ -12,7 +12,8 @@ import rule_engine
 from crms.models import Connection
 from rules.expressions import ExpressionError, Fields, compile_expression, evaluate, evaluate_field, plain
 
-CONFLICT_POLICIES = ("last_writer_wins", "source_wins", "target_wins", "field_merge", "hold")
+CONFLICT_POLICIES = ("last_writer_wins", "system_a_wins", "crm_wins", "field_merge", "hold")
+MERGE_FALLBACKS = ("last_writer_wins", "system_a_wins", "crm_wins", "hold")
 DELETE_POLICIES = ("propagate", "soft_delete", "ignore")
 
 
@@ -22,6 +23,7 @@ class TargetSpec:
     object: str
     mapping: dict[str, rule_engine.Rule]  # target field -> compiled expression
     conflict: str = "last_writer_wins"
+    merge_fallback: str = "last_writer_wins"
     on_delete: str = "propagate"
     soft_delete_field: str = ""
 
@@ -85,6 +87,7 @@ def _compile_target(spec: dict[str, Any]) -> TargetSpec:
         object=spec.get("object") or "",
         mapping={name: compile_expression(text) for name, text in (spec.get("mapping") or {}).items()},
         conflict=spec.get("conflict") or "last_writer_wins",
+        merge_fallback=spec.get("merge_fallback") or "last_writer_wins",
         on_delete=spec.get("on_delete") or "propagate",
         soft_delete_field=spec.get("soft_delete_field") or "",
     )
@@ -226,6 +229,7 @@ def _payload(spec: TargetSpec | None, event: dict[str, Any], rule_name: str) -> 
         "object": spec.object or event["object_type"],
         "fields": fields if spec.mapping else event["raw_data"],
         "conflict": spec.conflict,
+        "merge_fallback": spec.merge_fallback,
         "on_delete": spec.on_delete,
         "rule": rule_name,
     }, None

@@ -12,7 +12,11 @@ class TargetSpecSerializer(serializers.Serializer[dict[str, Any]]):
     object = serializers.CharField(required=False, help_text="The target's object, e.g. Contact or prospect")
     mapping = serializers.DictField(child=serializers.CharField(), required=False,
                                     help_text="target field -> expression over the event")  # fmt: skip
-    conflict = serializers.CharField(required=False)
+    conflict = serializers.CharField(
+        required=False,
+        help_text="last_writer_wins, system_a_wins, crm_wins, field_merge or hold (two-way sync: docs/two-way.md)",
+    )
+    merge_fallback = serializers.CharField(required=False, help_text="field_merge: a field changed on both sides")
     on_delete = serializers.CharField(required=False)
     soft_delete_field = serializers.CharField(required=False)
 

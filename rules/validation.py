@@ -7,7 +7,7 @@ from typing import Any
 
 from crms.models import NAME_VALIDATOR, Connection
 from crms.registry import UnknownKind, connector_class
-from rules.engine import CONFLICT_POLICIES, DELETE_POLICIES
+from rules.engine import CONFLICT_POLICIES, DELETE_POLICIES, MERGE_FALLBACKS
 from rules.expressions import ExpressionError, compile_expression
 
 MAX_RULES = 500
@@ -18,7 +18,7 @@ ACTIONS = {"sync", "skip", "stop"}
 FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 KNOWN_KEYS = {"name", "enabled", "order", "description", "match_source", "match_object_type", "match_operations",
               "condition", "action", "reason", "targets"}  # fmt: skip
-TARGET_KEYS = {"target", "object", "mapping", "conflict", "on_delete", "soft_delete_field"}
+TARGET_KEYS = {"target", "object", "mapping", "conflict", "merge_fallback", "on_delete", "soft_delete_field"}
 
 
 def rule_set_errors(specs: list[dict[str, Any]]) -> dict[str, str]:
@@ -100,6 +100,8 @@ def _target_errors(target: Any, rule: dict[str, Any], connections: dict[str, Con
         errors["target"] = "Sends events back to the system they came from (a loop): choose another target"
     if target.get("conflict", "last_writer_wins") not in CONFLICT_POLICIES:
         errors["conflict"] = f"Use one of {', '.join(CONFLICT_POLICIES)}"
+    if target.get("merge_fallback", "last_writer_wins") not in MERGE_FALLBACKS:
+        errors["merge_fallback"] = f"Use one of {', '.join(MERGE_FALLBACKS)} (for a field changed on both sides)"
     if target.get("on_delete", "propagate") not in DELETE_POLICIES:
         errors["on_delete"] = f"Use one of {', '.join(DELETE_POLICIES)}"
     if target.get("on_delete") == "soft_delete" and not target.get("soft_delete_field"):

@@ -6,18 +6,27 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from knox.models import AuthToken
 
 from recordsync.auth import verified_tokens_forget
 from sync.config_services import config_override_set, override_errors
+from sync.conflicts import conflict_resolve
 from sync.models import (
+    BackfillRun,
     BreakerTransition,
     CircuitBreaker,
     ConfigOverride,
+    ConflictState,
+    ReconcileRun,
     RecordLink,
     SyncAttempt,
+    SyncConflict,
     SyncEvent,
     SyncJob,
 )
@@ -153,3 +162,103 @@ class CircuitBreakerAdmin(NoEditAdmin):
     def history(self, obj: CircuitBreaker) -> str:
         rows = BreakerTransition.objects.filter(connection=obj.connection).order_by("-at")[:50]
         return "\n".join(f"{r.at:%Y-%m-%d %H:%M:%S} {r.from_state} → {r.to_state}: {r.reason}" for r in rows) or "—"
+
+
+class ConflictChoiceForm(forms.Form):
+    """One radio per field System A writes: which side's value the record keeps."""
+
+    def __init__(self, *args: Any, conflict: SyncConflict, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        crm = conflict.connection.name
+        for name in conflict.system_a_values:
+            ours, theirs = conflict.system_a_values.get(name), conflict.crm_values.get(name)
+            self.fields[name] = forms.ChoiceField(
+                label=name, widget=forms.RadioSelect, initial="crm" if name not in conflict.fields else None,
+                choices=[("system_a", f"System A: {ours!r}"), ("crm", f"{crm}: {theirs!r}")],
+            )  # fmt: skip
+
+
+@admin.register(SyncConflict)
+class SyncConflictAdmin(ReadOnlyAdmin):
+    """The review queue: held conflicts wait here; every conflict, held or decided by policy, stays on record."""
+
+    list_display = ["detected_at", "record_id", "connection", "state", "policy", "contested", "resolved_by"]
+    list_filter = ["state", "connection", "policy"]
+    search_fields = ["record_id", "external_id"]
+    ordering = ["state", "-detected_at"]
+    list_select_related = ["connection"]
+    actions = ["keep_system_a", "keep_crm"]
+    readonly_fields = ["record_id", "object_type", "connection", "external_object", "external_id", "policy", "state",
+                       "fields", "base", "system_a_values", "crm_values", "resolution", "resolved_by", "note",
+                       "detected_at", "resolved_at", "system_a_occurred_at", "crm_occurred_at"]  # fmt: skip
+
+    @admin.display(description="Fields changed on both sides")
+    def contested(self, obj: SyncConflict) -> str:
+        return ", ".join(obj.fields) or "(different fields)"
+
+    def get_urls(self) -> list[URLPattern]:
+        resolve = path("<int:pk>/resolve/", self.admin_site.admin_view(self.resolve_view),
+                       name="sync_syncconflict_resolve")  # fmt: skip
+        return [resolve, *super().get_urls()]
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> HttpResponse:  # fmt: skip
+        return HttpResponseRedirect(reverse("admin:sync_syncconflict_resolve", args=[object_id]))
+
+    def resolve_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Both versions field by field; pick a side for the whole record or per field."""
+        conflict = get_object_or_404(SyncConflict.objects.select_related("connection"), pk=pk)
+        is_open = conflict.state == ConflictState.OPEN
+        form = ConflictChoiceForm(request.POST or None, conflict=conflict)
+        if request.method == "POST" and is_open and request.user.has_perm("sync.change_syncconflict"):
+            side = request.POST.get("side")
+            if side in ("system_a", "crm"):
+                choices = dict.fromkeys(conflict.system_a_values, side)
+            elif form.is_valid():
+                choices = dict(form.cleaned_data)
+            else:
+                choices = {}
+            if choices:
+                self._resolve(request, conflict, choices)
+                return HttpResponseRedirect(reverse("admin:sync_syncconflict_resolve", args=[pk]))
+        rows = [{"name": name, "base": conflict.base.get(name), "system_a": conflict.system_a_values.get(name),
+                 "crm": conflict.crm_values.get(name), "contested": name in conflict.fields,
+                 "chosen": (conflict.resolution or {}).get(name), "field": form[name]}
+                for name in conflict.system_a_values]  # fmt: skip
+        context = {**self.admin_site.each_context(request), "title": f"Conflict {conflict.pk}: {conflict.record_id}",
+                   "conflict": conflict, "rows": rows, "form": form, "is_open": is_open,
+                   "opts": self.model._meta}  # fmt: skip
+        return TemplateResponse(request, "admin/sync/syncconflict/resolve.html", context)
+
+    def _resolve(self, request: HttpRequest, conflict: SyncConflict, choices: dict[str, Any]) -> None:
+        with transaction.atomic():
+            locked = SyncConflict.objects.select_for_update().get(pk=conflict.pk)
+            if locked.state != ConflictState.OPEN:
+                self.message_user(request, f"Conflict {conflict.pk} was already resolved.", messages.WARNING)
+                return
+            done = conflict_resolve(locked, choices, by=request.user.get_username())
+        self.message_user(request, f"Conflict {conflict.pk} resolved: {done.note}.", messages.SUCCESS)
+
+    def _resolve_all(self, request: HttpRequest, queryset: QuerySet[SyncConflict], side: str) -> None:
+        for conflict in queryset.filter(state=ConflictState.OPEN).select_related("connection"):
+            self._resolve(request, conflict, dict.fromkeys(conflict.system_a_values, side))
+
+    @admin.action(description="Resolve: keep System A's version")
+    def keep_system_a(self, request: HttpRequest, queryset: QuerySet[SyncConflict]) -> None:
+        self._resolve_all(request, queryset, "system_a")
+
+    @admin.action(description="Resolve: keep the CRM's version")
+    def keep_crm(self, request: HttpRequest, queryset: QuerySet[SyncConflict]) -> None:
+        self._resolve_all(request, queryset, "crm")
+
+
+@admin.register(BackfillRun)
+class BackfillRunAdmin(ReadOnlyAdmin):
+    list_display = ["started_at", "source", "target", "object_type", "state", "processed", "total", "finished_at"]
+    list_filter = ["state", "source", "target"]
+
+
+@admin.register(ReconcileRun)
+class ReconcileRunAdmin(ReadOnlyAdmin):
+    list_display = ["started_at", "connection", "object_type", "dry_run", "state", "counts", "finished_at"]
+    list_filter = ["state", "connection", "dry_run"]

@@ -32,11 +32,12 @@ from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from sync import config
 from sync.breaker import Gate, breaker_allow, breaker_failure, breaker_release_probe, breaker_success
-from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncJob
+from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncEvent, SyncJob
 from sync.throttle import gate_for, observer_for, throttle
 
 logger = logging.getLogger("recordsync.engine")
 
+SYSTEM_A = "system_a"
 DUE_STATES = (JobState.PENDING, JobState.RETRYING)
 # No call was made for these, or it was ours to hold back: the job waits without spending an attempt,
 # and the breaker does not count it.
@@ -168,7 +169,9 @@ def _run(owner: str, now: datetime) -> dict[str, int]:
     )
     connection = jobs[0].target
     links = _links(jobs)
-    work = [_prepare(job, links.get(job.record_id, [])) for job in jobs]
+    own = _system_a_ids(jobs) if connection.kind == "system_a" else set()
+    work = [_prepare(job, links.get(job.record_id, []), own_id=job.record_id if job.record_id in own else None)
+            for job in jobs]  # fmt: skip
     outcomes: list[Outcome] = []
     for item in work:
         if item.refused is not None:
@@ -191,6 +194,13 @@ def _links(jobs: Sequence[SyncJob]) -> dict[str, list[RecordLink]]:
     return found
 
 
+def _system_a_ids(jobs: Sequence[SyncJob]) -> set[str]:
+    """Records System A itself posted: their id is System A's, so a change from a CRM updates that
+    record in System A instead of creating another, even before any link to System A exists."""
+    records = {job.record_id for job in jobs}
+    return set(SyncEvent.objects.filter(source=SYSTEM_A, record_id__in=records).values_list("record_id", flat=True))
+
+
 def _link_for(job: SyncJob, target_object: str, links: Sequence[RecordLink]) -> RecordLink | None:
     """The record's link in the target: the one to the same target object, whichever way it was made.
 
@@ -202,12 +212,12 @@ def _link_for(job: SyncJob, target_object: str, links: Sequence[RecordLink]) -> 
     return next(iter(same_object), None) or next((link for link in links if link.object_type == job.object_type), None)
 
 
-def _prepare(job: SyncJob, links: Sequence[RecordLink]) -> Claimed:
+def _prepare(job: SyncJob, links: Sequence[RecordLink], *, own_id: str | None = None) -> Claimed:
     event = job.last_event
     spec = (event.routing.get("payloads") or {}).get(job.target.name) if event else None
     target_object = (spec or {}).get("object") or job.object_type
     link = _link_for(job, target_object, links)
-    external_id = link.external_id if link else None
+    external_id = link.external_id if link else own_id
     if event is None:  # never guess: a missing event must not turn into a delete
         return Claimed(job, link, None, ConnectorError("the event behind this job is gone; post the record again",
                                                  code="EVENT_MISSING", permanent=True))  # fmt: skip
@@ -215,19 +225,25 @@ def _prepare(job: SyncJob, links: Sequence[RecordLink]) -> Claimed:
         if (spec or {}).get("delete") == "soft_delete" and spec:
             marker = {spec["soft_delete_field"]: True}
             return Claimed(job, link, OutboundRecord(job.record_id, target_object, "upsert", marker, external_id))
-        if link is None:  # created and deleted before it was ever sent, or never synced: nothing to undo
+        if external_id is None:  # created and deleted before it was ever sent, or never synced: nothing to undo
             return Claimed(job, link, None, skip=("never_synced", "the target never received this record"))
         return Claimed(job, link, OutboundRecord(job.record_id, target_object, "delete", {}, external_id))
     fields = (spec or {}).get("fields") if spec else event.payload
     fields = dict(fields or {})
-    if link is not None and link.last_hash == payload_hash(fields):
+    if link is not None and _holds(link.last_values, fields):
         return Claimed(job, link, None)
-    missing = [] if link is not None else _missing_required(job.target, target_object, fields)
+    missing = [] if external_id is not None else _missing_required(job.target, target_object, fields)
     if missing:
         return Claimed(job, link, None, ConnectorError(
             f"{', '.join(missing)} required to create a {target_object} in {job.target.name}; nothing was sent",
             code="REQUIRED_FIELD_MISSING", permanent=True, fields=missing))  # fmt: skip
     return Claimed(job, link, OutboundRecord(job.record_id, target_object, "upsert", fields, external_id))
+
+
+def _holds(known: dict[str, Any], fields: dict[str, Any]) -> bool:
+    """The target already holds these values, as far as the link knows (what we last wrote or last synced from it)."""
+    empty = (None, "")
+    return bool(known) and all(v == known.get(k) or (v in empty and known.get(k) in empty) for k, v in fields.items())
 
 
 def _missing_required(connection: Connection, object_type: str, fields: dict[str, Any]) -> list[str]:
@@ -357,6 +373,7 @@ def outcomes_save(outcomes: Sequence[Outcome], *, owner: str, now: datetime) -> 
         current = [o for o in outcomes if held.get(o.job.id) == o.job.version]
         superseded = [o.job.id for o in outcomes if o.job.id in held and held[o.job.id] != o.job.version]
         _states_save(current, now, finished)
+        _bases_save([o for o in current if o.state == JobState.SYNCED], now)
         if superseded:
             SyncJob.objects.filter(id__in=superseded).update(
                 state=JobState.PENDING, lease_expires_at=None, lease_owner="", updated_at=finished
@@ -368,6 +385,22 @@ def outcomes_save(outcomes: Sequence[Outcome], *, owner: str, now: datetime) -> 
                                         "target_id": outcome.job.target_id, "state": state,
                                         "version": outcome.job.version})  # fmt: skip
     return states
+
+
+def _bases_save(outcomes: Sequence[Outcome], now: datetime) -> None:
+    """A change from a CRM that reached its target is now what both sides agree on: it becomes that CRM
+    link's last-synced values, the base the next conflict is judged against and echoes are compared with."""
+    changes = [o.job for o in outcomes if o.job.source != SYSTEM_A and o.job.last_event is not None
+               and o.job.last_event.operation in ("create", "update")]  # fmt: skip
+    if not changes:
+        return
+    systems = dict(Connection.objects.filter(name__in={job.source for job in changes}).values_list("name", "id"))
+    for job in changes:
+        assert job.last_event is not None  # noqa: S101 - filtered above
+        values = {k: v for k, v in (job.last_event.payload or {}).items() if v not in (None, "")}
+        RecordLink.objects.filter(record_id=job.record_id, system_id=systems.get(job.source),
+                                  external_object=job.object_type).update(
+            last_values=values, last_hash=payload_hash(values), synced_at=now)  # fmt: skip
 
 
 def _attempt_row(outcome: Outcome, started: datetime, finished: datetime) -> SyncAttempt:

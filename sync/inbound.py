@@ -23,12 +23,11 @@ from django.db.models import F, Q
 from django.utils import timezone
 from rest_framework.exceptions import NotFound
 
-from crms.base import Change, Connector, Inbound
+from crms.base import Change, Connector, ConnectorError, Inbound
 from crms.build import connector_for
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from sync import config
-from sync.engine import payload_hash
 from sync.models import BreakerState, CircuitBreaker, InboundCursor, JobState, RecordLink, SyncEvent, SyncJob
 from sync.services import EventInput, event_ingest
 
@@ -136,16 +135,22 @@ def capture(
     """
     counts = Counter[str]()
     items: list[EventInput] = []
+    missing = next((c for c in changes if not c.external_id), None)
+    if missing is not None:  # a record we could never link or update: refuse the page, keep the cursor
+        raise ConnectorError(f"a {missing.object_type} change from {connection.name} has no id: nothing in this "
+                             "page was captured", code="MISSING_KEY", permanent=True, fields=("id",))  # fmt: skip
     ids = [id_prefix + _event_id(connection, change) for change in changes]
+    last = {event_id: index for index, event_id in enumerate(ids)}
     seen = set(SyncEvent.objects.filter(idempotency_key__in=[f"event:{i}" for i in ids])
                .values_list("idempotency_key", flat=True))  # fmt: skip
     links = {(link.external_object, link.external_id): link for link in RecordLink.objects.filter(
         system=connection, external_id__in={change.external_id for change in changes})}  # fmt: skip
-    for change, event_id in zip(changes, ids, strict=True):
-        if f"event:{event_id}" in seen:
-            counts["already_captured"] += 1  # the overlap window, or a page read again after a crash
+    for index, (change, event_id) in enumerate(zip(changes, ids, strict=True)):
+        if f"event:{event_id}" in seen or last[event_id] != index:
+            # The overlap window, a page read again after a crash, or a key repeated in this page
+            # at the same time: the last copy in the page is the one kept (the last value wins).
+            counts["already_captured"] += 1
             continue
-        seen.add(f"event:{event_id}")  # the same change twice in one page
         view = connector.inbound(change)
         link = links.get((change.object_type, change.external_id))
         # Events carry the CRM's own object name, so rules match on it ("Contact" from Salesforce);
@@ -228,14 +233,12 @@ def _same(left: Any, right: Any) -> bool:
 def _link_save(
     connection: Connection, change: Change, object_type: str, record_id: str, view: Inbound, now: datetime
 ) -> None:
-    """The first capture links the CRM record to its System A id; later ones keep its last-synced values.
-    The hash is the engine's own, so its "unchanged" check agrees with what a capture saw."""
-    values = {k: v for k, v in view.fields.items() if v not in (None, "")}
-    RecordLink.objects.update_or_create(
+    """The first capture links the CRM record to its System A id. Its last-synced values are left alone:
+    they change only when a change has reached the other side (the engine writes them), so they stay
+    the base a conflict is judged against while this change is on its way."""
+    RecordLink.objects.get_or_create(
         system=connection, external_object=change.object_type, external_id=change.external_id,
-        defaults={"last_values": values, "last_hash": payload_hash(values), "synced_at": now},
-        create_defaults={"object_type": object_type, "record_id": record_id, "last_values": values,
-                         "last_hash": payload_hash(values), "synced_at": now},
+        defaults={"object_type": object_type, "record_id": record_id, "last_values": {}, "synced_at": None},
     )  # fmt: skip
 
 

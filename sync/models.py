@@ -347,3 +347,23 @@ class ReconcileRun(models.Model):
 
     def __str__(self) -> str:
         return f"reconcile {self.connection_id}:{self.object_type} ({self.state})"
+
+
+class RecordRead(models.Model):
+    """What a read event (`"operation": "read"`) read from one linked system, and what became of it."""
+
+    event = models.ForeignKey(SyncEvent, on_delete=models.CASCADE, related_name="reads")
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
+    external_object = models.CharField(max_length=64)
+    external_id = models.CharField(max_length=255)
+    read_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(
+        max_length=32, blank=True, help_text="captured, echo, already_captured, not_found or error; blank: waiting"
+    )
+    error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["event", "connection"], name="read_per_event_system")]
+
+    def __str__(self) -> str:
+        return f"read of {self.external_object} {self.external_id} in {self.connection_id}: {self.outcome or 'waiting'}"

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection
+from django.utils import timezone
 
 from sync.models import SyncEvent, SyncJob
 
@@ -30,22 +31,25 @@ _COLUMNS = (
     "created_at, updated_at, last_error_code, last_error_message, lease_owner"
 )
 # A job in flight or held for review keeps its state (and its attempts and error) with a higher
-# version: the worker's conditional finish then sends it back to pending. Any other job reopens.
+# version: the worker's conditional finish then sends it back to pending. Any other job reopens,
+# unless the event is older than the state the job already holds: an older change arriving late
+# changes nothing (the caller reports it superseded, from the returned last_event_id).
 _KEEP = f"{_TABLE}.state IN ('in_flight', 'held')"
 _NEWER = f"excluded.last_occurred_at >= {_TABLE}.last_occurred_at"
+_STAY = f"({_KEEP} OR NOT ({_NEWER}))"
 _ON_CONFLICT = f"""
     ON CONFLICT (record_id, object_type, source, target_id) DO UPDATE SET
-        version = {_TABLE}.version + excluded.version,
-        state = CASE WHEN {_KEEP} THEN {_TABLE}.state ELSE 'pending' END,
-        attempts = CASE WHEN {_KEEP} THEN {_TABLE}.attempts ELSE 0 END,
-        next_attempt_at = CASE WHEN {_KEEP} THEN {_TABLE}.next_attempt_at ELSE NULL END,
-        last_error_code = CASE WHEN {_KEEP} THEN {_TABLE}.last_error_code ELSE '' END,
-        last_error_message = CASE WHEN {_KEEP} THEN {_TABLE}.last_error_message ELSE '' END,
-        lease_owner = CASE WHEN {_KEEP} THEN {_TABLE}.lease_owner ELSE '' END,
+        version = CASE WHEN {_NEWER} THEN {_TABLE}.version + excluded.version ELSE {_TABLE}.version END,
+        state = CASE WHEN {_STAY} THEN {_TABLE}.state ELSE 'pending' END,
+        attempts = CASE WHEN {_STAY} THEN {_TABLE}.attempts ELSE 0 END,
+        next_attempt_at = CASE WHEN {_STAY} THEN {_TABLE}.next_attempt_at ELSE NULL END,
+        last_error_code = CASE WHEN {_STAY} THEN {_TABLE}.last_error_code ELSE '' END,
+        last_error_message = CASE WHEN {_STAY} THEN {_TABLE}.last_error_message ELSE '' END,
+        lease_owner = CASE WHEN {_STAY} THEN {_TABLE}.lease_owner ELSE '' END,
         last_event_id = CASE WHEN {_NEWER} THEN excluded.last_event_id ELSE {_TABLE}.last_event_id END,
         last_occurred_at = CASE WHEN {_NEWER} THEN excluded.last_occurred_at ELSE {_TABLE}.last_occurred_at END,
-        updated_at = excluded.updated_at
-    RETURNING record_id, object_type, source, target_id, state, version
+        updated_at = CASE WHEN {_NEWER} THEN excluded.updated_at ELSE {_TABLE}.updated_at END
+    RETURNING record_id, object_type, source, target_id, state, version, last_occurred_at
 """
 
 
@@ -67,7 +71,7 @@ def _events_copy(events: Sequence[SyncEvent]) -> None:
             copy.write_row([f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields])
 
 
-def jobs_upsert(rows: dict[JobKey, tuple[int, SyncEvent]], now: datetime) -> dict[JobKey, str]:
+def jobs_upsert(rows: dict[JobKey, tuple[int, SyncEvent]], now: datetime) -> dict[JobKey, tuple[str, datetime]]:
     """Insert or bump one job per key (`bumps` events each, pointing at the latest); returns each job's state."""
     ordered = sorted(rows.items())  # one lock order for every writer: concurrent batches never deadlock
     if connection.vendor == "postgresql":
@@ -86,7 +90,7 @@ def one_statement_available() -> bool:
 
 def events_and_jobs_write(
     events: Sequence[SyncEvent], rows: dict[JobKey, tuple[int, SyncEvent]], now: datetime
-) -> dict[JobKey, str]:
+) -> dict[JobKey, tuple[str, datetime]]:
     """PostgreSQL: events and the job upsert in one statement, atomic on its own.
 
     A data-modifying CTE always runs to completion; the job -> event foreign key is deferred,
@@ -110,10 +114,15 @@ def _fetch_none(sql: str, params: list[Any]) -> None:
         cursor.execute(sql, params)
 
 
-def _states(answers: list[tuple[Any, ...]]) -> dict[JobKey, str]:
-    states: dict[JobKey, str] = {}
-    for record_id, object_type, source, target_id, state, version in answers:
-        states[(record_id, object_type, source, target_id)] = state
+def _states(answers: list[tuple[Any, ...]]) -> dict[JobKey, tuple[str, datetime]]:
+    """Each job's state and the time of the newest change it holds: an event older than that was superseded."""
+    states: dict[JobKey, tuple[str, datetime]] = {}
+    for record_id, object_type, source, target_id, state, version, last_occurred_at in answers:
+        if isinstance(last_occurred_at, str):  # SQLite hands back text
+            last_occurred_at = datetime.fromisoformat(last_occurred_at)
+        if timezone.is_naive(last_occurred_at):
+            last_occurred_at = timezone.make_aware(last_occurred_at, UTC)
+        states[(record_id, object_type, source, target_id)] = (state, last_occurred_at)
         logger.info("job state", extra={"record_id": record_id, "object_type": object_type,
                                         "target_id": target_id, "state": state, "version": version})  # fmt: skip
     return states

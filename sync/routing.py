@@ -1,4 +1,4 @@
-"""Which connections an event goes to, until admin-managed rules exist (issue 5).
+"""Which connections an event goes to when no rule set decides (and the checks of targets a caller names).
 
 The decision is stored with the event, so "why did this go there?" always has an answer.
 """
@@ -22,15 +22,8 @@ def route_event(
     *, operation: str, source: str, requested: list[str] | None, connections: dict[str, Connection]
 ) -> Route:
     """`connections` holds every connection by name, enabled or not."""
-    if operation == "read":
-        return Route(
-            [],
-            {
-                "mode": "read",
-                "targets": [],
-                "reason": "read refreshes are recorded but not yet carried out (two-way sync, issue 7)",
-            },
-        )
+    if operation == "read":  # reads go to the record's linked systems (sync.reads), never to a target
+        return Route([], {"mode": "read", "targets": []})
     if requested is not None:
         return _explicit(source, requested, connections)
     targets = [c for name, c in sorted(connections.items()) if c.enabled and name != source]

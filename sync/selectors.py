@@ -8,7 +8,7 @@ from typing import Any
 
 from django.db.models import Count, Min, Q
 
-from sync.models import JobState, RecordLink, SyncAttempt, SyncEvent, SyncJob
+from sync.models import JobState, RecordLink, RecordRead, SyncAttempt, SyncConflict, SyncEvent, SyncJob
 
 HISTORY_LIMIT = 20
 
@@ -36,9 +36,40 @@ def record_status(
     return {
         "record_id": record_id,
         "targets": [_job(job, links.get((job.object_type, job.target_id))) for job in jobs],
-        "events": [_event(event) for event in events],
+        "links": [_link(link) for link in RecordLink.objects.filter(record_id=record_id).select_related("system")],
+        "events": [_event(event, superseded=_superseded(event, events)) for event in events],
         "attempts": [_attempt(a) for a in attempts[:HISTORY_LIMIT]],
-    }
+        "conflicts": [_conflict(c) for c in SyncConflict.objects.filter(record_id=record_id)
+                      .select_related("connection").order_by("-detected_at")[:HISTORY_LIMIT]],
+        "reads": [_read(r) for r in RecordRead.objects.filter(event__record_id=record_id)
+                  .select_related("connection", "event").order_by("-event__received_at")[:HISTORY_LIMIT]],
+    }  # fmt: skip
+
+
+def _superseded(event: SyncEvent, events: Sequence[SyncEvent]) -> bool:
+    """Older than a change of the same record from the same system that had already arrived: never applied."""
+    return any(other.source == event.source and other.object_type == event.object_type
+               and other.received_at <= event.received_at and other.occurred_at > event.occurred_at
+               and other.pk != event.pk for other in events)  # fmt: skip
+
+
+def _link(link: RecordLink) -> dict[str, Any]:
+    return {"system": link.system.name, "external_object": link.external_object, "external_id": link.external_id,
+            "last_values": link.last_values, "synced_at": link.synced_at}  # fmt: skip
+
+
+def _conflict(conflict: SyncConflict) -> dict[str, Any]:
+    return {"id": conflict.pk, "connection": conflict.connection.name, "state": conflict.state,
+            "policy": conflict.policy, "fields": conflict.fields, "base": conflict.base,
+            "system_a_values": conflict.system_a_values, "crm_values": conflict.crm_values,
+            "resolution": conflict.resolution, "resolved_by": conflict.resolved_by, "note": conflict.note,
+            "detected_at": conflict.detected_at, "resolved_at": conflict.resolved_at}  # fmt: skip
+
+
+def _read(read: RecordRead) -> dict[str, Any]:
+    return {"event_id": read.event_id, "system": read.connection.name, "external_object": read.external_object,
+            "external_id": read.external_id, "outcome": read.outcome or "waiting", "read_at": read.read_at,
+            "error": read.error}  # fmt: skip
 
 
 def _job(job: SyncJob, external_id: str | None) -> dict[str, Any]:
@@ -68,8 +99,9 @@ def _breaker(job: SyncJob) -> str:
     return breaker.state if breaker is not None else "closed"
 
 
-def _event(event: SyncEvent) -> dict[str, Any]:
+def _event(event: SyncEvent, *, superseded: bool = False) -> dict[str, Any]:
     return {
+        "superseded": superseded,
         "event_id": event.id,
         "operation": event.operation,
         "object_type": event.object_type,

@@ -188,6 +188,9 @@ class EventSummarySerializer(serializers.Serializer[dict[str, Any]]):
     received_at = serializers.DateTimeField()
     request_id = serializers.CharField()
     routing = serializers.DictField()
+    superseded = serializers.BooleanField(
+        help_text="Older than a change of the record that had already arrived: recorded, never applied"
+    )
 
 
 class AttemptSerializer(serializers.Serializer[dict[str, Any]]):
@@ -202,11 +205,48 @@ class AttemptSerializer(serializers.Serializer[dict[str, Any]]):
     duration_ms = serializers.IntegerField(allow_null=True)
 
 
+class LinkSerializer(serializers.Serializer[dict[str, Any]]):
+    system = serializers.CharField()
+    external_object = serializers.CharField()
+    external_id = serializers.CharField()
+    last_values = serializers.DictField(help_text="What both sides last agreed on, in that system's field names")
+    synced_at = serializers.DateTimeField(allow_null=True)
+
+
+class ConflictSerializer(serializers.Serializer[dict[str, Any]]):
+    id = serializers.IntegerField()
+    connection = serializers.CharField()
+    state = serializers.ChoiceField(choices=["open", "resolved"])
+    policy = serializers.CharField()
+    fields = serializers.ListField(child=serializers.CharField(), help_text="Changed on both sides, differently")  # type: ignore[assignment]  # API field name
+    base = serializers.DictField()
+    system_a_values = serializers.DictField(help_text="System A's change, in the CRM's field names")
+    crm_values = serializers.DictField()
+    resolution = serializers.DictField(allow_null=True)
+    resolved_by = serializers.CharField()
+    note = serializers.CharField()
+    detected_at = serializers.DateTimeField()
+    resolved_at = serializers.DateTimeField(allow_null=True)
+
+
+class ReadSerializer(serializers.Serializer[dict[str, Any]]):
+    event_id = serializers.UUIDField()
+    system = serializers.CharField()
+    external_object = serializers.CharField()
+    external_id = serializers.CharField()
+    outcome = serializers.ChoiceField(choices=["waiting", "captured", "echo", "already_captured", "not_found", "error"])
+    read_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.CharField()
+
+
 class RecordStatusSerializer(serializers.Serializer[dict[str, Any]]):
     record_id = serializers.CharField()
     targets = TargetStatusSerializer(many=True)
+    links = LinkSerializer(many=True, help_text="The record in each system it is linked to")
     events = EventSummarySerializer(many=True, help_text="The last 20 events, newest first.")
     attempts = AttemptSerializer(many=True, help_text="The last 20 attempts, newest first.")
+    conflicts = ConflictSerializer(many=True, help_text="The last 20 conflicts, newest first.")
+    reads = ReadSerializer(many=True, help_text="What read events read, newest first.")
 
 
 class RetryInSerializer(StrictFieldsMixin, serializers.Serializer[dict[str, Any]]):

@@ -21,13 +21,15 @@ from crms.selectors import connections_by_name
 from recordsync.errors import Conflict
 from rules.engine import decide, event_context
 from rules.selectors import rule_set_current
-from sync import dispatch, outbox
+from sync import conflicts, dispatch, outbox, reads
 from sync.models import JobState, SyncEvent, SyncJob
 from sync.outbox import JobKey
 from sync.routing import Route, route_event
 from sync.selectors import changed_fields
 
 logger = logging.getLogger("recordsync.sync")
+
+SYSTEM_A = "system_a"
 
 # Concurrent requests with one idempotency key race on its unique index; the losers
 # retry and then find the winner's event. Two tries are enough; three leave slack.
@@ -46,6 +48,8 @@ class EventInput:
     event_id: str | None
     raw: Any  # the item exactly as sent, hashed to tell a replay from a reused key
     skip_reason: str | None = None  # recorded, routed nowhere (an inbound echo of our own write)
+    routing: dict[str, Any] | None = None  # decided already (a conflict's resolution): the rules are not asked
+    conflict_resolution: bool = False  # carries a conflict's decision: not judged again
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,8 @@ def _ingest_once(
     # Keys we made up ourselves ("auto:<uuid4>") cannot have been seen: no lookup, and on
     # PostgreSQL the events and jobs go in one statement, atomic on its own (no BEGIN/COMMIT).
     given = [key for key in keys if not key.startswith("auto:")]
-    if not given and outbox.one_statement_available():
+    reading = any(item.operation == "read" for item in items)
+    if not given and outbox.one_statement_available() and not reading and not _known_records(items):
         stored = _store(items, keys, hashes, list(range(len(items))), is_batch, request_id, one_statement=True)
         return IngestResult([stored[i] for i in range(len(items))], replayed=False)
     with transaction.atomic():
@@ -122,6 +127,12 @@ def _ingest_once(
         if fresh:
             answers.update(_store(items, keys, hashes, fresh, is_batch, request_id, one_statement=False))
     return IngestResult([answers[i] for i in range(len(items))], replayed=not fresh)
+
+
+def _known_records(items: Sequence[EventInput]) -> bool:
+    """Whether any of these records has been seen: only then can an event be late, deleted or in conflict,
+    checks that need the transaction the one-statement write does without."""
+    return SyncJob.objects.filter(record_id__in={item.record_id for item in items}).exists()
 
 
 def _refuse_reused_keys(keys: list[str], hashes: list[str], existing: dict[str, SyncEvent], is_batch: bool) -> None:
@@ -172,7 +183,7 @@ def _store(
             )
         )
     rows = _job_rows(events, [routes[i] for i in fresh])
-    if one_statement:
+    if one_statement:  # only records never seen before: nothing to supersede or conflict with
         states = outbox.events_and_jobs_write(events, rows, now)
     else:
         states = outbox.jobs_upsert(rows, now) if rows else {}
@@ -183,6 +194,10 @@ def _store(
             event.response = answers[index]
     if not one_statement:
         outbox.events_insert(events)
+        checked = [(event, routes[i]) for i, event in zip(fresh, events, strict=True)
+                   if items[i].routing is None and not items[i].conflict_resolution]  # fmt: skip
+        conflicts.detect(checked, connections, now)
+        _reads_plan([e for e in events if e.operation == "read" and e.routing.get("read_from")])
     target_ids = sorted({c.pk for i in fresh for c in routes[i].targets})
     if target_ids:
         transaction.on_commit(lambda: dispatch.nudge(target_ids))
@@ -208,6 +223,9 @@ def _route_all(
     requested targets are checked first, so a bad one is a 400 and not a silent skip."""
     rule_set = rule_set_current()
     changed = changed_fields(items, fresh) if rule_set is not None and rule_set.uses_changed else {}
+    deleted = deletions(items, fresh)
+    reading = {items[i].record_id for i in fresh if items[i].operation == "read"}
+    read_links = reads.links_for_reads(reading) if reading else {}
     routes: dict[int, Route] = {}
     errors: dict[str, str] = {}
     for index in fresh:
@@ -215,8 +233,17 @@ def _route_all(
         route = route_event(
             operation=item.operation, source=item.source, requested=item.targets, connections=connections
         )
-        if item.skip_reason:
+        gone = deleted.get(item.record_id)
+        late = gone is not None and item.operation not in ("delete", "read") and _resurrects(item, gone, now)
+        if item.routing is not None:
+            route = Route([connections[name] for name in item.routing["targets"]], item.routing)
+        elif item.operation == "read":
+            route = Route([], reads.read_routing(item.record_id, read_links.get(item.record_id, [])))
+        elif item.skip_reason:
             route = Route([], {"mode": "skipped", "targets": [], "reason": item.skip_reason})
+        elif late and gone is not None:
+            reason = f"the record was deleted (by {gone[1]} at {gone[0].isoformat()}); a later change never revives it"
+            route = Route([], {"mode": "skipped", "targets": [], "reason": reason, "deleted_by": str(gone[2])})
         elif rule_set is not None and item.operation != "read" and not route.errors:
             context = event_context(operation=item.operation, source=item.source, object_type=item.object_type,
                                     record_id=item.record_id, data=item.data, occurred_at=item.occurred_at or now,
@@ -233,6 +260,36 @@ def _route_all(
     return routes
 
 
+def _reads_plan(events: list[SyncEvent]) -> None:
+    """A read event's waiting rows go in with it; the reads run on a worker after the commit."""
+    if not events:
+        return
+    from sync import tasks  # tasks import the engine, which imports this module
+
+    for event in events:
+        reads.reads_plan(event)
+    ids = [str(e.id) for e in events]
+    transaction.on_commit(lambda: tasks.reads_queue(ids))
+
+
+def deletions(items: Sequence[EventInput], fresh: list[int]) -> dict[str, tuple[datetime, str, Any]]:
+    """The latest delete of each record (when, by whom, which event), from the log and earlier items of the batch."""
+    found: dict[str, tuple[datetime, str, Any]] = {}
+    records = {items[i].record_id for i in fresh}
+    rows = SyncEvent.objects.filter(record_id__in=records, operation="delete").order_by("occurred_at")
+    for record_id, occurred_at, source, event_id in rows.values_list("record_id", "occurred_at", "source", "id"):
+        found[record_id] = (occurred_at, source, event_id)
+    return found
+
+
+def _resurrects(item: EventInput, gone: tuple[datetime, str, Any], now: datetime) -> bool:
+    """A deleted record never comes back from a late change: anything older than the delete, and any
+    change from a CRM after it. System A owns its ids: its own later change (a re-create) goes through."""
+    if item.source != SYSTEM_A:
+        return True
+    return (item.occurred_at or now) <= gone[0]
+
+
 def _job_rows(events: list[SyncEvent], routes: list[Route]) -> dict[JobKey, tuple[int, SyncEvent]]:
     """One job per (record, target): several events for one record in a batch bump it once each."""
     rows: dict[JobKey, tuple[int, SyncEvent]] = {}
@@ -246,18 +303,20 @@ def _job_rows(events: list[SyncEvent], routes: list[Route]) -> dict[JobKey, tupl
     return rows
 
 
-def _answer(event: SyncEvent, route: Route, states: dict[JobKey, str]) -> dict[str, Any]:
+def _answer(event: SyncEvent, route: Route, states: dict[JobKey, tuple[str, datetime]]) -> dict[str, Any]:
     query = urlencode({"object_type": event.object_type, "source": event.source})
+
+    def state(target: Connection) -> str:
+        current, newest = states[(event.record_id, event.object_type, event.source, target.pk)]
+        return JobState.SUPERSEDED if event.occurred_at < newest else current
+
     return {
         "event_id": str(event.id),
         "record_id": event.record_id,
         "object_type": event.object_type,
         "source": event.source,
         "operation": event.operation,
-        "jobs": [
-            {"target": t.name, "state": states[(event.record_id, event.object_type, event.source, t.pk)]}
-            for t in route.targets
-        ],
+        "jobs": [{"target": t.name, "state": state(t)} for t in route.targets],
         "routing": route.decision,
         "status_url": f"/v1/sync/status/{quote(event.record_id, safe='')}?{query}",
     }

@@ -145,6 +145,8 @@ class OutreachConnector(Connector):
         try:
             delivery = json.loads(body)
             data, meta = delivery["data"], delivery.get("meta") or {}
+            if data.get("id") in (None, ""):
+                raise KeyError("data.id")
             kind, record_id = str(data["type"]), str(data["id"])
             attributes = dict(data.get("attributes") or {})
         except (ValueError, KeyError, TypeError) as exc:
@@ -154,6 +156,10 @@ class OutreachConnector(Connector):
         modified = parse_time(stamp) if stamp else now
         destroyed = str(meta.get("eventName", "")).endswith(".destroyed")
         return [Change(kind, record_id, attributes, modified, deleted=destroyed)]
+
+    def modified_at(self, fields: Mapping[str, Any]) -> datetime | None:
+        stamp = fields.get("updatedAt")
+        return parse_time(stamp) if isinstance(stamp, str) else None
 
     def inbound(self, change: Change) -> Inbound:
         """System A's id is in the match field when the mapping writes it there (customId, customN)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +34,8 @@ from crms.http import TransportError
 from crms.salesforce import bulk, errors
 from crms.salesforce.soql import select_changed, soql_datetime
 
+# Changes re-read on every poll: the rounding of the cursor and the strict ">" each lose up to a second.
+OVERLAP = timedelta(seconds=2)
 COLLECTION_LIMIT = 200  # records per sObject Collections call (one API call each)
 # Salesforce's own bookkeeping on every record: never synced as data.
 SYSTEM_FIELDS = frozenset({"Id", "attributes", "SystemModstamp", "LastModifiedById", "LastModifiedDate", "CreatedDate",
@@ -137,13 +139,19 @@ class SalesforceConnector(Connector):
             body = self._call("GET", "/query", params={"q": soql})
         changes = [_change(object_type, row) for row in body["records"]]
         newest = max((c.modified_at for c in changes), default=None)
-        since = soql_datetime(newest) if newest else state["since"]
+        # Read the last seconds again: the cursor is rounded down to the second and the filter is a
+        # strict ">", and Salesforce commits some changes late with an earlier stamp.
+        since = soql_datetime(newest - OVERLAP) if newest else state["since"]
         if not body.get("done", True):
             paging = {**state, "next": body["nextRecordsUrl"], "seen": max(since, state.get("seen", since))}
             return ChangePage(changes, json.dumps(paging), has_more=True)
         deleted = self._deleted(object_type, state.get("deleted_since"))
         next_state = {"since": max(since, state.get("seen", since)), "deleted_since": deleted[1]}
         return ChangePage(changes + deleted[0], json.dumps(next_state), has_more=False)
+
+    def modified_at(self, fields: Mapping[str, Any]) -> datetime | None:
+        stamp = fields.get("SystemModstamp")
+        return _parse_time(stamp) if isinstance(stamp, str) else None
 
     def inbound(self, change: Change) -> Inbound:
         """System A's id is in the external-id field of records it created; the integration user

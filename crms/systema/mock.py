@@ -80,7 +80,10 @@ def _apply(object_type: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]
         existing.save(update_fields=["deleted_at", "modified_at"])
         return 200, {"id": existing.record_id, "deleted": True}
     if existing is None:
-        created = MockRecord.objects.create(system=SYSTEM, object=object_type, record_id=f"A-{secrets.token_hex(6)}",
+        # An id we were given is System A's own (a record it posted to us): the mock keeps it, as the
+        # real System A, which has that record, would; no id means a record new to System A.
+        record_id = str(body.get("id") or f"A-{secrets.token_hex(6)}")
+        created = MockRecord.objects.create(system=SYSTEM, object=object_type, record_id=record_id,
                                             fields=body.get("fields", {}), modified_by="recordsync")  # fmt: skip
         return 201, {"id": created.record_id}
     existing.fields = {**existing.fields, **body.get("fields", {})}

@@ -67,8 +67,8 @@ def test_a_matching_rule_routes_the_event_with_its_mapped_fields(api, demo_rules
         "Email": "ada@example.com", "LastName": "Lovelace", "Description": "Ada Lovelace",
     }  # fmt: skip
     assert routing["payloads"]["outreach"] == {"object": "prospect", "fields": {"emails": ["ada@example.com"]},
-                                               "conflict": "last_writer_wins", "on_delete": "propagate",
-                                               "rule": "contacts-with-email"}  # fmt: skip
+                                               "conflict": "last_writer_wins", "merge_fallback": "last_writer_wins",
+                                               "on_delete": "propagate", "rule": "contacts-with-email"}  # fmt: skip
 
 
 def test_the_decision_is_shown_in_the_records_status(api, demo_rules):

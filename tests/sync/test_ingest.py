@@ -99,11 +99,16 @@ def test_a_second_change_bumps_the_same_job_instead_of_adding_one(api, connectio
 def test_an_older_change_arriving_late_does_not_become_the_jobs_latest(api, connections, event):
     now = timezone.now()
     newer = post(api, {**event, "occurred_at": now.isoformat(), "data": {"email": "new@example.com"}})
-    post(api, {**event, "occurred_at": (now - timedelta(hours=1)).isoformat(), "data": {"email": "old@example.com"}})
+    SyncJob.objects.update(state=JobState.SYNCED)
+    late = post(api, {**event, "occurred_at": (now - timedelta(hours=1)).isoformat(),
+                      "data": {"email": "old@example.com"}})  # fmt: skip
 
     job = SyncJob.objects.get(target__name="salesforce")
     assert str(job.last_event_id) == newer.json()["event_id"]
-    assert job.version == 2
+    # Superseded: recorded, answered as such, and nothing is sent again (no new version, job left synced).
+    assert job.version == 1 and job.state == JobState.SYNCED
+    assert {j["state"] for j in late.json()["jobs"]} == {"superseded"}
+    assert SyncEvent.objects.filter(id=late.json()["event_id"]).exists()
 
 
 # --- refusals: every one names the field --------------------------------------------------------

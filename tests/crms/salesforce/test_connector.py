@@ -296,7 +296,8 @@ def test_changes_follow_next_records_url_then_read_deletions(connector, sf):
     soql = parse_qs(sf.calls[1].request.url.split("?", 1)[1])["q"][0]
     assert "WHERE SystemModstamp > 1970-01-01T00:00:00Z ORDER BY SystemModstamp ASC" in soql
     cursor = json.loads(page2.cursor or "{}")
-    assert cursor == {"since": "2026-11-02T10:00:00Z", "deleted_since": "2013-05-08T21:20:00.000+0000"}
+    # The newest stamp read (10:00:00) less the two-second overlap read again next time.
+    assert cursor == {"since": "2026-11-02T09:59:58Z", "deleted_since": "2013-05-08T21:20:00.000+0000"}
 
 
 # --- check ----------------------------------------------------------------------------------------

@@ -1,0 +1,92 @@
+"""Read events: `"operation": "read"` asks for a refresh of one record from every system it is linked to.
+
+Each linked system is read through its connector's `read` (throttled like any call); what comes
+back enters as an ordinary captured change, so a newer state reaches System A through the rules
+and the conflict policy, and a state already known is an echo or already captured. A read never
+writes to a CRM. What was read, when, and what became of it is a `RecordRead` row, shown in status.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
+
+from crms.base import Change, ConnectorError
+from crms.models import Connection
+from crms.registry import UnknownKind, connector_class
+from sync.models import RecordLink, RecordRead, SyncEvent
+
+logger = logging.getLogger("recordsync.reads")
+
+
+def read_routing(record_id: str, links: Sequence[RecordLink]) -> dict[str, Any]:
+    """The routing a read event is stored with: the systems it will read, or why there are none."""
+    systems = sorted({link.system.name for link in links if _readable(link.system)})
+    routing: dict[str, Any] = {"mode": "read", "targets": [], "read_from": systems}
+    if not systems:
+        routing["reason"] = f"record {record_id} has no link to a system that can be read: nothing to refresh"
+    return routing
+
+
+def links_for_reads(record_ids: set[str]) -> dict[str, list[RecordLink]]:
+    found: dict[str, list[RecordLink]] = {}
+    for link in RecordLink.objects.filter(record_id__in=record_ids).select_related("system"):
+        found.setdefault(link.record_id, []).append(link)
+    return found
+
+
+def _readable(connection: Connection) -> bool:
+    if not connection.enabled:
+        return False
+    try:
+        return "inbound" in connector_class(connection.kind).capabilities.directions
+    except UnknownKind:
+        return False
+
+
+def reads_plan(event: SyncEvent) -> list[RecordRead]:
+    """One waiting row per system to read, written with the event so the status shows them at once."""
+    links = [link for link in RecordLink.objects.filter(record_id=event.record_id).select_related("system")
+             if link.system.name in event.routing.get("read_from", [])]  # fmt: skip
+    rows = [RecordRead(event=event, connection=link.system, external_object=link.external_object,
+                       external_id=link.external_id) for link in links]  # fmt: skip
+    return RecordRead.objects.bulk_create(rows, ignore_conflicts=True)
+
+
+def read_run(*, event_id: str, now: datetime | None = None) -> dict[str, str]:
+    """Carry out one read event: read each linked system, capture what it holds. Safe to run twice:
+    a row already read is left alone, and a capture of a state already captured adds nothing."""
+    from sync.engine import throttled_connector  # the engine imports services, which import this module
+    from sync.inbound import capture
+
+    outcomes: dict[str, str] = {}
+    waiting = RecordRead.objects.filter(event_id=uuid.UUID(event_id), read_at__isnull=True)
+    for row in waiting.select_related("connection"):
+        connector = throttled_connector(row.connection)
+        when = now or timezone.now()
+        try:
+            found = connector.read(row.external_object, [row.external_id]).get(row.external_id)
+        except ConnectorError as exc:
+            _finish(row, "error", when, f"{exc.code}: {exc.message}")
+            outcomes[row.connection.name] = "error"
+            continue
+        if found is None:
+            _finish(row, "not_found", when, f"{row.external_object} {row.external_id} is not in {row.connection.name}")
+            outcomes[row.connection.name] = "not_found"
+            continue
+        change = Change(row.external_object, row.external_id, found, connector.modified_at(found) or when)
+        counts = capture(connection=row.connection, connector=connector, changes=[change], now=when)
+        outcome = next(iter(counts), "already_captured")
+        _finish(row, outcome, when, "")
+        outcomes[row.connection.name] = outcome
+    logger.info("read done", extra={"event_id": event_id, "outcomes": outcomes})
+    return outcomes
+
+
+def _finish(row: RecordRead, outcome: str, when: datetime, error: str) -> None:
+    RecordRead.objects.filter(pk=row.pk, read_at__isnull=True).update(outcome=outcome, read_at=when, error=error)
