@@ -222,9 +222,15 @@ class Connector(ABC):
     def check(self) -> CheckResult:
         """Credentials and reachability."""
 
-    def webhook_changes(self, body: bytes, headers: Mapping[str, str], now: datetime) -> list[Change]:
+    def webhook_changes(
+        self, body: bytes, headers: Mapping[str, str], now: datetime, query: Mapping[str, str] | None = None
+    ) -> list[Change]:
         """Verify one webhook delivery and read its changes; raise WebhookRefused when it does not verify."""
         raise WebhookRefused(f"{self.label} connections take no webhooks; their changes are polled", header="")
+
+    def webhook_answer(self, counts: Mapping[str, int]) -> tuple[str, bytes] | None:
+        """The answer the sender expects, as (content type, body); None: our JSON counts."""
+        return None
 
     def modified_at(self, fields: Mapping[str, Any]) -> datetime | None:
         """When the record `read` returned was last changed, if the system says (None: unknown)."""

@@ -256,7 +256,15 @@ def _event(
                       skip_reason=echo)  # fmt: skip
 
 
-def webhook_receive(*, name: str, body: bytes, headers: Mapping[str, str]) -> Counter[str]:
+@dataclass(frozen=True)
+class WebhookResult:
+    counts: Counter[str]
+    answer: tuple[str, bytes] | None  # what the sender expects back (Salesforce: a SOAP Ack); None: JSON counts
+
+
+def webhook_receive(
+    *, name: str, body: bytes, headers: Mapping[str, str], query: Mapping[str, str] | None = None
+) -> WebhookResult:
     """Verify one webhook delivery for the connection `name` and capture its changes.
 
     Stored before the answer (Outreach never resends a delivery it got a 4xx/5xx for: a later
@@ -267,6 +275,7 @@ def webhook_receive(*, name: str, body: bytes, headers: Mapping[str, str]) -> Co
     if connection is None:
         raise NotFound(f"No enabled connection named '{name}'.")
     connector = connector_for(connection)
-    changes = connector.webhook_changes(body, headers, timezone.now())
+    changes = connector.webhook_changes(body, headers, timezone.now(), query or {})
     with transaction.atomic():
-        return capture(connection=connection, connector=connector, changes=changes, now=timezone.now())
+        counts = capture(connection=connection, connector=connector, changes=changes, now=timezone.now())
+    return WebhookResult(counts, connector.webhook_answer(counts))

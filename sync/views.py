@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import exceptions, status, viewsets
 from rest_framework.exceptions import NotFound, ValidationError
@@ -200,16 +202,24 @@ class WebhookViewSet(viewsets.ViewSet):
 
     @extend_schema(
         operation_id="webhook_receive",
-        summary="A CRM webhook delivery (signed; Outreach: Outreach-Webhook-Signature)",
-        request={"application/json": {"type": "object"}},
-        responses={200: WebhookAnswerSerializer, **errors(400, 404)},
+        summary="A CRM webhook delivery (Outreach: signed JSON; Salesforce: an Outbound Message, SOAP, ?token=)",
+        request={"application/json": {"type": "object"}, "text/xml": {"type": "string"}},
+        responses={
+            (200, "application/json"): WebhookAnswerSerializer,
+            (200, "text/xml"): OpenApiResponse(OpenApiTypes.STR, description="Salesforce: the SOAP Ack, after storing"),
+            **errors(400, 404),
+        },
         auth=[],
     )
     def receive(self, request: Request, connection: str) -> Response:
         try:
-            counts = inbound.webhook_receive(name=connection, body=request.body, headers=request.headers)
+            result = inbound.webhook_receive(name=connection, body=request.body, headers=request.headers,
+                                             query=request.query_params.dict())  # fmt: skip
         except WebhookRefused as exc:
             raise SignatureRefused(exc.message, exc.header) from exc
         except ConnectorError as exc:
             raise ValidationError({"body": [exc.message]}) from exc
-        return Response(WebhookAnswerSerializer(dict(counts)).data)
+        if result.answer is not None:  # the sender's own acknowledgement (Salesforce: a SOAP Ack)
+            content_type, body = result.answer
+            return HttpResponse(body, content_type=content_type)  # type: ignore[return-value]
+        return Response(WebhookAnswerSerializer(dict(result.counts)).data)

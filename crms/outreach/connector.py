@@ -131,7 +131,9 @@ class OutreachConnector(Connector):
     def quota_signal(cls, response: requests.Response, now: float) -> QuotaSignal | None:
         return errors.quota_signal(response, now)
 
-    def webhook_changes(self, body: bytes, headers: Mapping[str, str], now: datetime) -> list[Change]:
+    def webhook_changes(
+        self, body: bytes, headers: Mapping[str, str], now: datetime, query: Mapping[str, str] | None = None
+    ) -> list[Change]:
         """Outreach signs each delivery: the hex SHA-256 HMAC of the raw body under the webhook's secret.
         `created`/`updated` carry only the attributes that changed; `destroyed` the last known ones."""
         secret = self.secrets.get("webhook_secret")

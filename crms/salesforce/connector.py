@@ -31,7 +31,7 @@ from crms.base import (
     chunks,
 )
 from crms.http import TransportError
-from crms.salesforce import bulk, errors
+from crms.salesforce import bulk, errors, outbound
 from crms.salesforce.soql import select_changed, soql_datetime
 
 # Changes re-read on every poll: the rounding of the cursor and the strict ">" each lose up to a second.
@@ -55,7 +55,7 @@ DEFAULT_FIELDS = {
 class SalesforceConnector(Connector):
     kind = "salesforce"
     label = "Salesforce"
-    secret_fields = ("private_key", "client_secret")
+    secret_fields = ("private_key", "client_secret", "outbound_message_token")
     capabilities = Capabilities(
         batch_size=COLLECTION_LIMIT,
         directions=("outbound", "inbound"),
@@ -89,6 +89,11 @@ class SalesforceConnector(Connector):
                 "minimum": 201,
                 "default": 2000,
                 "description": "Batches larger than this go through Bulk API 2.0 ingest jobs.",
+            },
+            "organization_id": {
+                "type": "string",
+                "pattern": "^00D[A-Za-z0-9]{12}([A-Za-z0-9]{3})?$",
+                "description": "The org's id: Outbound Messages from any other org are refused.",
             },
             "fields": {
                 "type": "object",
@@ -148,6 +153,17 @@ class SalesforceConnector(Connector):
         deleted = self._deleted(object_type, state.get("deleted_since"))
         next_state = {"since": max(since, state.get("seen", since)), "deleted_since": deleted[1]}
         return ChangePage(changes + deleted[0], json.dumps(next_state), has_more=False)
+
+    def webhook_changes(
+        self, body: bytes, headers: Mapping[str, str], now: datetime, query: Mapping[str, str] | None = None
+    ) -> list[Change]:
+        """Outbound Messages (SOAP), proved by the token in the endpoint URL and the org id (outbound.py)."""
+        notifications = outbound.verify(secret=self.secrets.get("outbound_message_token"), query=query or {},
+                                        organization=self.config.get("organization_id"), body=body)  # fmt: skip
+        return outbound.changes(notifications)
+
+    def webhook_answer(self, counts: Mapping[str, int]) -> tuple[str, bytes] | None:
+        return "text/xml; charset=utf-8", outbound.ACK
 
     def modified_at(self, fields: Mapping[str, Any]) -> datetime | None:
         stamp = fields.get("SystemModstamp")
