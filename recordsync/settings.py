@@ -210,6 +210,15 @@ SYNC_BREAKER_COOLDOWN = env_int("SYNC_BREAKER_COOLDOWN", 30, minimum=1)
 SYNC_QUOTA_SLOW_DOWN_PERCENT = env_int("SYNC_QUOTA_SLOW_DOWN_PERCENT", 90, minimum=1)
 # Seconds between polls of each readable connection's objects for changes made there; 0: never.
 SYNC_POLL_INTERVAL = env_int("SYNC_POLL_INTERVAL", 60, minimum=0)
+# Alerts per connection (0 turns one off): the oldest due job older than this; this share of the
+# attempts in the window failed (once at least ALERT_FAILURE_MIN_ATTEMPTS were made); the breaker
+# open longer than this. Incidents go to ALERT_WEBHOOK_URL (Slack-compatible JSON) when set.
+SYNC_ALERT_LAG_SECONDS = env_int("SYNC_ALERT_LAG_SECONDS", 600, minimum=0)
+SYNC_ALERT_FAILURE_PERCENT = env_int("SYNC_ALERT_FAILURE_PERCENT", 50, minimum=0)
+SYNC_ALERT_FAILURE_WINDOW = env_int("SYNC_ALERT_FAILURE_WINDOW", 900, minimum=60)
+SYNC_ALERT_BREAKER_OPEN_SECONDS = env_int("SYNC_ALERT_BREAKER_OPEN_SECONDS", 300, minimum=0)
+ALERT_FAILURE_MIN_ATTEMPTS = env_int("ALERT_FAILURE_MIN_ATTEMPTS", 10, minimum=1)
+ALERT_WEBHOOK_URL = env_str("ALERT_WEBHOOK_URL", "")
 SYNC_LEASE_SECONDS = env_int("SYNC_LEASE_SECONDS", 120, minimum=10)
 # Batches of one connection queued or in flight at once; the rest of a backlog waits as pending.
 SYNC_OUTSTANDING_BATCHES = env_int("SYNC_OUTSTANDING_BATCHES", 2 * Q_CLUSTER["workers"], minimum=1)

@@ -15,7 +15,8 @@ from django.conf import settings
 from sync.models import ConfigOverride
 
 KNOBS = ("batch_size", "flush_interval", "max_attempts", "rate_limit_calls", "rate_limit_window",
-         "breaker_failures", "breaker_cooldown", "quota_slow_down_percent", "poll_interval")  # fmt: skip
+         "breaker_failures", "breaker_cooldown", "quota_slow_down_percent", "poll_interval", "alert_lag_seconds",
+         "alert_failure_percent", "alert_failure_window", "alert_breaker_open_seconds")  # fmt: skip
 CHECK_SECONDS = 1.0
 clock = time.monotonic  # swappable in tests
 _cache: dict[str, Any] = {"checked": float("-inf"), "rows": {}}
@@ -32,6 +33,10 @@ class EngineConfig:
     breaker_cooldown: int  # seconds before one probe is let through
     quota_slow_down_percent: int  # share of the target's own allowance past which calls are spread thin
     poll_interval: int  # seconds between polls of a readable connection's objects; 0: not polled
+    alert_lag_seconds: int  # alert when the oldest due job is older than this; 0: off
+    alert_failure_percent: int  # alert when this share of the window's attempts failed; 0: off
+    alert_failure_window: int  # seconds of attempts the failure share is taken over
+    alert_breaker_open_seconds: int  # alert when the breaker stays open longer than this; 0: off
 
 
 def _defaults() -> dict[str, int]:
@@ -40,7 +45,10 @@ def _defaults() -> dict[str, int]:
             "rate_limit_window": settings.SYNC_RATE_LIMIT_WINDOW, "breaker_failures": settings.SYNC_BREAKER_FAILURES,
             "breaker_cooldown": settings.SYNC_BREAKER_COOLDOWN,
             "quota_slow_down_percent": settings.SYNC_QUOTA_SLOW_DOWN_PERCENT,
-            "poll_interval": settings.SYNC_POLL_INTERVAL}  # fmt: skip
+            "poll_interval": settings.SYNC_POLL_INTERVAL, "alert_lag_seconds": settings.SYNC_ALERT_LAG_SECONDS,
+            "alert_failure_percent": settings.SYNC_ALERT_FAILURE_PERCENT,
+            "alert_failure_window": settings.SYNC_ALERT_FAILURE_WINDOW,
+            "alert_breaker_open_seconds": settings.SYNC_ALERT_BREAKER_OPEN_SECONDS}  # fmt: skip
 
 
 def _rows() -> dict[int | None, dict[str, int]]:

@@ -367,3 +367,42 @@ class RecordRead(models.Model):
 
     def __str__(self) -> str:
         return f"read of {self.external_object} {self.external_id} in {self.connection_id}: {self.outcome or 'waiting'}"
+
+
+class AlertKind(models.TextChoices):
+    LAG = "lag"
+    FAILURES = "failures"
+    BREAKER_OPEN = "breaker_open"
+
+
+class AlertState(models.TextChoices):
+    OPEN = "open"
+    RESOLVED = "resolved"
+
+
+class Alert(models.Model):
+    """One incident: a connection crossed a threshold. Open until the measure is back under it;
+    announced once when it opens and once when it clears."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=16, choices=AlertKind.choices)
+    state = models.CharField(max_length=16, choices=AlertState.choices, default=AlertState.OPEN)
+    value = models.FloatField(help_text="The measure when last checked (seconds, or percent)")
+    threshold = models.FloatField()
+    message = models.TextField()
+    opened_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    opened_sent_at = models.DateTimeField(null=True, blank=True, help_text="When the webhook took the opening")
+    resolved_sent_at = models.DateTimeField(null=True, blank=True, help_text="When the webhook took the resolve")
+    last_send_error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "kind"], condition=models.Q(state="open"),
+                                    name="alert_one_open_per_kind"),
+        ]  # fmt: skip
+        indexes = [models.Index(fields=["state", "-opened_at"], name="alert_state_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} alert on {self.connection_id} ({self.state})"

@@ -276,6 +276,18 @@ class ConfigOverrideInSerializer(StrictFieldsMixin, serializers.Serializer[dict[
     poll_interval = serializers.IntegerField(
         required=False, allow_null=True, help_text="seconds between polls for changes, 0-86400; 0: not polled"
     )
+    alert_lag_seconds = serializers.IntegerField(
+        required=False, allow_null=True, help_text="alert when the oldest due job is older, 0-604800 s; 0: off"
+    )
+    alert_failure_percent = serializers.IntegerField(
+        required=False, allow_null=True, help_text="alert when this share of attempts in the window failed; 0: off"
+    )
+    alert_failure_window = serializers.IntegerField(
+        required=False, allow_null=True, help_text="seconds of attempts the failure share is taken over, 60-86400"
+    )
+    alert_breaker_open_seconds = serializers.IntegerField(
+        required=False, allow_null=True, help_text="alert when the breaker stays open longer, 0-604800 s; 0: off"
+    )
 
 
 class EngineConfigSerializer(serializers.Serializer[dict[str, Any]]):
@@ -288,6 +300,10 @@ class EngineConfigSerializer(serializers.Serializer[dict[str, Any]]):
     breaker_cooldown = serializers.IntegerField()
     quota_slow_down_percent = serializers.IntegerField()
     poll_interval = serializers.IntegerField()
+    alert_lag_seconds = serializers.IntegerField()
+    alert_failure_percent = serializers.IntegerField()
+    alert_failure_window = serializers.IntegerField()
+    alert_breaker_open_seconds = serializers.IntegerField()
 
 
 class OverrideRowSerializer(serializers.Serializer[dict[str, Any]]):

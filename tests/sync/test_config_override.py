@@ -30,7 +30,11 @@ def test_it_shows_the_defaults_and_what_each_connection_uses(staff_api, connecti
                                 "breaker_failures": settings.SYNC_BREAKER_FAILURES,
                                 "breaker_cooldown": settings.SYNC_BREAKER_COOLDOWN,
                                 "quota_slow_down_percent": settings.SYNC_QUOTA_SLOW_DOWN_PERCENT,
-                                "poll_interval": settings.SYNC_POLL_INTERVAL}  # fmt: skip
+                                "poll_interval": settings.SYNC_POLL_INTERVAL,
+                                "alert_lag_seconds": settings.SYNC_ALERT_LAG_SECONDS,
+                                "alert_failure_percent": settings.SYNC_ALERT_FAILURE_PERCENT,
+                                "alert_failure_window": settings.SYNC_ALERT_FAILURE_WINDOW,
+                                "alert_breaker_open_seconds": settings.SYNC_ALERT_BREAKER_OPEN_SECONDS}  # fmt: skip
     assert set(body["effective"]) == {"global", "outreach", "salesforce", "system_a"}
     assert body["overrides"] == {}
 
@@ -42,7 +46,10 @@ def test_a_global_then_a_connection_override_apply_in_that_order_and_record_who(
     assert body["effective"]["salesforce"] == {"batch_size": 10, "flush_interval": 5, "max_attempts": 8,
                                                "rate_limit_calls": 0, "rate_limit_window": 1,
                                                "breaker_failures": 5, "breaker_cooldown": 30,
-                                               "quota_slow_down_percent": 90, "poll_interval": 60}  # fmt: skip
+                                               "quota_slow_down_percent": 90, "poll_interval": 60,
+                                               "alert_lag_seconds": 600, "alert_failure_percent": 50,
+                                               "alert_failure_window": 900,
+                                               "alert_breaker_open_seconds": 300}  # fmt: skip
     assert body["effective"]["outreach"]["batch_size"] == 50
     assert body["overrides"]["connection:salesforce"]["updated_by"] == "ops"
     assert body["overrides"]["global"]["values"] == {"batch_size": 50, "flush_interval": 5}
