@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Min, Q, QuerySet
 
 from sync.models import JobState, RecordLink, RecordRead, SyncAttempt, SyncConflict, SyncEvent, SyncJob
 
@@ -156,3 +156,40 @@ def queue_lag(now: datetime) -> tuple[float, int]:
     found = due.aggregate(oldest=Min("updated_at"), count=Count("id"))
     oldest = found["oldest"]
     return (max(0.0, (now - oldest).total_seconds()) if oldest else 0.0), int(found["count"] or 0)
+
+
+def jobs_query(filters: dict[str, Any]) -> QuerySet[SyncJob]:
+    """Jobs matching GET /v1/sync/jobs' filters (already validated), with what their rows show."""
+    jobs = SyncJob.objects.select_related("target", "target__breaker")
+    if filters.get("state"):
+        jobs = jobs.filter(state__in=sorted(filters["state"]))
+    for name, lookup in (("target", "target__name"), ("source", "source"), ("object_type", "object_type"),
+                         ("record_id", "record_id"), ("error_code", "last_error_code"),
+                         ("updated_after", "updated_at__gte"), ("updated_before", "updated_at__lt")):  # fmt: skip
+        if filters.get(name) not in (None, ""):
+            jobs = jobs.filter(**{lookup: filters[name]})
+    return jobs
+
+
+def external_ids(jobs: Sequence[SyncJob]) -> dict[tuple[str, int], str]:
+    """Each job's record id in its target, by (record id, target id), in one query."""
+    rows = RecordLink.objects.filter(record_id__in={job.record_id for job in jobs},
+                                     system_id__in={job.target_id for job in jobs})  # fmt: skip
+    return {(link.record_id, link.system_id): link.external_id for link in rows}
+
+
+def job_row(job: SyncJob, external_id: str | None = None) -> dict[str, Any]:
+    return {"id": job.pk, "record_id": job.record_id, **_job(job, external_id)}
+
+
+def event_detail(event_id: Any) -> dict[str, Any] | None:
+    """One event, its routing decision, and the jobs it was routed to as they stand now."""
+    event = SyncEvent.objects.filter(pk=event_id).first()
+    if event is None:
+        return None
+    targets = list(event.routing.get("targets") or [])
+    jobs = SyncJob.objects.filter(record_id=event.record_id, object_type=event.object_type, source=event.source,
+                                  target__name__in=targets).select_related("target", "target__breaker")  # fmt: skip
+    links = {link.system_id: link.external_id for link in RecordLink.objects.filter(record_id=event.record_id)}
+    return {**_event(event), "record_id": event.record_id, "payload": event.payload, "answer": event.response,
+            "jobs": [job_row(job, links.get(job.target_id)) for job in jobs.order_by("target__name")]}  # fmt: skip

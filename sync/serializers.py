@@ -9,7 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework import serializers
 
-from sync.models import Operation
+from sync.models import JobState, Operation
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 OBJECT_TYPE = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
@@ -322,3 +322,46 @@ class WebhookAnswerSerializer(serializers.Serializer[dict[str, Any]]):
     captured = serializers.IntegerField(default=0, help_text="Changes turned into events")
     echo = serializers.IntegerField(default=0, help_text="Our own writes coming back: recorded, sent nowhere")
     already_captured = serializers.IntegerField(default=0, help_text="Changes captured before (by a poll or a repeat)")
+
+
+class JobQuerySerializer(StrictFieldsMixin, serializers.Serializer[dict[str, Any]]):
+    """Filters of GET /v1/sync/jobs; every one optional, all of them ANDed."""
+
+    state = serializers.MultipleChoiceField(
+        choices=JobState.choices, required=False, help_text="One or more (repeat the parameter): failed, held, ..."
+    )
+    target = serializers.RegexField(SLUG, required=False, help_text="A connection name")
+    source = serializers.RegexField(SLUG, required=False)  # type: ignore[assignment]  # API field name
+    object_type = serializers.RegexField(OBJECT_TYPE, required=False)
+    record_id = serializers.CharField(required=False, max_length=255)
+    error_code = serializers.CharField(required=False, max_length=64, help_text="e.g. REQUIRED_FIELD_MISSING")
+    updated_after = serializers.DateTimeField(required=False, help_text="ISO-8601 with a zone")
+    updated_before = serializers.DateTimeField(required=False)
+    order = serializers.ChoiceField(choices=["newest", "oldest"], required=False, default="newest",
+                                    help_text="By last change: newest first (default) or oldest first")  # fmt: skip
+    cursor = serializers.CharField(required=False, help_text="From `next` or `previous` of the page before")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=500, help_text="1-500, default 100")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        after, before = attrs.get("updated_after"), attrs.get("updated_before")
+        if after and before and after >= before:
+            raise serializers.ValidationError({"updated_before": ["Must be later than updated_after."]})
+        return attrs
+
+
+class JobSerializer(TargetStatusSerializer):
+    id = serializers.IntegerField()
+    record_id = serializers.CharField()
+
+
+class JobPageSerializer(serializers.Serializer[dict[str, Any]]):
+    next = serializers.URLField(allow_null=True, help_text="The next page, or null on the last one")
+    previous = serializers.URLField(allow_null=True)
+    results = JobSerializer(many=True)
+
+
+class EventDetailSerializer(EventSummarySerializer):
+    record_id = serializers.CharField()
+    payload = serializers.JSONField(allow_null=True)
+    jobs = JobSerializer(many=True, help_text="The record's jobs this event was routed to, as they stand now")
+    answer = serializers.DictField(help_text="The answer first given to the event's request")

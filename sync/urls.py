@@ -1,7 +1,14 @@
 from django.urls import path
 
 from rules.views import RuleSetViewSet
-from sync.views import ConfigOverrideViewSet, SyncEventViewSet, SyncRetryViewSet, SyncStatusViewSet
+from sync.views import (
+    ConfigOverrideViewSet,
+    SyncEventDetailViewSet,
+    SyncEventViewSet,
+    SyncJobViewSet,
+    SyncRetryViewSet,
+    SyncStatusViewSet,
+)
 
 urlpatterns = [
     path("", SyncEventViewSet.as_view({"post": "create"}), name="sync-ingest"),
@@ -13,4 +20,6 @@ urlpatterns = [
     ),
     path("retry/<str:record_id>", SyncRetryViewSet.as_view({"post": "retry"}), name="sync-retry"),
     path("status/<str:record_id>", SyncStatusViewSet.as_view({"get": "retrieve"}), name="sync-status"),
+    path("jobs", SyncJobViewSet.as_view({"get": "jobs"}), name="sync-jobs"),
+    path("events/<str:event_id>", SyncEventDetailViewSet.as_view({"get": "retrieve"}), name="sync-event"),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.conf import settings
@@ -10,6 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import exceptions, status, viewsets
 from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -27,7 +29,11 @@ from sync.serializers import (
     ConfigOverrideInSerializer,
     EventAcceptedSerializer,
     EventBatchInSerializer,
+    EventDetailSerializer,
     EventInSerializer,
+    JobPageSerializer,
+    JobQuerySerializer,
+    JobSerializer,
     RecordStatusSerializer,
     RetriedSerializer,
     RetryInSerializer,
@@ -223,3 +229,58 @@ class WebhookViewSet(viewsets.ViewSet):
             content_type, body = result.answer
             return HttpResponse(body, content_type=content_type)  # type: ignore[return-value]
         return Response(WebhookAnswerSerializer(dict(result.counts)).data)
+
+
+class NewestChanged(CursorPagination):
+    """Jobs by their last change; a cursor stays valid while rows change (never an offset)."""
+
+    ordering = ("-updated_at", "-id")
+    page_size = 100
+    page_size_query_param = "limit"
+    max_page_size = 500
+
+
+class OldestChanged(NewestChanged):
+    ordering = ("updated_at", "id")
+
+
+class SyncJobViewSet(viewsets.ViewSet):
+    @extend_schema(
+        operation_id="sync_jobs_list",
+        summary="Jobs by state, target, object type, error code, source and time, cursor-paginated",
+        parameters=[JobQuerySerializer],
+        responses={200: JobPageSerializer, **errors(400)},
+    )
+    def jobs(self, request: Request) -> Response:
+        query = JobQuerySerializer(data=_query_dict(request))
+        query.is_valid(raise_exception=True)
+        paginator = OldestChanged() if query.validated_data.get("order") == "oldest" else NewestChanged()
+        page = paginator.paginate_queryset(selectors.jobs_query(query.validated_data), request, view=self) or []
+        links = selectors.external_ids(page)
+        rows = [selectors.job_row(job, links.get((job.record_id, job.target_id))) for job in page]
+        return paginator.get_paginated_response(JobSerializer(rows, many=True).data)  # type: ignore[arg-type]
+
+
+class SyncEventDetailViewSet(viewsets.ViewSet):
+    @extend_schema(
+        operation_id="sync_event_retrieve",
+        summary="One event: what was received, where the rules sent it, and its jobs now",
+        responses={200: EventDetailSerializer, **errors(404)},
+    )
+    def retrieve(self, request: Request, event_id: str) -> Response:
+        try:
+            key = uuid.UUID(event_id)
+        except ValueError:
+            raise NotFound(f"'{event_id}' is not an event id (a UUID from the answer to POST /v1/sync/).") from None
+        found = selectors.event_detail(key)
+        if found is None:
+            raise NotFound(f"No event {event_id}.")
+        return Response(EventDetailSerializer(found).data)
+
+
+def _query_dict(request: Request) -> dict[str, Any]:
+    """Query parameters as a dict, `state` as the list of every value given."""
+    data: dict[str, Any] = request.query_params.dict()
+    if "state" in request.query_params:
+        data["state"] = request.query_params.getlist("state")
+    return data
