@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import requests
 from django.conf import settings
 
+from recordsync.metrics import CRM_CALL_SECONDS, CRM_CALLS, call_outcome
+
 logger = logging.getLogger("recordsync.http")
 
 USER_AGENT = "recordsync/0.1 (+https://github.com/recordsync)"
@@ -66,17 +68,20 @@ class HttpClient:
                 method, url, headers=dict(headers or {}), params=params, json=json, data=data, timeout=self.timeout
             )
         except requests.Timeout as exc:
-            self._log(method, url, None, started)
+            self._log(method, url, None, started, "timeout")
             raise TransportError(f"{method} {_where(url)} timed out", code="timeout") from exc
         except requests.ConnectionError as exc:
-            self._log(method, url, None, started)
+            self._log(method, url, None, started, "connection_error")
             raise TransportError(f"{method} {_where(url)} could not connect", code="connection_error") from exc
         self._log(method, url, response.status_code, started)
         if self.observe is not None:
             self.observe(response)
         return response
 
-    def _log(self, method: str, url: str, status: int | None, started: float) -> None:
+    def _log(self, method: str, url: str, status: int | None, started: float, error: str = "") -> None:
+        elapsed = time.perf_counter() - started
+        CRM_CALLS.labels(self.connection_name, call_outcome(status, error)).inc()
+        CRM_CALL_SECONDS.labels(self.connection_name).observe(elapsed)
         logger.info(
             "crm call",
             extra={
@@ -84,7 +89,7 @@ class HttpClient:
                 "method": method,
                 "url": _where(url),  # no query string: it can carry ids, filters or tokens
                 "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "duration_ms": round(elapsed * 1000, 2),
             },
         )
 

@@ -219,6 +219,10 @@ SYNC_ALERT_FAILURE_WINDOW = env_int("SYNC_ALERT_FAILURE_WINDOW", 900, minimum=60
 SYNC_ALERT_BREAKER_OPEN_SECONDS = env_int("SYNC_ALERT_BREAKER_OPEN_SECONDS", 300, minimum=0)
 ALERT_FAILURE_MIN_ATTEMPTS = env_int("ALERT_FAILURE_MIN_ATTEMPTS", 10, minimum=1)
 ALERT_WEBHOOK_URL = env_str("ALERT_WEBHOOK_URL", "")
+# GET /metrics answers a bearer token or a scraper inside these networks (comma-separated CIDRs).
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+METRICS_ALLOWED_NETWORKS = [n.strip() for n in env_str("METRICS_ALLOWED_NETWORKS", "127.0.0.1/32,::1/128").split(",")
+                            if n.strip()]  # fmt: skip
 SYNC_LEASE_SECONDS = env_int("SYNC_LEASE_SECONDS", 120, minimum=10)
 # Batches of one connection queued or in flight at once; the rest of a backlog waits as pending.
 SYNC_OUTSTANDING_BATCHES = env_int("SYNC_OUTSTANDING_BATCHES", 2 * Q_CLUSTER["workers"], minimum=1)

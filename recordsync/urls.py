@@ -5,6 +5,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from recordsync import health
+from recordsync.metrics import metrics_view
 from sync.views import WebhookViewSet
 
 admin.site.site_header = admin.site.site_title = "Record Sync Service"
@@ -14,6 +15,7 @@ urlpatterns = [
     path("", RedirectView.as_view(url="/docs", permanent=False)),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     path("v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path(

@@ -24,6 +24,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from crms.models import Connection
+from recordsync.metrics import CONFLICTS
 from sync.models import ConflictState, JobState, RecordLink, SyncConflict, SyncEvent, SyncJob
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ def _judge(pair: Pair, system_a: Connection, now: datetime) -> bool:
     fallback = spec.get("merge_fallback") or pair.crm.config.get("merge_fallback") or "last_writer_wins"
     choices = _choose(policy, fallback, ours, a_changed, crm_changed, contested, pair)
     conflict = _record(pair, link, policy, base, ours, theirs, contested, now)
+    CONFLICTS.labels(pair.crm.name, policy).inc()
     if choices is None:
         _hold(conflict, system_a)
         return True

@@ -30,6 +30,8 @@ from crms.base import Connector, ConnectorError, OutboundRecord, PushResult
 from crms.build import connector_for
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
+from recordsync.logging import request_id_var
+from recordsync.metrics import RETRIES
 from sync import config
 from sync.breaker import Gate, breaker_allow, breaker_failure, breaker_release_probe, breaker_success
 from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncEvent, SyncJob
@@ -132,6 +134,9 @@ def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[st
     )
     if not taken:
         return {"claimed": 0}
+    # Every line of this batch (its CRM calls included) carries the request ids of the events it
+    # sends, so one id finds a record's whole journey; the per-job lines carry their own.
+    context = request_id_var.set(",".join(_request_ids(owner)))
     try:
         return {"claimed": taken, **_run(owner, now)}
     except BaseException as exc:
@@ -142,6 +147,13 @@ def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[st
         released = leases_release(owner=owner)
         logger.warning("batch interrupted; leases returned", extra={"jobs": released, "reason": repr(exc)})
         raise
+    finally:
+        request_id_var.reset(context)
+
+
+def _request_ids(owner: str) -> list[str]:
+    rows = SyncJob.objects.filter(lease_owner=owner).values_list("last_event__request_id", flat=True)
+    return sorted({request_id for request_id in rows if request_id})
 
 
 def lease_owner() -> str:
@@ -381,9 +393,13 @@ def outcomes_save(outcomes: Sequence[Outcome], *, owner: str, now: datetime) -> 
     final = {o.job.id: o.state for o in current} | dict.fromkeys(superseded, JobState.PENDING)
     states = [final.get(o.job.id, "lost_lease") for o in outcomes]
     for outcome, state in zip(outcomes, states, strict=True):
+        if state == JobState.RETRYING and outcome.counts and outcome.error is not None:
+            RETRIES.labels(outcome.job.target.name, outcome.error.code).inc()
+        event = outcome.job.last_event
         logger.info("job state", extra={"job_id": outcome.job.id, "record_id": outcome.job.record_id,
                                         "target_id": outcome.job.target_id, "state": state,
-                                        "version": outcome.job.version})  # fmt: skip
+                                        "version": outcome.job.version,
+                                        "request_id": event.request_id if event else None})  # fmt: skip
     return states
 
 

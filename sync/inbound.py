@@ -27,6 +27,8 @@ from crms.base import Change, Connector, ConnectorError, Inbound
 from crms.build import connector_for
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
+from recordsync.logging import request_id_var
+from recordsync.metrics import ECHOES
 from sync import config
 from sync.models import BreakerState, CircuitBreaker, InboundCursor, JobState, RecordLink, SyncEvent, SyncJob
 from sync.services import EventInput, event_ingest
@@ -57,6 +59,7 @@ def poll(
         return PollResult(0, {}, row.cursor, skipped="the connection's circuit breaker is open")
     if not _claim(row.pk, owner, clock()):
         return PollResult(0, {}, row.cursor, skipped="another poller holds this cursor")
+    context = request_id_var.set(request_id_var.get() or f"poll-{uuid.uuid4().hex[:20]}")
     pages, totals = 0, Counter[str]()
     try:
         while max_pages is None or pages < max_pages:
@@ -77,9 +80,10 @@ def poll(
         raise
     finally:
         InboundCursor.objects.filter(pk=row.pk, lease_owner=owner).update(lease_owner="", lease_until=None)
-    final = InboundCursor.objects.values_list("cursor", flat=True).get(pk=row.pk)
-    logger.info("polled", extra={"connection": connection.name, "object_type": object_type, "pages": pages,
-                                 **dict(totals)})  # fmt: skip
+        final = InboundCursor.objects.values_list("cursor", flat=True).get(pk=row.pk)
+        logger.info("polled", extra={"connection": connection.name, "object_type": object_type, "pages": pages,
+                                     **dict(totals)})  # fmt: skip
+        request_id_var.reset(context)
     return PollResult(pages, dict(totals), final)
 
 
@@ -170,7 +174,10 @@ def capture(
         items.append(_event(connection, change, object_type, record_id, view, event_id, echo,
                             linked=link is not None, targets=targets))  # fmt: skip
     if items:
-        event_ingest(items=items, idempotency_key=None, is_batch=True, request_id="")
+        # The webhook's request id, or the poll's own: the change's journey back to System A carries it.
+        event_ingest(items=items, idempotency_key=None, is_batch=True, request_id=request_id_var.get())
+    if counts["echo"]:
+        ECHOES.labels(connection.name).inc(counts["echo"])
     return counts
 
 

@@ -19,6 +19,7 @@ from rest_framework.exceptions import ValidationError
 from crms.models import Connection
 from crms.selectors import connections_by_name
 from recordsync.errors import Conflict
+from recordsync.metrics import EVENTS_ACCEPTED
 from rules.engine import decide, event_context
 from rules.selectors import rule_set_current
 from sync import conflicts, dispatch, outbox, reads
@@ -202,6 +203,7 @@ def _store(
     if target_ids:
         transaction.on_commit(lambda: dispatch.nudge(target_ids))
     for event in events:
+        EVENTS_ACCEPTED.labels(event.source, event.operation).inc()
         logger.info(
             "event accepted",
             extra={

@@ -33,6 +33,7 @@ from django_redis import get_redis_connection
 from crms.base import ConnectorError, QuotaSignal
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
+from recordsync.metrics import THROTTLE_WAITS
 from sync.models import ThrottleCall, ThrottleLimit
 
 logger = logging.getLogger("recordsync.throttle")
@@ -220,7 +221,9 @@ def gate_for(
             if wait == 0:
                 return
             if wait > MAX_WAIT_SECONDS:
+                THROTTLE_WAITS.labels(connection.name, "handed_back").inc()
                 raise Throttled(wait)
+            THROTTLE_WAITS.labels(connection.name, "slept").inc()
             sleep(wait)
 
     return gate
