@@ -32,7 +32,7 @@ from crms.base import (
 )
 from crms.http import TransportError
 from crms.salesforce import bulk, errors, outbound
-from crms.salesforce.soql import select_changed, soql_datetime
+from crms.salesforce.soql import PAGE_LIMIT, select_changed, soql_datetime
 
 # Changes re-read on every poll: the rounding of the cursor and the strict ">" each lose up to a second.
 OVERLAP = timedelta(seconds=2)
@@ -134,24 +134,30 @@ class SalesforceConnector(Connector):
         return found
 
     def changes(self, object_type: str, cursor: str | None) -> ChangePage:
-        """SOQL on SystemModstamp, whole seconds: the last second is read again on the next poll,
-        a short overlap that also catches changes Salesforce commits late with an earlier stamp."""
+        """SOQL on SystemModstamp: the two seconds before the newest stamp read are read again on the
+        next poll, a short overlap that also catches changes Salesforce commits late with an earlier
+        stamp. A query that hit its LIMIT moves on from the newest second instead, so a burst of more
+        changes than one query returns within the overlap never holds the cursor in place."""
         state = json.loads(cursor) if cursor else {"since": "1970-01-01T00:00:00Z"}
         if state.get("next"):
             body = self._call("GET", state["next"], absolute_path=True)
         else:
             soql = select_changed(object_type, self._fields(object_type), since=state["since"])
             body = self._call("GET", "/query", params={"q": soql})
+            state = {**state, "read": 0, "newest": None}
         changes = [_change(object_type, row) for row in body["records"]]
-        newest = max((c.modified_at for c in changes), default=None)
-        # Read the last seconds again: the cursor is rounded down to the second and the filter is a
-        # strict ">", and Salesforce commits some changes late with an earlier stamp.
-        since = soql_datetime(newest - OVERLAP) if newest else state["since"]
+        read = int(state.get("read") or 0) + len(changes)
+        stamps = [c.modified_at for c in changes] + ([_iso(state["newest"])] if state.get("newest") else [])
+        newest = max(stamps, default=None)
         if not body.get("done", True):
-            paging = {**state, "next": body["nextRecordsUrl"], "seen": max(since, state.get("seen", since))}
+            paging = {**state, "next": body["nextRecordsUrl"], "read": read,
+                      "newest": newest.isoformat() if newest else None}  # fmt: skip
             return ChangePage(changes, json.dumps(paging), has_more=True)
+        since = state["since"]
+        if newest is not None:
+            since = max(since, soql_datetime(newest if read >= PAGE_LIMIT else newest - OVERLAP))
         deleted = self._deleted(object_type, state.get("deleted_since"))
-        next_state = {"since": max(since, state.get("seen", since)), "deleted_since": deleted[1]}
+        next_state = {"since": since, "deleted_since": deleted[1]}
         return ChangePage(changes + deleted[0], json.dumps(next_state), has_more=False)
 
     def webhook_changes(
@@ -393,6 +399,10 @@ def _change(object_type: str, row: dict[str, Any]) -> Change:
 
 def _clean(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != "attributes"}
+
+
+def _iso(value: str) -> datetime:
+    return datetime.fromisoformat(value)
 
 
 def _parse_time(value: str) -> datetime:

@@ -300,6 +300,19 @@ def test_changes_follow_next_records_url_then_read_deletions(connector, sf):
     assert cursor == {"since": "2026-11-02T09:59:58Z", "deleted_since": "2013-05-08T21:20:00.000+0000"}
 
 
+def test_a_query_that_hits_its_limit_moves_on_from_the_newest_second_instead_of_overlapping(connector, sf):
+    """2,000 changes inside the two-second overlap: re-reading it would return the same 2,000 for ever."""
+    rows = [{"attributes": {"type": "Contact"}, "Id": f"003{n:015d}", "LastName": f"L{n}",
+             "SystemModstamp": f"2026-11-02T10:00:0{n % 2}.{n % 1000:03d}+0000"} for n in range(2000)]  # fmt: skip
+    sf.get(f"{API}/query", json={"totalSize": 2000, "done": True, "records": rows})
+    sf.get(f"{API}/sobjects/Contact/deleted/", json={"deletedRecords": [], "latestDateCovered": "2026-11-02T10:00:00Z"})
+
+    full = connector.changes("Contact", None)
+
+    assert len(full.changes) == 2000
+    assert json.loads(full.cursor or "{}")["since"] == "2026-11-02T10:00:01Z"  # the newest second, no overlap
+
+
 # --- check ----------------------------------------------------------------------------------------
 
 
