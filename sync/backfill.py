@@ -191,9 +191,12 @@ def bulk_wanted(plan: Plan, records: int) -> bool:
 
 
 def _system_a_events(object_type: str) -> QuerySet[SyncEvent]:
-    """System A's own events for the object, not our earlier replays of them."""
-    return SyncEvent.objects.filter(source=SYSTEM_A, object_type=object_type, operation__in=REPLAYED).exclude(
-        idempotency_key__startswith=f"event:{ID_ROOT}"
+    """System A's own events for the object: not our earlier replays of them, nor the events that carry
+    a conflict's decision (their data is System A's losing version, kept for the record)."""
+    return (
+        SyncEvent.objects.filter(source=SYSTEM_A, object_type=object_type, operation__in=REPLAYED)
+        .exclude(idempotency_key__startswith=f"event:{ID_ROOT}")
+        .exclude(idempotency_key__startswith="event:conflict:")
     )
 
 
@@ -699,11 +702,18 @@ def _classify(plan: Plan, items: Sequence[EventInput], preview: Preview) -> None
     if not items:
         return
     routes = _route_all(items, list(range(len(items))), connections_by_name(), True, timezone.now())
+    rows = SyncJob.objects.filter(target=plan.target, record_id__in={item.record_id for item in items})
+    keys = rows.values_list("record_id", "object_type", "source", "last_occurred_at")
+    newest = {(record, kind, source): at for record, kind, source, at in keys}
     jobs: list[SyncJob] = []
     for index, item in enumerate(items):
         route = routes[index]
         if plan.target.pk not in {target.pk for target in route.targets}:
             preview.actions["not_routed"] += 1  # a rule skipped it, or a later delete stops it
+            continue
+        held = newest.get((item.record_id, item.object_type, item.source))
+        if held is not None and item.occurred_at is not None and item.occurred_at < held:
+            preview.actions["superseded"] += 1  # the target's job already holds a newer change: nothing sent
             continue
         event = SyncEvent(operation=item.operation, object_type=item.object_type, record_id=item.record_id,
                           source=item.source, payload=item.data, routing=route.decision,

@@ -21,6 +21,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from django.db import IntegrityError, transaction
+from django.db.models import DateTimeField, F, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from crms.models import Connection
@@ -230,16 +232,19 @@ def conflict_resolve(conflict: SyncConflict, choices: dict[str, Side], *, by: st
               for name in ours}  # fmt: skip
     full = {**theirs, **chosen}
     to_crm, to_a = _jobs(conflict, system_a)
-    when = max(t for t in (conflict.system_a_occurred_at, conflict.crm_occurred_at, now) if t is not None)
+    # The decision stands at the time of the newer of the two changes: a change older than that (a late
+    # one, a backfill's replay of the losing version) is superseded; a newer one goes through.
+    when = max((t for t in (conflict.system_a_occurred_at, conflict.crm_occurred_at) if t is not None), default=now)
     items: list[EventInput] = []
     crm_holds_it = all(_same(chosen[name], theirs.get(name)) for name in chosen)
     if not crm_holds_it or to_crm.filter(state__in=ACTIVE).exists():
         items.append(_to_crm_event(conflict, chosen, when))
     else:
-        _settle(to_crm, conflict, f"conflict {conflict.pk}: {conflict.connection.name} already holds the chosen state")
+        _settle(to_crm, conflict, f"conflict {conflict.pk}: {conflict.connection.name} already holds the chosen state",
+                when)  # fmt: skip
     a_holds_it = all(choices.get(name) == "system_a" for name in chosen) and _crm_changed_only(conflict) <= set(ours)
     if a_holds_it and not to_a.filter(state__in=ACTIVE).exists():
-        _settle(to_a, conflict, f"conflict {conflict.pk}: System A already holds the chosen state")
+        _settle(to_a, conflict, f"conflict {conflict.pk}: System A already holds the chosen state", when)
     elif all(choices.get(name, "crm") == "crm" for name in chosen) and conflict.crm_event is not None:
         to_a.filter(state=JobState.HELD).update(state=JobState.PENDING, last_error_code="", last_error_message="",
                                                 updated_at=now)  # fmt: skip
@@ -265,11 +270,14 @@ def _crm_changed_only(conflict: SyncConflict) -> set[str]:
     return {name for name, value in conflict.crm_values.items() if not _same(value, base.get(name))}
 
 
-def _settle(jobs: Any, conflict: SyncConflict, message: str) -> None:
+def _settle(jobs: Any, conflict: SyncConflict, message: str, when: datetime) -> None:
+    """The side already holds the decision: its waiting job is skipped, and holds the decision's time, so
+    the losing version replayed later (older than that) is superseded rather than sent."""
+    decided = Greatest(F("last_occurred_at"), Value(when, output_field=DateTimeField()))
     jobs.filter(state__in=WAITING).update(
         state=JobState.SKIPPED, lease_expires_at=None, lease_owner="", next_attempt_at=None, attempts=0,
         last_error_code="CONFLICT_RESOLVED", last_error_message=message, last_error_permanent=None,
-        updated_at=timezone.now(),
+        updated_at=timezone.now(), last_occurred_at=decided,
     )  # fmt: skip
 
 

@@ -331,3 +331,29 @@ def test_a_read_of_a_record_with_no_link_says_so(api, live_server, system_a):
 
     assert answer["routing"]["read_from"] == [] and "no link" in answer["routing"]["reason"]
     assert not RecordRead.objects.exists()
+
+
+def test_a_backfill_after_a_conflict_never_brings_back_the_losing_version(api, live_server, system_a):
+    """The event carrying a decision is not System A's own post, and System A's older post is superseded."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    salesforce = salesforce_with(live_server)
+    sf_id = synced_both_ways(api, salesforce, system_a)
+    post(api, "update", timezone.now() - timedelta(minutes=5), Email="a@example.com")
+    crm_edit(Id=sf_id, Email="crm@example.com")
+    poll_contacts(salesforce)
+    drain(salesforce)
+    drain(system_a)
+    writes = sf_writes()
+
+    dry = StringIO()
+    call_command("sync_backfill", "--from", "system_a", "--to", "salesforce", "--object", "Contact", "--dry-run",
+                 stdout=dry, stderr=StringIO())  # fmt: skip
+    call_command("sync_backfill", "--from", "system_a", "--to", "salesforce", "--object", "Contact",
+                 stdout=StringIO(), stderr=StringIO())  # fmt: skip
+    drain(salesforce)
+
+    assert "superseded    1" in dry.getvalue()
+    assert sf_writes() == writes and sf_fields(sf_id)["Email"] == "crm@example.com"
