@@ -219,6 +219,10 @@ SYNC_ALERT_FAILURE_WINDOW = env_int("SYNC_ALERT_FAILURE_WINDOW", 900, minimum=60
 SYNC_ALERT_BREAKER_OPEN_SECONDS = env_int("SYNC_ALERT_BREAKER_OPEN_SECONDS", 300, minimum=0)
 ALERT_FAILURE_MIN_ATTEMPTS = env_int("ALERT_FAILURE_MIN_ATTEMPTS", 10, minimum=1)
 ALERT_WEBHOOK_URL = env_str("ALERT_WEBHOOK_URL", "")
+# Retention (sync_prune, daily): finished history older than this goes; a repeated idempotency key
+# gets its first answer for at least the window (docs/retention.md).
+SYNC_RETENTION_DAYS = env_int("SYNC_RETENTION_DAYS", 30, minimum=1)
+SYNC_IDEMPOTENCY_WINDOW_DAYS = env_int("SYNC_IDEMPOTENCY_WINDOW_DAYS", 7, minimum=1)
 # GET /metrics answers a bearer token or a scraper inside these networks (comma-separated CIDRs).
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 METRICS_ALLOWED_NETWORKS = [n.strip() for n in env_str("METRICS_ALLOWED_NETWORKS", "127.0.0.1/32,::1/128").split(",")
@@ -284,6 +288,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # One name per choice set that several serializers share.
+    "ENUM_NAME_OVERRIDES": {
+        "BreakerStateEnum": "sync.models.BreakerState",
+        "ConflictStateEnum": "sync.models.ConflictState",
+        "JobStateEnum": "sync.models.JobState",
+    },
     "SCHEMA_PATH_PREFIX": "/v1",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
