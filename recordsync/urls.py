@@ -17,6 +17,7 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
+    path("dashboard/", include("sync.dashboard_urls")),
     path("v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path(
         "docs",

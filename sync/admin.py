@@ -18,6 +18,7 @@ from recordsync.auth import verified_tokens_forget
 from sync.config_services import config_override_set, override_errors
 from sync.conflicts import conflict_resolve
 from sync.models import (
+    Alert,
     BackfillRun,
     BreakerTransition,
     CircuitBreaker,
@@ -250,6 +251,14 @@ class SyncConflictAdmin(ReadOnlyAdmin):
     @admin.action(description="Resolve: keep the CRM's version")
     def keep_crm(self, request: HttpRequest, queryset: QuerySet[SyncConflict]) -> None:
         self._resolve_all(request, queryset, "crm")
+
+
+@admin.register(Alert)
+class AlertAdmin(ReadOnlyAdmin):
+    list_display = ["opened_at", "connection", "kind", "state", "value", "threshold", "resolved_at", "opened_sent_at",
+                    "resolved_sent_at"]  # fmt: skip
+    list_filter = ["state", "kind", "connection"]
+    ordering = ["state", "-opened_at"]
 
 
 @admin.register(BackfillRun)

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 from rest_framework import serializers
 
-from sync.models import JobState, Operation
+from sync.models import BreakerState, ConflictState, JobState, Operation
 
 SLUG = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 OBJECT_TYPE = r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$"
@@ -171,7 +171,7 @@ class TargetStatusSerializer(serializers.Serializer[dict[str, Any]]):
     version = serializers.IntegerField()
     last_error = LastErrorSerializer(allow_null=True)
     external_id = serializers.CharField(allow_null=True)
-    breaker = serializers.ChoiceField(choices=["closed", "open", "half_open"], help_text="The target's circuit breaker")
+    breaker = serializers.ChoiceField(choices=BreakerState.choices, help_text="The target's circuit breaker")
     last_event_id = serializers.UUIDField(allow_null=True)
     next_attempt_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
@@ -216,7 +216,7 @@ class LinkSerializer(serializers.Serializer[dict[str, Any]]):
 class ConflictSerializer(serializers.Serializer[dict[str, Any]]):
     id = serializers.IntegerField()
     connection = serializers.CharField()
-    state = serializers.ChoiceField(choices=["open", "resolved"])
+    state = serializers.ChoiceField(choices=ConflictState.choices)
     policy = serializers.CharField()
     fields = serializers.ListField(child=serializers.CharField(), help_text="Changed on both sides, differently")  # type: ignore[assignment]  # API field name
     base = serializers.DictField()
@@ -365,3 +365,67 @@ class EventDetailSerializer(EventSummarySerializer):
     payload = serializers.JSONField(allow_null=True)
     jobs = JobSerializer(many=True, help_text="The record's jobs this event was routed to, as they stand now")
     answer = serializers.DictField(help_text="The answer first given to the event's request")
+
+
+class JobCountsSerializer(serializers.Serializer[dict[str, Any]]):
+    total = serializers.IntegerField()
+    by_state = serializers.DictField(child=serializers.IntegerField(), help_text="Every state, zeros included")
+    by_target = serializers.DictField(child=serializers.DictField(child=serializers.IntegerField()),
+                                      help_text="connection -> state -> count")  # fmt: skip
+
+
+class BucketSerializer(serializers.Serializer[dict[str, Any]]):
+    start = serializers.DateTimeField()
+    synced = serializers.IntegerField(help_text="Attempts that succeeded")
+    failed = serializers.IntegerField(help_text="Attempts that ended in an error")
+
+
+class ThroughputSerializer(serializers.Serializer[dict[str, Any]]):
+    per_minute = BucketSerializer(many=True, help_text="The last 60 minutes, oldest first")
+    per_hour = BucketSerializer(many=True, help_text="The last 24 hours, oldest first")
+
+
+class LagSerializer(serializers.Serializer[dict[str, Any]]):
+    connection = serializers.CharField()
+    enabled = serializers.BooleanField()
+    due = serializers.IntegerField(help_text="Jobs due now")
+    lag_seconds = serializers.FloatField(help_text="How long the oldest due job has waited")
+    oldest_due_since = serializers.DateTimeField(allow_null=True)
+
+
+class CapSerializer(serializers.Serializer[dict[str, Any]]):
+    calls = serializers.IntegerField()
+    per_seconds = serializers.FloatField()
+    until = serializers.DateTimeField(allow_null=True)
+
+
+class ThrottleUseSerializer(serializers.Serializer[dict[str, Any]]):
+    connection = serializers.CharField()
+    key = serializers.CharField(help_text="The quota owner's window")
+    shared_with = serializers.ListField(child=serializers.CharField())
+    limit = serializers.IntegerField(help_text="Our calls per window; 0: no limit of ours")
+    window_seconds = serializers.FloatField()
+    used = serializers.IntegerField(allow_null=True, help_text="Calls in the window now; null: unknown")
+    percent = serializers.FloatField(allow_null=True)
+    measured = serializers.ChoiceField(choices=["database", "redis", "unknown"])
+    note = serializers.CharField()
+    hold_until = serializers.DateTimeField(allow_null=True, help_text="The target asked for no calls until then")
+    cap = CapSerializer(allow_null=True, help_text="The target's own allowance, spread thin")
+
+
+class BreakerSerializer(serializers.Serializer[dict[str, Any]]):
+    connection = serializers.CharField()
+    state = serializers.ChoiceField(choices=BreakerState.choices)
+    failures = serializers.IntegerField()
+    since = serializers.DateTimeField(allow_null=True)
+    opened_at = serializers.DateTimeField(allow_null=True)
+    last_error = serializers.CharField()
+
+
+class StatsSerializer(serializers.Serializer[dict[str, Any]]):
+    generated_at = serializers.DateTimeField()
+    jobs = JobCountsSerializer()
+    throughput = ThroughputSerializer()
+    lag = LagSerializer(many=True)
+    throttle = ThrottleUseSerializer(many=True)
+    breakers = BreakerSerializer(many=True)

@@ -7,6 +7,7 @@ from sync.views import (
     SyncEventViewSet,
     SyncJobViewSet,
     SyncRetryViewSet,
+    SyncStatsViewSet,
     SyncStatusViewSet,
 )
 
@@ -21,5 +22,6 @@ urlpatterns = [
     path("retry/<str:record_id>", SyncRetryViewSet.as_view({"post": "retry"}), name="sync-retry"),
     path("status/<str:record_id>", SyncStatusViewSet.as_view({"get": "retrieve"}), name="sync-status"),
     path("jobs", SyncJobViewSet.as_view({"get": "jobs"}), name="sync-jobs"),
+    path("stats", SyncStatsViewSet.as_view({"get": "stats"}), name="sync-stats"),
     path("events/<str:event_id>", SyncEventDetailViewSet.as_view({"get": "retrieve"}), name="sync-event"),
 ]

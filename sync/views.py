@@ -37,9 +37,11 @@ from sync.serializers import (
     RecordStatusSerializer,
     RetriedSerializer,
     RetryInSerializer,
+    StatsSerializer,
     StatusQuerySerializer,
     WebhookAnswerSerializer,
 )
+from sync.stats import sync_stats
 
 _IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
@@ -284,3 +286,13 @@ def _query_dict(request: Request) -> dict[str, Any]:
     if "state" in request.query_params:
         data["state"] = request.query_params.getlist("state")
     return data
+
+
+class SyncStatsViewSet(viewsets.ViewSet):
+    @extend_schema(
+        operation_id="sync_stats",
+        summary="Counts per state and target, throughput, lag and throttle use per connection, breakers",
+        responses={200: StatsSerializer},
+    )
+    def stats(self, request: Request) -> Response:
+        return Response(StatsSerializer(sync_stats()).data)  # type: ignore[arg-type]

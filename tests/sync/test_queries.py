@@ -102,3 +102,24 @@ def test_an_unknown_or_malformed_event_id_is_a_404(api, connections):
 def test_the_query_endpoints_need_a_token(client, connections):
     assert client.get("/v1/sync/jobs").status_code == 401
     assert client.get("/v1/sync/events/00000000-0000-4000-8000-000000000000").status_code == 401
+
+
+def test_stats_count_jobs_per_state_and_target_and_show_lag(api, connections):
+    for n in range(3):
+        post(api, f"c-{n}", targets=["salesforce"])
+    SyncJob.objects.filter(record_id="c-0").update(state=JobState.FAILED)
+    SyncJob.objects.filter(record_id="c-1").update(updated_at=timezone.now() - timedelta(minutes=5))
+
+    stats = api.get("/v1/sync/stats").json()
+
+    assert stats["jobs"]["total"] == 3
+    assert stats["jobs"]["by_target"]["salesforce"]["failed"] == 1
+    assert stats["jobs"]["by_target"]["salesforce"]["pending"] == 2
+    sf = next(row for row in stats["lag"] if row["connection"] == "salesforce")
+    assert sf["due"] == 2 and sf["lag_seconds"] >= 300
+    assert len(stats["throughput"]["per_minute"]) == 60 and len(stats["throughput"]["per_hour"]) == 24
+    assert {b["connection"] for b in stats["breakers"]} == {"salesforce", "outreach", "system_a"}
+
+
+def test_stats_need_a_token(client, connections):
+    assert client.get("/v1/sync/stats").status_code == 401

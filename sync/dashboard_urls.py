@@ -1,0 +1,12 @@
+"""The staff dashboard, mounted at /dashboard/ (recordsync/urls.py)."""
+
+from django.urls import path
+
+from sync import dashboard
+
+app_name = "dashboard"
+urlpatterns = [
+    path("", dashboard.overview, name="overview"),
+    path("issues/", dashboard.issues, name="issues"),
+    path("issues/retry", dashboard.retry, name="retry"),
+]
