@@ -137,6 +137,19 @@ def mock_salesforce(base_url: str, **extra: Any) -> Connection:
     )  # fmt: skip
 
 
+def mock_system_a(base_url: str) -> Connection:
+    """A `system_a` connection to the mock System A served at `base_url` (a live server)."""
+    from crms.services import connection_save
+
+    return connection_save(name="system_a", kind="system_a", config={"url": f"{base_url}/mock/system_a"},
+                           secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET})  # fmt: skip
+
+
+@pytest.fixture
+def system_a(live_server: Any) -> Connection:
+    return mock_system_a(live_server.url)
+
+
 @pytest.fixture
 def event() -> Iterator[dict[str, Any]]:
     yield {

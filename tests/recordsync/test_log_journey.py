@@ -29,12 +29,6 @@ HOOK_SECRET = "hook-secret-never-logged"
 
 
 @pytest.fixture
-def system_a(live_server, settings) -> Connection:
-    return connection_save(name="system_a", kind="system_a", config={"url": f"{live_server.url}/mock/system_a"},
-                           secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET})  # fmt: skip
-
-
-@pytest.fixture
 def outreach(live_server, settings) -> Connection:
     base = f"{live_server.url}/mock/outreach"
     return connection_save(

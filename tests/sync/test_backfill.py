@@ -27,7 +27,7 @@ from sync import inbound
 from sync.backfill import since_cursor
 from sync.models import AttemptOutcome, BackfillRun, JobState, RecordLink, SyncAttempt, SyncEvent, SyncJob
 from sync.services import event_ingest
-from tests.conftest import drain, mock_salesforce
+from tests.conftest import drain, mock_salesforce, mock_system_a
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,11 +62,6 @@ def contact(record_id: str, operation: str = "create", **data: Any) -> dict[str,
 
 def contacts(count: int) -> list[dict[str, Any]]:
     return [contact(f"c-{n}", Email=f"c{n}@example.com") for n in range(1, count + 1)]
-
-
-def system_a_connection(base_url: str, settings: Any) -> Connection:
-    return connection_save(name="system_a", kind="system_a", config={"url": f"{base_url}/mock/system_a"},
-                           secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET})  # fmt: skip
 
 
 def in_salesforce() -> dict[str, dict[str, Any]]:
@@ -331,7 +326,7 @@ def test_a_backfill_from_salesforce_resumes_after_a_crash_and_captures_each_reco
 ):
     settings.MOCK_SALESFORCE_QUERY_PAGE = 2
     salesforce = mock_salesforce(live_server.url)
-    system_a = system_a_connection(live_server.url, settings)
+    system_a = mock_system_a(live_server.url)
     crm_ids = crm_contacts(5)
     real = inbound.capture
     calls: list[int] = []
@@ -368,7 +363,7 @@ def test_a_salesforce_pass_cut_short_by_its_limit_is_read_on_to_the_end(live_ser
 
     monkeypatch.setattr(soql, "PAGE_LIMIT", 2)  # one pass reads at most two records
     mock_salesforce(live_server.url)
-    system_a_connection(live_server.url, settings)
+    mock_system_a(live_server.url)
     ids = crm_contacts(5)
     start = timezone.now() - timedelta(minutes=10)
     for n, crm_id in enumerate(ids):  # a minute apart: each pass starts a little before the newest it read
@@ -381,7 +376,7 @@ def test_a_salesforce_pass_cut_short_by_its_limit_is_read_on_to_the_end(live_ser
 
 def test_since_limits_a_salesforce_backfill_to_the_instant(live_server, settings):
     mock_salesforce(live_server.url)
-    system_a_connection(live_server.url, settings)
+    mock_system_a(live_server.url)
     long_ago, just_before, recent = crm_contacts(3)
     since = (timezone.now() - timedelta(days=2)).replace(microsecond=0)
     MockRecord.objects.filter(record_id=long_ago).update(modified_at=since - timedelta(days=30))
@@ -404,7 +399,7 @@ def test_since_limits_an_outreach_backfill(live_server, settings):
         secrets={"client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
                  "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN},
     )  # fmt: skip
-    system_a_connection(live_server.url, settings)
+    mock_system_a(live_server.url)
     old, recent = (outreach_store.staff_push("prospect", [{"emails": [f"p{n}@example.com"]}], [])[0]["id"]
                    for n in range(2))  # fmt: skip
     MockRecord.objects.filter(system="outreach", record_id=str(old)).update(
@@ -467,7 +462,7 @@ def test_a_dry_run_above_the_bulk_threshold_counts_bulk_jobs(api, live_server):
 
 def test_a_dry_run_from_a_crm_only_reads_and_reports_the_calls_it_made(live_server, settings):
     mock_salesforce(live_server.url)
-    system_a_connection(live_server.url, settings)
+    mock_system_a(live_server.url)
     crm_contacts(3)
 
     out, _ = backfill(*FROM_SALESFORCE, "--dry-run")
@@ -509,7 +504,7 @@ def test_a_dry_run_from_a_crm_only_reads_and_reports_the_calls_it_made(live_serv
 def test_bad_options_are_refused_naming_the_option(api, live_server, settings, args, message):
     post(api, contacts(1))
     mock_salesforce(live_server.url)
-    system_a_connection(live_server.url, settings)
+    mock_system_a(live_server.url)
 
     with pytest.raises(CommandError) as refused:
         backfill(*args)

@@ -17,7 +17,6 @@ from crms.base import Inbound
 from crms.mocks.models import MockRecord
 from crms.models import Connection
 from crms.salesforce import mock_store
-from crms.services import connection_save
 from sync import inbound
 from sync.engine import throttled_connector
 from sync.inbound import PollResult, poll
@@ -30,12 +29,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def salesforce(live_server) -> Connection:
     return mock_salesforce(live_server.url)
-
-
-@pytest.fixture
-def system_a(live_server, settings) -> Connection:
-    return connection_save(name="system_a", kind="system_a", config={"url": f"{live_server.url}/mock/system_a"},
-                           secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET})  # fmt: skip
 
 
 def poll_contacts(connection: Connection, **kwargs: Any) -> PollResult:

@@ -28,12 +28,6 @@ def salesforce(live_server) -> Connection:
                            secrets={"outbound_message_token": TOKEN})  # fmt: skip
 
 
-@pytest.fixture
-def system_a(live_server, settings) -> Connection:
-    return connection_save(name="system_a", kind="system_a", config={"url": f"{live_server.url}/mock/system_a"},
-                           secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET})  # fmt: skip
-
-
 def message(org: str = ORG, stamp: str | None = "2026-11-25T10:00:00.000Z", **fields: str) -> bytes:
     """A notifications() call as Salesforce sends it for a Contact workflow rule."""
     values = {"Id": "003D000000Q8Bb2IAF", "LastName": "Hopper", "Email": "grace@example.com", **fields}

@@ -37,12 +37,6 @@ def salesforce(live_server: Any) -> Connection:
     return mock_salesforce(live_server.url)
 
 
-@pytest.fixture
-def system_a(live_server: Any, settings: Any) -> Connection:
-    return connection_save(name="system_a", kind="system_a", config={"url": f"{live_server.url}/mock/system_a"},
-                           secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET})  # fmt: skip
-
-
 def outreach_connection(base_url: str, settings: Any, refresh_token: str | None = None) -> Connection:
     """No webhook is registered in the mock: like a lost delivery, a deletion reaches us by no other way."""
     base = f"{base_url}/mock/outreach"

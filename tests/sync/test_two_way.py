@@ -34,12 +34,6 @@ def salesforce_with(live_server: Any, **config: Any) -> Connection:
     return connection
 
 
-@pytest.fixture
-def system_a(live_server, settings) -> Connection:
-    return connection_save(name="system_a", kind="system_a", config={"url": f"{live_server.url}/mock/system_a"},
-                           secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET})  # fmt: skip
-
-
 def poll_contacts(connection: Connection) -> PollResult:
     return poll(connection=connection, object_type="Contact", connector=throttled_connector(connection), owner="t")
 

@@ -39,12 +39,6 @@ def outreach(live_server, settings) -> Connection:
     return connection
 
 
-@pytest.fixture
-def system_a(live_server, settings) -> Connection:
-    return connection_save(name="system_a", kind="system_a", config={"url": f"{live_server.url}/mock/system_a"},
-                           secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET})  # fmt: skip
-
-
 def delivery(**attributes: Any) -> bytes:
     data = {"type": "prospect", "id": 77, "attributes": {"updatedAt": "2026-11-25T10:00:00.000Z", **attributes}}
     meta = {"eventName": "prospect.updated", "deliveredAt": "2026-11-25T10:00:01.000Z"}
