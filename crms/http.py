@@ -39,8 +39,11 @@ class HttpClient:
         timeout: tuple[float, float] | None = None,
         gate: Callable[[], None] | None = None,
         observe: Callable[[requests.Response], None] | None = None,
+        secret_path: bool = False,
     ) -> None:
         self.connection_name = connection_name
+        # The URL's path is itself a secret (a Slack webhook): logs and errors show the host only.
+        self.secret_path = secret_path
         self.timeout = timeout or (settings.CRM_HTTP_CONNECT_TIMEOUT, settings.CRM_HTTP_READ_TIMEOUT)
         # Called before every request: the engine passes its throttle here, so pushes, lookups,
         # polls and logins all count against the connection's allowance.
@@ -69,10 +72,10 @@ class HttpClient:
             )
         except requests.Timeout as exc:
             self._log(method, url, None, started, "timeout")
-            raise TransportError(f"{method} {_where(url)} timed out", code="timeout") from exc
+            raise TransportError(f"{method} {self._where(url)} timed out", code="timeout") from exc
         except requests.ConnectionError as exc:
             self._log(method, url, None, started, "connection_error")
-            raise TransportError(f"{method} {_where(url)} could not connect", code="connection_error") from exc
+            raise TransportError(f"{method} {self._where(url)} could not connect", code="connection_error") from exc
         self._log(method, url, response.status_code, started)
         if self.observe is not None:
             self.observe(response)
@@ -87,13 +90,13 @@ class HttpClient:
             extra={
                 "connection": self.connection_name,
                 "method": method,
-                "url": _where(url),  # no query string: it can carry ids, filters or tokens
+                "url": self._where(url),  # no query string: it can carry ids, filters or tokens
                 "status": status,
                 "duration_ms": round(elapsed * 1000, 2),
             },
         )
 
-
-def _where(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    def _where(self, url: str) -> str:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]  # never credentials in the authority
+        return f"{parts.scheme}://{host}/…" if self.secret_path else f"{parts.scheme}://{host}{parts.path}"

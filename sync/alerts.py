@@ -265,13 +265,6 @@ def payload(alert: Alert, *, resolved: bool) -> dict[str, Any]:
 # Delivery
 
 
-class WebhookClient(HttpClient):
-    """The HTTP seam, logging the webhook's host only: for Slack and most chat webhooks the path is the secret."""
-
-    def _log(self, method: str, url: str, *args: Any, **kwargs: Any) -> None:
-        super()._log(method, redacted(url), *args, **kwargs)
-
-
 def redacted(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/…"
@@ -297,7 +290,8 @@ def alerts_deliver(*, now: datetime) -> dict[str, int]:
     if not url:
         return counts
     pending = list(Alert.objects.filter(_unsent(now)).order_by("opened_at", "pk").values_list("pk", flat=True))
-    client = WebhookClient(connection_name="alert_webhook", timeout=WEBHOOK_TIMEOUT)
+    # For Slack and most chat webhooks the URL's path is the secret: the seam logs the host only.
+    client = HttpClient(connection_name="alert_webhook", timeout=WEBHOOK_TIMEOUT, secret_path=True)
     for alert_id in pending:
         sent, error = alert_deliver(alert_id, client=client, url=url, now=now)
         counts["sent"] += sent
@@ -383,6 +377,9 @@ def alerts_open() -> list[Alert]:
     return list(Alert.objects.filter(state=AlertState.OPEN).select_related("connection").order_by("opened_at", "pk"))
 
 
-def alerts_recent(limit: int = 50) -> list[Alert]:
-    """The latest alerts, open or resolved, newest first."""
-    return list(Alert.objects.select_related("connection").order_by("-opened_at", "-pk")[:limit])
+def alerts_recent(limit: int = 50, *, resolved_only: bool = False) -> list[Alert]:
+    """The latest alerts (open or resolved, or resolved only), newest first."""
+    rows = Alert.objects.select_related("connection").order_by("-opened_at", "-pk")
+    if resolved_only:
+        rows = rows.filter(state=AlertState.RESOLVED)
+    return list(rows[:limit])

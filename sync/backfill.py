@@ -34,27 +34,23 @@ from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from crms.salesforce.connector import SalesforceConnector
 from crms.salesforce.soql import soql_datetime
-from crms.selectors import connections_by_name
 from sync.engine import (
     DUE_STATES,
     NOT_THEIR_FAULT,
     Claimed,
     Outcome,
-    _breaker_report,
-    _links,
-    _outcome,
-    _prepare,
-    _system_a_ids,
     backoff_seconds,
     batch_size_for,
+    jobs_prepare,
     lease_owner,
     leases_release,
     outcomes_save,
+    results_outcomes,
     throttled_connector,
 )
 from sync.inbound import capture, echo_reason, in_flight_echo
 from sync.models import BackfillRun, BreakerState, CircuitBreaker, JobState, RunState, SyncEvent, SyncJob
-from sync.services import EventInput, _route_all, event_ingest
+from sync.services import EventInput, event_ingest, events_route
 
 logger = logging.getLogger("recordsync.backfill")
 
@@ -504,13 +500,8 @@ def _page_jobs(plan: Plan, run_pk: int, since: datetime) -> QuerySet[SyncJob]:
 
 
 def prepared(jobs: Sequence[SyncJob]) -> list[Claimed]:
-    """What the engine would send for each job (sync.engine._run's own preparation)."""
-    if not jobs:
-        return []
-    links = _links(jobs)
-    own = _system_a_ids(jobs) if jobs[0].target.kind == "system_a" else set()
-    return [_prepare(job, links.get(job.record_id, []), own_id=job.record_id if job.record_id in own else None)
-            for job in jobs]  # fmt: skip
+    """What the engine would send for each job (its own preparation)."""
+    return jobs_prepare(jobs)
 
 
 def _bulkable(item: Claimed) -> bool:
@@ -580,9 +571,8 @@ def _bulk_job(
     except ConnectorError as exc:  # the job as a whole: every record retries later through the engine
         error = exc
         results = [PushResult(r.record_id, "error", error=exc) for r in records]
-    _breaker_report(connection, error, timezone.now(), probe=False)
     duration = int((time.monotonic() - started) * 1000)
-    return [_outcome(item, result, duration) for item, result in zip(items, results, strict=True)]
+    return results_outcomes(connection, items, results, error, duration)
 
 
 def _bulk_wait(connector: SalesforceConnector, job_id: str, heartbeat: Callable[[], None]) -> list[PushResult]:
@@ -701,7 +691,7 @@ def _classify(plan: Plan, items: Sequence[EventInput], preview: Preview) -> None
     """Route the events as the ingest would, then ask the engine's _prepare what each job would send."""
     if not items:
         return
-    routes = _route_all(items, list(range(len(items))), connections_by_name(), True, timezone.now())
+    routes = events_route(items, timezone.now())
     rows = SyncJob.objects.filter(target=plan.target, record_id__in={item.record_id for item in items})
     keys = rows.values_list("record_id", "object_type", "source", "last_occurred_at")
     newest = {(record, kind, source): at for record, kind, source, at in keys}

@@ -44,7 +44,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         "charts": charts(figures),
         "issue_count": by_state[JobState.FAILED] + by_state[JobState.HELD],
         "alerts_open": alerts_open(),
-        "alerts_recent": [a for a in alerts_recent(limit=RECENT_ALERTS) if a.resolved_at is not None],
+        "alerts_recent": alerts_recent(limit=RECENT_ALERTS, resolved_only=True),
         "states": JobState.values,
     }
     return TemplateResponse(request, "dashboard/overview.html", context)

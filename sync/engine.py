@@ -180,10 +180,7 @@ def _run(owner: str, now: datetime) -> dict[str, int]:
         SyncJob.objects.filter(lease_owner=owner, state=JobState.IN_FLIGHT).select_related("target", "last_event")
     )
     connection = jobs[0].target
-    links = _links(jobs)
-    own = _system_a_ids(jobs) if connection.kind == "system_a" else set()
-    work = [_prepare(job, links.get(job.record_id, []), own_id=job.record_id if job.record_id in own else None)
-            for job in jobs]  # fmt: skip
+    work = jobs_prepare(jobs)
     outcomes: list[Outcome] = []
     for item in work:
         if item.refused is not None:
@@ -197,6 +194,26 @@ def _run(owner: str, now: datetime) -> dict[str, int]:
     for state in outcomes_save(outcomes, owner=owner, now=now):
         counts[state] += 1
     return counts
+
+
+def jobs_prepare(jobs: Sequence[SyncJob]) -> list[Claimed]:
+    """What would be sent for each job of one target (its record link, its payload), or why nothing is.
+
+    The one preparation every sender uses: a batch run, a backfill's Bulk job and its dry run.
+    """
+    if not jobs:
+        return []
+    links = _links(jobs)
+    own = _system_a_ids(jobs) if jobs[0].target.kind == "system_a" else set()
+    return [_prepare(job, links.get(job.record_id, []), own_id=job.record_id if job.record_id in own else None)
+            for job in jobs]  # fmt: skip
+
+
+def results_outcomes(connection: Connection, items: Sequence[Claimed], results: Sequence[PushResult],
+                     call_error: ConnectorError | None, duration_ms: int) -> list[Outcome]:  # fmt: skip
+    """A call's results as job outcomes, the connection's health reported to its breaker on the way."""
+    _breaker_report(connection, call_error or _connection_failure(results), timezone.now(), probe=False)
+    return [_outcome(item, result, duration_ms) for item, result in zip(items, results, strict=True)]
 
 
 def _links(jobs: Sequence[SyncJob]) -> dict[str, list[RecordLink]]:

@@ -145,7 +145,12 @@ class SyncAttempt(models.Model):
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["job", "-started_at"], name="attempt_job_idx")]
+        indexes = [
+            models.Index(fields=["job", "-started_at"], name="attempt_job_idx"),
+            # The stats' throughput buckets and the alerts' failure window read attempts by time.
+            models.Index(fields=["finished_at"], name="attempt_finished_idx"),
+            models.Index(fields=["started_at"], name="attempt_started_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"attempt {self.pk} of job {self.job_id}: {self.outcome or 'running'}"

@@ -218,6 +218,12 @@ def _store(
     return answers
 
 
+def events_route(items: Sequence[EventInput], now: datetime) -> list[Route]:
+    """Where each event would go, as an ingest would decide it; writes nothing (a backfill's dry run)."""
+    routes = _route_all(items, list(range(len(items))), connections_by_name(), True, now)
+    return [routes[index] for index in range(len(items))]
+
+
 def _route_all(
     items: Sequence[EventInput], fresh: list[int], connections: dict[str, Connection], is_batch: bool, now: datetime
 ) -> dict[int, Route]:

@@ -33,8 +33,11 @@ from sync.models import (
     ThrottleCall,
     ThrottleLimit,
 )
-from sync.throttle import _keys as redis_keys  # the throttle owns its Redis key names; read them, never copy them
-from sync.throttle import margin, quota_key
+from sync.throttle import (
+    margin,
+    quota_key,
+    redis_keys,  # the throttle owns its Redis key names; read them, never copy them
+)
 
 MINUTES = 60
 HOURS = 24

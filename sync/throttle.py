@@ -83,7 +83,8 @@ class Throttle(Protocol):
         """At most `calls` per `per` seconds, for the next `seconds`."""
 
 
-def _keys(key: str) -> list[str]:
+def redis_keys(key: str) -> list[str]:
+    """One quota owner's window, hold and cap in Redis (the stats read them; nothing else names them)."""
     return [f"recordsync:throttle:{key}", f"recordsync:throttle-hold:{key}", f"recordsync:throttle-cap:{key}"]
 
 
@@ -94,14 +95,14 @@ class RedisThrottle:
         self.hold_script = self.redis.register_script(_HOLD)
 
     def acquire(self, key: str, limit: int, window: float) -> float:
-        waited_ms = self.script(keys=_keys(key), args=[limit, int(window * 1000), uuid.uuid4().hex])
+        waited_ms = self.script(keys=redis_keys(key), args=[limit, int(window * 1000), uuid.uuid4().hex])
         return int(waited_ms) / 1000
 
     def hold(self, key: str, seconds: float) -> None:
-        self.hold_script(keys=_keys(key)[1:2], args=[max(1, int(seconds * 1000))])
+        self.hold_script(keys=redis_keys(key)[1:2], args=[max(1, int(seconds * 1000))])
 
     def cap(self, key: str, calls: int, per: float, seconds: float) -> None:
-        name = _keys(key)[2]
+        name = redis_keys(key)[2]
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(name, mapping={"n": calls, "p": max(1, int(per * 1000))})
             pipe.pexpire(name, max(1, int(seconds * 1000)))

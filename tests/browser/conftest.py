@@ -42,7 +42,7 @@ from sync.models import (
     SyncEvent,
     SyncJob,
 )
-from sync.throttle import _keys, quota_key, throttle
+from sync.throttle import quota_key, redis_keys, throttle
 from tests.conftest import REQUIRE_SERVICES
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -208,7 +208,7 @@ def _incidents(sf: Connection, outreach: Connection, now: datetime) -> None:
 def _throttle_forget(connections: list[Connection]) -> None:
     """Redis outlives the test database: leave no calls in the shared window."""
     if settings.REDIS_URL:
-        get_redis_connection("default").delete(*[k for c in connections for k in _keys(quota_key(c))])
+        get_redis_connection("default").delete(*[k for c in connections for k in redis_keys(quota_key(c))])
 
 
 def job_with_event(

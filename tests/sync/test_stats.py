@@ -29,7 +29,7 @@ from sync.models import (
     ThrottleLimit,
 )
 from sync.selectors import queue_lag
-from sync.throttle import DatabaseThrottle, RedisThrottle, _keys
+from sync.throttle import DatabaseThrottle, RedisThrottle, redis_keys
 
 NOW = datetime(2026, 3, 1, 12, 30, 20, tzinfo=UTC)
 
@@ -187,7 +187,7 @@ def test_throttle_use_counts_the_database_windows_calls_per_quota_owner(limited:
 def redis_keys_cleared() -> Iterator[str]:
     owner = f"stats-test-{uuid.uuid4().hex[:8]}"
     yield owner
-    stats.redis_connection().delete(*_keys(owner))
+    stats.redis_connection().delete(*redis_keys(owner))
 
 
 @pytest.mark.redis
