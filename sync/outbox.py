@@ -90,8 +90,11 @@ def one_statement_available() -> bool:
 
 def events_and_jobs_write(
     events: Sequence[SyncEvent], rows: dict[JobKey, tuple[int, SyncEvent]], now: datetime
-) -> dict[JobKey, tuple[str, datetime]]:
-    """PostgreSQL: events and the job upsert in one statement, atomic on its own.
+) -> dict[JobKey, tuple[str, datetime]] | None:
+    """PostgreSQL: events and the job upsert in one statement, atomic on its own; only for records
+    never seen. If any of them already has a job, the statement writes nothing and this returns None:
+    such a change may be late, conflicting or of a deleted record, checks the caller makes in a
+    transaction. Asked inside the statement, it costs no round trip of its own.
 
     A data-modifying CTE always runs to completion; the job -> event foreign key is deferred,
     so it is checked when the statement commits, with the events in place.
@@ -100,18 +103,20 @@ def events_and_jobs_write(
     columns = ", ".join(connection.ops.quote_name(str(f.column)) for f in fields)
     casts = ", ".join(f"%s::{f.db_type(connection)}[]" for f in fields)
     event_params = [[f.get_db_prep_save(getattr(e, f.attname), connection) for e in events] for f in fields]
+    records = sorted({event.record_id for event in events})
+    known = f"known AS (SELECT EXISTS (SELECT 1 FROM {_TABLE} WHERE record_id = ANY(%s::text[])) AS hit)"  # noqa: S608
+    fresh_only = "WHERE NOT (SELECT hit FROM known)"
     ordered = sorted(rows.items())
     if not ordered:
-        sql = f"INSERT INTO {SyncEvent._meta.db_table} ({columns}) SELECT * FROM unnest({casts})"  # noqa: S608
-        _fetch_none(sql, event_params)
-        return {}
-    sql = f"WITH events AS (INSERT INTO {SyncEvent._meta.db_table} ({columns}) SELECT * FROM unnest({casts})) "  # noqa: S608
-    return _states(_fetch(sql + _unnest_sql(), [*event_params, *_unnest_params(ordered, now)]))
-
-
-def _fetch_none(sql: str, params: list[Any]) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        sql = (f"WITH {known} INSERT INTO {SyncEvent._meta.db_table} ({columns}) "  # noqa: S608
+               f"SELECT * FROM unnest({casts}) {fresh_only}")  # fmt: skip
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [records, *event_params])
+            return {} if cursor.rowcount else None
+    sql = (f"WITH {known}, events AS (INSERT INTO {SyncEvent._meta.db_table} ({columns}) "  # noqa: S608
+           f"SELECT * FROM unnest({casts}) {fresh_only}) ")  # fmt: skip
+    answers = _fetch(sql + _unnest_sql(fresh_only), [records, *event_params, *_unnest_params(ordered, now)])
+    return _states(answers) if answers else None
 
 
 def _states(answers: list[tuple[Any, ...]]) -> dict[JobKey, tuple[str, datetime]]:
@@ -134,12 +139,13 @@ def _fetch(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall())
 
 
-def _unnest_sql() -> str:
+def _unnest_sql(where: str = "") -> str:
     return f"""
         INSERT INTO {_TABLE} ({_COLUMNS})
         SELECT s, o, r, t, 'pending', 0, v, e, oc, %s, %s, '', '', ''
         FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::uuid[], %s::timestamptz[])
              AS u(s, o, r, t, v, e, oc)
+        {where}
         {_ON_CONFLICT}
     """  # noqa: S608 - names from the model, values bound as parameters
 

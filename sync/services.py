@@ -115,9 +115,12 @@ def _ingest_once(
     # PostgreSQL the events and jobs go in one statement, atomic on its own (no BEGIN/COMMIT).
     given = [key for key in keys if not key.startswith("auto:")]
     reading = any(item.operation == "read" for item in items)
-    if not given and outbox.one_statement_available() and not reading and not _known_records(items):
-        stored = _store(items, keys, hashes, list(range(len(items))), is_batch, request_id, one_statement=True)
-        return IngestResult([stored[i] for i in range(len(items))], replayed=False)
+    if not given and outbox.one_statement_available() and not reading:
+        try:
+            stored = _store(items, keys, hashes, list(range(len(items))), is_batch, request_id, one_statement=True)
+            return IngestResult([stored[i] for i in range(len(items))], replayed=False)
+        except _SeenBefore:
+            pass  # nothing was written: the transaction below checks what a known record needs
     with transaction.atomic():
         existing = {e.idempotency_key: e for e in SyncEvent.objects.filter(idempotency_key__in=given)} if given else {}
         _refuse_reused_keys(keys, hashes, existing, is_batch)
@@ -130,10 +133,9 @@ def _ingest_once(
     return IngestResult([answers[i] for i in range(len(items))], replayed=not fresh)
 
 
-def _known_records(items: Sequence[EventInput]) -> bool:
-    """Whether any of these records has been seen: only then can an event be late, deleted or in conflict,
-    checks that need the transaction the one-statement write does without."""
-    return SyncJob.objects.filter(record_id__in={item.record_id for item in items}).exists()
+class _SeenBefore(Exception):
+    """The one-statement write found a record with a job already: a change to it may be late, deleted or
+    in conflict, checks that need the transaction the one-statement write does without."""
 
 
 def _refuse_reused_keys(keys: list[str], hashes: list[str], existing: dict[str, SyncEvent], is_batch: bool) -> None:
@@ -163,7 +165,7 @@ def _store(
 ) -> dict[int, dict[str, Any]]:
     now = timezone.now()
     connections = connections_by_name()
-    routes = _route_all(items, fresh, connections, is_batch, now)
+    routes = _route_all(items, fresh, connections, is_batch, now, seen_before=not one_statement)
     events: list[SyncEvent] = []
     for index in fresh:
         item = items[index]
@@ -185,7 +187,10 @@ def _store(
         )
     rows = _job_rows(events, [routes[i] for i in fresh])
     if one_statement:  # only records never seen before: nothing to supersede or conflict with
-        states = outbox.events_and_jobs_write(events, rows, now)
+        written = outbox.events_and_jobs_write(events, rows, now)
+        if written is None:
+            raise _SeenBefore
+        states = written
     else:
         states = outbox.jobs_upsert(rows, now) if rows else {}
     answers: dict[int, dict[str, Any]] = {}
@@ -225,13 +230,15 @@ def events_route(items: Sequence[EventInput], now: datetime) -> list[Route]:
 
 
 def _route_all(
-    items: Sequence[EventInput], fresh: list[int], connections: dict[str, Connection], is_batch: bool, now: datetime
-) -> dict[int, Route]:
+    items: Sequence[EventInput], fresh: list[int], connections: dict[str, Connection], is_batch: bool, now: datetime,
+    *, seen_before: bool = True,
+) -> dict[int, Route]:  # fmt: skip
     """Rules decide when there are any; otherwise the foundation's default routing. Either way the
     requested targets are checked first, so a bad one is a 400 and not a silent skip."""
     rule_set = rule_set_current()
     changed = changed_fields(items, fresh) if rule_set is not None and rule_set.uses_changed else {}
-    deleted = deletions(items, fresh)
+    # Records never seen before (the one-statement path checked) have no delete to look up.
+    deleted = deletions(items, fresh) if seen_before else {}
     reading = {items[i].record_id for i in fresh if items[i].operation == "read"}
     read_links = reads.links_for_reads(reading) if reading else {}
     routes: dict[int, Route] = {}

@@ -148,7 +148,8 @@ def test_without_a_client_key_the_event_and_its_jobs_are_one_statement():
     nowhere = client.post("/v1/sync/", data=json.dumps(moved), content_type="application/json")
 
     writes = [sql for sql in statements if "INSERT" in sql]
-    assert len(writes) == 1 and writes[0].startswith("WITH events AS (INSERT")
+    # One statement: the check that the record is new, the event and its jobs (a data-modifying CTE).
+    assert len(writes) == 1 and writes[0].startswith("WITH known AS (") and "events AS (INSERT" in writes[0]
     assert not any(sql.startswith(("BEGIN", "SAVEPOINT")) for sql in statements)
     assert response.status_code == nowhere.status_code == 202
     assert response.json()["jobs"] == [
@@ -159,3 +160,28 @@ def test_without_a_client_key_the_event_and_its_jobs_are_one_statement():
     assert (event.payload, event.response) == (EVENT["data"], {})
     assert SyncJob.objects.filter(last_event=event).count() == 2
     assert SyncJob.objects.get(record_id="c-2").target.name == "outreach"
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_change_to_a_known_record_is_written_in_a_transaction_that_can_judge_it():
+    """The one-statement write takes only records never seen: for a known one it writes nothing, and the
+    transactional path stores it (where late changes, deletes and conflicts are checked)."""
+    Connection.objects.create(name="outreach", kind="outreach")
+    client = Client(HTTP_AUTHORIZATION=f"Token {api_token_create(username='platform')}")
+    assert client.post("/v1/sync/", data=json.dumps(EVENT), content_type="application/json").status_code == 202
+    statements: list[str] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        statements.append(sql)
+        return execute(sql, params, many, context)
+
+    update = {**EVENT, "operation": "update", "data": {"email": "b@example.com"}}
+    with connection.execute_wrapper(record):
+        response = client.post("/v1/sync/", data=json.dumps(update), content_type="application/json")
+
+    assert response.status_code == 202 and response.json()["jobs"] == [{"target": "outreach", "state": "pending"}]
+    assert any(sql.startswith("WITH known AS (") for sql in statements)  # tried, wrote nothing
+    upserts = [sql for sql in statements if "INSERT INTO sync_syncjob" in sql and not sql.startswith("WITH")]
+    assert len(upserts) == 1  # the transactional path's own job upsert, after the events were checked
+    assert SyncEvent.objects.count() == 2 and SyncJob.objects.get().version == 2
