@@ -90,6 +90,7 @@ class DatabaseConnector(Connector):
     }  # fmt: skip
 
     clock: Callable[[], datetime] = partial(datetime.now, UTC)
+    page_size = PAGE_SIZE  # rows a changes() page holds; the cursor is right at any size
     lock_timeout = 20.0  # seconds a write waits for another writer's lock before failing as retryable
 
     # --- the interface ---------------------------------------------------------------------
@@ -111,23 +112,27 @@ class DatabaseConnector(Connector):
         return found
 
     def changes(self, object_type: str, cursor: str | None) -> ChangePage:
-        """Rows whose `updated_at` is after the cursor, oldest first, 500 a page.
+        """Rows whose `updated_at` is after the cursor, oldest first, `page_size` a page.
 
-        The cursor is (updated_at, id) of the last row handed out, so rows sharing a timestamp
-        across a page boundary are neither skipped nor repeated. Deletions are not visible: a
-        deleted row is simply gone from the table, so reconcile finds them later by reading the
-        ids it knows. Rows whose `updated_at` is NULL are never listed. A writer's transaction
-        that commits after a reader has passed its timestamp is missed too; reconcile covers it.
+        Keyset paging: rows are listed in (updated_at, id) order, the cursor is that pair of the
+        last row handed out, and the next page starts strictly after it, so any number of rows
+        sharing a timestamp, across any page boundary, are neither skipped nor repeated. Times
+        are compared as instants (SQLite: see sqlite.sort_stamp), ids as their column orders them.
+        Deletions are not visible: a deleted row is simply gone from the table, so reconcile
+        finds them later by reading the ids it knows. Rows whose `updated_at` is NULL are never
+        listed. A row stamped at or before the cursor but committed after the reader passed it
+        (a long transaction; a writer whose clock truncates to the second, writing in the same
+        second as a read) is missed too; reconcile covers it.
         """
         table = self._table(object_type)
-        after = cursors.pair_load(cursor)  # PostgreSQL infers the types from the columns
+        after = _position_load(cursor)
         with self._open() as db:
-            rows = db.rows_after(table, after, PAGE_SIZE + 1)
-        page = rows[:PAGE_SIZE]
+            rows = db.rows_after(table, after, self.page_size + 1)
+            page = rows[: self.page_size]
+            if page:
+                cursor = _position_dump(db, table, page[-1])
         changes = [_change(table, row) for row in page]
-        if page:
-            cursor = cursors.pair_dump(_plain(page[-1][table.updated_at]), _plain(page[-1][table.id_column]))
-        return ChangePage(changes, cursor, has_more=len(rows) > PAGE_SIZE)
+        return ChangePage(changes, cursor, has_more=len(rows) > self.page_size)
 
     def check(self) -> CheckResult:
         try:
@@ -244,10 +249,32 @@ def _plain(value: Any) -> Any:
 def _as_datetime(value: Any, table: Table) -> datetime:
     """A timestamp column's value as an aware datetime; one without a zone is UTC."""
     try:
-        if isinstance(value, int | float):
-            return datetime.fromtimestamp(value, UTC)
-        moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    except (ValueError, OverflowError) as exc:
+        return cursors.instant(value)
+    except (ValueError, OverflowError, OSError) as exc:
         raise ConnectorError(f"{table.label}.{table.updated_at} holds {value!r}, which is not a timestamp",
                              code="invalid_timestamp", permanent=True) from exc  # fmt: skip
-    return cursors.as_utc(moment)
+
+
+def _cursor_key(value: Any) -> Any:
+    """A row's id as the cursor keeps it: in its own JSON type (a number stays a number, text stays
+    text), so the next page compares it as the column orders it; bytes as {"hex": ...}."""
+    if isinstance(value, bytes | memoryview):
+        return {"hex": bytes(value).hex()}
+    return _plain(value)
+
+
+def _position_dump(db: Database, table: Table, row: dict[str, Any]) -> str:
+    return cursors.pair_dump(_plain(db.sort_stamp(row[table.updated_at])), _cursor_key(row[table.id_column]))
+
+
+def _position_load(cursor: str | None) -> tuple[Any, Any] | None:
+    """(sort stamp, id) as rows_after takes it; PostgreSQL reads a text value as its column's type."""
+    saved = cursors.pair_load(cursor)
+    if saved is None or not isinstance(saved[1], dict):
+        return saved
+    try:
+        return saved[0], bytes.fromhex(str(saved[1]["hex"]))
+    except (KeyError, ValueError) as exc:
+        raise ConnectorError(
+            f"not a cursor from this connector: {cursor!r}", code="invalid_cursor", permanent=True
+        ) from exc

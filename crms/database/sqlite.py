@@ -1,8 +1,10 @@
 """SQLite through the standard library's sqlite3: names double-quoted, every value bound with `?`.
 
-SQLite has no timestamp type. We write `updated_at` as UTC text, `YYYY-MM-DD HH:MM:SS.ffffff`:
-the format of SQLite's own datetime() and CURRENT_TIMESTAMP and of Django, so text order is
-time order as long as the table's other writers use it too.
+SQLite has no timestamp type. We write `updated_at` as UTC text, `YYYY-MM-DD HH:MM:SS.ffffff`,
+the format of Django and of SQLite's own datetime() and CURRENT_TIMESTAMP (which leave out the
+fraction). The table's other writers may use any other form ('T', 'Z', an offset, a number),
+and text order is then not time order, so changes are listed by `sort_stamp`, registered on
+each of our connections as the SQL function recordsync_utc: the instant as fixed-width UTC text.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
+from crms import cursors
 from crms.base import ConnectorError, Outcome, RecordRejected
 from crms.database.tables import Database, Table
 
 # Primary result codes (https://sqlite.org/rescode.html); extended codes keep them in the low byte.
 SQLITE_ERROR, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 1, 5, 6, 8
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+SORT_STAMP = "recordsync_utc"  # sort_stamp() as an SQL function on our connections
 
 
 @contextmanager
@@ -32,6 +36,7 @@ def connect(path: str, *, lock_timeout: float) -> Iterator[SqliteDatabase]:
     except sqlite3.Error as exc:
         raise ConnectorError(f"could not open SQLite database {path}: {exc}", code="connection_error") from exc
     conn.row_factory = sqlite3.Row
+    conn.create_function(SORT_STAMP, 1, sort_stamp, deterministic=True)
     try:
         yield SqliteDatabase(conn)
     except sqlite3.Error as exc:
@@ -119,11 +124,18 @@ class SqliteDatabase(Database):
         return [dict(row) for row in self.conn.execute(statement, list(ids))]
 
     def rows_after(self, table: Table, after: tuple[Any, Any] | None, limit: int) -> list[dict[str, Any]]:
-        stamp, row_id = quoted(table.updated_at), quoted(table.id_column)
-        where = f"{stamp} IS NOT NULL" + (f" AND ({stamp}, {row_id}) > (?, ?)" if after is not None else "")
+        # Every row's time is converted, so no index on updated_at serves this: a scan per page.
+        # A NULL time compares as unknown, so the pair comparison leaves those rows out too.
+        stamp, row_id = f"{SORT_STAMP}({quoted(table.updated_at)})", quoted(table.id_column)
+        where = f"{stamp} IS NOT NULL" if after is None else f"({stamp}, {row_id}) > (?, ?)"
         statement = _sql("SELECT {names} FROM {table} WHERE {where} ORDER BY {stamp}, {id} LIMIT ?",
                          names=_names(table), table=_table(table), where=where, stamp=stamp, id=row_id)  # fmt: skip
-        return [dict(row) for row in self.conn.execute(statement, [*(after or ()), limit])]
+        # A cursor saved before sort_stamp held the row's own text: converted here, it means the same instant.
+        bound = [] if after is None else [sort_stamp(after[0]), after[1]]
+        return [dict(row) for row in self.conn.execute(statement, [*bound, limit])]
+
+    def sort_stamp(self, value: Any) -> Any:
+        return sort_stamp(value)
 
     def problems(self, table: Table) -> list[str]:
         schema, name = (table.name[0], table.name[1]) if len(table.name) == 2 else ("main", table.name[0])
@@ -164,6 +176,20 @@ def _sql(template: str, **parts: str) -> str:
 
 def quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def sort_stamp(value: Any) -> str | None:
+    """`updated_at` as fixed-width UTC text (TIMESTAMP_FORMAT), whatever form the row holds it in, so that
+    text order is time order and one instant is one text. A value that is no time becomes `~` and its
+    text: it sorts after every time, and reading it fails as invalid_timestamp instead of being passed over.
+    """
+    if value is None:
+        return None
+    try:
+        moment = cursors.instant(value).astimezone(UTC)
+    except (ValueError, OverflowError, OSError):
+        return f"~{value}"
+    return moment.replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")  # as TIMESTAMP_FORMAT, year padded
 
 
 def timestamp(moment: datetime) -> str:

@@ -90,7 +90,13 @@ class Database(ABC):
 
     @abstractmethod
     def rows_after(self, table: Table, after: tuple[Any, Any] | None, limit: int) -> list[dict[str, Any]]:
-        """Rows with (updated_at, id) > `after`, in that order; rows whose updated_at is NULL never appear."""
+        """Rows with (sort_stamp(updated_at), id) > `after`, in that order, compared as the order compares
+        them (the id in its column's type and collation); rows whose updated_at is NULL never appear."""
+
+    def sort_stamp(self, value: Any) -> Any:
+        """A row's `updated_at` as rows_after orders it; a cursor keeps this. A real timestamp column needs
+        nothing done: the database orders its values as instants."""
+        return value
 
     @abstractmethod
     def problems(self, table: Table) -> list[str]:

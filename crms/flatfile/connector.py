@@ -99,6 +99,7 @@ class FlatFileConnector(Connector):
     }  # fmt: skip
 
     clock: Callable[[], datetime] = partial(datetime.now, UTC)
+    page_size = PAGE_SIZE  # rows a changes() page holds; the cursor is right at any size
     lock_timeout = 30.0  # seconds a push waits for another process's lock before failing as retryable
 
     # --- the interface ---------------------------------------------------------------------
@@ -118,10 +119,13 @@ class FlatFileConnector(Connector):
         return {key: _visible(rows[key]) for key in ids if key in rows}
 
     def changes(self, object_type: str, cursor: str | None) -> ChangePage:
-        """Rows whose `_updated_at` is after the cursor, oldest first, 500 a page.
+        """Rows whose `_updated_at` is after the cursor, oldest first, `page_size` a page.
 
-        The cursor is (_updated_at, key) of the last row handed out, so rows sharing a timestamp
-        across a page boundary are neither skipped nor repeated; each push stamps its rows later
+        Keyset paging: rows are listed in (_updated_at, key) order, times compared as instants
+        (any offset, with or without a fraction; one without a zone is UTC) and keys as text
+        ("10" before "9", in a JSON Lines file too); the cursor is that pair of the last row handed
+        out and the next page starts strictly after it, so any number of rows sharing a timestamp,
+        across any page boundary, are neither skipped nor repeated. Each push stamps its rows later
         than any row already in the file, so nothing lands behind a reader's cursor. Deletions
         are not visible: a deleted row is simply gone from the file, so reconcile finds them
         later by reading the ids it knows. Rows without `_updated_at` (added by hand) count as
@@ -132,11 +136,11 @@ class FlatFileConnector(Connector):
         rows = self._load(spec).rows
         ordered = sorted((_stamp(spec, key, row), key) for key, row in rows.items())
         newer = [entry for entry in ordered if after is None or entry > after]
-        page = newer[:PAGE_SIZE]
+        page = newer[: self.page_size]
         changes = [Change(object_type, key, _visible(rows[key]), stamp) for stamp, key in page]
         if page:
             cursor = cursors.pair_dump(page[-1][0].isoformat(), page[-1][1])
-        return ChangePage(changes, cursor, has_more=len(newer) > PAGE_SIZE)
+        return ChangePage(changes, cursor, has_more=len(newer) > self.page_size)
 
     def check(self) -> CheckResult:
         folder = Path(str(self.config.get("folder", "")))
