@@ -13,7 +13,8 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -35,15 +36,19 @@ from crms.base import (
 )
 from crms.http import TransportError
 from crms.outreach import errors, oauth
+from crms.outreach.poll_cursor import PollCursor
 from crms.outreach.resources import (
     ACCOUNT_FIELDS,
     ACCOUNT_MATCH_KEY,
     DEFAULT_OBJECTS,
+    FIELD_TYPES,
     PROSPECT_FIELDS,
     ObjectMap,
     document,
+    field_problems,
     mappings,
     parse_time,
+    read_only,
 )
 
 API_URL = "https://api.outreach.io/api/v2"
@@ -54,10 +59,15 @@ BATCH_SIZE = 100
 PAGE_SIZE = 1000  # Outreach's largest page
 MIN_PAGE_SIZE = 50  # a 502 on a large page is retried smaller, halving down to this
 READ_CHUNK = 100  # ids per filter[id] call
-EPOCH = "1970-01-01T00:00:00.000Z"
 SIGNATURE_HEADER = "Outreach-Webhook-Signature"
 # Outreach's own bookkeeping on every resource: never synced as data.
 SYSTEM_FIELDS = frozenset({"createdAt", "updatedAt"})
+FIELDS_SCHEMA = {
+    "type": "object",
+    "additionalProperties": {"enum": list(FIELD_TYPES)},
+    "description": "The attributes this object syncs, each with the type of the values System A holds for it, "
+    'e.g. {"emails": "array", "numberOfEmployees": "integer"}; check() compares them with Outreach\'s reference.',
+}
 
 
 class OutreachConnector(Connector):
@@ -68,13 +78,23 @@ class OutreachConnector(Connector):
         batch_size=BATCH_SIZE,
         directions=("outbound", "inbound"),
         objects={
-            "prospect": {"match_key": "emails", "required": ["emails"], "fields": list(PROSPECT_FIELDS),
-                         "custom_fields": "custom1..custom150", "strict_fields": True},
-            "account": {"match_key": "domain", "match_keys": ["domain", "customId", "custom1..custom150"],
-                        "required": [], "fields": list(ACCOUNT_FIELDS), "custom_fields": "custom1..custom150",
-                        "strict_fields": True},
+            "prospect": {
+                "match_key": "emails",
+                "required": ["emails"],
+                "fields": list(PROSPECT_FIELDS),
+                "custom_fields": "custom1..custom150",
+                "strict_fields": True,
+            },
+            "account": {
+                "match_key": "domain",
+                "match_keys": ["domain", "customId", "custom1..custom150"],
+                "required": [],
+                "fields": list(ACCOUNT_FIELDS),
+                "custom_fields": "custom1..custom150",
+                "strict_fields": True,
+            },
         },
-    )  # fmt: skip
+    )
     config_schema = {
         "type": "object",
         "additionalProperties": False,
@@ -100,7 +120,11 @@ class OutreachConnector(Connector):
                             "type": "object",
                             "additionalProperties": False,
                             "required": ["resource"],
-                            "properties": {"resource": {"const": "prospect"}, "match_key": {"const": "emails"}},
+                            "properties": {
+                                "resource": {"const": "prospect"},
+                                "match_key": {"const": "emails"},
+                                "fields": FIELDS_SCHEMA,
+                            },
                         },
                         {
                             "type": "object",
@@ -109,6 +133,7 @@ class OutreachConnector(Connector):
                             "properties": {
                                 "resource": {"const": "account"},
                                 "match_key": {"type": "string", "pattern": ACCOUNT_MATCH_KEY},
+                                "fields": FIELDS_SCHEMA,
                             },
                         },
                     ]
@@ -122,6 +147,7 @@ class OutreachConnector(Connector):
         self.clock: Callable[[], float] = time.time  # tests move it instead of sleeping
         # The last X-RateLimit-* figures seen, {"limit", "remaining", "reset"}: the throttle reads them.
         self.rate_limit: dict[str, int] = {}
+        self.server_time: float | None = None  # Outreach's clock at its last answer (the Date header)
         self.objects = mappings(self.config)
         self.api_url = str(self.config.get("api_url") or API_URL).rstrip("/")
 
@@ -138,12 +164,15 @@ class OutreachConnector(Connector):
         `created`/`updated` carry only the attributes that changed; `destroyed` the last known ones."""
         secret = self.secrets.get("webhook_secret")
         if not secret:
-            raise WebhookRefused("this connection has no webhook_secret: set the secret the webhook was "
-                                 "registered with", header=SIGNATURE_HEADER)  # fmt: skip
+            raise WebhookRefused(
+                "this connection has no webhook_secret: set the secret the webhook was registered with",
+                header=SIGNATURE_HEADER,
+            )
         expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
         if not hmac.compare_digest(headers.get(SIGNATURE_HEADER, "").strip().lower(), expected):
-            raise WebhookRefused("the signature does not match the body under this connection's webhook_secret",
-                                 header=SIGNATURE_HEADER)  # fmt: skip
+            raise WebhookRefused(
+                "the signature does not match the body under this connection's webhook_secret", header=SIGNATURE_HEADER
+            )
         try:
             delivery = json.loads(body)
             data, meta = delivery["data"], delivery.get("meta") or {}
@@ -152,8 +181,9 @@ class OutreachConnector(Connector):
             kind, record_id = str(data["type"]), str(data["id"])
             attributes = dict(data.get("attributes") or {})
         except (ValueError, KeyError, TypeError) as exc:
-            raise ConnectorError(f"not an Outreach webhook delivery: {exc}", code="invalid_body",
-                                 permanent=True) from exc  # fmt: skip
+            raise ConnectorError(
+                f"not an Outreach webhook delivery: {exc}", code="invalid_body", permanent=True
+            ) from exc
         stamp = attributes.get("updatedAt") or meta.get("deliveredAt")
         modified = parse_time(stamp) if stamp else now
         destroyed = str(meta.get("eventName", "")).endswith(".destroyed")
@@ -164,9 +194,11 @@ class OutreachConnector(Connector):
         return parse_time(stamp) if isinstance(stamp, str) else None
 
     def inbound(self, change: Change) -> Inbound:
-        """System A's id is in the match field when the mapping writes it there (customId, customN)."""
+        """System A's id is in the match field when the mapping writes it there (customId, customN).
+        Read-only attributes (createdAt, name, clickCount, …) are Outreach's own: never synced as data."""
         mapping = self.objects.get(change.object_type)
-        fields = {k: v for k, v in change.fields.items() if k not in SYSTEM_FIELDS}
+        computed = read_only(mapping.resource) if mapping is not None else SYSTEM_FIELDS
+        fields = {k: v for k, v in change.fields.items() if k not in computed}
         key = change.fields.get(mapping.match_key) if mapping is not None and mapping.holds_source_id else None
         return Inbound(record_id=str(key) if key else None, fields=fields)
 
@@ -200,45 +232,48 @@ class OutreachConnector(Connector):
         return found
 
     def changes(self, object_type: str, cursor: str | None) -> ChangePage:
-        """One page of records with updatedAt ≥ the cursor's `since`, oldest first when Outreach sorts them.
-
-        The filter is inclusive, so the cursor also keeps the ids already delivered at `since` and
-        skips them; pages may come unsorted, so the next `since` is the largest updatedAt seen.
-        Deletions are not visible to polling: they come by webhook (action `destroyed`).
-        """
+        """One page of records changed since the cursor, each change exactly once (poll_cursor explains how):
+        `filter[updatedAt]=since..inf&sort=updatedAt`, then the pass's `links.next` until it ends.
+        Deletions are not visible to polling: they come by webhook (action `destroyed`)."""
         mapping = self._mapping(object_type)
-        state: dict[str, Any] = json.loads(cursor) if cursor else {}
-        since, size = str(state.get("since") or EPOCH), int(state.get("size") or PAGE_SIZE)
-        delivered = set(state.get("delivered") or [])
-        if state.get("next"):
-            url, params = str(state["next"]), None
+        state = PollCursor.load(cursor, PAGE_SIZE)
+        if state.next:
+            url, params = state.next, None
         else:
             url = f"{self.api_url}{mapping.path}"
-            params = {"filter[updatedAt]": f"{since}..inf", "sort": "updatedAt", "page[size]": size, "count": "false"}
-        body, size = self._page(url, params, size)
+            params = {
+                "filter[updatedAt]": f"{state.since}..inf",
+                "sort": "updatedAt",
+                "page[size]": state.size,
+                "count": "false",
+            }
+        body, state.size = self._page(url, params, state.size)
         rows = [row for row in body.get("data") or [] if (row.get("attributes") or {}).get("updatedAt")]
-        newest = _Newest(state.get("seen") or since, state.get("seen_ids") or sorted(delivered))
-        changes = []
-        for row in rows:
-            newest.add(row)
-            if not (_stamp(row) == _canonical(since) and str(row["id"]) in delivered):
-                changes.append(_change(object_type, row))
-        link = _next_link(body) if rows else None
-        if link:
-            paging = {"since": since, "delivered": sorted(delivered), "next": link, "size": size,
-                      "seen": newest.stamp, "seen_ids": newest.ids}  # fmt: skip
-            return ChangePage(changes, json.dumps(paging), has_more=True)
-        done = {"since": newest.stamp, "delivered": newest.ids, "size": size}
-        return ChangePage(changes, json.dumps(done), has_more=False)
+        changes = [
+            _change(object_type, row)
+            for row in rows
+            if state.take(str(row["id"]), row["attributes"]["updatedAt"], row["attributes"])
+        ]
+        state.next = _next_link(body) if rows else None
+        if state.next is None:
+            state.finish(now=self.server_time or self.clock())
+        return ChangePage(changes, state.dump(), has_more=state.next is not None)
 
     def check(self) -> CheckResult:
+        """The configured fields against Outreach's reference (names, read-only, types), then the API itself."""
+        problems = field_problems(self.config)
+        details: dict[str, Any] = {"rate_limit": dict(self.rate_limit), "fields": problems}
         try:
             self._call("GET", self.api_url)  # the API root: answers for any valid token
             for name, mapping in self.objects.items():
                 if mapping.numbered_custom:
                     self._probe_filter(name, mapping)
         except ConnectorError as exc:
-            return CheckResult(False, f"{exc.code}: {exc.message}", {"rate_limit": dict(self.rate_limit)})
+            details["rate_limit"] = dict(self.rate_limit)
+            return CheckResult(False, "; ".join([f"{exc.code}: {exc.message}", *problems.values()]), details)
+        details["rate_limit"] = dict(self.rate_limit)
+        if problems:
+            return CheckResult(False, "; ".join(problems.values()), details)
         left = self.rate_limit.get("remaining")
         message = "connected" if left is None else f"connected; {left} of {self.rate_limit.get('limit')} calls left"
         return CheckResult(True, message, {"rate_limit": dict(self.rate_limit)})
@@ -264,13 +299,21 @@ class OutreachConnector(Connector):
                 # The linked record was deleted in Outreach: match again, and create it if nothing matches.
         value = mapping.match_value(record)
         if value is None:
-            return _refused(record, f"{mapping.match_key} is empty: Outreach {mapping.resource}s are matched on it",
-                            "MISSING_MATCH_KEY", fields=(mapping.match_key,))  # fmt: skip
+            return _refused(
+                record,
+                f"{mapping.match_key} is empty: Outreach {mapping.resource}s are matched on it",
+                "MISSING_MATCH_KEY",
+                fields=(mapping.match_key,),
+            )
         matches = self._find(mapping, value)
         if len(matches) > 1:
-            return _refused(record, f"{len(matches)} Outreach {mapping.resource}s have {mapping.match_key} {value!r} "
-                            f"(ids {', '.join(matches)}); nothing was written", "MULTIPLE_MATCHES",
-                            fields=(mapping.match_key,))  # fmt: skip
+            return _refused(
+                record,
+                f"{len(matches)} Outreach {mapping.resource}s have {mapping.match_key} {value!r} "
+                f"(ids {', '.join(matches)}); nothing was written",
+                "MULTIPLE_MATCHES",
+                fields=(mapping.match_key,),
+            )
         if matches:
             return self._update(mapping, record, matches[0], attributes)
         try:
@@ -346,6 +389,7 @@ class OutreachConnector(Connector):
             token = self._token(refused=refused)
             response = self._send(method, url, params, body, token["access_token"])
             self.rate_limit.update(errors.parse_rate_limit(response.headers))
+            self.server_time = _server_time(response) or self.server_time
             if response.status_code == 401 and attempt == 0:
                 refused = token["access_token"]  # refresh once (unless another worker already has), then retry
                 continue
@@ -407,22 +451,11 @@ class OutreachConnector(Connector):
         try:
             return self.objects[object_type]
         except KeyError:
-            raise ConnectorError(f"no Outreach resource is configured for {object_type!r} (config objects)",
-                                 code="UNKNOWN_OBJECT", permanent=True) from None  # fmt: skip
-
-
-class _Newest:
-    """The largest updatedAt seen in a pass, and the ids that carry it."""
-
-    def __init__(self, stamp: str, ids: list[str]) -> None:
-        self.stamp, self.ids = _canonical(stamp), list(ids)
-
-    def add(self, row: dict[str, Any]) -> None:
-        stamp, row_id = _stamp(row), str(row["id"])
-        if stamp > self.stamp:
-            self.stamp, self.ids = stamp, [row_id]
-        elif stamp == self.stamp and row_id not in self.ids:
-            self.ids.append(row_id)
+            raise ConnectorError(
+                f"no Outreach resource is configured for {object_type!r} (config objects)",
+                code="UNKNOWN_OBJECT",
+                permanent=True,
+            ) from None
 
 
 def _change(object_type: str, row: dict[str, Any]) -> Change:
@@ -430,13 +463,11 @@ def _change(object_type: str, row: dict[str, Any]) -> Change:
     return Change(object_type, str(row["id"]), attributes, parse_time(attributes["updatedAt"]))
 
 
-def _stamp(row: dict[str, Any]) -> str:
-    return _canonical(row["attributes"]["updatedAt"])
-
-
-def _canonical(value: str) -> str:
-    """One spelling for every instant (`2021-11-10T14:17:38.000Z`), so strings compare in time order."""
-    return parse_time(value).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+def _server_time(response: requests.Response) -> float | None:
+    try:
+        return parsedate_to_datetime(response.headers.get("Date", "")).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def _json(response: requests.Response) -> Any:
@@ -445,8 +476,11 @@ def _json(response: requests.Response) -> Any:
     try:
         return response.json()
     except ValueError:
-        raise ConnectorError(f"Outreach answered {response.status_code} with a body that is not JSON",
-                             code="BAD_RESPONSE", http_status=response.status_code) from None  # fmt: skip
+        raise ConnectorError(
+            f"Outreach answered {response.status_code} with a body that is not JSON",
+            code="BAD_RESPONSE",
+            http_status=response.status_code,
+        ) from None
 
 
 def _next_link(body: Any) -> str | None:
@@ -468,6 +502,10 @@ def _refused(record: OutboundRecord, message: str, code: str, *, fields: Sequenc
 
 def _not_sent(cause: ConnectorError) -> ConnectorError:
     """Records after a connection-wide failure were never tried: retryable, whatever stopped the batch."""
-    return ConnectorError(f"not sent: an earlier call failed ({cause.code}: {cause.message})", code=cause.code,
-                          retry_after=cause.retry_after, http_status=cause.http_status,
-                          pause_connection=cause.pause_connection)  # fmt: skip
+    return ConnectorError(
+        f"not sent: an earlier call failed ({cause.code}: {cause.message})",
+        code=cause.code,
+        retry_after=cause.retry_after,
+        http_status=cause.http_status,
+        pause_connection=cause.pause_connection,
+    )

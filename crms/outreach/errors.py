@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -54,17 +55,34 @@ def response_error(response: requests.Response, *, now: float) -> ConnectorError
     code = str(items[0].get("id") or "") if items else ""
     message = describe(items) or response.text[:500] or response.reason or f"HTTP {status}"
     if status == 429:
-        return ConnectorError(message, code=RATE_LIMITED, retry_after=_retry_after(response, now),
-                              http_status=status, pause_connection=True)  # fmt: skip
+        return ConnectorError(
+            message,
+            code=RATE_LIMITED,
+            retry_after=_retry_after(response, now),
+            http_status=status,
+            pause_connection=True,
+        )
     if status == 401:
         # Only reached after one refresh and one retry: the authorisation itself is gone.
-        return ConnectorError(f"access token refused after a refresh: {message}", code=code or "UNAUTHORIZED",
-                              permanent=True, http_status=status, pause_connection=True)  # fmt: skip
+        return ConnectorError(
+            f"access token refused after a refresh: {message}",
+            code=code or "UNAUTHORIZED",
+            permanent=True,
+            http_status=status,
+            pause_connection=True,
+        )
     if status >= 500 or status == 408:
-        return ConnectorError(message, code=code or f"HTTP_{status}", retry_after=_retry_after(response, now),
-                              http_status=status)  # fmt: skip
-    return ConnectorError(message, code=code or f"HTTP_{status}", permanent=True, http_status=status,
-                          fields=pointer_fields(items))  # fmt: skip
+        # A server error says nothing about the hourly allowance: without a Retry-After the engine's own
+        # backoff (seconds, growing to minutes) applies, never a wait until X-RateLimit-Reset.
+        return ConnectorError(
+            message,
+            code=code or f"HTTP_{status}",
+            http_status=status,
+            retry_after=_retry_after(response, now, until_reset=False),
+        )
+    return ConnectorError(
+        message, code=code or f"HTTP_{status}", permanent=True, http_status=status, fields=pointer_fields(items)
+    )
 
 
 def concerns_connection(error: ConnectorError) -> bool:
@@ -113,14 +131,19 @@ def pointer_fields(items: list[dict[str, Any]]) -> list[str]:
     return fields
 
 
-def _retry_after(response: requests.Response, now: float) -> float | None:
-    raw = response.headers.get("Retry-After")
-    try:
-        if raw:
+def _retry_after(response: requests.Response, now: float, *, until_reset: bool = True) -> float | None:
+    """Retry-After in seconds (or as an HTTP date); else, for a 429 only, the time to X-RateLimit-Reset."""
+    raw = (response.headers.get("Retry-After") or "").strip()
+    if raw:
+        try:
             return max(float(raw), 0.0)
-    except ValueError:
-        pass
-    reset = parse_rate_limit(response.headers).get("reset")
+        except ValueError:
+            pass
+        try:
+            return max(parsedate_to_datetime(raw).timestamp() - now, 0.0)
+        except (TypeError, ValueError):
+            pass
+    reset = parse_rate_limit(response.headers).get("reset") if until_reset else None
     return max(reset - now, 1.0) if reset is not None else None
 
 

@@ -1,4 +1,4 @@
-"""The mock Outreach org's data rules: JSON:API resources, validation, filters, webhooks."""
+"""The mock Outreach org's data: records, writes, webhooks. How they look and what a write may hold: mock_schema."""
 
 from __future__ import annotations
 
@@ -6,87 +6,47 @@ import hashlib
 import hmac
 import json
 import logging
-import re
-from datetime import UTC, datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import TextField
-from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast
 from django.utils import timezone
 
 from crms.http import HttpClient, TransportError
 from crms.mocks.models import MockRecord
-from crms.outreach.resources import ACCOUNT_FIELDS, CUSTOM_FIELD, PROSPECT_FIELDS
+from crms.outreach.mock_schema import API_USER, LINKS, ORG_USER, Invalid, resource, validate
+from crms.outreach.mock_schema import ol_time as ol_time  # re-exported: sync's conformance tests stamp with it
+from crms.outreach.reference import KINDS
 
 SYSTEM = "outreach"
 WEBHOOKS = "webhook"  # webhook registrations are records of this type
-WRITABLE = {"prospect": set(PROSPECT_FIELDS), "account": set(ACCOUNT_FIELDS)}
-REQUIRED_ON_CREATE = {"prospect": [], "account": ["name"]}
-FILTERABLE = {"prospect": {"emails", "id", "updatedAt"}, "account": {"domain", "customId", "id", "updatedAt", "name"}}
 logger = logging.getLogger("recordsync.mock.outreach")
-
-
-class Invalid(Exception):
-    """A 422 with JSON:API errors."""
-
-    def __init__(self, detail: str, pointer: str = "/data") -> None:
-        super().__init__(detail)
-        self.item = {"id": "validationError", "title": "Validation Error", "detail": detail,
-                     "source": {"pointer": pointer}}  # fmt: skip
-
-
-def ol_time(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-
-
-def resource(record: MockRecord, base: str) -> dict[str, Any]:
-    attributes = {**record.fields, "createdAt": ol_time(record.created_at), "updatedAt": ol_time(record.modified_at)}
-    return {"type": record.object, "id": int(record.record_id), "attributes": attributes, "relationships": {},
-            "links": {"self": f"{base}/{record.object}s/{record.record_id}"}}  # fmt: skip
 
 
 def live(kind: str) -> Any:
     return MockRecord.objects.filter(system=SYSTEM, object=kind, deleted_at__isnull=True)
 
 
-def validate(kind: str, attributes: Any, *, creating: bool) -> dict[str, Any]:
-    if not isinstance(attributes, dict):
-        raise Invalid("data.attributes must be an object", "/data/attributes")
-    for name, value in attributes.items():
-        if name not in WRITABLE[kind] and not re.fullmatch(CUSTOM_FIELD, name):
-            raise Invalid(f"{name} is not a writable attribute of {kind}", f"/data/attributes/{name}")
-        if name == "emails" and not (isinstance(value, list) and all(isinstance(e, str) and "@" in e for e in value)):
-            raise Invalid("emails must be a list of email addresses", "/data/attributes/emails")
-    for name in REQUIRED_ON_CREATE[kind] if creating else []:
-        if not attributes.get(name):
-            raise Invalid(f"{name} can't be blank", f"/data/attributes/{name}")
-    return attributes
-
-
 def find_by_email(email: str, exclude: str | None = None) -> list[MockRecord]:
     needle = email.strip().lower()
     candidates = live("prospect").filter(fields__emails__icontains=needle)
     return [
-        r for r in candidates if r.record_id != exclude and needle in [e.lower() for e in r.fields.get("emails", [])]
+        r for r in candidates if r.record_id != exclude and needle in [e.lower() for e in r.fields.get("emails") or []]
     ]
 
 
-def matching(kind: str, field: str, value: str) -> Any:
-    as_text = Cast(KeyTextTransform(field, "fields"), output_field=TextField())
-    return live(kind).annotate(_match=as_text).filter(_match=value)
-
-
-def create(kind: str, attributes: dict[str, Any], base: str) -> MockRecord:
+def create(
+    kind: str, attributes: dict[str, Any], base: str, *, links: dict[str, Any] | None = None, user: int = API_USER
+) -> MockRecord:
+    """A new record; the acting user becomes its creator and updater (read-only relationships)."""
     _refuse_taken_emails(kind, attributes, None)
+    fields = dict(attributes)
+    if kind in KINDS:
+        fields[LINKS] = {**(links or {}), **_by(user, "creator", "updater")}
     for _ in range(5):  # ids are increasing integers; concurrent creators retry on a clash
         try:
             with transaction.atomic():
                 next_id = _next_id(kind)
-                record = MockRecord.objects.create(
-                    system=SYSTEM, object=kind, record_id=str(next_id), fields=attributes
-                )
+                record = MockRecord.objects.create(system=SYSTEM, object=kind, record_id=str(next_id), fields=fields)
             break
         except IntegrityError:
             continue
@@ -96,10 +56,19 @@ def create(kind: str, attributes: dict[str, Any], base: str) -> MockRecord:
     return record
 
 
-def update(record: MockRecord, attributes: dict[str, Any], base: str) -> MockRecord:
+def update(
+    record: MockRecord,
+    attributes: dict[str, Any],
+    base: str,
+    *,
+    links: dict[str, Any] | None = None,
+    user: int = API_USER,
+) -> MockRecord:
     _refuse_taken_emails(record.object, attributes, record.record_id)
     changed = {k: v for k, v in attributes.items() if record.fields.get(k) != v}
     record.fields = {**record.fields, **attributes}
+    if record.object in KINDS:
+        record.fields[LINKS] = {**(record.fields.get(LINKS) or {}), **(links or {}), **_by(user, "updater")}
     record.modified_at = timezone.now()
     record.save(update_fields=["fields", "modified_at"])
     if changed:
@@ -110,7 +79,11 @@ def update(record: MockRecord, attributes: dict[str, Any], base: str) -> MockRec
 def destroy(record: MockRecord, base: str) -> None:
     record.deleted_at = record.modified_at = timezone.now()
     record.save(update_fields=["deleted_at", "modified_at"])
-    deliver(record.object, "destroyed", record, record.fields, base)
+    deliver(record.object, "destroyed", record, resource(record, base)["attributes"], base)
+
+
+def _by(user: int, *names: str) -> dict[str, Any]:
+    return {name: {"type": "user", "id": user} for name in names}
 
 
 def _next_id(kind: str) -> int:
@@ -134,11 +107,17 @@ def deliver(kind: str, action: str, record: MockRecord, attributes: dict[str, An
         wanted = hook.fields
         if wanted.get("resource") not in (kind, "*") or wanted.get("action") not in (action, "*"):
             continue
-        body = json.dumps({
-            "data": {"type": kind, "id": int(record.record_id), "attributes": attributes,
-                     "links": {"self": f"{base}/{kind}s/{record.record_id}"}},
-            "meta": {"deliveredAt": ol_time(timezone.now()), "eventName": f"{kind}.{action}"},
-        }).encode()  # fmt: skip
+        body = json.dumps(
+            {
+                "data": {
+                    "type": kind,
+                    "id": int(record.record_id),
+                    "attributes": attributes,
+                    "links": {"self": f"{base}/{kind}s/{record.record_id}"},
+                },
+                "meta": {"deliveredAt": ol_time(timezone.now()), "eventName": f"{kind}.{action}"},
+            }
+        ).encode()
         headers = {"Content-Type": "application/json", "Outreach-Webhook-ID": hook.record_id}
         if wanted.get("secret"):
             headers["Outreach-Webhook-Signature"] = hmac.new(
@@ -164,14 +143,21 @@ def as_row(record: MockRecord) -> dict[str, Any]:
 
 def staff_push(kind: str, rows: list[dict[str, Any]], delete: list[str]) -> list[dict[str, Any]]:
     """Change the org as an Outreach user would (webhooks fire; the service may also poll)."""
-    if kind not in WRITABLE:
+    if kind not in KINDS:
         raise ValueError("object must be prospect or account")
     base = "/mock/outreach/api/v2"
     stored = []
     for row in rows:
-        attributes = validate(kind, {k: v for k, v in row.items() if k != "id"}, creating="id" not in row)
+        try:
+            attributes = validate(kind, {k: v for k, v in row.items() if k != "id"}, creating="id" not in row)
+        except Invalid as exc:
+            raise ValueError("; ".join(str(item["detail"]) for item in exc.items)) from exc
         existing = live(kind).filter(record_id=str(row["id"])).first() if "id" in row else None
-        record = update(existing, attributes, base) if existing else create(kind, attributes, base)
+        record = (
+            update(existing, attributes, base, user=ORG_USER)
+            if existing
+            else create(kind, attributes, base, user=ORG_USER)
+        )
         stored.append(as_row(record))
     for record_id in delete:
         found = live(kind).filter(record_id=record_id).first()

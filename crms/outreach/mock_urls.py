@@ -3,6 +3,7 @@ from django.urls import path
 from crms.outreach import mock
 
 urlpatterns = [
+    path("oauth/authorize", mock.authorize),
     path("oauth/token", mock.token),
     path("api/v2", mock.root),
     path("api/v2/", mock.root),

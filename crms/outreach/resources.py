@@ -1,7 +1,8 @@
 """The Outreach resources we sync, how each is matched, and the JSON:API shapes they travel in.
 
-Attribute names are Outreach's own (outreach.oas.json, components.schemas.prospect / account):
-the writable ones, without the numbered custom fields custom1..custom150 that both resources have.
+Attribute names are Outreach's own (outreach.oas.json, components.schemas.prospect / account, kept
+in reference.json): the writable ones, without the numbered custom fields custom1..custom150 that
+both resources have.
 """
 
 from __future__ import annotations
@@ -12,25 +13,19 @@ from datetime import datetime
 from typing import Any
 
 from crms.base import OutboundRecord
+from crms.outreach import reference
 
 CUSTOM_FIELD = r"custom([1-9]|[1-9][0-9]|1[0-4][0-9]|150)"
 ACCOUNT_MATCH_KEY = rf"^(domain|customId|{CUSTOM_FIELD})$"
-PROSPECT_FIELDS = (
-    "addedAt", "addressCity", "addressCountry", "addressState", "addressStreet", "addressStreet2", "addressZip",
-    "angelListUrl", "availableAt", "callOptedOut", "callsOptStatus", "campaignName", "company", "dateOfBirth",
-    "degree", "emailOptedOut", "emails", "emailsOptStatus", "eventName", "externalId", "externalOwner",
-    "externalSource", "facebookUrl", "firstName", "gender", "githubUrl", "githubUsername", "googlePlusUrl",
-    "graduationDate", "homePhones", "jobStartDate", "lastName", "linkedInConnections", "linkedInId", "linkedInUrl",
-    "middleName", "mobilePhones", "nickname", "occupation", "optedOut", "otherPhones", "personalNote1",
-    "personalNote2", "preferredContact", "quoraUrl", "region", "school", "score", "sharingTeamId", "source",
-    "specialties", "stackOverflowId", "stackOverflowUrl", "tags", "timeZone", "title", "trashedAt", "twitterUrl",
-    "twitterUsername", "voipPhones", "websiteUrl1", "websiteUrl2", "websiteUrl3", "workPhones",
-)  # fmt: skip
-ACCOUNT_FIELDS = (
-    "buyerIntentScore", "companyType", "customId", "description", "domain", "externalSource", "followers",
-    "foundedAt", "industry", "linkedInEmployees", "linkedInUrl", "locality", "name", "named", "naturalName",
-    "numberOfEmployees", "sharingTeamId", "tags", "websiteUrl",
-)  # fmt: skip
+
+
+def _writable(kind: str) -> tuple[str, ...]:
+    return tuple(a.name for a in reference.resource(kind).writable() if not re.fullmatch(CUSTOM_FIELD, a.name))
+
+
+PROSPECT_FIELDS = _writable("prospect")
+ACCOUNT_FIELDS = _writable("account")
+FIELD_TYPES = ("string", "integer", "number", "boolean", "array", "date", "date-time")  # reference.Attribute.kind
 DEFAULT_OBJECTS: dict[str, dict[str, str]] = {
     "prospect": {"resource": "prospect", "match_key": "emails"},
     "account": {"resource": "account", "match_key": "domain"},
@@ -75,6 +70,35 @@ class ObjectMap:
         if self.holds_source_id:
             attributes[self.match_key] = record.record_id
         return attributes
+
+
+def read_only(resource: str) -> frozenset[str]:
+    """What Outreach computes itself (createdAt, updatedAt, name, clickCount, …): never written, never synced."""
+    return frozenset(a.name for a in reference.resource(resource).attributes.values() if a.readonly)
+
+
+def field_problems(config: dict[str, Any]) -> dict[str, str]:
+    """Each configured field the reference does not have, marks read-only, or types otherwise, by its config path."""
+    objects: dict[str, dict[str, Any]] = config.get("objects") or DEFAULT_OBJECTS
+    problems: dict[str, str] = {}
+    for name, spec in objects.items():
+        listed = reference.resource(spec["resource"]).attributes
+        for field, declared in (spec.get("fields") or {}).items():
+            path = f"objects.{name}.fields.{field}"
+            attribute = listed.get(field)
+            if attribute is None:
+                close = [a for a in listed if a.lower() == field.lower()]
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                problems[path] = f"{path}: Outreach {spec['resource']}s have no attribute {field!r}{hint}"
+            elif attribute.readonly:
+                problems[path] = f"{path}: {field} is read-only in Outreach (Outreach sets it)"
+            elif declared != attribute.kind:
+                problems[path] = f"{path}: Outreach's {field} is {_a(attribute.kind)}, not {_a(declared)}"
+    return problems
+
+
+def _a(kind: str) -> str:
+    return f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
 
 
 def mappings(config: dict[str, Any]) -> dict[str, ObjectMap]:

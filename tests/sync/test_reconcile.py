@@ -17,6 +17,7 @@ from django.utils.module_loading import import_string
 
 from crms.base import ChangePage, Connector
 from crms.mocks.models import MockCall, MockRecord
+from crms.mocks.runtime import fault_add
 from crms.models import Connection
 from crms.outreach import connector as outreach_connector
 from crms.outreach import mock_store as outreach_store
@@ -254,7 +255,8 @@ def test_a_link_whose_record_system_a_deleted_is_left_alone(
 def test_a_record_the_scan_skipped_because_another_moved_is_not_deleted(
     outreach: Connection, system_a: Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Outreach pages by offset: a record edited mid-scan moves to the end and the one after it is skipped."""
+    """A CRM that pages by offset (the mock's offset_paging fault): a record edited mid-scan moves to the end
+    and the one after it is skipped."""
     monkeypatch.setattr(outreach_connector, "PAGE_SIZE", 2)
     ids = [prospect_add(firstName=f"P{n}", emails=[f"p{n}@example.com"]) for n in range(5)]
     poll_all(outreach, "prospect")
@@ -274,6 +276,7 @@ def test_a_record_the_scan_skipped_because_another_moved_is_not_deleted(
         return connector
 
     monkeypatch.setattr(reconcile_module, "throttled_connector", editing_after_first_page)
+    fault_add(system="outreach", calls=None, seconds=300, code="offset_paging", latency_ms=1)
 
     run = reconcile(connection=outreach, object_type="prospect", dry_run=True)
 

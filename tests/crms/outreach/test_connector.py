@@ -8,6 +8,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -15,17 +16,19 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 import responses
+from django.conf import settings
 from django.db import connection as db_connection
 from jsonschema import Draft202012Validator
 from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest
 
-from crms.base import ConnectorError, OutboundRecord
+from crms.base import Change, ConnectorError, OutboundRecord
 from crms.http import HttpClient
 from crms.models import Connection
 from crms.outreach.connector import OutreachConnector
 from crms.outreach.errors import parse_rate_limit
 from crms.state import DatabaseStateStore
+from sync.engine import backoff_seconds
 
 pytestmark = pytest.mark.django_db
 
@@ -93,6 +96,10 @@ def resource(kind: str, id: int | None = None, **attributes: Any) -> dict[str, A
         "relationships": relationships,
         "links": {"self": f"{API}/{kind}s/{resource_id}"},
     }
+
+
+def outreach_change(attributes: dict[str, Any]) -> Change:
+    return Change("prospect", "1", attributes, datetime(2024, 3, 3, tzinfo=UTC))
 
 
 def page(*rows: dict[str, Any], next_link: str | None = None) -> dict[str, Any]:
@@ -532,6 +539,32 @@ def test_server_errors_and_timeouts_are_retryable(connector, outreach, answer):
     assert raised.value.pause_connection is False
 
 
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
+def test_a_server_error_without_retry_after_leaves_the_wait_to_the_engines_backoff_not_the_hourly_reset(
+    connector, outreach, status
+):
+    """One 503 moved jobs about 50 minutes out when this fell back to X-RateLimit-Reset (issue 13)."""
+    limits = {"X-RateLimit-Limit": "10000", "X-RateLimit-Remaining": "9000", "X-RateLimit-Reset": str(int(T0) + 3000)}
+    outreach.patch(f"{API}/prospects/42", status=status, headers=limits)
+
+    (result,) = connector.push([upsert("c-1", "42")])
+
+    assert result.error is not None
+    assert (result.error.http_status, result.error.permanent, result.error.retry_after) == (status, False, None)
+    wait = backoff_seconds(1, result.error.retry_after)
+    assert wait <= settings.SYNC_BACKOFF_BASE_SECONDS * 2
+
+
+@pytest.mark.parametrize(("retry_after", "seconds"), [("30", 30.0), ("Sun, 03 Mar 2024 10:02:00 GMT", 120.0)])
+def test_a_server_error_with_retry_after_waits_as_long_as_it_asks(connector, outreach, clock, retry_after, seconds):
+    clock.now = datetime(2024, 3, 3, 10, 0, tzinfo=UTC).timestamp()
+    outreach.patch(f"{API}/prospects/42", status=503, headers={"Retry-After": retry_after})
+
+    (result,) = connector.push([upsert("c-1", "42")])
+
+    assert result.error is not None and result.error.retry_after == seconds
+
+
 # --- reading changes ------------------------------------------------------------------------------
 
 
@@ -539,7 +572,8 @@ def stamped(id: int, updated_at: str) -> dict[str, Any]:
     return resource("prospect", id=id, updatedAt=updated_at)
 
 
-def test_changes_follow_links_next_and_resume_from_the_newest_row_not_the_last(connector, outreach):
+def test_changes_follow_links_next_and_resume_from_the_newest_row_not_the_last(connector, outreach, clock):
+    clock.now = T0 + 200 * 86400  # 2024-06-01: every row below is settled (poll_cursor.SETTLE_SECONDS)
     next_link = (f"{API}/prospects?count=false&filter%5BupdatedAt%5D=1970-01-01T00%3A00%3A00.000Z..inf"
                  "&page%5Bafter%5D=eyJpZCI6MX0&page%5Bsize%5D=1000&sort=updatedAt")  # fmt: skip
     unsorted = [stamped(3, "2024-03-03T10:00:00.000Z"), stamped(1, "2024-03-01T10:00:00.000Z")]
@@ -565,6 +599,26 @@ def test_changes_follow_links_next_and_resume_from_the_newest_row_not_the_last(c
     assert calls[1].request.url == next_link
     assert query(calls[2])["filter[updatedAt]"] == ["2024-03-03T10:00:00.000Z..inf"]  # the max, not the last row's
     assert json.loads(third.cursor or "{}")["since"] == "2024-03-04T10:00:00.000Z"
+
+
+def test_rows_newer_than_outreachs_clock_minus_a_minute_are_read_again_and_only_changes_come_back(connector, outreach):
+    """Outreach's clock (its Date header) says 10:00:30: rows stamped 10:00:00 are not settled yet."""
+    clock_header = {"Date": "Sun, 03 Mar 2024 10:00:30 GMT"}
+    row, edited = (
+        stamped(3, "2024-03-03T10:00:00.000Z"),
+        resource("prospect", id=3, updatedAt="2024-03-03T10:00:00.000Z", title="new"),
+    )
+    outreach.get(f"{API}/prospects", json=page(row), headers=clock_header)
+    outreach.get(f"{API}/prospects", json=page(row, stamped(4, "2024-03-03T10:00:00.000Z")), headers=clock_header)
+    outreach.get(f"{API}/prospects", json=page(edited), headers=clock_header)
+
+    first = connector.changes("prospect", None)
+    second = connector.changes("prospect", first.cursor)
+    third = connector.changes("prospect", second.cursor)
+
+    assert [c.external_id for c in first.changes + second.changes + third.changes] == ["3", "4", "3"]
+    assert third.changes[0].fields["title"] == "new"  # the same second, other content: a change
+    assert query(api_calls(outreach)[1])["filter[updatedAt]"] == ["2024-03-03T09:59:30.000Z..inf"]
 
 
 def test_a_502_on_a_large_page_is_asked_again_at_half_the_size(connector, outreach):
@@ -629,6 +683,69 @@ def test_check_fails_when_outreach_will_not_filter_on_the_custom_match_key(conne
 
     assert not result.ok
     assert result.message.startswith("MATCH_KEY_NOT_FILTERABLE: objects.company")
+
+
+def test_check_names_each_configured_field_outreach_lacks_keeps_read_only_or_types_otherwise(
+    connection, clock, outreach
+):
+    contact = {
+        "emails": "array",
+        "firstName": "string",
+        "FirstName": "string",
+        "clickCount": "integer",
+        "dateOfBirth": "date",
+    }
+    company = {"numberOfEmployees": "string", "foundedAt": "date-time", "named": "boolean"}
+    objects = {
+        "contact": {"resource": "prospect", "fields": contact},
+        "company": {"resource": "account", "match_key": "domain", "fields": company},
+    }
+    connector = make_connector(connection, clock, objects=objects)
+    outreach.get(API, json={})
+
+    result = connector.check()
+
+    assert not result.ok
+    assert result.details["fields"] == {
+        "objects.contact.fields.FirstName": "objects.contact.fields.FirstName: Outreach prospects have no attribute "
+        "'FirstName' (did you mean firstName?)",
+        "objects.contact.fields.clickCount": "objects.contact.fields.clickCount: clickCount is read-only in Outreach "
+        "(Outreach sets it)",
+        "objects.company.fields.numberOfEmployees": "objects.company.fields.numberOfEmployees: Outreach's "
+        "numberOfEmployees is an integer, not a string",
+    }
+    assert result.message == "; ".join(result.details["fields"].values())
+
+
+def test_check_passes_when_every_configured_field_matches_the_reference(connection, clock, outreach):
+    objects = {"contact": {"resource": "prospect", "fields": {"emails": "array", "score": "number", "tags": "array"}}}
+    connector = make_connector(connection, clock, objects=objects)
+    outreach.get(API, json={})
+
+    assert connector.check().ok
+    assert Draft202012Validator(OutreachConnector.config_schema).is_valid({"client_id": "app", "objects": objects})
+    assert not Draft202012Validator(OutreachConnector.config_schema).is_valid(
+        {"client_id": "app", "objects": {"contact": {"resource": "prospect", "fields": {"emails": "list"}}}}
+    )
+
+
+def test_check_reports_the_field_problems_with_a_connection_failure_too(connection, clock, outreach):
+    objects = {"contact": {"resource": "prospect", "fields": {"shoeSize": "integer"}}}
+    connector = make_connector(connection, clock, objects=objects)
+    outreach.get(API, status=503)
+
+    result = connector.check()
+
+    assert not result.ok and result.message.startswith("HTTP_503") and "no attribute 'shoeSize'" in result.message
+
+
+def test_read_only_attributes_are_outreachs_own_and_never_reach_the_pipeline(connector):
+    change = outreach_change(resource("prospect", id=1)["attributes"])
+
+    fields = connector.inbound(change).fields
+
+    assert {"createdAt", "updatedAt", "name", "clickCount", "engagedScore", "touchedAt"}.isdisjoint(fields)
+    assert fields["emails"] == ["<redacted>@zazmic.com"] and fields["custom1"] == "custom 1"
 
 
 def test_the_config_schema_takes_the_documented_match_keys_only():
