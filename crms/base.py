@@ -149,13 +149,16 @@ class QuotaSignal:
 
     `used`/`cap` count calls in the target's period; `resets_in` is how long until that period
     refills (for a rolling period, its length); `pause_for` is an explicit request to stop
-    calling for that long (a 429's Retry-After, Salesforce's REQUEST_LIMIT_EXCEEDED).
+    calling for that long (a 429's Retry-After, Salesforce's REQUEST_LIMIT_EXCEEDED). `probe`: the
+    pause has no known end (a daily allocation spent): the owner stays held until one cheap call
+    (`Connector.probe`) succeeds, with at most `pause_for` between two probes.
     """
 
     used: int | None = None
     cap: int | None = None
     resets_in: float | None = None
     pause_for: float | None = None
+    probe: bool = False
 
 
 # Settings every connection takes, whatever its kind: how two-way sync treats it.
@@ -221,6 +224,13 @@ class Connector(ABC):
     @abstractmethod
     def check(self) -> CheckResult:
         """Credentials and reachability."""
+
+    def probe(self) -> None:
+        """One cheap call that says whether the target takes calls again (after a daily limit was spent);
+        raises ConnectorError when it does not. Connectors with a cheaper call than `check` override it."""
+        result = self.check()
+        if not result.ok:
+            raise ConnectorError(result.message, code="PROBE_FAILED")
 
     def webhook_changes(
         self, body: bytes, headers: Mapping[str, str], now: datetime, query: Mapping[str, str] | None = None

@@ -232,6 +232,13 @@ SYNC_LEASE_SECONDS = env_int("SYNC_LEASE_SECONDS", 120, minimum=10)
 SYNC_OUTSTANDING_BATCHES = env_int("SYNC_OUTSTANDING_BATCHES", 2 * Q_CLUSTER["workers"], minimum=1)
 SYNC_BACKOFF_BASE_SECONDS = env_int("SYNC_BACKOFF_BASE_SECONDS", 2, minimum=1)
 SYNC_BACKOFF_CAP_SECONDS = env_int("SYNC_BACKOFF_CAP_SECONDS", 600, minimum=1)
+# Writes handed back near a daily cap look again after at most this long (sooner when an answer shows room).
+SYNC_THROTTLE_RECHECK_SECONDS = env_int("SYNC_THROTTLE_RECHECK_SECONDS", 900, minimum=1)
+# A held quota owner (REQUEST_LIMIT_EXCEEDED) is probed first after this long, then at a doubling interval.
+SYNC_HOLD_PROBE_FIRST_SECONDS = env_int("SYNC_HOLD_PROBE_FIRST_SECONDS", 60, minimum=1)
+# A failed poll waits from this long, doubling per failure (half of it random), up to the cap.
+SYNC_POLL_BACKOFF_BASE_SECONDS = env_int("SYNC_POLL_BACKOFF_BASE_SECONDS", 5, minimum=1)
+SYNC_POLL_BACKOFF_CAP_SECONDS = env_int("SYNC_POLL_BACKOFF_CAP_SECONDS", 300, minimum=1)
 
 # Ingest limits (documented in docs/api.md).
 INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024, minimum=1024)
@@ -244,12 +251,14 @@ MOCK_CRMS_ENABLED = env_bool("MOCK_CRMS_ENABLED", DEBUG)
 # Outbound calls to CRMs: seconds to connect and to wait for an answer (a timeout is retried).
 CRM_HTTP_CONNECT_TIMEOUT = env_int("CRM_HTTP_CONNECT_TIMEOUT", 5, minimum=1)
 CRM_HTTP_READ_TIMEOUT = env_int("CRM_HTTP_READ_TIMEOUT", 30, minimum=1)
-# A Salesforce org that answered 403 REQUEST_LIMIT_EXCEEDED is not called again for this long.
+# The longest wait between two probes of an org that answered 403 REQUEST_LIMIT_EXCEEDED.
 SALESFORCE_LIMIT_PAUSE_SECONDS = env_int("SALESFORCE_LIMIT_PAUSE_SECONDS", 900, minimum=1)
 MOCK_SALESFORCE_CLIENT_ID = env_str("MOCK_SALESFORCE_CLIENT_ID", "recordsync-mock")
 MOCK_SALESFORCE_CLIENT_SECRET = env_str("MOCK_SALESFORCE_CLIENT_SECRET", "mock-only-secret")
 MOCK_SALESFORCE_DAILY_LIMIT = env_int("MOCK_SALESFORCE_DAILY_LIMIT", 15000, minimum=1)
 MOCK_SALESFORCE_QUERY_PAGE = env_int("MOCK_SALESFORCE_QUERY_PAGE", 2000, minimum=1)
+# The connected app's certificate (PEM, or its public key) that JWT bearer assertions must be signed for.
+MOCK_SALESFORCE_JWT_CERTIFICATE = env_str("MOCK_SALESFORCE_JWT_CERTIFICATE", "")
 MOCK_OUTREACH_CLIENT_ID = env_str("MOCK_OUTREACH_CLIENT_ID", "recordsync-mock")
 MOCK_OUTREACH_CLIENT_SECRET = env_str("MOCK_OUTREACH_CLIENT_SECRET", "mock-only-secret")
 MOCK_OUTREACH_REFRESH_TOKEN = env_str("MOCK_OUTREACH_REFRESH_TOKEN", "mock-only-first-refresh-token")

@@ -17,6 +17,7 @@ from knox.models import AuthToken
 from recordsync.auth import verified_tokens_forget
 from sync.config_services import config_override_set, override_errors
 from sync.conflicts import conflict_resolve
+from sync.holds import connection_resume
 from sync.models import (
     Alert,
     BackfillRun,
@@ -24,6 +25,8 @@ from sync.models import (
     CircuitBreaker,
     ConfigOverride,
     ConflictState,
+    InboundCursor,
+    QuotaHold,
     ReconcileRun,
     RecordLink,
     SyncAttempt,
@@ -153,16 +156,62 @@ class ConfigOverrideAdmin(admin.ModelAdmin[ConfigOverride]):
         obj.pk = saved.pk
 
 
+def _resume(admin_view: admin.ModelAdmin[Any], request: HttpRequest, names: list[str]) -> None:
+    """The same service as POST /v1/sync/connections/{name}/resume, once per quota owner selected."""
+    done: set[str] = set()
+    for name in names:
+        resumed = connection_resume(name=name, actor=request.user.get_username())
+        if resumed.key in done:
+            continue
+        done.add(resumed.key)
+        closed = ", ".join(resumed.breakers_closed) or "none"
+        admin_view.message_user(
+            request,
+            f"Resumed {', '.join(resumed.connections)}: hold "
+            f"{'lifted' if resumed.hold_lifted else 'not in force'}; breakers closed: {closed}; "
+            f"{resumed.jobs_due} waiting job(s) and {resumed.polls_due} poll(s) due now.",
+            messages.SUCCESS,
+        )
+
+
 @admin.register(CircuitBreaker)
 class CircuitBreakerAdmin(NoEditAdmin):
     list_display = ["connection", "state", "failures", "opened_at", "updated_at"]
     list_filter = ["state"]
     readonly_fields = ["connection", "state", "failures", "opened_at", "last_error", "updated_at", "history"]
+    actions = ["resume_connections"]
+
+    @admin.action(description="Resume now: lift the hold and the breaker, make waiting jobs due")
+    def resume_connections(self, request: HttpRequest, queryset: QuerySet[CircuitBreaker]) -> None:
+        _resume(self, request, [row.connection.name for row in queryset.select_related("connection")])
 
     @admin.display(description="History (newest first)")
     def history(self, obj: CircuitBreaker) -> str:
         rows = BreakerTransition.objects.filter(connection=obj.connection).order_by("-at")[:50]
         return "\n".join(f"{r.at:%Y-%m-%d %H:%M:%S} {r.from_state} → {r.to_state}: {r.reason}" for r in rows) or "—"
+
+
+@admin.register(InboundCursor)
+class InboundCursorAdmin(ReadOnlyAdmin):
+    """Where polling of each (connection, object) has got to; a poll that failed backs off until `retry_at`."""
+
+    list_display = ["connection", "object_type", "polled_at", "pages", "captured", "failures", "retry_at", "last_error"]
+    list_filter = ["connection"]
+    list_select_related = ["connection"]
+    ordering = ["connection__name", "object_type"]
+
+
+@admin.register(QuotaHold)
+class QuotaHoldAdmin(NoEditAdmin):
+    """Quota owners held until a probe finds the target taking calls again (a daily limit spent)."""
+
+    list_display = ["key", "connection", "held_at", "probe_at", "probe_interval", "probes", "last_probe_error"]
+    list_select_related = ["connection"]
+    actions = ["resume_connections"]
+
+    @admin.action(description="Resume now: lift the hold and the breaker, make waiting jobs due")
+    def resume_connections(self, request: HttpRequest, queryset: QuerySet[QuotaHold]) -> None:
+        _resume(self, request, [row.connection.name for row in queryset.select_related("connection")])
 
 
 class ConflictChoiceForm(forms.Form):

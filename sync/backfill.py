@@ -39,13 +39,13 @@ from sync.engine import (
     NOT_THEIR_FAULT,
     Claimed,
     Outcome,
-    backoff_seconds,
     batch_size_for,
     jobs_prepare,
     lease_owner,
     leases_release,
     outcomes_save,
     results_outcomes,
+    retry_wait,
     throttled_connector,
 )
 from sync.inbound import capture, echo_reason, in_flight_echo
@@ -485,7 +485,7 @@ def _patiently(call: Callable[[], T]) -> T:
                 failures += 1
                 if exc.permanent or failures >= READ_TRIES:
                     raise
-            wait = exc.retry_after or backoff_seconds(failures, None)
+            wait = retry_wait(exc, failures, counts=exc.code not in NOT_THEIR_FAULT)
             logger.info("backfill call waits", extra={"code": exc.code, "wait": wait, "failures": failures})
             sleep(wait)
 

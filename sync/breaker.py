@@ -94,6 +94,19 @@ def breaker_failure(connection: Connection, *, reason: str, now: datetime, probe
             CircuitBreaker.objects.filter(pk=row.pk).update(failures=F("failures") + 1, last_error=reason[:2000])
 
 
+def breaker_close(connection: Connection, *, reason: str) -> bool:
+    """Closed now, whatever its state (the connection was found working by other means, or staff resumed it);
+    True if it was open or half-open."""
+    with transaction.atomic():
+        row = CircuitBreaker.objects.select_for_update().filter(connection=connection).first()
+        if row is None or (row.state == BreakerState.CLOSED and row.failures == 0):
+            return False
+        CircuitBreaker.objects.filter(pk=row.pk).update(state=BreakerState.CLOSED, failures=0, opened_at=None)
+        if row.state != BreakerState.CLOSED:
+            _transition(connection, row.state, BreakerState.CLOSED, reason)
+    return row.state != BreakerState.CLOSED
+
+
 def _transition(connection: Connection, old: str, new: str, reason: str) -> None:
     BreakerTransition.objects.create(connection=connection, from_state=old, to_state=new, reason=reason[:2000])
     logger.warning("breaker", extra={"connection": connection.name, "from": old, "to": new, "reason": reason})

@@ -32,10 +32,10 @@ from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from recordsync.logging import request_id_var
 from recordsync.metrics import RETRIES
-from sync import config
+from sync import config, holds
 from sync.breaker import Gate, breaker_allow, breaker_failure, breaker_release_probe, breaker_success
 from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncEvent, SyncJob
-from sync.throttle import gate_for, observer_for, throttle
+from sync.throttle import gate_for, recheck_seconds, throttle
 
 logger = logging.getLogger("recordsync.engine")
 
@@ -347,9 +347,7 @@ def throttled_connector(connection: Connection) -> Connector:
     knobs = config.effective(connection.pk)
     backend = throttle()
     gate = gate_for(connection, limit=knobs.rate_limit_calls, window=knobs.rate_limit_window, backend=backend)
-    observe = observer_for(connection, window=knobs.rate_limit_window, share_percent=knobs.quota_slow_down_percent,
-                           backend=backend)  # fmt: skip
-    return connector_for(connection, gate=gate, observe=observe)
+    return connector_for(connection, gate=gate, observe=holds.observer(connection, backend))
 
 
 def _outcome(item: Claimed, result: PushResult, duration_ms: int) -> Outcome:
@@ -463,9 +461,7 @@ def _states_save(outcomes: Sequence[Outcome], now: datetime, finished: datetime)
         if outcome.state in (JobState.SYNCED, JobState.SKIPPED):
             continue
         job, error = outcome.job, outcome.error
-        wait = 0.0
-        if error is not None:
-            wait = backoff_seconds(job.attempts, error.retry_after) if outcome.counts else error.retry_after or 1
+        wait = retry_wait(error, job.attempts, counts=outcome.counts) if error is not None else 0.0
         SyncJob.objects.filter(id=job.id).update(
             state=outcome.state, attempts=job.attempts + (1 if outcome.counts else 0),
             next_attempt_at=now + timedelta(seconds=wait) if outcome.state == JobState.RETRYING else None,
@@ -525,3 +521,25 @@ def backoff_seconds(attempt: int, retry_after: float | None) -> float:
     """Exponential backoff with full jitter (AWS's), never sooner than the target asked."""
     ceiling = min(settings.SYNC_BACKOFF_CAP_SECONDS, settings.SYNC_BACKOFF_BASE_SECONDS * 2**attempt)
     return max(random.uniform(0, ceiling), retry_after or 0)  # noqa: S311 - jitter, not a secret
+
+
+def retry_wait(error: ConnectorError, attempts: int, *, counts: bool) -> float:
+    """Seconds until a job that met `error` after `attempts` counted tries is due again.
+
+    Handed back without a call (`counts` False: our throttle, our breaker): the wait the limit states, at
+    most `sync.throttle.recheck_seconds()`. A cap's spread can be hours; looking again while the limit
+    stands costs no call, and a limit that ends sooner wakes the jobs itself (a probe, staff, an answer
+    showing room).
+
+    A try that counts backs off exponentially (`backoff_seconds`), never sooner than the target asked.
+    A server error or a lost connection says nothing about quota, so a longer wait a connector derived
+    for it (say, a rate-limit reset read from other headers) is held to the backoff's cap: seconds to
+    minutes, never hours.
+    """
+    if not counts:
+        return min(error.retry_after or 1.0, recheck_seconds())
+    asked = error.retry_after
+    quota = error.pause_connection or error.http_status == 429
+    if asked is not None and not quota and (error.http_status is None or error.http_status >= 500):
+        asked = min(asked, float(settings.SYNC_BACKOFF_CAP_SECONDS))
+    return backoff_seconds(attempts, asked)

@@ -193,6 +193,8 @@ class InboundCursor(models.Model):
     pages = models.PositiveBigIntegerField(default=0)
     captured = models.PositiveBigIntegerField(default=0, help_text="Changes turned into events")
     last_error = models.TextField(blank=True)
+    failures = models.PositiveIntegerField(default=0, help_text="Polls in a row that failed or could not run")
+    retry_at = models.DateTimeField(null=True, blank=True, help_text="After failures: not polled again before then")
     lease_owner = models.CharField(max_length=64, blank=True, help_text="The poller holding it")
     lease_until = models.DateTimeField(null=True, blank=True)
 
@@ -215,6 +217,32 @@ class ThrottleLimit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: hold until {self.hold_until}, cap {self.cap_calls}/{self.cap_seconds}s"
+
+
+class QuotaHold(models.Model):
+    """A quota owner held with no known end (a daily allocation spent): one cheap probe at a growing
+    interval lifts it as soon as the target takes calls again, or staff do (sync.holds)."""
+
+    key = models.CharField(max_length=128, unique=True, help_text="The quota owner (sync.throttle.quota_key)")
+    connection = models.ForeignKey(
+        Connection,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="The connection that heard it; probes go through it",
+    )
+    reason = models.TextField(blank=True)
+    held_at = models.DateTimeField(default=timezone.now)
+    probe_at = models.DateTimeField(help_text="When the next probe is due")
+    probe_interval = models.FloatField(help_text="Seconds until the next probe; doubled by each failed one")
+    probe_max = models.FloatField(help_text="The interval's ceiling, in seconds")
+    probes = models.PositiveIntegerField(default=0, help_text="Probes made, all failed")
+    last_probe_at = models.DateTimeField(null=True, blank=True)
+    last_probe_error = models.TextField(blank=True)
+    probe_owner = models.CharField(max_length=64, blank=True, help_text="The probe task holding the claim")
+    probe_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.key} held since {self.held_at:%Y-%m-%d %H:%M:%S}"
 
 
 class BreakerState(models.TextChoices):

@@ -260,6 +260,18 @@ class RetriedSerializer(serializers.Serializer[dict[str, Any]]):
     jobs = JobBriefSerializer(many=True, help_text="The jobs sent back to pending")
 
 
+class ResumedSerializer(serializers.Serializer[dict[str, Any]]):
+    connection = serializers.CharField(help_text="The connection named in the request")
+    quota_key = serializers.CharField(help_text="Its quota owner: the hold and the allowance are shared")
+    connections = serializers.ListField(
+        child=serializers.CharField(), help_text="Every connection sharing the allowance, all resumed"
+    )
+    hold_lifted = serializers.BooleanField(help_text="A hold was in force (the target's own, or awaiting a probe)")
+    breakers_closed = serializers.ListField(child=serializers.CharField(), help_text="Breakers that were not closed")
+    jobs_due = serializers.IntegerField(help_text="Waiting (retrying) jobs made due now")
+    polls_due = serializers.IntegerField(help_text="Polls backing off after failures made due now")
+
+
 class ConfigOverrideInSerializer(StrictFieldsMixin, serializers.Serializer[dict[str, Any]]):
     connection = serializers.RegexField(SLUG, required=False, help_text="Only this connection; leave out for all")
     batch_size = serializers.IntegerField(required=False, allow_null=True, help_text="1-10000; null drops it")

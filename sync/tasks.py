@@ -15,7 +15,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from crms.models import Connection
-from sync import dispatch, engine, inbound, reads
+from sync import dispatch, engine, holds, inbound, reads
 from sync.models import InboundCursor, JobState, RecordRead, SyncJob
 
 logger = logging.getLogger("recordsync.tasks")
@@ -105,6 +105,38 @@ def poll_objects(connection_id: int, object_type: str, owner: str) -> dict[str, 
     result = inbound.poll(connection=connection, object_type=object_type,
                           connector=engine.throttled_connector(connection), owner=owner)  # fmt: skip
     return {"pages": result.pages, **result.counts}
+
+
+def probes_dispatch() -> int:
+    """Queue one probe task for each held quota owner whose probe is due (sync.holds); returns how many.
+
+    Driven by the dispatcher's pass, about once a second, rather than by a django-q2 schedule: a schedule
+    runs at most once a minute, while each owner's probe falls due at its own moment (a minute after the
+    limit, then at a doubling interval), and a minute late on every probe would undo the point of probing.
+    The pass already claims polls the same way; the call itself runs on a worker, like a poll, so a slow
+    target never stalls the dispatcher.
+
+    Retry policy: none. A lost probe task leaves its claim until it runs out (sync.holds.PROBE_LEASE);
+    the next pass after that claims the probe again.
+    """
+    queued = 0
+    for hold_id, owner in holds.probes_claim(now=timezone.now()):
+        try:
+            async_task("sync.tasks.hold_probe", hold_id, owner, task_name=f"probe-{hold_id}")
+        except Exception as exc:  # the broker is down: give the claim back, look again next pass
+            holds.probe_release(hold_id=hold_id, owner=owner)
+            logger.warning("broker unavailable; probe not queued", extra={"hold_id": hold_id, "error": repr(exc)})
+            continue
+        queued += 1
+    return queued
+
+
+def hold_probe(hold_id: int, owner: str) -> str:
+    """Make the one probe call of a held quota owner (sync.holds.hold_probe): "lifted", "held" or "gone".
+
+    Retry policy: none from django-q2; a failed probe schedules the next one itself, at twice the interval.
+    """
+    return holds.hold_probe(hold_id=hold_id, owner=owner)
 
 
 def record_read(event_id: str) -> dict[str, str]:

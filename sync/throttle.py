@@ -10,7 +10,9 @@ Two more limits come from the target's answers (read in the HTTP seam by `observ
 a *hold* (stop calling for a while: a 429's Retry-After, Salesforce's REQUEST_LIMIT_EXCEEDED,
 an exhausted allowance) and a *cap* (past a configurable share of the target's allowance, the
 calls left are spread evenly until it refills). Both live beside the window, so every worker
-obeys what any one of them heard.
+obeys what any one of them heard. Either can end early: `release` lifts a hold (a probe found the
+target taking calls again, or staff resumed it; sync/holds.py) and an answer showing room again
+drops the cap.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import requests
 from django.conf import settings
 from django.db import connection as db
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django_redis import get_redis_connection
 
 from crms.base import ConnectorError, QuotaSignal
@@ -82,10 +84,29 @@ class Throttle(Protocol):
     def cap(self, key: str, calls: int, per: float, seconds: float) -> None:
         """At most `calls` per `per` seconds, for the next `seconds`."""
 
+    def release(self, key: str) -> bool:
+        """Lift the hold now; True if one was in force."""
+
+    def uncap(self, key: str) -> bool:
+        """Drop the cap now; True if one was in force, or lapsed less than `recheck_seconds()` ago (jobs it
+        handed back may still be waiting)."""
+
 
 def redis_keys(key: str) -> list[str]:
     """One quota owner's window, hold and cap in Redis (the stats read them; nothing else names them)."""
     return [f"recordsync:throttle:{key}", f"recordsync:throttle-hold:{key}", f"recordsync:throttle-cap:{key}"]
+
+
+def redis_capped_key(key: str) -> str:
+    """Set beside every cap, kept `recheck_seconds()`: the cap may lapse before jobs it handed back are due."""
+    return f"recordsync:throttle-capped:{key}"
+
+
+def recheck_seconds() -> float:
+    """The longest a call handed back by the throttle waits before looking again (SYNC_THROTTLE_RECHECK_SECONDS,
+    default 900): a cap's spread of a nearly spent allowance can be hours, and usage may fall long before.
+    Looking again costs no call while the limit stands; an answer that shows room sooner wakes the jobs at once."""
+    return float(settings.SYNC_THROTTLE_RECHECK_SECONDS)
 
 
 class RedisThrottle:
@@ -106,7 +127,14 @@ class RedisThrottle:
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(name, mapping={"n": calls, "p": max(1, int(per * 1000))})
             pipe.pexpire(name, max(1, int(seconds * 1000)))
+            pipe.set(redis_capped_key(key), 1, px=max(1, int(recheck_seconds() * 1000)))
             pipe.execute()
+
+    def release(self, key: str) -> bool:
+        return bool(self.redis.delete(redis_keys(key)[1]))
+
+    def uncap(self, key: str) -> bool:
+        return bool(self.redis.delete(redis_keys(key)[2], redis_capped_key(key)))
 
 
 class DatabaseThrottle:
@@ -165,6 +193,15 @@ class DatabaseThrottle:
         ThrottleLimit.objects.update_or_create(key=key, defaults={"cap_calls": calls, "cap_seconds": per,
                                                                   "cap_until": until})  # fmt: skip
 
+    def release(self, key: str) -> bool:
+        return bool(ThrottleLimit.objects.filter(key=key, hold_until__gt=self._now()).update(hold_until=None))
+
+    def uncap(self, key: str) -> bool:
+        lapsed_after = self._now() - timedelta(seconds=recheck_seconds())
+        capped = ThrottleLimit.objects.filter(key=key, cap_calls__isnull=False, cap_until__gt=lapsed_after)
+        # Asked on every answer that shows room: a read first, so no write lock is taken for nothing.
+        return capped.exists() and bool(capped.update(cap_calls=None, cap_seconds=None, cap_until=None))
+
 
 def throttle() -> Throttle:
     return RedisThrottle() if settings.REDIS_URL else DatabaseThrottle()
@@ -184,11 +221,14 @@ def margin(window: float) -> float:
     return min(0.1, 0.05 * window)
 
 
+THROTTLED = "THROTTLED"
+
+
 class Throttled(ConnectorError):
     """The connection's window is full for longer than a worker should wait: try again later."""
 
     def __init__(self, wait: float) -> None:
-        super().__init__(f"rate limit: the window frees up in {wait:.1f} s", code="THROTTLED", retry_after=wait)
+        super().__init__(f"rate limit: the window frees up in {wait:.1f} s", code=THROTTLED, retry_after=wait)
 
 
 class ThrottleUnavailable(ConnectorError):
@@ -202,6 +242,13 @@ class ThrottleUnavailable(ConnectorError):
 def quota_key(connection: Connection) -> str:
     """Connections that share an allowance (one Salesforce org, one Outreach user) share a key."""
     return connection.quota_owner or f"connection:{connection.name}"
+
+
+def quota_sharers(key: str) -> QuerySet[Connection]:
+    """The connections whose calls count against `key` (quota_key's inverse)."""
+    if key.startswith("connection:"):
+        return Connection.objects.filter(quota_owner="", name=key.removeprefix("connection:"))
+    return Connection.objects.filter(quota_owner=key)
 
 
 def gate_for(
@@ -232,17 +279,19 @@ def gate_for(
 
 @dataclass(frozen=True)
 class Obey:
-    """What to do about one quota signal: hold for `hold` seconds, or cap at calls per seconds."""
+    """What to do about one quota signal: hold for `hold` seconds (`probe`: until a probe succeeds, at most
+    `hold` between two), or cap at calls per seconds."""
 
     hold: float = 0.0
     cap: tuple[int, float] | None = None
     cap_for: float = 0.0
+    probe: bool = False
 
 
 def obey(signal: QuotaSignal, *, window: float, share: float) -> Obey | None:
     """Past `share` of the target's allowance, spread the calls left evenly until it refills; none left, stop."""
     if signal.pause_for:
-        return Obey(hold=signal.pause_for)
+        return Obey(hold=signal.pause_for, probe=signal.probe)
     if signal.used is None or not signal.cap or signal.used / signal.cap < share:
         return None
     resets_in = max(signal.resets_in or CAP_TTL_SECONDS, 1.0)
@@ -256,9 +305,15 @@ def obey(signal: QuotaSignal, *, window: float, share: float) -> Obey | None:
 
 def observer_for(
     connection: Connection, *, window: float, share_percent: int, backend: Throttle | None = None,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] = time.time, on_spent: Callable[[float, str], None] | None = None,
+    on_room: Callable[[], None] | None = None,
 ) -> Callable[[requests.Response], None] | None:  # fmt: skip
-    """What the HTTP seam calls with every answer of this connection: the target's own limits."""
+    """What the HTTP seam calls with every answer of this connection: the target's own limits.
+
+    `on_spent(pause, reason)`: the allowance is spent with no known end (hold until a probe succeeds);
+    `on_room()`: an answer shows room again after a cap (in force, or lapsed while jobs it handed back
+    still wait), and the cap was dropped: the jobs it parked may go.
+    """
     try:
         cls = connector_class(connection.kind)
     except UnknownKind:
@@ -268,14 +323,20 @@ def observer_for(
 
     def observe(response: requests.Response) -> None:
         signal = cls.quota_signal(response, clock())
-        decision = obey(signal, window=window, share=share_percent / 100) if signal else None
-        if decision is None:
+        if signal is None:
             return
+        decision = obey(signal, window=window, share=share_percent / 100)
         try:
+            if decision is None:
+                if signal.used is not None and chosen.uncap(key) and on_room is not None:
+                    on_room()
+                return
             if decision.hold:
                 chosen.hold(key, decision.hold)
             if decision.cap:
                 chosen.cap(key, *decision.cap, seconds=decision.cap_for)
+            if decision.probe and on_spent is not None:
+                on_spent(decision.hold, f"HTTP {response.status_code}: {response.text[:300]}")
         except Exception as exc:  # advisory: the next answer says it again
             logger.warning("could not store the target's limit", extra={"quota_key": key, "error": repr(exc)})
             return

@@ -3,6 +3,7 @@ from django.urls import path
 from rules.views import RuleSetViewSet
 from sync.views import (
     ConfigOverrideViewSet,
+    ConnectionResumeViewSet,
     SyncEventDetailViewSet,
     SyncEventViewSet,
     SyncJobViewSet,
@@ -20,6 +21,11 @@ urlpatterns = [
         name="sync-config-override",
     ),
     path("retry/<str:record_id>", SyncRetryViewSet.as_view({"post": "retry"}), name="sync-retry"),
+    path(
+        "connections/<str:name>/resume",
+        ConnectionResumeViewSet.as_view({"post": "resume"}),
+        name="sync-connection-resume",
+    ),
     path("status/<str:record_id>", SyncStatusViewSet.as_view({"get": "retrieve"}), name="sync-status"),
     path("jobs", SyncJobViewSet.as_view({"get": "jobs"}), name="sync-jobs"),
     path("stats", SyncStatsViewSet.as_view({"get": "stats"}), name="sync-stats"),

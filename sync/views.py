@@ -19,7 +19,7 @@ from rest_framework.response import Response
 from crms.base import ConnectorError, WebhookRefused
 from crms.models import Connection
 from recordsync.openapi import errors
-from sync import config, inbound, selectors, services
+from sync import config, holds, inbound, selectors, services
 from sync.config_services import config_override_set
 from sync.models import ConfigOverride
 from sync.retry import job_retry
@@ -35,6 +35,7 @@ from sync.serializers import (
     JobQuerySerializer,
     JobSerializer,
     RecordStatusSerializer,
+    ResumedSerializer,
     RetriedSerializer,
     RetryInSerializer,
     StatsSerializer,
@@ -149,6 +150,20 @@ class SyncRetryViewSet(viewsets.ViewSet):
         jobs = job_retry(record_id=record_id, actor=request.user.get_username(), **body.validated_data)
         answer = {"record_id": record_id, "jobs": [{"target": j.target.name, "state": j.state} for j in jobs]}
         return Response(RetriedSerializer(answer).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ConnectionResumeViewSet(viewsets.ViewSet):
+    permission_classes = [IsAdminUser]
+
+    @extend_schema(
+        operation_id="sync_connection_resume",
+        summary="Resume a held connection now: lift its quota owner's hold and breakers, make waiting jobs due",
+        request=None,
+        responses={200: ResumedSerializer, **errors(403, 404)},
+    )
+    def resume(self, request: Request, name: str) -> Response:
+        resumed = holds.connection_resume(name=name, actor=request.user.get_username())
+        return Response(ResumedSerializer({"connection": name, "quota_key": resumed.key, **vars(resumed)}).data)
 
 
 def _config_in_force() -> dict[str, Any]:

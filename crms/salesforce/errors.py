@@ -13,9 +13,11 @@ from crms.base import ConnectorError, QuotaSignal
 RETRYABLE_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUEST_RUNNING_TOO_LONG"})
 
 
-# The org's rolling 24-hour allocation is spent: stop calling it for a while (not a 429).
+# The org's rolling 24-hour allocation is spent: stop calling it (not a 429). When it refills is not said,
+# so the engine probes it with one cheap call at a growing interval (sync/holds.py) and resumes on success.
 def limit_pause_seconds() -> float:
-    """How long an org that answered REQUEST_LIMIT_EXCEEDED is left alone (SALESFORCE_LIMIT_PAUSE_SECONDS)."""
+    """The longest an org that answered REQUEST_LIMIT_EXCEEDED is left alone between two probes
+    (SALESFORCE_LIMIT_PAUSE_SECONDS)."""
     return float(settings.SALESFORCE_LIMIT_PAUSE_SECONDS)
 
 
@@ -83,7 +85,7 @@ def quota_signal(response: requests.Response) -> QuotaSignal | None:
     for a pause."""
     status = response.status_code
     if status == 403 and _first_error(response)[0] == "REQUEST_LIMIT_EXCEEDED":
-        return QuotaSignal(pause_for=limit_pause_seconds())
+        return QuotaSignal(pause_for=limit_pause_seconds(), probe=True)
     if status == 429:
         return QuotaSignal(pause_for=_retry_after(response) or 1.0)
     # The org's api-usage and, when present, the connected app's per-app-api-usage: the fuller one binds.

@@ -533,3 +533,23 @@ def _no_stray_connections() -> Iterator[None]:
     refuses to drop. Collected here, once, after the module."""
     yield
     gc.collect()
+
+
+def test_a_backfill_call_held_back_by_a_cap_looks_again_within_fifteen_minutes_not_hours(monkeypatch):
+    from crms.base import ConnectorError
+    from sync.throttle import Throttled
+
+    slept: list[float] = []
+    monkeypatch.setattr(backfill_module, "sleep", slept.append)
+    answers: list[Any] = [
+        Throttled(8640.0),
+        ConnectorError("down", code="HTTP_503", retry_after=10800, http_status=503),
+    ]
+
+    def call() -> str:
+        if answers:
+            raise answers.pop(0)
+        return "done"
+
+    assert backfill_module._patiently(call) == "done"
+    assert slept[0] == 900 and slept[1] <= 600

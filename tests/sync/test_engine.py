@@ -109,6 +109,59 @@ def test_a_transient_error_retries_later_with_backoff(client_, salesforce, staff
     assert SyncJob.objects.get(record_id="c-2").state == JobState.SYNCED
 
 
+def test_a_server_error_without_retry_after_retries_in_seconds_at_first_and_minutes_at_most(
+    client_, salesforce, staff_api, settings
+):
+    settings.SYNC_MAX_ATTEMPTS = 50
+    ingest(client_)
+    drain(salesforce)  # log in first, so the faults meet the writes
+    ingest(client_, record_id="c-2")
+    staff_api.post("/v1/crms/mock/salesforce/faults", {"status": 503, "calls": 2}, format="json")
+    now = timezone.now()
+
+    drain(salesforce, now)
+    first = SyncJob.objects.get(record_id="c-2")
+    SyncJob.objects.filter(pk=first.pk).update(attempts=30)  # long after the backoff stopped doubling
+    later = now + timedelta(hours=1)
+    drain(salesforce, later)
+    last = SyncJob.objects.get(record_id="c-2")
+
+    assert (first.state, first.last_error_code) == (JobState.RETRYING, "SERVER_UNAVAILABLE")
+    assert first.next_attempt_at is not None and first.next_attempt_at - now <= timedelta(seconds=2)
+    assert (last.state, last.attempts) == (JobState.RETRYING, 31)
+    assert last.next_attempt_at is not None and last.next_attempt_at - later <= timedelta(minutes=10)
+
+
+def test_a_server_error_asking_for_hours_is_still_retried_within_the_backoff_cap(client_, salesforce, staff_api):
+    ingest(client_)
+    drain(salesforce)
+    ingest(client_, record_id="c-2")
+    staff_api.post(
+        "/v1/crms/mock/salesforce/faults", {"status": 503, "calls": 1, "retry_after": 3 * 3600}, format="json"
+    )
+    now = timezone.now()
+
+    drain(salesforce, now)
+
+    job = SyncJob.objects.get(record_id="c-2")
+    assert job.last_error_code == "SERVER_UNAVAILABLE" and job.next_attempt_at is not None
+    assert job.next_attempt_at - now <= timedelta(minutes=10)  # a 5xx says nothing of quota: never hours
+
+
+def test_only_a_quota_answer_may_hold_a_job_longer_than_the_backoff_cap():
+    from crms.base import ConnectorError
+
+    reset_read_as_retry = ConnectorError("bad gateway", code="HTTP_502", retry_after=3500, http_status=502)
+    rate_limited = ConnectorError(
+        "slow down", code="RATE_LIMITED", retry_after=3500, http_status=429, pause_connection=True
+    )
+    timed_out = ConnectorError("timed out", code="timeout")
+
+    assert engine.retry_wait(reset_read_as_retry, 0, counts=True) <= 600
+    assert engine.retry_wait(rate_limited, 0, counts=True) >= 3500
+    assert engine.retry_wait(timed_out, 0, counts=True) <= 2
+
+
 def test_a_permanent_error_fails_the_job_with_the_reason(client_, salesforce):
     response = client_.post("/v1/sync/", data=json.dumps({"operation": "create", "record_id": "c-9",
                             "object_type": "Contact", "data": {"Email": "x@example.com"}}),

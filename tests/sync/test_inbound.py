@@ -5,7 +5,7 @@ back are echoes that go nowhere."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from io import StringIO
 from typing import Any
 
@@ -13,7 +13,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from crms.base import Inbound
+from crms.base import ConnectorError, Inbound
 from crms.mocks.models import MockRecord
 from crms.models import Connection
 from crms.salesforce import mock_store
@@ -226,6 +226,67 @@ def test_a_poll_that_cannot_be_queued_gives_its_claim_back(salesforce, monkeypat
 
     assert tasks.polls_dispatch() == 0
     assert set(InboundCursor.objects.values_list("lease_owner", flat=True)) == {""}
+
+
+def contact_claims(at: datetime) -> list[tuple[int, str, str]]:
+    return [claim for claim in inbound.polls_claim(now=at) if claim[1] == "Contact"]
+
+
+def poll_at(connection: Connection, owner: str, at: datetime) -> PollResult:
+    """The poll a dispatcher's claim queued, run with the clock at `at`."""
+    connector = throttled_connector(connection)
+    return poll(connection=connection, object_type="Contact", connector=connector, owner=owner, clock=lambda: at)
+
+
+def test_a_failed_poll_backs_off_exponentially_instead_of_running_at_every_pass(salesforce, staff_api, admin_client):
+    staff_api.post("/v1/crms/mock/salesforce/faults", {"status": 503, "calls": 100}, format="json")
+    at = timezone.now()
+    waits = []
+
+    for _ in range(8):
+        (claim,) = contact_claims(at)
+        with pytest.raises(ConnectorError):
+            poll_at(salesforce, claim[2], at)
+        row = InboundCursor.objects.get(connection=salesforce, object_type="Contact")
+        assert row.retry_at is not None and contact_claims(at + timedelta(seconds=1)) == []  # the next pass waits
+        waits.append((row.retry_at - at).total_seconds())
+        at = row.retry_at
+
+    ceilings = [5, 10, 20, 40, 80, 160, 300, 300]  # doubling from a few seconds, at most five minutes
+    assert all(ceiling / 2 <= wait <= ceiling for wait, ceiling in zip(waits, ceilings, strict=True)), waits
+    assert row.failures == 8 and "SERVER_UNAVAILABLE" in row.last_error
+    assert "SERVER_UNAVAILABLE" in admin_client.get("/admin/sync/inboundcursor/").content.decode()
+
+
+def test_a_poll_that_succeeds_after_failures_resets_the_backoff(salesforce, staff_api):
+    staff_api.post("/v1/crms/mock/salesforce/faults", {"status": 503, "calls": 1}, format="json")
+    at = timezone.now()
+    (claim,) = contact_claims(at)
+    with pytest.raises(ConnectorError):
+        poll_at(salesforce, claim[2], at)
+    retry_at = InboundCursor.objects.get(object_type="Contact").retry_at
+    assert retry_at is not None
+
+    (claim,) = contact_claims(retry_at)
+    poll_at(salesforce, claim[2], retry_at)
+
+    row = InboundCursor.objects.get(object_type="Contact")
+    assert (row.failures, row.retry_at, row.last_error) == (0, None, "")
+    assert contact_claims(retry_at + timedelta(seconds=59)) == []  # back to the poll interval
+    assert len(contact_claims(retry_at + timedelta(seconds=61))) == 1
+
+
+def test_a_poll_skipped_while_the_breaker_is_open_waits_its_backoff_too(salesforce):
+    from sync.models import CircuitBreaker
+
+    CircuitBreaker.objects.create(connection=salesforce, state="open", opened_at=timezone.now())
+    at = timezone.now()
+    (claim,) = contact_claims(at)
+
+    result = poll_at(salesforce, claim[2], at)
+
+    assert result.skipped and contact_claims(at + timedelta(seconds=1)) == []
+    assert len(contact_claims(at + timedelta(seconds=6))) == 1
 
 
 def test_the_dispatcher_polls_a_change_made_in_the_crm_and_sends_it_on(salesforce, system_a, settings):

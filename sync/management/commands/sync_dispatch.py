@@ -1,5 +1,5 @@
-"""The dispatcher loop: about once a second, queue every ready batch and every due poll, and
-expire lost leases.
+"""The dispatcher loop: about once a second, queue every ready batch, every due poll and every due
+probe of a held quota owner, and expire lost leases.
 
 Safe to run on several machines at once: every claim is a conditional update. SIGTERM or
 Ctrl-C stops it between two passes.
@@ -85,7 +85,7 @@ class Command(BaseCommand):
         queued = sum(
             tasks.dispatch_tick(target_id) for target_id in targets.values_list("target_id", flat=True).distinct()
         )
-        return queued + tasks.polls_dispatch()
+        return queued + tasks.polls_dispatch() + tasks.probes_dispatch()
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
         self.running = False
