@@ -235,6 +235,9 @@ def conflict_resolve(conflict: SyncConflict, choices: dict[str, Side], *, by: st
     # The decision stands at the time of the newer of the two changes: a change older than that (a late
     # one, a backfill's replay of the losing version) is superseded; a newer one goes through.
     when = max((t for t in (conflict.system_a_occurred_at, conflict.crm_occurred_at) if t is not None), default=now)
+    # The job from the CRM to System A orders the CRM's own stamps, which have whole seconds: it holds
+    # the CRM change's time, so another edit made in the CRM in that same second still goes through.
+    crm_when = conflict.crm_occurred_at or when
     items: list[EventInput] = []
     crm_holds_it = all(_same(chosen[name], theirs.get(name)) for name in chosen)
     if not crm_holds_it or to_crm.filter(state__in=ACTIVE).exists():
@@ -244,12 +247,12 @@ def conflict_resolve(conflict: SyncConflict, choices: dict[str, Side], *, by: st
                 when)  # fmt: skip
     a_holds_it = all(choices.get(name) == "system_a" for name in chosen) and _crm_changed_only(conflict) <= set(ours)
     if a_holds_it and not to_a.filter(state__in=ACTIVE).exists():
-        _settle(to_a, conflict, f"conflict {conflict.pk}: System A already holds the chosen state", when)
+        _settle(to_a, conflict, f"conflict {conflict.pk}: System A already holds the chosen state", crm_when)
     elif all(choices.get(name, "crm") == "crm" for name in chosen) and conflict.crm_event is not None:
         to_a.filter(state=JobState.HELD).update(state=JobState.PENDING, last_error_code="", last_error_message="",
                                                 updated_at=now)  # fmt: skip
     else:
-        items.append(_to_system_a_event(conflict, full, when))
+        items.append(_to_system_a_event(conflict, full, crm_when))
     SyncConflict.objects.filter(pk=conflict.pk).update(
         state=ConflictState.RESOLVED, resolution=chosen, resolved_by=by, note=note or _note(choices), resolved_at=now
     )

@@ -5,12 +5,17 @@ Polling reads one page at a time through the connector's `changes()` and checkpo
 cursor in the same transaction as the page's events: an interrupted run resumes at the page it
 stopped on, and re-reading a page (or the overlap window a connector keeps on purpose) never
 makes a second event, since each change's event id is (connection, object, id, modified time).
-One poller per (connection, object) at a time: the cursor row is claimed with a lease.
+One poller per (connection, object) at a time: the cursor row is claimed with a lease. A poll that
+fails (or cannot run: the breaker is open) is not due again at the next interval but after an
+exponential backoff with jitter, reset by the next page read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import random
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -39,6 +45,17 @@ logger = logging.getLogger("recordsync.inbound")
 POLL_LEASE = timedelta(minutes=5)
 
 
+def poll_backoff_seconds(failures: int, retry_after: float | None = None) -> float:
+    """How long a (connection, object) whose last `failures` polls failed waits before the next: doubling from
+    SYNC_POLL_BACKOFF_BASE_SECONDS (5) up to SYNC_POLL_BACKOFF_CAP_SECONDS (300), half of it random so the
+    objects of one connection spread out; never sooner than the target asked, within the cap."""
+    base = float(settings.SYNC_POLL_BACKOFF_BASE_SECONDS)
+    cap = float(settings.SYNC_POLL_BACKOFF_CAP_SECONDS)
+    ceiling = min(cap, base * 2 ** max(0, failures - 1))
+    jittered = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
+    return max(jittered, min(retry_after or 0.0, cap))
+
+
 @dataclass(frozen=True)
 class PollResult:
     pages: int
@@ -55,8 +72,10 @@ def poll(
     row, _ = InboundCursor.objects.get_or_create(connection=connection, object_type=object_type)
     if CircuitBreaker.objects.filter(connection=connection).exclude(state=BreakerState.CLOSED).exists():
         # While the breaker is open no call is made, polls included; the probe is a push's to make.
+        skipped = "the connection's circuit breaker is open"
+        _poll_failed(row.pk, skipped, None, clock())
         InboundCursor.objects.filter(pk=row.pk, lease_owner=owner).update(lease_owner="", lease_until=None)
-        return PollResult(0, {}, row.cursor, skipped="the connection's circuit breaker is open")
+        return PollResult(0, {}, row.cursor, skipped=skipped)
     if not _claim(row.pk, owner, clock()):
         return PollResult(0, {}, row.cursor, skipped="another poller holds this cursor")
     context = request_id_var.set(request_id_var.get() or f"poll-{uuid.uuid4().hex[:20]}")
@@ -70,13 +89,17 @@ def poll(
                 InboundCursor.objects.filter(pk=row.pk, lease_owner=owner).update(
                     cursor=page.cursor or "", polled_at=clock(), pages=F("pages") + 1,
                     captured=F("captured") + counts["captured"], lease_until=clock() + POLL_LEASE, last_error="",
+                    failures=0, retry_at=None,
                 )  # fmt: skip
             pages += 1
             totals.update(counts)
             if not page.has_more:
                 break
+    except ConnectorError as exc:
+        _poll_failed(row.pk, f"{exc.code}: {exc.message}", exc.retry_after, clock())
+        raise
     except Exception as exc:
-        InboundCursor.objects.filter(pk=row.pk).update(last_error=f"{type(exc).__name__}: {exc}"[:2000])
+        _poll_failed(row.pk, f"{type(exc).__name__}: {exc}", None, clock())
         raise
     finally:
         InboundCursor.objects.filter(pk=row.pk, lease_owner=owner).update(lease_owner="", lease_until=None)
@@ -85,6 +108,13 @@ def poll(
                                      **dict(totals)})  # fmt: skip
         request_id_var.reset(context)
     return PollResult(pages, dict(totals), final)
+
+
+def _poll_failed(pk: int, error: str, retry_after: float | None, now: datetime) -> None:
+    """One more poll in a row that did not complete: not due again before its backoff has passed."""
+    failures = 1 + (InboundCursor.objects.filter(pk=pk).values_list("failures", flat=True).first() or 0)
+    retry_at = now + timedelta(seconds=poll_backoff_seconds(failures, retry_after))
+    InboundCursor.objects.filter(pk=pk).update(last_error=error[:2000], failures=failures, retry_at=retry_at)
 
 
 def _claim(pk: int, owner: str, now: datetime) -> bool:
@@ -108,9 +138,10 @@ def readable_objects(connection: Connection) -> list[str]:
 def polls_claim(*, now: datetime) -> list[tuple[int, str, str]]:
     """The (connection, object) polls that are due, each claimed for one task: (connection id, object, owner).
 
-    Due: `poll_interval` seconds (a live setting; 0 turns polling off) since the last poll. The
-    claim is a conditional update of the cursor's lease, so dispatchers on several machines never
-    queue one poll twice; a lost task's claim runs out with the lease.
+    Due: `poll_interval` seconds (a live setting; 0 turns polling off) since the last poll, and
+    past the backoff of a poll that failed (`retry_at`). The claim is a conditional update of the
+    cursor's lease, so dispatchers on several machines never queue one poll twice; a lost task's
+    claim runs out with the lease.
     """
     claimed: list[tuple[int, str, str]] = []
     for connection in Connection.objects.filter(enabled=True).order_by("name"):
@@ -120,6 +151,8 @@ def polls_claim(*, now: datetime) -> list[tuple[int, str, str]]:
         for object_type in readable_objects(connection):
             row, _ = InboundCursor.objects.get_or_create(connection=connection, object_type=object_type)
             if row.polled_at is not None and row.polled_at + timedelta(seconds=interval) > now:
+                continue
+            if row.retry_at is not None and row.retry_at > now:
                 continue
             owner = f"dispatch-{uuid.uuid4().hex[:12]}"
             free = Q(lease_owner="") | Q(lease_until__lt=now)
@@ -182,7 +215,16 @@ def capture(
 
 
 def _event_id(connection: Connection, change: Change) -> str:
-    return f"{connection.name}:{change.object_type}:{change.external_id}@{change.modified_at.isoformat()}"
+    """(connection, object, id, modified time) and a digest of the values: CRMs stamp whole seconds, so a
+    second edit within the same second has the same time but other values, and is a change of its own;
+    the same values read again (an overlap, a page re-read after a crash) are the same event."""
+    moment = change.modified_at.isoformat()
+    return f"{connection.name}:{change.object_type}:{change.external_id}@{moment}#{change_digest(change)}"
+
+
+def change_digest(change: Change) -> str:
+    """The values a change carries, in 16 hex digits: what tells two edits within one second apart."""
+    return hashlib.sha256(json.dumps(change.fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def echo_reason(link: RecordLink | None, view: Inbound) -> str | None:
@@ -198,8 +240,10 @@ def echo_reason(link: RecordLink | None, view: Inbound) -> str | None:
             if _same(known[name], value):
                 continue
             return None
-        if value not in (None, "", []):
-            return None  # a field we never synced now holds a value: someone else changed the record
+        if value not in (None, "", [], False):
+            # A field we never synced now holds a value: someone else changed the record. (An unset flag
+            # reads false: Outreach shows every flag of every record, set or not.)
+            return None
     return "echo: the record holds exactly what was last synced"
 
 

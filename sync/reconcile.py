@@ -35,7 +35,7 @@ from django.utils import timezone
 from crms.base import Change, Connector
 from crms.models import Connection
 from sync.engine import throttled_connector
-from sync.inbound import capture, echo_reason, readable_objects
+from sync.inbound import capture, change_digest, echo_reason, readable_objects
 from sync.models import BreakerState, CircuitBreaker, ReconcileRun, RecordLink, RunState, SyncEvent
 
 logger = logging.getLogger("recordsync.reconcile")
@@ -48,7 +48,7 @@ LINK_CHUNK = 200
 
 Clock = Callable[[], datetime]
 PageHook = Callable[[int, int], None]  # (pages read, records seen) after each page
-EventKey = tuple[str, datetime]  # (record id, modification time): what makes a captured change the same one
+EventKey = tuple[str, datetime, str]  # (record id, modification time, values digest): the same captured change
 
 
 @dataclass
@@ -159,12 +159,14 @@ def _compare(run: ReconcileRun, connector: Connector, changes: Sequence[Change],
             wanted.append((change, "updates", link.record_id))
         else:
             tally.add("unchanged", change.external_id)
-    captured = _captured(connection, run.object_type, [(record_id, c.modified_at) for c, _, record_id in wanted])
+    keys = [(record_id, c.modified_at, change_digest(c)) for c, _, record_id in wanted]
+    captured = _captured(connection, run.object_type, keys)
     missing: list[Change] = []
-    for change, action, record_id in wanted:
-        if (record_id, change.modified_at) in captured:
+    for (change, action, _), key in zip(wanted, keys, strict=True):
+        if key in captured:
             # Captured but not yet agreed on both sides: the event exists, a second one would only
-            # repeat it. Matched on (record, modification time), whichever id prefix it was given.
+            # repeat it. Matched on (record, modification time, values), whichever id prefix it was
+            # given: stamps have whole seconds, so a second edit in the same second is not captured yet.
             tally.add("already_captured", change.external_id)
             continue
         tally.add(action, change.external_id)
@@ -173,14 +175,16 @@ def _compare(run: ReconcileRun, connector: Connector, changes: Sequence[Change],
 
 
 def _captured(connection: Connection, object_type: str, keys: Sequence[EventKey]) -> set[EventKey]:
-    """Which (record id, modification time) pairs already have an event from this connection."""
+    """Which (record id, modification time, values digest) already have an event from this connection."""
     if not keys:
         return set()
     rows = SyncEvent.objects.filter(
-        source=connection.name, object_type=object_type, record_id__in={k[0] for k in keys},
+        source=connection.name,
+        object_type=object_type,
+        record_id__in={k[0] for k in keys},
         occurred_at__in={k[1] for k in keys},
-    ).values_list("record_id", "occurred_at")  # fmt: skip
-    return set(rows)
+    ).values_list("record_id", "occurred_at", "idempotency_key")
+    return {(record_id, at, key.rpartition("#")[2]) for record_id, at, key in rows}
 
 
 # --- the links the scan did not see: deleted in the CRM ----------------------------------------

@@ -137,6 +137,19 @@ def mock_salesforce(base_url: str, **extra: Any) -> Connection:
     )  # fmt: skip
 
 
+def salesforce_minute_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """getDeleted covers only whole minutes that are over: move the mock org's and the connector's
+    clocks a minute on instead of waiting for it."""
+    from datetime import UTC, datetime, timedelta
+
+    from crms.salesforce import connector as salesforce_connector
+    from crms.salesforce import mock_store
+
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    monkeypatch.setattr(mock_store, "clock", lambda: later)
+    monkeypatch.setattr(salesforce_connector, "utc_now", lambda: later)
+
+
 def mock_system_a(base_url: str) -> Connection:
     """A `system_a` connection to the mock System A served at `base_url` (a live server)."""
     from crms.services import connection_save

@@ -94,3 +94,19 @@ class MockBulkJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.system} bulk job {self.job_id} ({self.state})"
+
+
+class MockQueryLocator(models.Model):
+    """A query's server-side cursor: the ids it matched, fixed when it ran, read a batch at a time."""
+
+    system = models.CharField(max_length=32)
+    locator = models.CharField(max_length=32, unique=True)
+    object = models.CharField(max_length=64)
+    fields = models.JSONField(default=list)
+    record_pks = models.JSONField(default=list)
+    include_deleted = models.BooleanField(default=False)
+    batch_size = models.PositiveIntegerField(default=2000)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.system} query {self.locator}"

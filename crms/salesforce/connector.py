@@ -36,6 +36,8 @@ from crms.salesforce.soql import PAGE_LIMIT, select_changed, soql_datetime
 
 # Changes re-read on every poll: the rounding of the cursor and the strict ">" each lose up to a second.
 OVERLAP = timedelta(seconds=2)
+# getDeleted reaches 15 days back; a first window starts a day short of that so it is never refused.
+DELETED_LOOKBACK = timedelta(days=14)
 COLLECTION_LIMIT = 200  # records per sObject Collections call (one API call each)
 # Salesforce's own bookkeeping on every record: never synced as data.
 SYSTEM_FIELDS = frozenset({"Id", "attributes", "SystemModstamp", "LastModifiedById", "LastModifiedDate", "CreatedDate",
@@ -43,6 +45,8 @@ SYSTEM_FIELDS = frozenset({"Id", "attributes", "SystemModstamp", "LastModifiedBy
 TOKEN_KEY = "oauth"  # noqa: S105 - the state-store key, not a secret
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CALL_OPTIONS = "client=recordsync"  # tags our writes so change events can be told apart
+# Field types an external id holding System A's id (text) can have.
+KEY_TYPES = frozenset({"string", "email"})
 # Fields Salesforce requires to create a record (the engine checks them before any call).
 REQUIRED_ON_CREATE = {"Contact": ["LastName"], "Account": ["Name"], "Lead": ["LastName", "Company"]}
 DEFAULT_FIELDS = {
@@ -134,31 +138,43 @@ class SalesforceConnector(Connector):
         return found
 
     def changes(self, object_type: str, cursor: str | None) -> ChangePage:
-        """SOQL on SystemModstamp: the two seconds before the newest stamp read are read again on the
-        next poll, a short overlap that also catches changes Salesforce commits late with an earlier
-        stamp. A query that hit its LIMIT moves on from the newest second instead, so a burst of more
-        changes than one query returns within the overlap never holds the cursor in place."""
+        """SOQL in keyset order on (SystemModstamp, Id), so any number of records sharing one second are
+        each read once at any page size: a query that returned its full LIMIT goes on after its last
+        row at once (`has_more`). Once a query comes back short, the two seconds before the newest
+        stamp are read again on the next poll: a short overlap that catches changes Salesforce commits
+        late with an earlier stamp (a re-read change has the same event id and is captured once)."""
         state = json.loads(cursor) if cursor else {"since": "1970-01-01T00:00:00Z"}
-        if state.get("next"):
-            body = self._call("GET", state["next"], absolute_path=True)
-        else:
-            soql = select_changed(object_type, self._fields(object_type), since=state["since"])
+        body = self._next_batch(state) if state.get("next") else None
+        if body is None:
+            fields = self._fields(object_type)
+            soql = select_changed(object_type, fields, since=state["since"], after_id=state.get("after_id"))
             body = self._call("GET", "/query", params={"q": soql})
-            state = {**state, "read": 0, "newest": None}
+            state = {**state, "next": None, "read": 0, "last": None}
         changes = [_change(object_type, row) for row in body["records"]]
         read = int(state.get("read") or 0) + len(changes)
-        stamps = [c.modified_at for c in changes] + ([_iso(state["newest"])] if state.get("newest") else [])
-        newest = max(stamps, default=None)
+        last = [soql_datetime(changes[-1].modified_at), changes[-1].external_id] if changes else state.get("last")
         if not body.get("done", True):
-            paging = {**state, "next": body["nextRecordsUrl"], "read": read,
-                      "newest": newest.isoformat() if newest else None}  # fmt: skip
+            paging = {**state, "next": body["nextRecordsUrl"], "read": read, "last": last}
             return ChangePage(changes, json.dumps(paging), has_more=True)
+        deleted_since = state.get("deleted_since")
+        if read >= PAGE_LIMIT and last:  # more rows wait after the last one read: go on from exactly there
+            keyset = {"since": last[0], "after_id": last[1], "deleted_since": deleted_since}
+            return ChangePage(changes, json.dumps(keyset), has_more=True)
         since = state["since"]
-        if newest is not None:
-            since = max(since, soql_datetime(newest if read >= PAGE_LIMIT else newest - OVERLAP))
-        deleted = self._deleted(object_type, state.get("deleted_since"))
-        next_state = {"since": since, "deleted_since": deleted[1]}
-        return ChangePage(changes + deleted[0], json.dumps(next_state), has_more=False)
+        if last:
+            since = max(since, soql_datetime(_iso_z(last[0]) - OVERLAP))
+        deleted, covered = self._deleted(object_type, deleted_since)
+        return ChangePage(changes + deleted, json.dumps({"since": since, "deleted_since": covered}), has_more=False)
+
+    def _next_batch(self, state: dict[str, Any]) -> Any:
+        """The query's next batch, or None when Salesforce has let its cursor expire (15 minutes unused):
+        the query then runs again from where it started, and what was read already is captured once."""
+        try:
+            return self._call("GET", state["next"], absolute_path=True)
+        except ConnectorError as exc:
+            if exc.code != "INVALID_QUERY_LOCATOR":
+                raise
+            return None
 
     def webhook_changes(
         self, body: bytes, headers: Mapping[str, str], now: datetime, query: Mapping[str, str] | None = None
@@ -194,20 +210,24 @@ class SalesforceConnector(Connector):
         return bulk.bulk_poll(self, job_id)
 
     def check(self) -> CheckResult:
+        """Log in, then describe every configured object: each configured field must exist, and the
+        external-id field must be a text field marked External ID and Unique. Names the wrong ones."""
+        problems: list[str] = []
         try:
-            described = self._call("GET", f"/sobjects/{self._probe_object()}/describe")
+            for object_type, wanted in self._configured_objects().items():
+                described = self._call("GET", f"/sobjects/{object_type}/describe")
+                problems += _field_problems(object_type, wanted, described, self.config["external_id_field"])
         except ConnectorError as exc:
             return CheckResult(False, f"{exc.code}: {exc.message}")
-        field_name = self.config["external_id_field"]
-        field = next((f for f in described.get("fields", []) if f.get("name") == field_name), None)
-        if field is None:
-            return CheckResult(
-                False, f"{self._probe_object()} has no field {field_name}: create it as External ID, Unique"
-            )
-        if not (field.get("externalId") and field.get("unique")):
-            return CheckResult(False, f"{field_name} must be marked External ID and Unique")
+        if problems:
+            return CheckResult(False, "; ".join(problems), {"problems": problems})
         usage = self.api_usage.get("api-usage", {})
-        return CheckResult(True, "connected; external-id field is External ID and Unique", {"api_usage": usage})
+        message = "connected; every configured field exists and the external-id field is External ID and Unique"
+        return CheckResult(True, message, {"api_usage": usage})
+
+    def probe(self) -> None:
+        """`GET /limits`: one call, which an org whose daily allocation is spent refuses with 403."""
+        self._call("GET", "/limits")
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -254,8 +274,12 @@ class SalesforceConnector(Connector):
         return results
 
     def _deleted(self, object_type: str, since: str | None) -> tuple[list[Change], str]:
-        end = self.clock().replace(microsecond=0)
-        start = since or soql_datetime(end - timedelta(days=15))  # Salesforce keeps deletions 15 days
+        """getDeleted over [since, now): Salesforce ignores the seconds of both ends and answers the
+        minute it covered up to, which is where the next window starts: windows meet, never overlap."""
+        end = self.clock().replace(second=0, microsecond=0)
+        start = since or soql_datetime(end - DELETED_LOOKBACK)
+        if _iso_z(start) >= end:  # this minute is not over yet: nothing to ask
+            return [], start
         body = self._call(
             "GET", f"/sobjects/{object_type}/deleted/", params={"start": start, "end": soql_datetime(end)}
         )
@@ -271,7 +295,7 @@ class SalesforceConnector(Connector):
         super().__init__(**kwargs)
         # The last Sforce-Limit-Info seen, e.g. {"api-usage": {"used": 18, "total": 5000}}: the throttle reads it.
         self.api_usage: dict[str, dict[str, Any]] = {}
-        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # swappable: tests move time
+        self.clock: Callable[[], datetime] = lambda: utc_now()  # swappable: tests move time
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         """A REST call answered with JSON (or nothing)."""
@@ -367,9 +391,28 @@ class SalesforceConnector(Connector):
         extra = ["Id", "SystemModstamp", "LastModifiedById", self.config["external_id_field"]]
         return list(dict.fromkeys([*fields, *extra]))
 
-    def _probe_object(self) -> str:
-        configured: dict[str, list[str]] = self.config.get("fields", {})
-        return next(iter(configured), "Contact")
+    def _configured_objects(self) -> dict[str, list[str]]:
+        """The objects to check and the fields configured for each (Contact's defaults when none are)."""
+        configured: dict[str, list[str]] = self.config.get("fields") or {}
+        return {name: list(fields) for name, fields in configured.items()} or {"Contact": DEFAULT_FIELDS["Contact"]}
+
+
+def _field_problems(object_type: str, wanted: list[str], described: dict[str, Any], key_field: str) -> list[str]:
+    by_name = {str(f.get("name", "")).lower(): f for f in described.get("fields", [])}
+    problems = [f"{object_type} has no field {name}" for name in wanted if name.lower() not in by_name]
+    key = by_name.get(key_field.lower())
+    if key is None:
+        problems.append(f"{object_type} has no field {key_field}: create it as External ID, Unique")
+    elif not (key.get("externalId") and key.get("unique")):
+        problems.append(f"{key_field} must be marked External ID and Unique")
+    elif key.get("type") not in KEY_TYPES:
+        problems.append(f"{key_field} is of type {key.get('type')}: System A's ids need a Text field")
+    return problems
+
+
+def utc_now() -> datetime:
+    """The connector's clock (looked up at each call, so a test can move every connector's time at once)."""
+    return datetime.now(UTC)
 
 
 def _upsert_result(record: OutboundRecord, row: dict[str, Any]) -> PushResult:
@@ -401,8 +444,9 @@ def _clean(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != "attributes"}
 
 
-def _iso(value: str) -> datetime:
-    return datetime.fromisoformat(value)
+def _iso_z(value: str) -> datetime:
+    """A SOQL datetime (`2024-01-31T12:00:00Z`) or Salesforce's own (`…00.000+0000`) as an aware datetime."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _parse_time(value: str) -> datetime:

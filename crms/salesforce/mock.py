@@ -1,47 +1,84 @@
-"""A local Salesforce org, faithful enough that the real connector runs against it unchanged.
+"""A local Salesforce org, faithful enough that the real connector, and simple-salesforce, run against it unchanged.
 
-It checks bearer tokens, caps sObject Collections at 200 records, enforces required fields and
-the external id, counts `api-usage` in Sforce-Limit-Info and answers 403 REQUEST_LIMIT_EXCEEDED
-at its daily cap, pages SOQL with nextRecordsUrl, and keeps deletions for getDeleted.
-Bulk API 2.0 ingest jobs are in mock_bulk.py.
+What every call shares (bearer tokens, the daily allocation counted in Sforce-Limit-Info and refused with
+403 REQUEST_LIMIT_EXCEEDED, injected faults), OAuth (client credentials by form or HTTP Basic, JWT bearer
+checked against the connected app's certificate), the API's directory, `/limits`, SOQL (`query`,
+`queryAll`, server-side cursors read a batch at a time) and getUpdated / getDeleted. Single records and
+sObject Collections are in mock_sobjects.py, Bulk API 2.0 in mock_bulk.py, the data rules in mock_store.py.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
-import re
 import secrets
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any
 
 import jwt
+from cryptography import x509
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
-from crms.mocks.models import MockRecord, MockToken
+from crms.mocks.models import MockQueryLocator, MockRecord, MockToken
 from crms.mocks.runtime import calls_in_window, mock_view
 from crms.salesforce import mock_store as store
+from crms.salesforce.mock_schema import OBJECTS, SObject, new_id, sf_time, sobject
+from crms.salesforce.mock_soql import SoqlError, parse, run
 
 SYSTEM = store.SYSTEM
 DAY = 24 * 3600
-SOQL = re.compile(
-    r"^SELECT\s+(?P<fields>[\w\s,]+?)\s+FROM\s+(?P<object>\w+)"
-    r"(?:\s+WHERE\s+SystemModstamp\s*>\s*(?P<since>[\dT:.Z+-]+))?"
-    r"(?:\s+ORDER\s+BY\s+[\w\s,]+?)?(?:\s+LIMIT\s+(?P<limit>\d+))?\s*$",
-    re.IGNORECASE,
-)
+DEFAULT_BATCH, MIN_BATCH, MAX_BATCH = 2000, 200, 2000  # Sforce-Query-Options: batchSize bounds
+LOCATOR_LIFETIME = timedelta(minutes=15)
+LOOKBACK_DAYS = {"updated": 30, "deleted": 15}  # how far back getUpdated / getDeleted reach
+VERSIONS = [("Summer '24", "61.0"), ("Winter '25", "62.0"), ("Spring '25", "63.0"), ("Summer '25", "64.0")]
+LOGIN_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")
+# /limits: the org's allocations; DailyApiRequests is the one the mock counts.
+LIMITS = {
+    "ConcurrentAsyncGetReportInstances": 200,
+    "ConcurrentSyncReportRuns": 20,
+    "DailyAsyncApexExecutions": 250000,
+    "DailyBulkApiBatches": 15000,
+    "DailyBulkApiRequests": 10000,
+    "DailyBulkV2QueryFileStorageMB": 976562,
+    "DailyBulkV2QueryJobs": 10000,
+    "DailyDurableGenericStreamingApiEvents": 10000,
+    "DailyDurableStreamingApiEvents": 10000,
+    "DailyGenericStreamingApiEvents": 10000,
+    "DailyStreamingApiEvents": 10000,
+    "DailyWorkflowEmails": 390,
+    "DataStorageMB": 5,
+    "DurableStreamingApiConcurrentClients": 20,
+    "FileStorageMB": 20,
+    "HourlyAsyncReportRuns": 1200,
+    "HourlyDashboardRefreshes": 200,
+    "HourlyDashboardResults": 5000,
+    "HourlyDashboardStatuses": 999999999,
+    "HourlyODataCallout": 10000,
+    "HourlySyncReportRuns": 500,
+    "HourlyTimeBasedWorkflow": 50,
+    "MassEmail": 10,
+    "SingleEmail": 15,
+    "StreamingApiConcurrentClients": 20,
+}
 Handler = Callable[..., HttpResponse]
 
 
-def _errors(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JsonResponse:
-    response = JsonResponse([{"message": message, "errorCode": code}], status=status, safe=False)
-    for name, value in (headers or {}).items():
-        response[name] = value
-    return response
+def errors(status: int, code: str, message: str, fields: list[str] | None = None) -> JsonResponse:
+    """Salesforce's request-level error body: a JSON array of {message, errorCode[, fields]}."""
+    item: dict[str, Any] = {"message": message, "errorCode": code}
+    if fields is not None:
+        item["fields"] = fields
+    return JsonResponse([item], status=status, safe=False)
+
+
+def refused(exc: store.RequestRefused | store.RecordRefused | SoqlError, status: int = 400) -> JsonResponse:
+    fields = getattr(exc, "fields", None)
+    return errors(status, exc.code, exc.message, fields if fields else None)
 
 
 def _limit() -> int:
@@ -55,7 +92,12 @@ def api(handler: Handler) -> Handler:
     @wraps(handler)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         used = calls_in_window(SYSTEM, DAY) + 1
-        response = _refusal(request, used) or handler(request, *args, **kwargs)
+        response = _refusal(request, used)
+        if response is None:
+            try:
+                response = handler(request, *args, **kwargs)
+            except (store.RequestRefused, SoqlError) as exc:
+                response = refused(exc)
         response["Sforce-Limit-Info"] = f"api-usage={min(used, _limit())}/{_limit()}"
         return response
 
@@ -64,11 +106,11 @@ def api(handler: Handler) -> Handler:
 
 def _refusal(request: HttpRequest, used: int) -> HttpResponse | None:
     header = request.headers.get("Authorization", "")
-    token = header.removeprefix("Bearer ").strip()
+    token = header.removeprefix("Bearer ").removeprefix("OAuth ").strip()
     if not MockToken.objects.filter(system=SYSTEM, token=token, expires_at__gt=timezone.now()).exists():
-        return _errors(401, "INVALID_SESSION_ID", "Session expired or invalid")
+        return errors(401, "INVALID_SESSION_ID", "Session expired or invalid")
     if used > _limit():
-        return _errors(403, "REQUEST_LIMIT_EXCEEDED", f"TotalRequests Limit exceeded. ({_limit()} per 24 hours)")
+        return errors(403, "REQUEST_LIMIT_EXCEEDED", f"TotalRequests Limit exceeded. ({_limit()} per 24 hours)")
     fault = request.mock_fault  # type: ignore[attr-defined]
     if fault is not None and fault.status:
         return _fault_response(fault)
@@ -76,11 +118,36 @@ def _refusal(request: HttpRequest, used: int) -> HttpResponse | None:
 
 
 def _fault_response(fault: Any) -> HttpResponse:
-    defaults = {403: "REQUEST_LIMIT_EXCEEDED", 429: "REQUEST_LIMIT_EXCEEDED", 500: "UNKNOWN_EXCEPTION",
-                503: "SERVER_UNAVAILABLE"}  # fmt: skip
+    defaults = {
+        403: "REQUEST_LIMIT_EXCEEDED",
+        429: "REQUEST_LIMIT_EXCEEDED",
+        500: "UNKNOWN_EXCEPTION",
+        503: "SERVER_UNAVAILABLE",
+    }
     code = fault.code or defaults.get(fault.status, f"HTTP_{fault.status}")
-    headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after else {}
-    return _errors(fault.status, code, fault.message or f"injected {fault.status}", headers)
+    response = errors(fault.status, code, fault.message or f"injected {fault.status}")
+    if fault.retry_after:
+        response["Retry-After"] = str(fault.retry_after)
+    return response
+
+
+def body_json(request: HttpRequest) -> Any:
+    """The request's JSON, or a 400 JSON_PARSER_ERROR as Salesforce answers malformed bodies."""
+    try:
+        return json.loads(request.body or b"{}")
+    except ValueError as exc:
+        raise store.RequestRefused("JSON_PARSER_ERROR", f"Unexpected character: {exc}") from None
+
+
+def object_or_404(object_type: str) -> SObject | HttpResponse:
+    found = sobject(object_type)
+    if found is None:
+        return errors(404, "NOT_FOUND", "The requested resource does not exist")
+    return found
+
+
+def method_not_allowed(request: HttpRequest, allowed: str) -> HttpResponse:
+    return errors(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{request.method}' not allowed. Allowed are {allowed}")
 
 
 # --- OAuth --------------------------------------------------------------------------------------
@@ -88,233 +155,244 @@ def _fault_response(fault: Any) -> HttpResponse:
 
 @mock_view(SYSTEM, counted=False, faults=False)
 def token(request: HttpRequest) -> HttpResponse:
-    form = request.POST
-    grant = form.get("grant_type", "")
+    if request.method != "POST":
+        return JsonResponse({"error": "invalid_request", "error_description": "must use HTTP POST"}, status=400)
+    grant = request.POST.get("grant_type", "")
     if grant == "client_credentials":
-        ok = (form.get("client_id"), form.get("client_secret")) == (
-            settings.MOCK_SALESFORCE_CLIENT_ID, settings.MOCK_SALESFORCE_CLIENT_SECRET,
-        )  # fmt: skip
+        problem = _client_credentials_problem(request)
     elif grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
-        ok = _assertion_ok(form.get("assertion", ""), request)
+        problem = _assertion_problem(request.POST.get("assertion", ""), request)
     else:
-        return JsonResponse({"error": "unsupported_grant_type", "error_description": "grant type not supported"},
-                            status=400)  # fmt: skip
-    if not ok:
-        return JsonResponse({"error": "invalid_grant", "error_description": "authentication failure"}, status=400)
-    issued = MockToken.objects.create(system=SYSTEM, token=f"00DMOCK!{secrets.token_urlsafe(32)}",
-                                      expires_at=timezone.now() + timedelta(hours=2))  # fmt: skip
+        return JsonResponse(
+            {"error": "unsupported_grant_type", "error_description": "grant type not supported"}, status=400
+        )
+    if problem:
+        return JsonResponse(
+            {
+                "error": "invalid_grant" if problem != "invalid_client" else "invalid_client",
+                "error_description": problem,
+            },
+            status=400,
+        )
+    issued = MockToken.objects.create(
+        system=SYSTEM,
+        token=f"{store.ORGANIZATION_ID[:15]}!{secrets.token_urlsafe(32)}",
+        expires_at=timezone.now() + timedelta(hours=2),
+    )
     instance = request.build_absolute_uri("/mock/salesforce")
-    return JsonResponse({"access_token": issued.token, "instance_url": instance, "token_type": "Bearer",
-                         "id": f"{instance}/id/00DMOCKORG000001/{store.INTEGRATION_USER}",
-                         "issued_at": str(int(timezone.now().timestamp() * 1000)), "signature": "mock"})  # fmt: skip
+    return JsonResponse(
+        {
+            "access_token": issued.token,
+            "instance_url": instance,
+            "token_type": "Bearer",
+            "id": f"{instance}/id/{store.ORGANIZATION_ID}/{store.INTEGRATION_USER}",
+            "scope": "api",
+            "issued_at": str(int(timezone.now().timestamp() * 1000)),
+            "signature": secrets.token_urlsafe(32),
+        }
+    )
 
 
-def _assertion_ok(assertion: str, request: HttpRequest) -> bool:
-    """The mock holds no certificate: it checks the claims a real org checks, not the signature."""
+def _client_credentials_problem(request: HttpRequest) -> str:
+    """The client's id and secret, from the form or from HTTP Basic (both are documented)."""
+    client = (request.POST.get("client_id"), request.POST.get("client_secret"))
+    basic = request.headers.get("Authorization", "")
+    if basic.startswith("Basic "):
+        try:
+            user, _, password = base64.b64decode(basic[6:]).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return "invalid_client"
+        client = (user, password)
+    expected = (settings.MOCK_SALESFORCE_CLIENT_ID, settings.MOCK_SALESFORCE_CLIENT_SECRET)
+    if client[0] != expected[0]:
+        return "invalid_client"
+    return "" if secrets.compare_digest(str(client[1] or ""), expected[1]) else "authentication failure"
+
+
+def _assertion_problem(assertion: str, request: HttpRequest) -> str:
+    """What a real org checks: the signature against the connected app's certificate, the issuer, the
+    audience (login, test or this org's own URL) and the expiry (a number, or a numeric string)."""
+    key = _certificate_key()
+    if key is None:
+        return "invalid assertion: no certificate is uploaded for this connected app"
     try:
-        claims = jwt.decode(assertion, options={"verify_signature": False, "require": ["iss", "sub", "aud", "exp"]})
+        claims = jwt.decode(
+            assertion,
+            key,
+            algorithms=["RS256"],
+            options={"verify_aud": False, "verify_exp": False, "require": ["iss", "sub", "aud", "exp"]},
+        )
     except jwt.PyJWTError:
-        return False
-    return bool(claims["iss"] == settings.MOCK_SALESFORCE_CLIENT_ID and claims["exp"] > timezone.now().timestamp())
+        return "invalid assertion"
+    if claims["iss"] != settings.MOCK_SALESFORCE_CLIENT_ID:
+        return "invalid_client"
+    audiences = (*LOGIN_AUDIENCES, request.build_absolute_uri("/mock/salesforce"))
+    if str(claims["aud"]).rstrip("/") not in audiences:
+        return "audience is invalid"
+    try:
+        expires = float(claims["exp"])
+    except (TypeError, ValueError):
+        return "invalid assertion"
+    return "" if expires > timezone.now().timestamp() else "expired authorization code"
 
 
-# --- sObject Collections -----------------------------------------------------------------------
+def _certificate_key() -> Any:
+    pem = str(settings.MOCK_SALESFORCE_JWT_CERTIFICATE or "").strip().encode()
+    if not pem:
+        return None
+    if b"CERTIFICATE" in pem:
+        return x509.load_pem_x509_certificate(pem).public_key()
+    return pem
 
 
-@api
-def collection_upsert(request: HttpRequest, version: str, object_type: str, key_field: str) -> HttpResponse:
-    if request.method != "PATCH":
-        return _errors(405, "METHOD_NOT_ALLOWED", f"HTTP Method '{request.method}' not allowed. Allowed are PATCH")
-    refused = _check_object(object_type) or _check_key_field(key_field)
-    if refused:
-        return refused
-    records = _collection_records(request)
-    if isinstance(records, HttpResponse):
-        return records
-    for record in records:
-        unknown = store.unknown_fields(object_type, record)
-        if unknown:
-            return _errors(400, "INVALID_FIELD", f"No such column '{unknown[0]}' on sobject of type {object_type}")
-    forced = request.mock_fault.record_error if request.mock_fault else ""  # type: ignore[attr-defined]
-    results = [_forced(forced) if forced else store.upsert_one(object_type, key_field, r, by=store.INTEGRATION_USER)
-               for r in records]  # fmt: skip
-    return JsonResponse(results, safe=False)
+# --- the API's directory and limits --------------------------------------------------------------
 
 
-def _forced(code: str) -> dict[str, Any]:
-    return {"id": None, "success": False, "errors": [{"statusCode": code, "message": f"injected {code}", "fields": []}]}
-
-
-@api
-def collection(request: HttpRequest, version: str) -> HttpResponse:
-    """DELETE …/composite/sobjects?ids=a,b&allOrNone=false, or PATCH with records that carry their Id."""
-    if request.method == "PATCH":
-        return _collection_update(request)
-    if request.method != "DELETE":
-        return _errors(405, "METHOD_NOT_ALLOWED",
-                       f"HTTP Method '{request.method}' not allowed. Allowed are DELETE, PATCH")  # fmt: skip
-    ids = [i for i in request.GET.get("ids", "").split(",") if i]
-    if not ids:
-        return _errors(400, "REQUIRED_FIELD_MISSING", "At least 1 Id is required.")
-    if len(ids) > 200:
-        return _errors(
-            400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into this call"
-        )
-    return JsonResponse([store.delete_one(i) for i in ids], safe=False)
-
-
-def _collection_records(request: HttpRequest) -> list[dict[str, Any]] | HttpResponse:
-    """The `records` of a Collections body, or the error Salesforce answers for a malformed or too-long one."""
-    body = _json(request)
-    records = body.get("records") if isinstance(body, dict) else None
-    if not isinstance(records, list):
-        return _errors(400, "JSON_PARSER_ERROR", 'Expected {"allOrNone": …, "records": […]}')
-    if len(records) > 200:
-        return _errors(
-            400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more than 200 records into this call"
-        )
-    return records
-
-
-def _collection_update(request: HttpRequest) -> HttpResponse:
-    """Update by Salesforce id: each record names its type in `attributes` and its `id`."""
-    records = _collection_records(request)
-    if isinstance(records, HttpResponse):
-        return records
-    for record in records:
-        object_type = str((record.get("attributes") or {}).get("type") or "")
-        refused = _check_object(object_type)
-        if refused:
-            return refused
-        unknown = store.unknown_fields(object_type, {k: v for k, v in record.items() if k.lower() != "id"})
-        if unknown:
-            return _errors(400, "INVALID_FIELD", f"No such column '{unknown[0]}' on sobject of type {object_type}")
-    forced = request.mock_fault.record_error if request.mock_fault else ""  # type: ignore[attr-defined]
-    results = [_forced(forced) if forced else store.update_one(r, by=store.INTEGRATION_USER) for r in records]
-    return JsonResponse(results, safe=False)
+@mock_view(SYSTEM, counted=False)
+def versions(request: HttpRequest) -> HttpResponse:
+    """`GET /services/data/`: the API versions this org serves (no session needed)."""
+    rows = [{"label": label, "url": f"/services/data/v{v}", "version": v} for label, v in VERSIONS]
+    return JsonResponse(rows, safe=False)
 
 
 @api
-def collection_read(request: HttpRequest, version: str, object_type: str) -> HttpResponse:
-    refused = _check_object(object_type)
-    if refused:
-        return refused
-    ids = [i for i in request.GET.get("ids", "").split(",") if i]
-    fields = [f for f in request.GET.get("fields", "").split(",") if f]
-    found = {r.record_id: r for r in store.live(object_type).filter(record_id__in=ids)}
-    return JsonResponse([store.as_row(found[i], fields or None) if i in found else None for i in ids], safe=False)
-
-
-# --- single records and describe ---------------------------------------------------------------
-
-
-@api
-def upsert_by_external_id(
-    request: HttpRequest, version: str, object_type: str, key_field: str, value: str
-) -> HttpResponse:
-    refused = _check_object(object_type) or _check_key_field(key_field)
-    if refused:
-        return refused
-    matches = list(store.matching(object_type, key_field, value)[:5])
-    if len(matches) > 1:
-        urls = [f"/services/data/v{version}/sobjects/{object_type}/{m.record_id}" for m in matches]
-        return JsonResponse(urls, status=300, safe=False)
-    result = store.upsert_one(object_type, key_field, {**_json(request), key_field: value}, by=store.INTEGRATION_USER)
-    if not result["success"]:
-        error = result["errors"][0]
-        return _errors(400, error["statusCode"], error["message"])
-    return JsonResponse(result, status=201) if result["created"] else HttpResponse(status=204)
-
-
-@api
-def describe(request: HttpRequest, version: str, object_type: str) -> HttpResponse:
-    refused = _check_object(object_type)
-    if refused:
-        return refused
-    names = [*store.READ_ONLY, *store.OBJECTS[object_type]["fields"], store.EXTERNAL_ID_FIELD]
-    fields = [{"name": n, "externalId": n == store.EXTERNAL_ID_FIELD, "unique": n == store.EXTERNAL_ID_FIELD,
-               "nillable": n not in store.OBJECTS[object_type]["required"]} for n in names]  # fmt: skip
-    return JsonResponse({"name": object_type, "fields": fields})
+def resources(request: HttpRequest, version: str) -> HttpResponse:
+    base = f"/services/data/v{version}"
+    names = ["sobjects", "query", "queryAll", "limits", "composite", "jobs"]
+    return JsonResponse({name: f"{base}/{name}" for name in names})
 
 
 @api
 def limits(request: HttpRequest, version: str) -> HttpResponse:
     used = calls_in_window(SYSTEM, DAY) + 1
-    return JsonResponse({"DailyApiRequests": {"Max": _limit(), "Remaining": max(_limit() - used, 0)}})
+    body = {name: {"Max": cap, "Remaining": cap} for name, cap in LIMITS.items()}
+    body["DailyApiRequests"] = {"Max": _limit(), "Remaining": max(_limit() - used, 0)}
+    return JsonResponse(dict(sorted(body.items())))
 
 
-# --- reading changes ---------------------------------------------------------------------------
+# --- SOQL --------------------------------------------------------------------------------------
 
 
 @api
-def query(request: HttpRequest, version: str, locator: str = "") -> HttpResponse:
+def query(request: HttpRequest, version: str, locator: str = "", offset: str = "0") -> HttpResponse:
+    include_deleted = "/queryAll" in request.path
     if locator:
-        state = json.loads(base64.urlsafe_b64decode(locator.encode()))
-        soql, offset = state["q"], state["offset"]
-    else:
-        soql, offset = request.GET.get("q", ""), 0
-    match = SOQL.match(soql.strip())
-    if match is None:
-        return _errors(400, "MALFORMED_QUERY", "The mock understands SELECT … FROM … [WHERE SystemModstamp > …] "
-                       "[ORDER BY …] [LIMIT n]")  # fmt: skip
-    refused = _check_object(match["object"])
-    if refused:
-        return refused
-    rows = _query_rows(match)
-    page_size = int(settings.MOCK_SALESFORCE_QUERY_PAGE)
-    page = rows[offset : offset + page_size]
-    body: dict[str, Any] = {"totalSize": len(rows), "done": offset + page_size >= len(rows), "records": page}
-    if not body["done"]:
-        next_locator = base64.urlsafe_b64encode(json.dumps({"q": soql, "offset": offset + page_size}).encode())
-        body["nextRecordsUrl"] = f"/services/data/v{version}/query/01gMOCK{next_locator.decode()}"
-    return JsonResponse(body)
+        cursor = MockQueryLocator.objects.filter(system=SYSTEM, locator=locator).first()
+        if cursor is None:
+            return errors(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
+        return JsonResponse(_batch(cursor, int(offset), version))
+    q = request.GET.get("q", "")
+    if not q:
+        return errors(400, "MALFORMED_QUERY", "A query string has to be specified")
+    parsed = parse(q)
+    rows = _rows(parsed.object.name, include_deleted)
+    matched = run(parsed, [store.as_row(r) for r in rows])
+    if parsed.count:
+        return JsonResponse({"totalSize": len(matched), "done": True, "records": []})
+    pk_of = {r.record_id: r.pk for r in rows}
+    pks = [pk_of[row["Id"]] for row in matched]
+    # A query cursor lives 15 minutes after its last use on a real org; the mock keeps them 15 after creation.
+    MockQueryLocator.objects.filter(system=SYSTEM, created_at__lt=timezone.now() - LOCATOR_LIFETIME).delete()
+    cursor = MockQueryLocator.objects.create(
+        system=SYSTEM,
+        locator=new_id("Contact").replace("003", "01g", 1),
+        object=parsed.object.name,
+        fields=parsed.fields,
+        record_pks=pks,
+        include_deleted=include_deleted,
+        batch_size=_batch_size(request),
+    )
+    return JsonResponse(_batch(cursor, 0, version))
 
 
-def _query_rows(match: re.Match[str]) -> list[dict[str, Any]]:
-    fields = [f.strip() for f in match["fields"].split(",")]
-    records = store.live(match["object"])
-    if match["since"]:
-        records = records.filter(modified_at__gt=_parse_soql_time(match["since"]))
-    rows = [store.as_row(r, fields) for r in records.order_by("modified_at", "record_id")]
-    return rows[: int(match["limit"])] if match["limit"] else rows
+def _rows(object_type: str, include_deleted: bool) -> list[MockRecord]:
+    rows = MockRecord.objects.filter(system=SYSTEM, object=object_type)
+    return list(rows if include_deleted else rows.filter(deleted_at__isnull=True))
+
+
+def _batch_size(request: HttpRequest) -> int:
+    """`Sforce-Query-Options: batchSize=n` (200 to 2,000: a request, not a guarantee) or the org's default."""
+    default = int(settings.MOCK_SALESFORCE_QUERY_PAGE)
+    header = request.headers.get("Sforce-Query-Options", "")
+    options = {name.strip(): value.strip() for name, _, value in (p.partition("=") for p in header.split(","))}
+    try:
+        asked = int(options.get("batchSize", ""))
+    except ValueError:
+        return default
+    return min(max(asked, MIN_BATCH), MAX_BATCH)
+
+
+def _batch(cursor: MockQueryLocator, offset: int, version: str) -> dict[str, Any]:
+    pks = cursor.record_pks[offset : offset + cursor.batch_size]
+    found = {r.pk: r for r in MockRecord.objects.filter(pk__in=pks)}
+    records = [store.as_row(found[pk], cursor.fields) for pk in pks if pk in found]
+    done = offset + cursor.batch_size >= len(cursor.record_pks)
+    body: dict[str, Any] = {"totalSize": len(cursor.record_pks), "done": done, "records": records}
+    if not done:
+        endpoint = "queryAll" if cursor.include_deleted else "query"
+        body["nextRecordsUrl"] = f"/services/data/v{version}/{endpoint}/{cursor.locator}-{offset + cursor.batch_size}"
+    return body
+
+
+# --- getUpdated / getDeleted -------------------------------------------------------------------
 
 
 @api
-def deleted(request: HttpRequest, version: str, object_type: str) -> HttpResponse:
-    refused = _check_object(object_type)
-    if refused:
-        return refused
-    start, end = _parse_soql_time(request.GET["start"]), _parse_soql_time(request.GET["end"])
-    gone = MockRecord.objects.filter(system=SYSTEM, object=object_type, deleted_at__gte=start,
-                                           deleted_at__lte=end).order_by("deleted_at")  # fmt: skip
-    return JsonResponse({
-        "deletedRecords": [{"id": r.record_id, "deletedDate": store.sf_time(r.deleted_at or end)} for r in gone],
-        "earliestDateAvailable": store.sf_time(timezone.now() - timedelta(days=15)),
-        "latestDateCovered": store.sf_time(end),
-    })  # fmt: skip
+def replication(request: HttpRequest, version: str, object_type: str, kind: str) -> HttpResponse:
+    """getUpdated / getDeleted: the seconds of start and end are ignored, as Salesforce documents."""
+    obj = object_or_404(object_type)
+    if isinstance(obj, HttpResponse):
+        return obj
+    window = _window(request, kind)
+    if isinstance(window, HttpResponse):
+        return window
+    start, end, earliest = window
+    rows = MockRecord.objects.filter(system=SYSTEM, object=obj.name)
+    if kind == "deleted":
+        gone = rows.filter(deleted_at__gte=start, deleted_at__lt=end).order_by("deleted_at", "record_id")
+        return JsonResponse(
+            {
+                "deletedRecords": [{"id": r.record_id, "deletedDate": sf_time(r.deleted_at or end)} for r in gone],
+                "earliestDateAvailable": sf_time(earliest),
+                "latestDateCovered": sf_time(end),
+            }
+        )
+    changed = rows.filter(deleted_at__isnull=True, modified_at__gte=start, modified_at__lt=end)
+    return JsonResponse(
+        {
+            "ids": list(changed.order_by("modified_at", "record_id").values_list("record_id", flat=True)),
+            "latestDateCovered": sf_time(end),
+        }
+    )
 
 
-# --- helpers -----------------------------------------------------------------------------------
-
-
-def _check_object(object_type: str) -> HttpResponse | None:
-    if object_type not in store.OBJECTS:
-        return _errors(404, "NOT_FOUND", f"The requested resource does not exist: sObject type '{object_type}'")
-    return None
-
-
-def _check_key_field(key_field: str) -> HttpResponse | None:
-    if key_field != store.EXTERNAL_ID_FIELD:
-        return _errors(400, "INVALID_FIELD", f"Field {key_field} is not an External ID or Id field")
-    return None
-
-
-def _json(request: HttpRequest) -> Any:
+def _window(request: HttpRequest, kind: str) -> tuple[datetime, datetime, datetime] | HttpResponse:
+    raw = {name: request.GET.get(name, "") for name in ("start", "end")}
+    missing = [name for name, value in raw.items() if not value]
+    if missing:
+        return errors(400, "MISSING_ARGUMENT", f"{missing[0]} parameter is required", missing)
     try:
-        return json.loads(request.body or b"{}")
+        start, end = (_minute(_parse_time(raw["start"])), _minute(_parse_time(raw["end"])))
     except ValueError:
-        return {}
+        return errors(400, "INVALID_DATE_FORMAT", "start and end must be ISO 8601 dateTimes with a time zone")
+    now = store.clock()
+    earliest = _minute(now - timedelta(days=LOOKBACK_DAYS[kind]))
+    if end <= start:
+        return errors(400, "INVALID_REPLICATION_DATE", "end date must be after start date")
+    if start < earliest:
+        return errors(400, "INVALID_REPLICATION_DATE", f"start date cannot be before {sf_time(earliest)}")
+    return start, min(end, _minute(now)), earliest
 
 
-def _parse_soql_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00").replace("+0000", "+00:00"))
+def _minute(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+def _parse_time(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value.strip().replace(" ", "+").replace("Z", "+00:00").replace("+0000", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError("no time zone")
+    return parsed
+
+
+__all__ = ["OBJECTS", "api", "body_json", "errors", "method_not_allowed", "object_or_404", "refused"]

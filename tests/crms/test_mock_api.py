@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from crms.salesforce import mock_store
+
 pytestmark = pytest.mark.django_db
 
 BASE = "/v1/crms/mock/salesforce"
@@ -15,7 +17,7 @@ def test_staff_push_creates_records_a_crm_user_made(staff_api):
     assert response.status_code == 200
     (row,) = response.json()["results"]
     assert row["LastName"] == "Hopper" and row["Id"].startswith("003")
-    assert row["LastModifiedById"] == "005MOCKCRMUSER01"
+    assert row["LastModifiedById"] == mock_store.CRM_USER
     listed = staff_api.get(f"{BASE}/records?object=Contact").json()
     assert [r["Id"] for r in listed["results"]] == [row["Id"]]
     assert "next" in listed and "previous" in listed  # cursor-paginated

@@ -4,7 +4,6 @@ deletes that never come back, late changes superseded, and read events."""
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +21,7 @@ from sync import reads
 from sync.engine import throttled_connector
 from sync.inbound import PollResult, poll
 from sync.models import ConflictState, JobState, RecordLink, RecordRead, SyncConflict, SyncEvent, SyncJob
-from tests.conftest import drain, mock_salesforce
+from tests.conftest import drain, mock_salesforce, salesforce_minute_passes
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -230,14 +229,16 @@ def test_an_older_change_arriving_late_is_recorded_superseded_and_never_applied(
 # --- deletes ------------------------------------------------------------------------------------------
 
 
-def test_a_delete_in_salesforce_reaches_system_a_and_a_late_update_never_revives_it(api, live_server, system_a):
+def test_a_delete_in_salesforce_reaches_system_a_and_a_late_update_never_revives_it(
+    api, live_server, system_a, monkeypatch
+):
     salesforce = salesforce_with(live_server)
     sf_id = synced_both_ways(api, salesforce, system_a)
     drain(system_a)
     post(api, "update", LastName="Lovelace", Email="v1@example.com")  # System A's own copy, via a CRM-side path
     SyncJob.objects.filter(target=salesforce).delete()
     mock_store.staff_push("Contact", [], [sf_id])
-    time.sleep(1.1)  # getDeleted covers whole seconds up to the poll's: the deletion's second must be over
+    salesforce_minute_passes(monkeypatch)  # getDeleted covers whole minutes: the deletion's must be over
 
     poll_contacts(salesforce)
     drain(system_a)
@@ -265,7 +266,7 @@ def test_a_crm_change_to_a_record_deleted_in_system_a_is_not_sent_back(api, live
     assert sf_fields(sf_id) == {}  # the delete went out
 
 
-def test_deletes_from_a_crm_follow_the_rules_policy(api, live_server, system_a):
+def test_deletes_from_a_crm_follow_the_rules_policy(api, live_server, system_a, monkeypatch):
     salesforce = salesforce_with(live_server)
     sf_id = crm_edit(LastName="Hopper", Email="grace@example.com")
     rules = [dict(rule) for rule in DEMO_RULES if rule["name"] == "contacts-from-salesforce"]
@@ -277,7 +278,7 @@ def test_deletes_from_a_crm_follow_the_rules_policy(api, live_server, system_a):
     (record,) = MockRecord.objects.filter(system="system_a")
 
     mock_store.staff_push("Contact", [], [sf_id])
-    time.sleep(1.1)  # getDeleted covers whole seconds up to the poll's: the deletion's second must be over
+    salesforce_minute_passes(monkeypatch)  # getDeleted covers whole minutes: the deletion's must be over
     poll_contacts(salesforce)
     drain(system_a)
 

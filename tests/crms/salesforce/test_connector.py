@@ -335,7 +335,7 @@ def test_check_names_a_missing_external_id_field(connector, sf):
 
 def test_check_passes_when_the_field_is_external_id_and_unique(connector, sf):
     described = fixture("restforce_sobject_describe_success_response.json")
-    described["fields"].append({"name": KEY_FIELD, "externalId": True, "unique": True})
+    described["fields"].append({"name": KEY_FIELD, "type": "string", "externalId": True, "unique": True})
     connector.config = {**connector.config, "fields": {"Whizbang": ["Id"]}}
     sf.get(f"{API}/sobjects/Whizbang/describe", json=described)
 

@@ -10,8 +10,9 @@ import requests
 
 from crms.base import ConnectorError, OutboundRecord
 from crms.http import HttpClient
-from crms.mocks.models import MockRecord
+from crms.mocks.models import MockQueryLocator, MockRecord
 from crms.models import Connection
+from crms.salesforce import mock_store
 from crms.salesforce.connector import SalesforceConnector
 from crms.salesforce.mock_store import matching
 from crms.state import DatabaseStateStore
@@ -169,19 +170,48 @@ def test_an_injected_record_error_is_per_record_and_retryable(connector, staff_a
 
 
 def test_an_ambiguous_external_id_is_300_for_a_single_upsert_and_an_error_in_a_collection(connector, staff_api, org):
-    staff_api.post("/v1/crms/mock/salesforce/push", {"object": "Contact", "records": [
-        {"LastName": "A", KEY: "dup"}, {"LastName": "B", KEY: "dup"}]}, format="json")  # fmt: skip
+    # Legacy_Id__c is External ID but not Unique: the only kind of field several records can share.
+    pushed = staff_api.post(
+        "/v1/crms/mock/salesforce/push",
+        {
+            "object": "Contact",
+            "records": [{"LastName": "A", "Legacy_Id__c": "dup"}, {"LastName": "B", "Legacy_Id__c": "dup"}],
+        },
+        format="json",
+    )
+    connector.config = {**connector.config, "external_id_field": "Legacy_Id__c"}
     token = connector._token(force=False)["access_token"]
 
-    single = requests.patch(f"{org}/services/data/v62.0/sobjects/Contact/{KEY}/dup", json={"LastName": "C"},
-                            headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+    single = requests.patch(
+        f"{org}/services/data/v62.0/sobjects/Contact/Legacy_Id__c/dup",
+        json={"LastName": "C"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
     (result,) = connector.push([contact("dup")])
 
+    assert pushed.status_code == 200, pushed.content
     assert single.status_code == 300 and len(single.json()) == 2
     assert result.error is not None and (result.error.code, result.error.permanent) == ("DUPLICATE_EXTERNAL_ID", True)
 
 
-def test_changes_page_with_next_records_url_and_show_deletions(connector, staff_api, settings):
+def test_the_unique_external_id_field_refuses_a_second_record_with_the_same_value(staff_api):
+    first = staff_api.post(
+        "/v1/crms/mock/salesforce/push",
+        {"object": "Contact", "records": [{"LastName": "A", KEY: "c-1"}]},
+        format="json",
+    )
+    second = staff_api.post(
+        "/v1/crms/mock/salesforce/push",
+        {"object": "Contact", "records": [{"LastName": "B", KEY: "c-1"}]},
+        format="json",
+    )
+
+    assert first.status_code == 200
+    assert second.status_code == 400 and "DUPLICATE_VALUE" in str(second.json())
+
+
+def test_changes_page_with_next_records_url_and_show_deletions(connector, staff_api, settings, monkeypatch):
     settings.MOCK_SALESFORCE_QUERY_PAGE = 2
     people = [{"LastName": f"L{i}", "Email": f"{i}@example.com"} for i in range(5)]
     answer = staff_api.post("/v1/crms/mock/salesforce/push", {"object": "Contact", "records": people}, format="json")
@@ -191,15 +221,17 @@ def test_changes_page_with_next_records_url_and_show_deletions(connector, staff_
     while pages[-1].has_more:
         pages.append(connector.changes("Contact", pages[-1].cursor))
     staff_api.post("/v1/crms/mock/salesforce/push", {"object": "Contact", "delete": [pushed[0]["Id"]]}, format="json")
-    # getDeleted covers whole seconds up to the window's end: poll as if a few seconds had passed.
-    connector.clock = lambda: datetime.now(UTC) + timedelta(seconds=5)
+    # getDeleted ignores seconds and covers whole minutes up to now: poll as if the minute had passed.
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    connector.clock = lambda: later
+    monkeypatch.setattr(mock_store, "clock", lambda: later)
     after_delete = [connector.changes("Contact", pages[-1].cursor)]
     while after_delete[-1].has_more:
         after_delete.append(connector.changes("Contact", after_delete[-1].cursor))
 
     assert [len(p.changes) for p in pages] == [2, 2, 1]
     assert sorted(c.fields["Email"] for p in pages for c in p.changes) == [f"{i}@example.com" for i in range(5)]
-    assert all(c.fields["LastModifiedById"] == "005MOCKCRMUSER01" for p in pages for c in p.changes)
+    assert all(c.fields["LastModifiedById"] == mock_store.CRM_USER for p in pages for c in p.changes)
     deletions = [(c.external_id, c.deleted) for page in after_delete for c in page.changes if c.deleted]
     assert deletions == [(pushed[0]["Id"], True)]
 
@@ -275,3 +307,38 @@ def test_an_injected_latency_past_the_read_timeout_is_a_retryable_timeout(connec
         connector.push([contact("c-1")])
 
     assert (raised.value.code, raised.value.permanent) == ("timeout", False)
+
+
+def test_check_names_every_configured_field_the_org_does_not_have(connector):
+    connector.config = {**connector.config, "fields": {"Contact": ["Id", "Emial", "LastName"], "Lead": ["Compnay"]}}
+
+    result = connector.check()
+
+    assert not result.ok
+    assert result.details["problems"] == ["Contact has no field Emial", "Lead has no field Compnay"]
+
+
+def test_a_poll_of_a_misspelt_field_is_refused_permanently_naming_it(connector):
+    connector.config = {**connector.config, "fields": {"Contact": ["Id", "Emial"]}}
+
+    with pytest.raises(ConnectorError) as refused:
+        connector.changes("Contact", None)
+
+    assert (refused.value.code, refused.value.permanent) == ("INVALID_FIELD", True)
+    assert "'Emial'" in refused.value.message
+
+
+def test_an_expired_query_cursor_runs_the_query_again_and_misses_nothing(connector, staff_api, settings):
+    settings.MOCK_SALESFORCE_QUERY_PAGE = 2
+    people = [{"LastName": f"L{i}", "Email": f"{i}@example.com"} for i in range(5)]
+    staff_api.post("/v1/crms/mock/salesforce/push", {"object": "Contact", "records": people}, format="json")
+    first = connector.changes("Contact", None)
+    MockQueryLocator.objects.all().delete()  # Salesforce drops a cursor left unused for 15 minutes
+
+    pages = [first, connector.changes("Contact", first.cursor)]
+    while pages[-1].has_more:
+        pages.append(connector.changes("Contact", pages[-1].cursor))
+
+    emails = [c.fields["Email"] for p in pages for c in p.changes]
+    assert sorted(set(emails)) == [f"{i}@example.com" for i in range(5)]
+    assert len(emails) == 7  # the first batch is read twice; its events have the same ids
