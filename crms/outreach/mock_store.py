@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import logging
+from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -20,6 +21,11 @@ from crms.outreach.reference import KINDS
 SYSTEM = "outreach"
 WEBHOOKS = "webhook"  # webhook registrations are records of this type
 logger = logging.getLogger("recordsync.mock.outreach")
+
+
+def stamp() -> datetime:
+    """Now, to the whole second: Outreach's createdAt and updatedAt have no fraction (.000Z)."""
+    return timezone.now().replace(microsecond=0)
 
 
 def live(kind: str) -> Any:
@@ -46,7 +52,10 @@ def create(
         try:
             with transaction.atomic():
                 next_id = _next_id(kind)
-                record = MockRecord.objects.create(system=SYSTEM, object=kind, record_id=str(next_id), fields=fields)
+                now = stamp()
+                record = MockRecord.objects.create(
+                    system=SYSTEM, object=kind, record_id=str(next_id), fields=fields, created_at=now, modified_at=now
+                )
             break
         except IntegrityError:
             continue
@@ -69,7 +78,7 @@ def update(
     record.fields = {**record.fields, **attributes}
     if record.object in KINDS:
         record.fields[LINKS] = {**(record.fields.get(LINKS) or {}), **(links or {}), **_by(user, "updater")}
-    record.modified_at = timezone.now()
+    record.modified_at = stamp()
     record.save(update_fields=["fields", "modified_at"])
     if changed:
         deliver(record.object, "updated", record, changed, base)
@@ -77,7 +86,7 @@ def update(
 
 
 def destroy(record: MockRecord, base: str) -> None:
-    record.deleted_at = record.modified_at = timezone.now()
+    record.deleted_at = record.modified_at = stamp()
     record.save(update_fields=["deleted_at", "modified_at"])
     deliver(record.object, "destroyed", record, resource(record, base)["attributes"], base)
 

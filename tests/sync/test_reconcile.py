@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db.models import F
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
@@ -259,6 +260,8 @@ def test_a_record_the_scan_skipped_because_another_moved_is_not_deleted(
     and the one after it is skipped."""
     monkeypatch.setattr(outreach_connector, "PAGE_SIZE", 2)
     ids = [prospect_add(firstName=f"P{n}", emails=[f"p{n}@example.com"]) for n in range(5)]
+    # Made a minute ago: the edit mid-scan then stamps a later second (stamps have whole seconds).
+    MockRecord.objects.filter(system="outreach").update(modified_at=F("modified_at") - timedelta(minutes=1))
     poll_all(outreach, "prospect")
     real = throttled_connector
 
