@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, HttpRequest, JsonResponse
+from django.db import InterfaceError, OperationalError
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
@@ -71,7 +75,76 @@ def _validation_message(fields: list[dict[str, str]]) -> str:
     return f"{first['field']}: {first['message']}{more}"
 
 
+# --- a dependency down ----------------------------------------------------------------------------
+
+OUTAGE_RETRY_AFTER_SECONDS = 5
+# Requests that fail within this long of the last failure belong to the same outage: one log line for it.
+OUTAGE_QUIET_SECONDS = 60.0
+
+
+class Outages:
+    """One warning per outage of a dependency, not a traceback per request (swappable clock for tests)."""
+
+    clock: Callable[[], float] = time.monotonic
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def seen(self, dependency: str, error: Exception) -> None:
+        now = self.clock()
+        with self._lock:
+            last = self._last.get(dependency)
+            self._last[dependency] = now
+        if last is None or now - last > OUTAGE_QUIET_SECONDS:
+            logger.warning("dependency unavailable", extra={"dependency": dependency, "error": str(error)[:300]})
+
+
+outages = Outages()
+
+
+def is_outage(exc: BaseException) -> bool:
+    """The database cannot be reached or cannot answer now (refused, lost, shut down, locked): not a bug
+    in this request, and worth retrying. Integrity and data errors are answers, not outages."""
+    return isinstance(exc, OperationalError | InterfaceError)
+
+
+def outage_body() -> dict[str, Any]:
+    return error_body(
+        "service_unavailable",
+        f"The database is unavailable; nothing was stored. Retry in {OUTAGE_RETRY_AFTER_SECONDS} seconds "
+        "with the same Idempotency-Key.",
+    )
+
+
+def outage_response(exc: BaseException) -> JsonResponse:
+    outages.seen("database", exc if isinstance(exc, Exception) else Exception(str(exc)))
+    response = JsonResponse(outage_body(), status=503)
+    response["Retry-After"] = str(OUTAGE_RETRY_AFTER_SECONDS)
+    return response
+
+
+class OutageMiddleware:
+    """The same 503 for pages outside the API (admin, dashboard) when the database is down."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            return self.get_response(request)
+        except (OperationalError, InterfaceError) as exc:  # raised by a middleware, before any view
+            return outage_response(exc)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        return outage_response(exception) if is_outage(exception) else None
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    if is_outage(exc):
+        outages.seen("database", exc)
+        set_rollback()
+        return Response(outage_body(), status=503, headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)})
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 
 from recordsync.logging import request_id_var
@@ -21,6 +22,15 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 def _request_id(request: HttpRequest) -> str:
     given = request.headers.get("X-Request-ID", "")
     return given if _SAFE_ID.match(given) else uuid.uuid4().hex
+
+
+def _username(request: HttpRequest) -> str | None:
+    """Who made the request, for the access line. The user is lazy: reading it may load the session,
+    and with the database down that must not turn the 503 already answered into a traceback."""
+    try:
+        return getattr(getattr(request, "user", None), "username", None) or None
+    except DatabaseError:
+        return None
 
 
 class RequestIdMiddleware:
@@ -42,7 +52,7 @@ class RequestIdMiddleware:
                     "path": request.path,
                     "status": response.status_code,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "user": getattr(getattr(request, "user", None), "username", None) or None,
+                    "user": _username(request),
                 },
             )
             return response

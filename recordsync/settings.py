@@ -70,6 +70,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "recordsync.middleware.RequestIdMiddleware",
     "recordsync.middleware.HealthProbeMiddleware",  # before anything that validates the Host header
+    "recordsync.errors.OutageMiddleware",  # the database down: 503 JSON with Retry-After, one log line
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
