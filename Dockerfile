@@ -2,7 +2,7 @@
 #
 # Record Sync Service: one image, four roles (docs/deploy.md).
 #   web      the default CMD: gunicorn on :8000
-#   worker   python manage.py qcluster        (no HTTP: disable the healthcheck)
+#   worker   python manage.py sync_cluster    (no HTTP: disable the healthcheck)
 #   dispatcher python manage.py sync_dispatch (no HTTP: disable the healthcheck)
 #   migrate  python manage.py migrate --noinput   (one-off task before a release; no entrypoint does it)
 #

@@ -102,7 +102,7 @@ def pipeline(cfg: ingest.Config, env: dict[str, str], port: int, token: str) -> 
     headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
     events = [{"operation": "create", "record_id": f"p-{i}", "object_type": "Contact",
                "data": {"LastName": f"L{i}", "Email": f"p-{i}@example.com"}} for i in range(EVENTS)]  # fmt: skip
-    with process(env, "qcluster"), process(env, "sync_dispatch"):
+    with process(env, "sync_cluster"), process(env, "sync_dispatch"):
         started = time.perf_counter()
         for i in range(0, EVENTS, LIST):
             requests.post(url, data=json.dumps(events[i : i + LIST]), headers=headers, timeout=120).raise_for_status()

@@ -1,9 +1,9 @@
-"""`make run`: the web server, a django-q2 cluster and the dispatcher in the foreground; Ctrl-C stops all three.
+"""`make run`: the web server, the worker cluster and the dispatcher in the foreground; Ctrl-C stops all three.
 
 Each child gets its own process group, so a Ctrl-C reaches only this supervisor, which then
 sends one SIGTERM to each child and waits for a clean stop. runserver's auto-reloader runs the
-server in a child process, so it gets the signal as a group; qcluster must get it alone, since
-it stops its own workers in order (signalled all at once, its monitor hangs). A second Ctrl-C
+server in a child process, so it gets the signal as a group; sync_cluster must get it alone, since
+it stops its own workers in order (each finishes its task). A second Ctrl-C
 kills everything at once.
 """
 
@@ -34,7 +34,7 @@ def _stop(children: list[subprocess.Popen[bytes]], sig: signal.Signals) -> None:
 
 def main() -> int:
     port = os.environ.get("PORT", "8000")
-    children = [_start(["runserver", f"0.0.0.0:{port}"]), _start(["qcluster"]), _start(["sync_dispatch"])]
+    children = [_start(["runserver", f"0.0.0.0:{port}"]), _start(["sync_cluster"]), _start(["sync_dispatch"])]
     stopping = {"count": 0}
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

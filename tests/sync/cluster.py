@@ -52,7 +52,7 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self) -> Cluster:
-        for name, args in (("qcluster", ["qcluster"]), ("dispatch", ["sync_dispatch", "--interval", "0.25"])):
+        for name, args in (("qcluster", ["sync_cluster"]), ("dispatch", ["sync_dispatch", "--interval", "0.25"])):
             log = (self.logs / f"{name}.log").open("ab")
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, stdout=log, stderr=log,
@@ -75,15 +75,8 @@ class Cluster:
             proc.wait(timeout=10)
 
     def descendants(self) -> set[int]:
-        """Every process under the cluster (the sentinel, pusher, monitor and workers), from /proc."""
-        parents: dict[int, int] = {}
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        """Every process under the cluster (the sentinel and its workers), from /proc."""
+        parents = _parents()
         found: set[int] = set()
         frontier = {self.procs["qcluster"].pid}
         while frontier:
@@ -92,8 +85,27 @@ class Cluster:
             frontier = children - {self.procs["qcluster"].pid}
         return found
 
+    def workers(self) -> set[int]:
+        """The worker processes: the sentinel's children (the sentinel is the main process's child)."""
+        parents = _parents()
+        sentinels = {pid for pid, parent in parents.items() if parent == self.procs["qcluster"].pid}
+        return {pid for pid, parent in parents.items() if parent in sentinels}
+
     def output(self) -> str:
         return "\n".join(f"--- {path.name} ---\n{path.read_text()[-3000:]}" for path in sorted(self.logs.glob("*.log")))
+
+
+def _parents() -> dict[int, int]:
+    """Each live process's parent, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
 
 
 def wait_for(check: Callable[[], Any], *, seconds: float, what: str, explain: Callable[[], str] = str) -> Any:

@@ -141,6 +141,32 @@ def test_workers_killed_mid_batch_lose_nothing_and_create_nothing_twice(api, clu
     assert SyncAttempt.objects.filter(outcome="success").count() >= count
 
 
+def test_idle_workers_killed_with_sigkill_stop_syncing_for_less_than_a_minute(api, cluster, salesforce):
+    """Stock django-q2 shares one queue between its workers: an idle one killed holding its reader lock
+    stopped the whole cluster for good (issue 14). Here every idle worker is killed, and syncing goes on."""
+    running = cluster()
+    ingest(api, contacts("warm-", 20))
+    wait_for(lambda: all_synced(20), seconds=60, what="the warm-up synced", explain=explain(running))
+    time.sleep(1.0)  # nothing left to do: every worker waits for a task
+    idle = running.workers()
+    assert len(idle) == WORKERS, idle
+    assert not SyncJob.objects.exclude(state=JobState.SYNCED).exists()
+
+    for pid in idle:
+        os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    ingest(api, contacts("after-", 200))
+    wait_for(lambda: all_synced(220), seconds=60, what="syncing resumed within a minute", explain=explain(running))
+    stalled = time.monotonic() - killed_at
+
+    assert len(in_mock()) == 220  # none lost, none created twice
+    assert not running.workers() & idle and len(running.workers()) == WORKERS  # replaced, all of them
+    assert stalled < 60
+    main = running.procs["qcluster"]
+    main.send_signal(signal.SIGTERM)
+    main.wait(timeout=30)  # and it still stops on SIGTERM
+
+
 # --- Redis stopped during ingest ---------------------------------------------------------------------
 
 
