@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +22,17 @@ from recordsync.metrics import CRM_CALL_SECONDS, CRM_CALLS, call_outcome
 logger = logging.getLogger("recordsync.http")
 
 USER_AGENT = "recordsync/0.1 (+https://github.com/recordsync)"
+# When the call this process is making began (epoch seconds), while it is under way. A stop in the
+# middle of it (SIGTERM, a task timeout) leaves it set: the engine then fences the batch's jobs until
+# that call can no longer land (sync.engine.batch_run).
+_call_started: ContextVar[float | None] = ContextVar("crm_call_started", default=None)
+
+
+def interrupted_call() -> float | None:
+    """The start of an outbound call a stop cut off in this process, or None; asking clears it."""
+    started = _call_started.get()
+    _call_started.set(None)
+    return started
 
 
 class TransportError(Exception):
@@ -66,16 +78,24 @@ class HttpClient:
         if self.gate is not None:
             self.gate()
         started = time.perf_counter()
+        in_flight = _call_started.set(time.time())
         try:
             response = self.session.request(
                 method, url, headers=dict(headers or {}), params=params, json=json, data=data, timeout=self.timeout
             )
         except requests.Timeout as exc:
+            _call_started.reset(in_flight)
             self._log(method, url, None, started, "timeout")
             raise TransportError(f"{method} {self._where(url)} timed out", code="timeout") from exc
         except requests.ConnectionError as exc:
+            _call_started.reset(in_flight)
             self._log(method, url, None, started, "connection_error")
             raise TransportError(f"{method} {self._where(url)} could not connect", code="connection_error") from exc
+        except Exception:
+            _call_started.reset(in_flight)
+            raise
+        # Only a BaseException (the worker stopping mid-call) gets past without this: the mark stays for the engine.
+        _call_started.reset(in_flight)
         self._log(method, url, response.status_code, started)
         if self.observe is not None:
             self.observe(response)

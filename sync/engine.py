@@ -18,7 +18,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -26,6 +26,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Min, Q
 from django.utils import timezone
 
+from crms import http
 from crms.base import Connector, ConnectorError, OutboundRecord, PushResult
 from crms.build import connector_for
 from crms.models import Connection
@@ -41,6 +42,8 @@ logger = logging.getLogger("recordsync.engine")
 
 SYSTEM_A = "system_a"
 DUE_STATES = (JobState.PENDING, JobState.RETRYING)
+# After an interrupted call's timeouts, this much more before its jobs may be sent again.
+FENCE_MARGIN_SECONDS = 5
 # No call was made for these, or it was ours to hold back: the job waits without spending an attempt,
 # and the breaker does not count it.
 NOT_THEIR_FAULT = frozenset({"THROTTLED", "THROTTLE_UNAVAILABLE", "BREAKER_OPEN"})
@@ -59,8 +62,10 @@ def batch_size_for(connection: Connection) -> int:
 
 
 def _due(connection_id: int, now: datetime) -> Any:
-    return SyncJob.objects.filter(target_id=connection_id, state__in=DUE_STATES).filter(
-        Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    return (
+        SyncJob.objects.filter(target_id=connection_id, state__in=DUE_STATES)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .filter(Q(fence_until__isnull=True) | Q(fence_until__lte=now))
     )
 
 
@@ -143,9 +148,15 @@ def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[st
         if isinstance(exc, Exception):
             raise  # a bug: the lease runs out and the jobs come back, slowly enough not to spin
         # Stopping (SIGTERM, django-q2's timeout, Ctrl-C): hand the jobs back now rather than after
-        # the lease. A call already made is sent again later: an upsert of the same state.
-        released = leases_release(owner=owner)
-        logger.warning("batch interrupted; leases returned", extra={"jobs": released, "reason": repr(exc)})
+        # the lease. A call already made is sent again later: an upsert of the same state. A call cut
+        # off mid-way may still land at the target: the jobs are fenced until it no longer can, so no
+        # newer state is sent first and then overwritten by the older one (docs/architecture.md).
+        fence = call_fence(http.interrupted_call())
+        released = leases_release(owner=owner, fence_until=fence)
+        fenced = fence.isoformat() if fence else None
+        logger.warning(
+            "batch interrupted; leases returned", extra={"jobs": released, "reason": repr(exc), "fenced_until": fenced}
+        )
         raise
     finally:
         request_id_var.reset(context)
@@ -161,11 +172,24 @@ def lease_owner() -> str:
     return f"{os.getpid()}-{uuid.uuid4().hex[:20]}"
 
 
-def leases_release(*, owner: str) -> int:
-    """Jobs still in flight under this lease go back to pending at once."""
+def leases_release(*, owner: str, fence_until: datetime | None = None) -> int:
+    """Jobs still in flight under this lease go back to pending at once (not sent again before `fence_until`)."""
     return SyncJob.objects.filter(lease_owner=owner, state__in=(JobState.QUEUED, JobState.IN_FLIGHT)).update(
-        state=JobState.PENDING, lease_expires_at=None, lease_owner="", updated_at=timezone.now()
+        state=JobState.PENDING,
+        lease_expires_at=None,
+        lease_owner="",
+        updated_at=timezone.now(),
+        fence_until=fence_until,
     )
+
+
+def call_fence(started: float | None) -> datetime | None:
+    """When an interrupted call that began at `started` can no longer land: its connect and read
+    timeouts and a margin after its start. None when no call was under way."""
+    if started is None:
+        return None
+    budget = settings.CRM_HTTP_CONNECT_TIMEOUT + settings.CRM_HTTP_READ_TIMEOUT + FENCE_MARGIN_SECONDS
+    return datetime.fromtimestamp(started, UTC) + timedelta(seconds=budget)
 
 
 def batch_release(job_ids: Sequence[int]) -> int:

@@ -78,6 +78,9 @@ class SyncJob(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     lease_owner = models.CharField(max_length=32, blank=True, help_text="The worker run holding the lease.")
+    # Not sent before this time: a worker stopped mid-call handed the job back while that call could still
+    # land. Kept through newer events (next_attempt_at is not), so no newer state overtakes the old call.
+    fence_until = models.DateTimeField(null=True, blank=True)
     last_error_code = models.CharField(max_length=64, blank=True)
     last_error_message = models.TextField(blank=True)
     last_error_permanent = models.BooleanField(null=True)

@@ -391,3 +391,32 @@ def test_sigterm_mid_batch_finishes_the_batch_or_hands_its_leases_back(api, clus
         assert after == {JobState.SYNCED: len(in_flight)}  # the batches in flight were finished
     else:
         assert set(after) <= {JobState.SYNCED, JobState.PENDING}  # finished, or handed back at once
+
+
+def test_a_call_cut_off_by_sigterm_never_lands_after_a_newer_state(api, cluster, salesforce):
+    """SIGTERM reaches the workers while their call is out (systemd's control-group, a task timeout): the
+    call may still land after they hand the jobs back. The jobs are fenced until it no longer can, so a
+    newer state sent afterwards is what the CRM keeps (issue 14: it kept the older one)."""
+    quick = {"CRM_HTTP_CONNECT_TIMEOUT": "1", "CRM_HTTP_READ_TIMEOUT": "6"}  # a fence of 12 s after the call began
+    config_override_set(values={"batch_size": 10}, connection="salesforce", actor="proof")
+    ingest(api, contacts("f-", 10))
+    first = cluster(**quick)
+    wait_for(lambda: all_synced(10), seconds=60, what="the creates synced", explain=explain(first))
+    fault_add(system="salesforce", calls=1, seconds=None, latency_ms=4000)  # the next call lands 4 s late
+    ingest(api, contacts("f-", 10, version="v2"))
+    wait_for(lambda: SyncJob.objects.filter(state=JobState.IN_FLIGHT).exists(), seconds=30,
+             what="the v2 batch in flight", explain=explain(first))  # fmt: skip
+    time.sleep(0.5)
+    first.procs["dispatch"].send_signal(signal.SIGTERM)
+    workers = first.workers()
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not any(_alive(pid) for pid in workers), seconds=30, what="the workers exited")
+    first.stop()
+
+    ingest(api, contacts("f-", 10, version="v3"))  # newer than what the cut-off call carries
+    second = cluster(**quick)
+    wait_for(lambda: all_synced(10), seconds=60, what="v3 synced", explain=explain(second))
+    time.sleep(5)  # long past the cut-off call's 4 s, had it been going to land late
+
+    assert {fields["Email"] for fields in in_mock().values()} == {f"v3-f-{n}@example.com" for n in range(10)}
