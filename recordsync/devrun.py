@@ -1,14 +1,19 @@
 """`make run`: the web server, the worker cluster and the dispatcher in the foreground; Ctrl-C stops all three.
 
-Each child gets its own process group, so a Ctrl-C reaches only this supervisor, which then
-sends one SIGTERM to each child and waits for a clean stop. runserver's auto-reloader runs the
-server in a child process, so it gets the signal as a group; sync_cluster must get it alone, since
-it stops its own workers in order (each finishes its task). A second Ctrl-C
-kills everything at once.
+A small supervisor, as compose and ECS are in production: a child that dies (a crash, the OOM killer,
+kill -9) is started again within a second, its process group killed first so no orphan of it runs on.
+A child that keeps dying (five times within a minute: a broken setting, a port in use) stops the lot,
+so the error stays on screen.
+
+Each child gets its own process group, so a Ctrl-C reaches only this supervisor, which then sends one
+SIGTERM to each child and waits for a clean stop. runserver's auto-reloader runs the server in a child
+process, so it gets the signal as a group; sync_cluster must get it alone, since it stops its own
+workers in order (each finishes its task). A second Ctrl-C kills everything at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,24 +22,31 @@ import time
 from types import FrameType
 
 STOP_WAIT_SECONDS = 20
+RESTARTS_ALLOWED = 5  # within RESTART_WINDOW_SECONDS; one more stops everything
+RESTART_WINDOW_SECONDS = 60.0
 
 
 def _start(args: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "manage.py", *args], start_new_session=True)  # noqa: S603
 
 
-def _stop(children: list[subprocess.Popen[bytes]], sig: signal.Signals) -> None:
-    web, *others = children
-    if web.poll() is None:
-        os.killpg(web.pid, sig)
-    for child in others:
+def _stop(children: dict[str, subprocess.Popen[bytes]], sig: signal.Signals) -> None:
+    for name, child in children.items():
         if child.poll() is None:
-            (os.killpg if sig == signal.SIGKILL else os.kill)(child.pid, sig)
+            (os.killpg if name == "web" or sig == signal.SIGKILL else os.kill)(child.pid, sig)
+
+
+def _reap(child: subprocess.Popen[bytes]) -> None:
+    """A dead child's group: whatever it left behind (runserver's reloaded server, a cluster's workers)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
 
 
 def main() -> int:
     port = os.environ.get("PORT", "8000")
-    children = [_start(["runserver", f"0.0.0.0:{port}"]), _start(["sync_cluster"]), _start(["sync_dispatch"])]
+    roles = {"web": ["runserver", f"0.0.0.0:{port}"], "worker": ["sync_cluster"], "dispatcher": ["sync_dispatch"]}
+    children = {name: _start(args) for name, args in roles.items()}
+    restarts: list[float] = []
     stopping = {"count": 0}
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -43,16 +55,26 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    while not stopping["count"] and all(child.poll() is None for child in children):
-        time.sleep(0.2)
-    if not stopping["count"]:  # one child died on its own: take the other down too
-        _stop(children, signal.SIGTERM)
+    while not stopping["count"]:
+        for name, child in list(children.items()):
+            if child.poll() is None or stopping["count"]:
+                continue
+            restarts = [t for t in restarts if time.monotonic() - t < RESTART_WINDOW_SECONDS] + [time.monotonic()]
+            if len(restarts) > RESTARTS_ALLOWED:
+                print(f"{name} keeps exiting (code {child.returncode}): stopping everything", file=sys.stderr)
+                stopping["count"] = 1
+                _stop(children, signal.SIGTERM)
+                break
+            print(f"{name} exited (code {child.returncode}); starting it again", file=sys.stderr)
+            _reap(child)
+            children[name] = _start(roles[name])
+        time.sleep(0.5)
     deadline = time.monotonic() + STOP_WAIT_SECONDS
-    while any(child.poll() is None for child in children) and time.monotonic() < deadline:
+    while any(child.poll() is None for child in children.values()) and time.monotonic() < deadline:
         time.sleep(0.2)
     _stop(children, signal.SIGKILL)
     print("stopped web, worker and dispatcher", file=sys.stderr)
-    return 0 if stopping["count"] else 1
+    return 0 if len(restarts) <= RESTARTS_ALLOWED else 1
 
 
 if __name__ == "__main__":

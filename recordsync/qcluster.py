@@ -66,13 +66,14 @@ class BrokerSource:
         self.stop, self.sink = stop, sink
         self.broker: Broker | None = None
         self.ready: list[tuple[Any, Any]] = []
+        self.sentinel = os.getppid()
 
     def get(self) -> dict[str, Any] | str:
         self.sink.flush()  # the previous task's result, outside the timer lock
         if self.broker is None:
             self.broker = get_broker()  # after the fork: this process's own connection
         while not self.ready:
-            if self.stop.is_set():
+            if self.stop.is_set() or os.getppid() != self.sentinel:  # stopping, or the sentinel was killed
                 return "STOP"
             try:
                 self.ready = list(self.broker.dequeue() or [])
