@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models import Count, Min, Q
+from django.db.models import Count, Max, Min, Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
@@ -60,6 +60,7 @@ class DatabaseCollector(Collector):
         yield _breakers()
         yield _alerts()
         yield _held_conflicts()
+        yield from _processes(timezone.now())
 
 
 def _jobs() -> Metric:
@@ -109,6 +110,22 @@ def _held_conflicts() -> Metric:
     for row in rows:
         family.add_metric([row["connection__name"]], row["n"])
     return family
+
+
+def _processes(now: datetime) -> Iterator[Metric]:
+    from sync import liveness
+    from sync.models import ProcessBeat
+
+    alive = GaugeMetricFamily("recordsync_processes_alive", "Workers and dispatchers alive", labels=["role"])
+    for role in liveness.ROLES:
+        alive.add_metric([role], liveness.alive(role, now=now).count())
+    yield alive
+    age = GaugeMetricFamily(
+        "recordsync_process_beat_age_seconds", "Seconds since the freshest heartbeat", labels=["role", "host"]
+    )
+    for row in ProcessBeat.objects.values("role", "host").annotate(newest=Max("beat_at")):
+        age.add_metric([row["role"], row["host"]], max(0.0, (now - row["newest"]).total_seconds()))
+    yield age
 
 
 def registry_for_scrape(*, with_database: bool) -> CollectorRegistry:

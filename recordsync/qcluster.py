@@ -23,6 +23,7 @@ from multiprocessing.synchronize import Event as EventType
 from typing import Any
 
 from django import db
+from django.utils import timezone
 from django_q import cluster as q_cluster
 from django_q.brokers import Broker, get_broker
 from django_q.conf import Conf
@@ -32,6 +33,8 @@ from django_q.signals import post_execute
 from django_q.signing import BadSignature, SignedPackage
 from django_q.status import Stat
 from django_q.worker import worker
+
+from sync import liveness
 
 logger = logging.getLogger("recordsync.qcluster")
 IDLE_PAUSE_SECONDS = 1.0  # after a broker error, before asking again
@@ -67,6 +70,7 @@ class BrokerSource:
         self.broker: Broker | None = None
         self.ready: list[tuple[Any, Any]] = []
         self.sentinel = os.getppid()
+        self.beater = liveness.Beater("worker", group=self.sentinel)
 
     def get(self) -> dict[str, Any] | str:
         self.sink.flush()  # the previous task's result, outside the timer lock
@@ -75,6 +79,7 @@ class BrokerSource:
         while not self.ready:
             if self.stop.is_set() or os.getppid() != self.sentinel:  # stopping, or the sentinel was killed
                 return "STOP"
+            self.beater.beat("idle")
             try:
                 self.ready = list(self.broker.dequeue() or [])
             except Exception:  # the broker is away: keep asking, not too fast
@@ -88,6 +93,7 @@ class BrokerSource:
             self.broker.fail(ack_id)
             return self.get()
         task["cluster"], task["ack_id"] = Conf.CLUSTER_NAME, ack_id
+        self.beater.beat("busy", task_started_at=timezone.now())
         return task
 
 
@@ -97,6 +103,7 @@ def direct_worker(stop: EventType, timer: Any, timeout: int | None) -> None:
         worker(BrokerSource(stop, sink), sink, timer, timeout)
     finally:
         sink.flush()
+        liveness.process_gone(host=liveness.host_name(), pid=os.getpid())
 
 
 class DirectSentinel(q_cluster.Sentinel):  # type: ignore[misc]
@@ -129,6 +136,7 @@ class DirectSentinel(q_cluster.Sentinel):  # type: ignore[misc]
         self.pool.remove(process)
         if process.timer.value == 0 and process.is_alive():  # over its task's timeout
             process.terminate()
+        liveness.process_gone(host=liveness.host_name(), pid=process.pid)  # its slot is free at once
         self.spawn_worker()
         recycled = int(process.timer.value) == -2
         (logger.info if recycled else logger.critical)(

@@ -229,7 +229,9 @@ METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 METRICS_ALLOWED_NETWORKS = [n.strip() for n in env_str("METRICS_ALLOWED_NETWORKS", "127.0.0.1/32,::1/128").split(",")
                             if n.strip()]  # fmt: skip
 SYNC_LEASE_SECONDS = env_int("SYNC_LEASE_SECONDS", 120, minimum=10)
-# Batches of one connection queued or in flight at once; the rest of a backlog waits as pending.
+# Batches of one connection queued or in flight at once, for each live worker of the fleet (heartbeats);
+# the rest of a backlog waits as pending. SYNC_OUTSTANDING_BATCHES applies while no worker has reported.
+SYNC_OUTSTANDING_PER_WORKER = env_int("SYNC_OUTSTANDING_PER_WORKER", 2, minimum=1)
 SYNC_OUTSTANDING_BATCHES = env_int("SYNC_OUTSTANDING_BATCHES", 2 * Q_CLUSTER["workers"], minimum=1)
 SYNC_BACKOFF_BASE_SECONDS = env_int("SYNC_BACKOFF_BASE_SECONDS", 2, minimum=1)
 SYNC_BACKOFF_CAP_SECONDS = env_int("SYNC_BACKOFF_CAP_SECONDS", 600, minimum=1)

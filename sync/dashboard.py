@@ -7,11 +7,13 @@ Server-rendered pages behind the admin login. The figures come from `sync.stats`
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.db.models import QuerySet
+from django.forms.models import model_to_dict
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
@@ -19,9 +21,9 @@ from django.utils import timezone
 from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
-from sync import stats
+from sync import liveness, stats
 from sync.alerts import alerts_open, alerts_recent
-from sync.models import JobState, SyncJob
+from sync.models import JobState, ProcessBeat, SyncJob
 from sync.retry import jobs_retry
 
 SYNCED, FAILED = "#2e7d32", "#c62828"
@@ -46,8 +48,16 @@ def overview(request: HttpRequest) -> HttpResponse:
         "alerts_open": alerts_open(),
         "alerts_recent": alerts_recent(limit=RECENT_ALERTS, resolved_only=True),
         "states": JobState.values,
+        "processes": processes(now=timezone.now()),
     }
     return TemplateResponse(request, "dashboard/overview.html", context)
+
+
+def processes(*, now: datetime) -> list[dict[str, Any]]:
+    """Every worker and dispatcher that reported, newest first, each marked alive or stalled."""
+    live = {pk for role in liveness.ROLES for pk in liveness.alive(role, now=now).values_list("pk", flat=True)}
+    beats = ProcessBeat.objects.order_by("role", "host", "-beat_at")
+    return [{**model_to_dict(beat), "beat_at": beat.beat_at, "alive": beat.pk in live} for beat in beats]
 
 
 def charts(figures: stats.Stats) -> dict[str, Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import uuid
@@ -33,7 +32,7 @@ from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from recordsync.logging import request_id_var
 from recordsync.metrics import RETRIES
-from sync import config, holds
+from sync import config, holds, liveness
 from sync.breaker import Gate, breaker_allow, breaker_failure, breaker_release_probe, breaker_success
 from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncEvent, SyncJob
 from sync.throttle import gate_for, recheck_seconds, throttle
@@ -81,7 +80,8 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
     # Back-pressure: a backlog stays pending, not queued, so queued leases do not run out while
     # their tasks wait behind others in the broker.
     outstanding = SyncJob.objects.filter(target_id=connection.pk, state__in=(JobState.QUEUED, JobState.IN_FLIGHT))
-    room = settings.SYNC_OUTSTANDING_BATCHES - math.ceil(outstanding.count() / size)
+    batches_out = outstanding.exclude(lease_owner="").values("lease_owner").distinct().count()
+    room = outstanding_limit(now=now) - batches_out
     groups = _due(connection.pk, now).values("object_type").annotate(oldest=Min("updated_at"))
     for group in groups:
         while len(batches) < room:
@@ -168,8 +168,40 @@ def _request_ids(owner: str) -> list[str]:
 
 
 def lease_owner() -> str:
-    """Unique per claim, and names the process holding it (operators and the kill -9 proof read it)."""
-    return f"{os.getpid()}-{uuid.uuid4().hex[:20]}"
+    """Unique per claim, and names the process holding it: `pid-claim@host` (operators, the kill -9 proof
+    and leases_reap read it)."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:20]}@{liveness.host_name()}"
+
+
+def lease_holder(owner: str) -> str | None:
+    """The `host:pid` heartbeat key of a lease's holder, or None for a lease of another format."""
+    pid, _, rest = owner.partition("-")
+    host = rest.partition("@")[2]
+    return f"{host}:{pid}" if pid.isdigit() and host else None
+
+
+def leases_reap(*, now: datetime) -> int:
+    """In-flight jobs whose worker is known dead (its sentinel saw it go, or its heartbeat stopped) go back
+    to pending now instead of at lease expiry; fenced, since a call it had out may still land."""
+    owners = set(
+        SyncJob.objects.filter(state=JobState.IN_FLIGHT).exclude(lease_owner="").values_list("lease_owner", flat=True)
+    )
+    holders = {owner: lease_holder(owner) for owner in owners}
+    dead = liveness.dead_among({h for h in holders.values() if h}, now=now)
+    gone = [owner for owner, holder in holders.items() if holder in dead]
+    if not gone:
+        return 0
+    fence = call_fence(now.timestamp())
+    return SyncJob.objects.filter(lease_owner__in=gone, state=JobState.IN_FLIGHT).update(
+        state=JobState.PENDING, lease_expires_at=None, lease_owner="", updated_at=now, fence_until=fence
+    )
+
+
+def outstanding_limit(*, now: datetime) -> int:
+    """Batches of one connection queued or in flight at once: SYNC_OUTSTANDING_PER_WORKER for each live
+    worker across the fleet (heartbeats), or SYNC_OUTSTANDING_BATCHES while no worker has reported."""
+    live = liveness.alive("worker", now=now).count()
+    return max(1, settings.SYNC_OUTSTANDING_PER_WORKER * live) if live else settings.SYNC_OUTSTANDING_BATCHES
 
 
 def leases_release(*, owner: str, fence_until: datetime | None = None) -> int:

@@ -77,7 +77,9 @@ class SyncJob(models.Model):
     last_occurred_at = models.DateTimeField()
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
-    lease_owner = models.CharField(max_length=32, blank=True, help_text="The worker run holding the lease.")
+    lease_owner = models.CharField(
+        max_length=100, blank=True, help_text="The process holding the lease: pid-claim@host (engine.lease_owner)."
+    )
     # Not sent before this time: a worker stopped mid-call handed the job back while that call could still
     # land. Kept through newer events (next_attempt_at is not), so no newer state overtakes the old call.
     fence_until = models.DateTimeField(null=True, blank=True)
@@ -442,3 +444,22 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} alert on {self.connection_id} ({self.state})"
+
+
+class ProcessBeat(models.Model):
+    """A worker's or dispatcher's heartbeat: liveness checks, /metrics, the dashboard and slot counts read it."""
+
+    key = models.CharField(max_length=96, unique=True, help_text="host:pid")
+    role = models.CharField(max_length=16)  # worker, dispatcher
+    host = models.CharField(max_length=64)
+    pid = models.PositiveIntegerField()
+    group = models.PositiveIntegerField(null=True, blank=True, help_text="A worker's sentinel (its cluster).")
+    state = models.CharField(max_length=8, default="idle")  # idle, busy
+    beat_at = models.DateTimeField()
+    task_started_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["role", "beat_at"], name="beat_role_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.key} {self.state}"

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,7 @@ def supervisor(tmp_path: Path) -> Any:
         "PYTHONUNBUFFERED": "1",
         "SYNC_POLL_INTERVAL": "0",
         "Q_CLUSTER_NAME": "devrun-proof",
+        "DEBUG": "1",  # as make run's .env has it (runserver refuses to start otherwise without ALLOWED_HOSTS)
     }
     env.pop("REDIS_URL", None)  # the embedded default, as make run has it
     log = (tmp_path / "devrun.log").open("ab")
@@ -68,6 +70,7 @@ def test_each_process_killed_with_sigkill_is_started_again(supervisor, tmp_path)
         text: str = (tmp_path / "devrun.log").read_text()
         return text[-3000:]
 
+    time.sleep(3)  # settled: nothing restarting from a slow first start
     started = wait_for(
         lambda: (r := roles(supervisor.pid)) and len(r) == 3 and r,
         seconds=30,
@@ -84,4 +87,33 @@ def test_each_process_killed_with_sigkill_is_started_again(supervisor, tmp_path)
 
     supervisor.send_signal(signal.SIGINT)
     assert supervisor.wait(timeout=40) == 0, explain()
+    assert explain().count("starting it again") == 3  # the three killed, nothing else
     assert roles(supervisor.pid) == {}
+
+
+def test_a_role_failing_its_liveness_check_three_times_in_a_row_is_restarted(monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from recordsync import devrun
+    from sync import liveness
+    from sync.models import ProcessBeat
+
+    now = [0.0]
+    monkeypatch.setattr(devrun.Liveness, "clock", staticmethod(lambda: now[0]))
+    checker = devrun.Liveness()
+    checker.restarted("worker")
+    checker.restarted("dispatcher")
+    host = liveness.host_name()
+    ProcessBeat.objects.create(key=f"{host}:1", role="dispatcher", host=host, pid=1, beat_at=timezone.now())
+    ProcessBeat.objects.create(
+        key=f"{host}:2", role="worker", host=host, pid=2, beat_at=timezone.now() - timedelta(minutes=5)
+    )
+
+    verdicts = []
+    for step in range(1, 7):  # a check every 15 s, after the 45 s grace
+        now[0] = step * devrun.HEALTH_EVERY_SECONDS
+        verdicts.append(checker.stalled())
+
+    assert verdicts == [[], [], [], [], ["worker"], ["worker"]]  # grace, then the third failure in a row

@@ -25,10 +25,12 @@ from urllib.parse import urlsplit
 
 import pytest
 from django.conf import settings
+from django.utils import timezone
 
 from crms.mocks.models import MockCall, MockRecord
 from crms.mocks.runtime import fault_add
 from crms.models import Connection
+from sync import liveness
 from sync.config_services import config_override_set
 from sync.models import BreakerTransition, JobState, SyncAttempt, SyncJob
 from tests.conftest import mock_salesforce
@@ -420,3 +422,66 @@ def test_a_call_cut_off_by_sigterm_never_lands_after_a_newer_state(api, cluster,
     time.sleep(5)  # long past the cut-off call's 4 s, had it been going to land late
 
     assert {fields["Email"] for fields in in_mock().values()} == {f"v3-f-{n}@example.com" for n in range(10)}
+
+
+def test_a_wedged_cluster_is_reported_not_alive_and_alive_again_once_it_moves(cluster, salesforce, monkeypatch):
+    """What compose, ECS and make run act on: every worker frozen (SIGSTOP, as a wedged process looks)
+    makes `sync_health --role worker` fail; once they move again, it passes."""
+    monkeypatch.setattr(liveness, "STALE_SECONDS", 12.0)  # idle workers beat every 5 s
+    running = cluster()
+    wait_for(
+        lambda: liveness.health(role="worker", host=liveness.host_name(), now=timezone.now()).ok,
+        seconds=30,
+        what="the workers' heartbeats",
+        explain=explain(running),
+    )
+    workers = running.workers()
+
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        wedged = wait_for(
+            lambda: not liveness.health(role="worker", host=liveness.host_name(), now=timezone.now()).ok,
+            seconds=30,
+            what="the frozen cluster reported not alive",
+        )
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    wait_for(
+        lambda: liveness.health(role="worker", host=liveness.host_name(), now=timezone.now()).ok,
+        seconds=20,
+        what="alive again",
+        explain=explain(running),
+    )
+
+    assert wedged
+
+
+def test_a_busy_worker_killed_gives_its_batch_back_long_before_its_lease_runs_out(api, cluster, salesforce):
+    """Its sentinel sees it die and marks it dead; the dispatcher hands its jobs back at once, fenced for
+    the call it had out, instead of after the 120 s lease (issue 14: four kills stalled a connection 2 min)."""
+    quick = {"SYNC_LEASE_SECONDS": "120", "CRM_HTTP_CONNECT_TIMEOUT": "1", "CRM_HTTP_READ_TIMEOUT": "6"}
+    config_override_set(values={"batch_size": 10}, connection="salesforce", actor="proof")
+    running = cluster(**quick)
+    wait_for(
+        lambda: liveness.alive("worker", now=timezone.now()).count() >= WORKERS,
+        seconds=30,
+        what="every worker beating",
+        explain=explain(running),
+    )
+    fault_add(system="salesforce", calls=1, seconds=None, latency_ms=4000)
+    ingest(api, contacts("b-", 10))
+    holder = wait_for(
+        lambda: SyncJob.objects.filter(state=JobState.IN_FLIGHT).values_list("lease_owner", flat=True).first(),
+        seconds=30,
+        what="the batch in flight",
+        explain=explain(running),
+    )
+
+    os.kill(int(holder.split("-")[0]), signal.SIGKILL)
+    killed_at = time.monotonic()
+    wait_for(lambda: all_synced(10), seconds=60, what="the batch synced", explain=explain(running))
+
+    assert time.monotonic() - killed_at < 40  # the fence (12 s) and a resend, not the 120 s lease
+    assert len(in_mock()) == 10

@@ -18,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 from django.utils import timezone
 
-from sync import engine, tasks
+from sync import engine, liveness, tasks
 from sync.models import SyncJob
 from sync.selectors import queue_lag
 
@@ -75,9 +75,16 @@ class Command(BaseCommand):
 
     def dispatch_pass(self) -> int:
         now = time.monotonic()
+        if not hasattr(self, "beater"):
+            self.beater = liveness.Beater("dispatcher")
+        self.beater.beat("idle")
         if now - getattr(self, "metrics_at", float("-inf")) >= METRICS_EVERY_SECONDS:
             self.metrics_at = now
             lag_metric_log()
+            liveness.beats_forget(now=timezone.now())
+        reaped = engine.leases_reap(now=timezone.now())
+        if reaped:
+            self.stderr.write(f"{reaped} job(s) held by a dead worker went back to pending")
         expired = engine.leases_expire(now=timezone.now())
         if expired:
             self.stderr.write(f"{expired} job(s) with an expired lease went back to pending")
