@@ -3,8 +3,9 @@
 A small supervisor, as compose and ECS are in production: a child that dies (a crash, the OOM killer,
 kill -9) is started again within a second, its process group killed first so no orphan of it runs on;
 a worker cluster or dispatcher that is alive but makes no progress (sync/liveness.py, the check
-`manage.py sync_health` makes) three checks in a row is restarted too. A child that keeps dying (five
-times within a minute: a broken setting, a port in use) stops the lot, so the error stays on screen.
+`manage.py sync_health` makes) three checks in a row is restarted too. A child that keeps dying as it
+starts (five times in a row within seconds of starting: a broken setting, a port in use) stops the lot,
+so the error stays on screen.
 
 Each child gets its own process group, so a Ctrl-C reaches only this supervisor, which then sends one
 SIGTERM to each child and waits for a clean stop. runserver's auto-reloader runs the server in a child
@@ -24,8 +25,8 @@ from collections.abc import Callable
 from types import FrameType
 
 STOP_WAIT_SECONDS = 20
-RESTARTS_ALLOWED = 5  # within RESTART_WINDOW_SECONDS; one more stops everything
-RESTART_WINDOW_SECONDS = 60.0
+QUICK_DEATHS_ALLOWED = 5  # deaths in a row, each within QUICK_DEATH_SECONDS of starting; one more stops all
+QUICK_DEATH_SECONDS = 10.0
 HEALTH_EVERY_SECONDS = 15.0
 HEALTH_GRACE_SECONDS = 45.0  # after a (re)start, before the first liveness check counts
 HEALTH_FAILURES_ALLOWED = 2  # a third failed check in a row restarts the child
@@ -96,7 +97,8 @@ def main() -> int:
     health = Liveness()
     for role in roles:
         health.restarted(role)
-    restarts: list[float] = []
+    quick_deaths = dict.fromkeys(roles, 0)
+    crash_loop = False
     stopping = {"count": 0}
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -109,10 +111,13 @@ def main() -> int:
         for name, child in list(children.items()):
             if child.poll() is None or stopping["count"]:
                 continue
-            restarts = [t for t in restarts if time.monotonic() - t < RESTART_WINDOW_SECONDS] + [time.monotonic()]
-            if len(restarts) > RESTARTS_ALLOWED:
-                print(f"{name} keeps exiting (code {child.returncode}): stopping everything", file=sys.stderr)
-                stopping["count"] = 1
+            lived = time.monotonic() - health.started.get(name, 0.0)
+            quick_deaths[name] = quick_deaths[name] + 1 if lived < QUICK_DEATH_SECONDS else 0
+            if quick_deaths[name] > QUICK_DEATHS_ALLOWED:
+                print(
+                    f"{name} keeps exiting as it starts (code {child.returncode}): stopping everything", file=sys.stderr
+                )
+                crash_loop, stopping["count"] = True, 1
                 _stop(children, signal.SIGTERM)
                 break
             print(f"{name} exited (code {child.returncode}); starting it again", file=sys.stderr)
@@ -131,7 +136,7 @@ def main() -> int:
         time.sleep(0.2)
     _stop(children, signal.SIGKILL)
     print("stopped web, worker and dispatcher", file=sys.stderr)
-    return 0 if len(restarts) <= RESTARTS_ALLOWED else 1
+    return 1 if crash_loop else 0
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from sync import liveness
 
 logger = logging.getLogger("recordsync.qcluster")
 IDLE_PAUSE_SECONDS = 1.0  # after a broker error, before asking again
+BROKER_WAIT_SECONDS = 1.0  # between two pings of a broker that is down at start
 
 
 class ResultSink:
@@ -71,6 +72,7 @@ class BrokerSource:
         self.ready: list[tuple[Any, Any]] = []
         self.sentinel = os.getppid()
         self.beater = liveness.Beater("worker", group=self.sentinel)
+        self.beater.keep_alive()
 
     def get(self) -> dict[str, Any] | str:
         self.sink.flush()  # the previous task's result, outside the timer lock
@@ -108,6 +110,20 @@ def direct_worker(stop: EventType, timer: Any, timeout: int | None) -> None:
 
 class DirectSentinel(q_cluster.Sentinel):  # type: ignore[misc]
     """The sentinel with workers only: no pusher, no monitor, no queue between processes."""
+
+    def start(self) -> None:
+        """Wait for the broker instead of exiting when it is down at start (a Redis restart, a deploy
+        racing the cache): the stock sentinel dies there, and with it the cluster."""
+        while True:
+            try:
+                self.broker.ping()
+                break
+            except Exception as exc:  # the broker's own connection errors: nothing else is called here
+                logger.warning("broker unavailable; the cluster waits for it", extra={"error": str(exc)[:200]})
+                if self.stop_event.wait(BROKER_WAIT_SECONDS):
+                    return
+        self.spawn_cluster()
+        self.guard()
 
     def spawn_worker(self) -> None:
         self.worker_stop: EventType = getattr(self, "worker_stop", None) or Event()

@@ -43,6 +43,8 @@ SYSTEM_A = "system_a"
 DUE_STATES = (JobState.PENDING, JobState.RETRYING)
 # After an interrupted call's timeouts, this much more before its jobs may be sent again.
 FENCE_MARGIN_SECONDS = 5
+TAKEN = "take"  # in the lease owner of queued jobs a worker took from the broker (batch_taken)
+QUEUED_GRACE_SECONDS = 10  # a claim untaken for a call's timeouts and this long has lost its task
 # No call was made for these, or it was ours to hold back: the job waits without spending an attempt,
 # and the breaker does not count it.
 NOT_THEIR_FAULT = frozenset({"THROTTLED", "THROTTLE_UNAVAILABLE", "BREAKER_OPEN"})
@@ -180,21 +182,37 @@ def lease_holder(owner: str) -> str | None:
     return f"{host}:{pid}" if pid.isdigit() and host else None
 
 
+def batch_taken(*, job_ids: Sequence[int]) -> int:
+    """A worker took the task of these queued jobs: they name it now, so that if it dies before claiming
+    them (a popped Redis task is gone with it) they come back at once rather than after the lease."""
+    taken = f"{os.getpid()}-{TAKEN}{uuid.uuid4().hex[:8]}@{liveness.host_name()}"
+    return SyncJob.objects.filter(id__in=job_ids, state=JobState.QUEUED).update(lease_owner=taken)
+
+
 def leases_reap(*, now: datetime) -> int:
-    """In-flight jobs whose worker is known dead (its sentinel saw it go, or its heartbeat stopped) go back
-    to pending now instead of at lease expiry; fenced, since a call it had out may still land."""
-    owners = set(
-        SyncJob.objects.filter(state=JobState.IN_FLIGHT).exclude(lease_owner="").values_list("lease_owner", flat=True)
-    )
+    """Jobs whose holder is known dead (its sentinel saw it go, or its heartbeat stopped) go back to
+    pending now instead of at lease expiry: in flight, fenced, since a call it had out may still land;
+    queued (a dispatcher killed between its claim and queuing the task, a worker killed after taking the
+    task), at once: no call was made, and a task that does turn up finds nothing left to claim."""
+    held = SyncJob.objects.filter(state__in=(JobState.QUEUED, JobState.IN_FLIGHT))
+    owners = set(held.exclude(lease_owner="").values_list("lease_owner", flat=True))
     holders = {owner: lease_holder(owner) for owner in owners}
     dead = liveness.dead_among({h for h in holders.values() if h}, now=now)
-    gone = [owner for owner, holder in holders.items() if holder in dead]
-    if not gone:
-        return 0
-    fence = call_fence(now.timestamp())
-    return SyncJob.objects.filter(lease_owner__in=gone, state=JobState.IN_FLIGHT).update(
-        state=JobState.PENDING, lease_expires_at=None, lease_owner="", updated_at=now, fence_until=fence
-    )
+    back = {"state": JobState.PENDING, "lease_expires_at": None, "lease_owner": "", "updated_at": now}
+    reaped = 0
+    for owner, holder in holders.items():
+        if holder not in dead:
+            continue
+        reaped += SyncJob.objects.filter(lease_owner=owner, state=JobState.QUEUED).update(**back)
+        # A call may have begun up to one beat after the holder was last seen alive.
+        fence = call_fence(dead[holder].timestamp() + liveness.BEAT_SECONDS)
+        reaped += SyncJob.objects.filter(lease_owner=owner, state=JobState.IN_FLIGHT).update(**back, fence_until=fence)
+    # A claim whose task no worker has taken for longer than any batch ahead of it can take: the task is
+    # lost (a Redis task popped by a worker killed at that moment). A task that does still turn up finds
+    # nothing left to claim, so nothing is sent twice.
+    waited = settings.CRM_HTTP_CONNECT_TIMEOUT + settings.CRM_HTTP_READ_TIMEOUT + QUEUED_GRACE_SECONDS
+    lost = SyncJob.objects.filter(state=JobState.QUEUED, updated_at__lt=now - timedelta(seconds=waited))
+    return reaped + lost.exclude(lease_owner__contains=TAKEN).update(**back)
 
 
 def outstanding_limit(*, now: datetime) -> int:

@@ -10,6 +10,7 @@ import logging
 import signal
 from datetime import timedelta
 from types import FrameType
+from typing import Any
 
 from django.utils import timezone
 from django_q.tasks import async_task
@@ -57,6 +58,13 @@ def batch_send(job_ids: list[int]) -> dict[str, int]:
     picks up; a permanent one, or the last allowed attempt, sets `failed`.
     """
     return engine.batch_run(job_ids=job_ids)
+
+
+def batch_taken(sender: object = None, func: Any = None, task: dict[str, Any] | None = None, **kwargs: object) -> None:
+    """In each worker (django-q2's pre_execute), as a batch_send task starts: its queued jobs name this
+    worker, so a kill before it claims them hands them back at once (engine.leases_reap)."""
+    if func is batch_send and task and task.get("args"):
+        engine.batch_taken(job_ids=task["args"][0])
 
 
 def worker_stop_handler_install(sender: object = None, **kwargs: object) -> None:

@@ -51,9 +51,9 @@ def test_a_cluster_whose_heartbeats_all_went_stale_is_not():
     assert not verdict().ok and "has beaten for 30 s" in verdict().reason
 
 
-def test_a_worker_busy_within_its_task_timeout_is_alive_one_past_it_is_not(settings):
+def test_a_worker_busy_within_its_task_timeout_is_alive_one_past_it_is_wedged(settings):
     timeout = settings.Q_CLUSTER["timeout"]
-    beat(1, ago=timeout, state="busy", busy_for=timeout)  # a long batch: no beat while it runs
+    beat(1, ago=3, state="busy", busy_for=timeout)  # a long batch: its heartbeat thread keeps beating
     assert verdict().ok
 
     ProcessBeat.objects.filter(pid=1).update(task_started_at=timezone.now() - timedelta(seconds=timeout + 20))
@@ -164,3 +164,36 @@ def test_the_outstanding_batch_limit_follows_the_live_workers(settings):
     beat(26, ago=120)  # gone
 
     assert engine.outstanding_limit(now=timezone.now()) == 10
+
+
+def test_queued_jobs_a_dead_worker_took_from_the_broker_come_back_unfenced():
+    from crms.models import Connection
+    from sync import engine, tasks
+    from sync.models import JobState, SyncJob
+
+    target = Connection.objects.create(name="salesforce", kind="salesforce")
+    now = timezone.now()
+    ids = [
+        SyncJob.objects.create(
+            record_id=f"q-{n}",
+            object_type="Contact",
+            source="system_a",
+            target=target,
+            state=JobState.QUEUED,
+            lease_owner=f"1-claim@{HOST}",
+            last_occurred_at=now,
+            lease_expires_at=now + timedelta(seconds=120),
+        ).pk
+        for n in range(2)
+    ]
+    beat(os.getpid())
+
+    tasks.batch_taken(func=tasks.batch_send, task={"args": [ids]})  # as django-q2's pre_execute sends it
+    taken = set(SyncJob.objects.values_list("lease_owner", flat=True))
+    untouched = engine.leases_reap(now=now)
+    liveness.process_gone(host=HOST, pid=os.getpid())
+    reaped = engine.leases_reap(now=now)
+
+    assert len(taken) == 1 and engine.lease_holder(taken.pop()) == f"{HOST}:{os.getpid()}"
+    assert (untouched, reaped) == (0, 2)
+    assert set(SyncJob.objects.values_list("state", "fence_until")) == {(JobState.PENDING, None)}
