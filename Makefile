@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: run test install lint typecheck pytest bench bench-rules bench-drain clean
+.PHONY: run test install lint typecheck pytest proof-kills bench bench-rules bench-drain clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; set PYTHON=python3.11")'
@@ -46,6 +46,10 @@ pytest: install
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# Every kind of process killed twice during a drain (about 1-2 minutes); with DATABASE_URL and REDIS_URL for the services.
+proof-kills: install
+	$(BIN)/pytest -m soak -s tests/sync/test_kill_matrix.py
 
 bench: install
 	$(BIN)/python bench/ingest.py

@@ -30,7 +30,9 @@ from sync.models import JobState, SyncJob
 from tests.conftest import mock_salesforce
 from tests.sync.cluster import ROOT, _parents, database_url, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+# On demand (make proof-kills), not in make test: on PostgreSQL + Redis one CI run measured a 94 s stall
+# (0 lost, 0 twice, 0 stale) against 6.6 s here; the cause is not found yet (issue 14 stays open).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.soak]
 RECORDS = 2000
 UPDATED = 500  # of them, changed again while the kills go on
 KINDS = ("web", "dispatcher", "cluster", "sentinel", "idle worker", "busy worker")
