@@ -17,10 +17,11 @@ from crms.state import DatabaseStateStore
 def connector_for(
     connection: Connection,
     *,
-    gate: Callable[[], None] | None = None,
+    gate: Callable[[], Callable[[], None]] | None = None,
     observe: Callable[[requests.Response], None] | None = None,
 ) -> Connector:
-    """`gate` runs before every HTTP request and `observe` sees every answer (the engine's throttle)."""
+    """`gate` runs before every HTTP request (and what it answers, once the request is over); `observe` sees
+    every answer (the engine's throttle)."""
     cls = connector_class(connection.kind)
     return cls(
         config=connection.config,

@@ -49,7 +49,7 @@ class HttpClient:
         *,
         connection_name: str,
         timeout: tuple[float, float] | None = None,
-        gate: Callable[[], None] | None = None,
+        gate: Callable[[], Callable[[], None]] | None = None,
         observe: Callable[[requests.Response], None] | None = None,
         secret_path: bool = False,
     ) -> None:
@@ -58,7 +58,8 @@ class HttpClient:
         self.secret_path = secret_path
         self.timeout = timeout or (settings.CRM_HTTP_CONNECT_TIMEOUT, settings.CRM_HTTP_READ_TIMEOUT)
         # Called before every request: the engine passes its throttle here, so pushes, lookups,
-        # polls and logins all count against the connection's allowance.
+        # polls and logins all count against the connection's allowance. What it answers is called
+        # once the request is over: the call has reached the target by then, whatever the outcome.
         self.gate = gate
         # Called with every answer: the throttle reads the target's own rate-limit headers there.
         self.observe = observe
@@ -75,8 +76,23 @@ class HttpClient:
         json: Any = None,
         data: Any = None,
     ) -> requests.Response:
-        if self.gate is not None:
-            self.gate()
+        settle = self.gate() if self.gate is not None else None
+        try:
+            return self._send(method, url, headers=headers, params=params, json=json, data=data)
+        finally:
+            if settle is not None:
+                settle()
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        data: Any,
+    ) -> requests.Response:
         started = time.perf_counter()
         in_flight = _call_started.set(time.time())
         try:

@@ -179,7 +179,9 @@ class ThrottleCall(models.Model):
     """One API call inside a throttle window (the database backend; Redis keeps its own)."""
 
     key = models.CharField(max_length=128)
+    # When the target counted it: while the call is in flight, the latest it can arrive; once answered, then.
     at = models.DateTimeField()
+    ticket = models.CharField(max_length=32, blank=True, default="")  # the caller's, to settle it when answered
 
     class Meta:
         indexes = [models.Index(fields=["key", "at"], name="throttle_key_at_idx")]

@@ -275,8 +275,9 @@ def _read_database(rows: list[ThrottleUse], now: datetime) -> None:
     limits = {t.key: t for t in ThrottleLimit.objects.filter(key__in=keys)}
     counts: dict[str, Any] = {}
     if rows:
-        windows = {f"n{i}": Count("id", filter=Q(key=row["key"], at__gt=now - timedelta(seconds=row["window_seconds"]),
-                                                 at__lte=now)) for i, row in enumerate(rows)}  # fmt: skip
+        # No upper bound: a call in flight is counted at the latest it can arrive, after `now`.
+        windows = {f"n{i}": Count("id", filter=Q(key=row["key"], at__gt=now - timedelta(seconds=row["window_seconds"])))
+                   for i, row in enumerate(rows)}  # fmt: skip
         counts = ThrottleCall.objects.filter(key__in=keys).aggregate(**windows)
     for i, row in enumerate(rows):
         target = limits.get(row["key"])

@@ -41,7 +41,10 @@ from sync.models import ThrottleCall, ThrottleLimit
 logger = logging.getLogger("recordsync.throttle")
 
 # KEYS: the calls (sorted set), the hold, the cap (hash n, p). ARGV: our limit (0: none), our window
-# in ms, a unique member. Returns 0 (granted: the call is recorded) or the ms to wait.
+# in ms, a unique member, the ms the call may stay unanswered. Returns 0 (granted: the call is recorded,
+# scored as if it arrived at the latest it can, until `_SETTLE` scores it when answered) or the ms to wait.
+# A call in flight (scored in the future) holds its place; a full window of them frees up a window after
+# the first answer at the earliest: that is the wait told (the caller looks again then).
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -60,13 +63,21 @@ for _, r in ipairs(rules) do
   local since = '(' .. (now - r[2])
   if redis.call('ZCOUNT', KEYS[1], since, '+inf') >= r[1] then
     local nth = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', since, 'WITHSCORES', 'LIMIT', r[1] - 1, 1)
-    wait = math.max(wait, tonumber(nth[2]) + r[2] - now)
+    wait = math.max(wait, math.min(tonumber(nth[2]), now) + r[2] - now)
   end
 end
 if wait > 0 then return math.max(1, wait) end
-redis.call('ZADD', KEYS[1], now, ARGV[3])
-redis.call('PEXPIRE', KEYS[1], keep)
+local busy = tonumber(ARGV[4])
+redis.call('ZADD', KEYS[1], now + busy, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], keep + busy)
 return 0
+"""
+# KEYS: the calls. ARGV: the member. The call was answered: it arrived by now (never moved later).
+_SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if at and tonumber(at) > now then redis.call('ZADD', KEYS[1], 'XX', now, ARGV[1]) end
 """
 # KEYS: the hold. ARGV: ms. Never shortens a longer hold another worker set.
 _HOLD = """
@@ -75,8 +86,14 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1
 
 
 class Throttle(Protocol):
-    def acquire(self, key: str, limit: int, window: float) -> float:
-        """Take one call if every limit has room (0.0), else the seconds until it will. limit 0: none of ours."""
+    def acquire(self, key: str, limit: int, window: float, *, ticket: str = "", busy_for: float = 0.0) -> float:
+        """Take one call if every limit has room (0.0), else the seconds until it will. limit 0: none of ours.
+
+        With a `ticket`, the call counts as arriving `busy_for` seconds from now (the latest it can) until
+        `settle(key, ticket)` says it was answered, and so arrived, by then."""
+
+    def settle(self, key: str, ticket: str) -> None:
+        """The call taken with `ticket` was answered (or failed): it counts from now, not from its latest."""
 
     def hold(self, key: str, seconds: float) -> None:
         """No call at all for `seconds` (a longer hold already set stays)."""
@@ -114,10 +131,15 @@ class RedisThrottle:
         self.redis = get_redis_connection("default")
         self.script = self.redis.register_script(_ACQUIRE)
         self.hold_script = self.redis.register_script(_HOLD)
+        self.settle_script = self.redis.register_script(_SETTLE)
 
-    def acquire(self, key: str, limit: int, window: float) -> float:
-        waited_ms = self.script(keys=redis_keys(key), args=[limit, int(window * 1000), uuid.uuid4().hex])
+    def acquire(self, key: str, limit: int, window: float, *, ticket: str = "", busy_for: float = 0.0) -> float:
+        member = ticket or uuid.uuid4().hex
+        waited_ms = self.script(keys=redis_keys(key), args=[limit, int(window * 1000), member, int(busy_for * 1000)])
         return int(waited_ms) / 1000
+
+    def settle(self, key: str, ticket: str) -> None:
+        self.settle_script(keys=redis_keys(key)[:1], args=[ticket])
 
     def hold(self, key: str, seconds: float) -> None:
         self.hold_script(keys=redis_keys(key)[1:2], args=[max(1, int(seconds * 1000))])
@@ -143,7 +165,7 @@ class DatabaseThrottle:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
 
-    def acquire(self, key: str, limit: int, window: float) -> float:
+    def acquire(self, key: str, limit: int, window: float, *, ticket: str = "", busy_for: float = 0.0) -> float:
         before = self._now()
         active = Q(hold_until__gt=before) | Q(cap_until__gt=before)
         if limit <= 0 and not ThrottleLimit.objects.filter(active, key=key).exists():
@@ -168,17 +190,22 @@ class DatabaseThrottle:
             wait = max(self._wait(key, calls, per, now) for calls, per in rules)
             if wait > 0:
                 return max(0.001, wait)
-            ThrottleCall.objects.create(key=key, at=now)
+            ThrottleCall.objects.create(key=key, at=now + timedelta(seconds=busy_for), ticket=ticket)
         return 0.0
+
+    def settle(self, key: str, ticket: str) -> None:
+        now = self._now()
+        ThrottleCall.objects.filter(key=key, ticket=ticket, at__gt=now).update(at=now)
 
     @staticmethod
     def _wait(key: str, calls: int, per: float, now: datetime) -> float:
-        """The window is (now - per, now]: full when it holds `calls`; it frees up when the calls-th newest leaves."""
+        """The window is (now - per, now]: full when it holds `calls` (calls still in flight, counted at their
+        latest arrival, included); it frees up when the calls-th newest leaves, a window after it is answered."""
         recent = ThrottleCall.objects.filter(key=key, at__gt=now - timedelta(seconds=per)).order_by("-at")
         newest = list(recent.values_list("at", flat=True)[:calls])
         if len(newest) < calls:
             return 0.0
-        return (newest[-1] + timedelta(seconds=per) - now).total_seconds()
+        return (min(newest[-1], now) + timedelta(seconds=per) - now).total_seconds()
 
     def hold(self, key: str, seconds: float) -> None:
         until = self._now() + timedelta(seconds=seconds)
@@ -216,9 +243,16 @@ EXHAUSTED_HOLD_SECONDS = 15 * 60.0
 
 
 def margin(window: float) -> float:
-    """A call is counted when it is granted but the target counts it when it arrives, a little later
-    and not always equally later; the window is kept this much longer so the target never sees N+1."""
-    return min(0.1, 0.05 * window)
+    """The target counts a call when it arrives, which is between its grant and its answer; the throttle
+    counts it from its answer (`settle`), the latest it can have arrived. This much more is kept for clock
+    rounding (Redis counts whole milliseconds; the target may too)."""
+    return min(0.01, 0.05 * window)
+
+
+def busy_seconds() -> float:
+    """How long a call granted may go unanswered before it is surely over (a worker killed mid-call never
+    settles it): the HTTP seam's connect and read timeouts, and time to send the request's body."""
+    return float(settings.CRM_HTTP_CONNECT_TIMEOUT) + float(settings.CRM_HTTP_READ_TIMEOUT) + 10.0
 
 
 THROTTLED = "THROTTLED"
@@ -254,20 +288,23 @@ def quota_sharers(key: str) -> QuerySet[Connection]:
 def gate_for(
     connection: Connection, *, limit: int, window: float, backend: Throttle | None = None,
     sleep: Callable[[float], None] = time.sleep,
-) -> Callable[[], None]:  # fmt: skip
-    """What the HTTP seam calls before every request of this connection (limit 0: only the target's own limits)."""
+) -> Callable[[], Callable[[], None]]:  # fmt: skip
+    """What the HTTP seam calls before every request of this connection (limit 0: only the target's own limits).
+    It answers what the seam calls once the request is over, answered or not: the call then counts from then."""
     chosen = backend or throttle()
     key = quota_key(connection)
     kept = window + margin(window)
+    busy = busy_seconds()
 
-    def gate() -> None:
+    def gate() -> Callable[[], None]:
+        ticket = uuid.uuid4().hex
         while True:
             try:
-                wait = chosen.acquire(key, limit, kept)
+                wait = chosen.acquire(key, limit, kept, ticket=ticket, busy_for=busy)
             except Exception as exc:  # never call unthrottled; hand the batch back instead
                 raise ThrottleUnavailable(exc) from exc
             if wait == 0:
-                return
+                return lambda: _settle(chosen, key, ticket)
             if wait > MAX_WAIT_SECONDS:
                 THROTTLE_WAITS.labels(connection.name, "handed_back").inc()
                 raise Throttled(wait)
@@ -275,6 +312,13 @@ def gate_for(
             sleep(wait)
 
     return gate
+
+
+def _settle(backend: Throttle, key: str, ticket: str) -> None:
+    try:
+        backend.settle(key, ticket)
+    except Exception:  # the call then counts until its latest arrival: later than need be, never too early
+        logger.warning("throttle settle failed", extra={"key": key}, exc_info=True)
 
 
 @dataclass(frozen=True)

@@ -145,7 +145,7 @@ def _throttle_calls(calls: dict[Connection, int], *, limited: Connection) -> Non
     backend = throttle()
     for connection, count in calls.items():
         for _ in range(count):
-            backend.acquire(quota_key(connection), 10_000, 60.1)
+            backend.acquire(quota_key(connection), 10_000, 60.01)
 
 
 def _failed_jobs(sf: Connection, outreach: Connection, now: datetime) -> list[SyncJob]:

@@ -157,11 +157,11 @@ def test_throttle_use_counts_the_database_windows_calls_per_quota_owner(limited:
     throttle = DatabaseThrottle()
     throttle.clock = lambda: (NOW - timedelta(seconds=5)).timestamp()
     for _ in range(2):
-        assert throttle.acquire("org-1", 10, 60.1) == 0.0  # the throttle itself records the calls
+        assert throttle.acquire("org-1", 10, 60.01) == 0.0  # the throttle itself records the calls
     ThrottleCall.objects.bulk_create([
-        ThrottleCall(key="org-1", at=NOW - timedelta(seconds=60.05)),  # inside the enforced window (60 s + 0.1 s)
-        ThrottleCall(key="org-1", at=NOW - timedelta(seconds=60.2)),  # gone from it
-        ThrottleCall(key="org-1", at=NOW + timedelta(seconds=1)),  # not yet
+        ThrottleCall(key="org-1", at=NOW - timedelta(seconds=60.005)),  # inside the enforced window (60 s + 10 ms)
+        ThrottleCall(key="org-1", at=NOW - timedelta(seconds=60.02)),  # gone from it
+        ThrottleCall(key="org-1", at=NOW + timedelta(seconds=1), ticket="t"),  # in flight: at the latest it arrives
         ThrottleCall(key="connection:outreach", at=NOW - timedelta(seconds=1)),
     ])  # fmt: skip
     ThrottleLimit.objects.create(key="org-1", hold_until=NOW - timedelta(seconds=1))  # a hold already over
@@ -171,10 +171,10 @@ def test_throttle_use_counts_the_database_windows_calls_per_quota_owner(limited:
     by_name = {row["connection"]: row for row in stats.throttle_use(now=NOW, backend="database")}
 
     assert by_name["sf"] == {
-        "connection": "sf", "key": "org-1", "shared_with": ["sf-eu"], "limit": 10, "window_seconds": 60.1,
-        "used": 3, "percent": 30.0, "measured": "database", "note": "", "hold_until": None, "cap": None,
+        "connection": "sf", "key": "org-1", "shared_with": ["sf-eu"], "limit": 10, "window_seconds": 60.01,
+        "used": 4, "percent": 40.0, "measured": "database", "note": "", "hold_until": None, "cap": None,
     }  # fmt: skip
-    assert by_name["sf-eu"]["used"] == 3 and by_name["sf-eu"]["shared_with"] == ["sf"]
+    assert by_name["sf-eu"]["used"] == 4 and by_name["sf-eu"]["shared_with"] == ["sf"]
     assert by_name["outreach"]["used"] == 1 and by_name["outreach"]["percent"] == 10.0
     assert by_name["outreach"]["hold_until"] == NOW + timedelta(seconds=30)
     assert by_name["outreach"]["cap"] == {"calls": 5, "per_seconds": 60.0, "until": NOW + timedelta(seconds=45)}
@@ -198,7 +198,7 @@ def test_throttle_use_counts_the_redis_windows_calls(redis_keys_cleared: str) ->
     config.forget()
     throttle = RedisThrottle()
     for _ in range(3):
-        assert throttle.acquire(redis_keys_cleared, 8, 60.1) == 0.0
+        assert throttle.acquire(redis_keys_cleared, 8, 60.01) == 0.0
     throttle.hold(redis_keys_cleared, 30)
     throttle.cap(redis_keys_cleared, 5, 60, seconds=45)
 

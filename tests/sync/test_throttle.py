@@ -48,8 +48,8 @@ def test_the_gate_waits_a_short_time_but_hands_back_a_long_wait(clock):
         clock[0] += seconds
 
     short = gate_for(sf, limit=1, window=0.5, backend=DatabaseThrottle(), sleep=sleep)
-    short()
-    short()  # waits ~0.5 s, then goes
+    short()()  # called and answered at once
+    short()()  # waits ~0.5 s, then goes
     long = gate_for(sf, limit=1, window=30, backend=DatabaseThrottle(), sleep=sleep)
 
     with pytest.raises(Throttled) as raised:
@@ -57,6 +57,49 @@ def test_the_gate_waits_a_short_time_but_hands_back_a_long_wait(clock):
 
     assert slept == [pytest.approx(0.5 + margin(0.5))]  # the window plus the arrival margin
     assert raised.value.code == "THROTTLED" and raised.value.retry_after == pytest.approx(30, abs=1)
+
+
+def _call_in_flight_holds_its_place(backend: Any, key: str, clock: list[float] | None = None) -> None:
+    """A call counts from its answer, the latest it can have reached the target: a call granted, then slow to be
+    answered, still fills the window a window after its grant, and frees it a window after its answer."""
+    import time as real_time
+
+    def advance(seconds: float) -> None:
+        if clock is None:
+            real_time.sleep(seconds)
+        else:
+            clock[0] += seconds
+
+    assert backend.acquire(key, 1, 0.5, ticket="slow", busy_for=60) == 0.0
+    advance(0.7)  # a window after the grant: unanswered, so it may not have arrived yet
+    assert backend.acquire(key, 1, 0.5, ticket="next", busy_for=60) == pytest.approx(0.5, abs=0.01)
+    backend.settle(key, "slow")
+    refused = backend.acquire(key, 1, 0.5, ticket="next", busy_for=60)
+    advance(0.55)
+    assert refused == pytest.approx(0.5, abs=0.05) and backend.acquire(key, 1, 0.5, ticket="next") == 0.0
+
+
+@pytest.mark.django_db
+def test_a_database_call_in_flight_counts_until_its_answer(clock):
+    _call_in_flight_holds_its_place(DatabaseThrottle(), "org-flight", clock)
+
+
+@pytest.mark.redis
+def test_a_redis_call_in_flight_counts_until_its_answer():
+    from django_redis import get_redis_connection
+
+    get_redis_connection("default").delete("recordsync:throttle:org-flight")
+    _call_in_flight_holds_its_place(RedisThrottle(), "org-flight")
+
+
+@pytest.mark.django_db
+def test_a_call_killed_in_flight_frees_its_place_once_it_surely_ended(clock):
+    throttle = DatabaseThrottle()
+    assert throttle.acquire("org-killed", 1, 1, ticket="never-settled", busy_for=30) == 0.0
+    clock[0] += 30.5  # past its latest arrival, but not a window past it
+    assert throttle.acquire("org-killed", 1, 1) == pytest.approx(0.5)
+    clock[0] += 0.51
+    assert throttle.acquire("org-killed", 1, 1) == 0.0
 
 
 @pytest.mark.django_db
@@ -147,3 +190,33 @@ def test_a_throttled_batch_is_handed_back_without_counting_an_attempt(live_serve
     held = SyncJob.objects.get(record_id="b")
     assert (held.attempts, held.last_error_code) == (0, "THROTTLED")
     assert held.next_attempt_at is not None and held.next_attempt_at > timezone.now() + timedelta(seconds=30)
+
+
+@pytest.mark.parametrize("answer", ["ok", "refused", "error"])
+def test_the_http_seam_settles_every_call_it_was_granted_whatever_came_back(answer: str) -> None:
+    import requests
+    import responses
+
+    from crms.http import HttpClient, TransportError
+
+    events: list[str] = []
+
+    def gate() -> Any:
+        events.append("granted")
+        return lambda: events.append("settled")
+
+    http = HttpClient(connection_name="sf", gate=gate)
+    with responses.RequestsMock() as mocked:
+        if answer == "ok":
+            mocked.get("https://crm.example/x", json={}, status=500)
+            assert http.request("GET", "https://crm.example/x").status_code == 500
+        elif answer == "refused":
+            mocked.get("https://crm.example/x", body=requests.ConnectionError("refused"))
+            with pytest.raises(TransportError):
+                http.request("GET", "https://crm.example/x")
+        else:
+            mocked.get("https://crm.example/x", body=ValueError("the adapter broke"))
+            with pytest.raises(ValueError):
+                http.request("GET", "https://crm.example/x")
+
+    assert events == ["granted", "settled"]
