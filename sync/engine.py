@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -21,7 +22,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db import connection as db
 from django.db.models import Min, Q
 from django.utils import timezone
 
@@ -45,6 +47,7 @@ DUE_STATES = (JobState.PENDING, JobState.RETRYING)
 FENCE_MARGIN_SECONDS = 5
 TAKEN = "take"  # in the lease owner of queued jobs a worker took from the broker (batch_taken)
 QUEUED_GRACE_SECONDS = 10  # a claim untaken for a call's timeouts and this long has lost its task
+RELEASE_RETRY_SECONDS = 1.0  # between two tries to hand a batch back while the database is away
 # No call was made for these, or it was ours to hold back: the job waits without spending an attempt,
 # and the breaker does not count it.
 NOT_THEIR_FAULT = frozenset({"THROTTLED", "THROTTLE_UNAVAILABLE", "BREAKER_OPEN"})
@@ -146,6 +149,15 @@ def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[st
     context = request_id_var.set(",".join(_request_ids(owner)))
     try:
         return {"claimed": taken, **_run(owner, now)}
+    except DatabaseError as exc:
+        # The database went away mid-batch (a restart, a failover): the worker lives on, so nothing reaps
+        # its lease. Hand the jobs back as soon as the database answers again, fenced if a call was cut off.
+        fence = call_fence(http.interrupted_call())
+        released = _release_when_back(owner, fence, until=lease)
+        fenced = fence.isoformat() if fence else None
+        extra = {"jobs": released, "reason": repr(exc), "fenced_until": fenced}
+        logger.warning("batch cut off by a database error; leases returned", extra=extra)
+        raise
     except BaseException as exc:
         if isinstance(exc, Exception):
             raise  # a bug: the lease runs out and the jobs come back, slowly enough not to spin
@@ -231,6 +243,19 @@ def leases_release(*, owner: str, fence_until: datetime | None = None) -> int:
         updated_at=timezone.now(),
         fence_until=fence_until,
     )
+
+
+def _release_when_back(owner: str, fence: datetime | None, *, until: datetime) -> int:
+    """leases_release, tried again each second while the database is away; past `until` (the lease's end)
+    the lease expiry hands the jobs back instead."""
+    while True:
+        try:
+            return leases_release(owner=owner, fence_until=fence)
+        except DatabaseError:
+            db.close()  # the broken connection: the next try opens a new one
+            if timezone.now() >= until:
+                return 0
+            time.sleep(RELEASE_RETRY_SECONDS)
 
 
 def call_fence(started: float | None) -> datetime | None:

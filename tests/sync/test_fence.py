@@ -88,3 +88,53 @@ def test_a_batch_stopped_between_calls_is_handed_back_with_no_fence(client, sale
     job = SyncJob.objects.get()
     assert (job.state, job.fence_until) == (JobState.PENDING, None)
     assert len(engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)) == 1
+
+
+def test_a_batch_cut_off_by_the_database_going_away_is_handed_back_once_it_answers(client, salesforce, monkeypatch):
+    """A PostgreSQL restart mid-batch: the worker lives on, so neither it dying nor its silence frees the
+    lease. It hands the jobs back itself, trying again until the database answers (the kill matrix's restart
+    proof stood still 71 s, until the lease ran out, before this)."""
+    from django.db import OperationalError
+
+    ingest(client, "v1@example.com")
+
+    def cut(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("terminating connection due to administrator command")
+
+    real_release = engine.leases_release
+    tries: list[dict[str, Any]] = []
+    slept: list[float] = []
+
+    def release(**kwargs: Any) -> int:
+        tries.append(kwargs)
+        if len(tries) < 3:
+            raise OperationalError("connection refused")  # still restarting
+        return real_release(**kwargs)
+
+    monkeypatch.setattr(engine, "jobs_prepare", cut)
+    monkeypatch.setattr(engine, "leases_release", release)
+    monkeypatch.setattr("sync.engine.time.sleep", slept.append)
+    with pytest.raises(OperationalError):
+        send(salesforce)
+
+    job = SyncJob.objects.get()
+    assert (job.state, job.lease_owner, job.fence_until) == (JobState.PENDING, "", None)  # no call was out
+    assert len(tries) == 3 and slept == [engine.RELEASE_RETRY_SECONDS] * 2
+    assert len(engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)) == 1
+
+
+def test_a_database_that_stays_away_leaves_the_batch_to_its_lease(client, salesforce, monkeypatch, settings):
+    from django.db import OperationalError
+
+    ingest(client, "v1@example.com")
+    settings.SYNC_LEASE_SECONDS = 0  # the lease is already over when the first try fails
+
+    def cut(**kwargs: Any) -> int:
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(engine, "jobs_prepare", lambda *a, **k: cut())
+    monkeypatch.setattr(engine, "leases_release", cut)
+    with pytest.raises(OperationalError):
+        send(salesforce)  # gives up at the lease's end instead of waiting forever
+
+    assert SyncJob.objects.get().state == JobState.IN_FLIGHT  # leases_expire takes it from here
