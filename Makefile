@@ -47,9 +47,10 @@ pytest: install
 
 test: lint typecheck pytest
 
-# Every kind of process killed twice during a drain (about 1-2 minutes); with DATABASE_URL and REDIS_URL for the services.
+# Every kind of process killed twice during a drain, and (on PostgreSQL) the database restarted: the same proofs
+# make test runs, alone and with their reports printed. With DATABASE_URL and REDIS_URL for the services.
 proof-kills: install
-	$(BIN)/pytest -m soak -s tests/sync/test_kill_matrix.py
+	$(BIN)/pytest -s -p no:logging tests/sync/test_kill_matrix.py
 
 bench: install
 	$(BIN)/python bench/ingest.py

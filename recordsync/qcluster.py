@@ -18,8 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from multiprocessing import Event, Value
-from multiprocessing.synchronize import Event as EventType
+from multiprocessing import RawValue, Value
 from typing import Any
 
 from django import db
@@ -39,6 +38,38 @@ from sync import liveness
 logger = logging.getLogger("recordsync.qcluster")
 IDLE_PAUSE_SECONDS = 1.0  # after a broker error, before asking again
 BROKER_WAIT_SECONDS = 1.0  # between two pings of a broker that is down at start
+
+
+class Flag:
+    """A stop or start signal between the cluster's processes with no lock in it (the cluster's events).
+
+    multiprocessing.Event sleeps on a Condition whose notify_all() waits until every sleeper has woken:
+    a process that dies while waiting on it (SIGTERM to the whole process group, as systemd's
+    control-group and some container inits send it, reaches the sentinel mid-wait) leaves the process
+    that sets it waiting forever, and the cluster never stops. One shared byte, polled, cannot hang."""
+
+    POLL_SECONDS = 0.05
+
+    def __init__(self) -> None:
+        self._value = RawValue("b", 0)
+
+    def set(self) -> None:
+        self._value.value = 1
+
+    def clear(self) -> None:
+        self._value.value = 0
+
+    def is_set(self) -> bool:
+        return bool(self._value.value)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_set():
+            left = self.POLL_SECONDS if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(self.POLL_SECONDS, left))
+        return True
 
 
 class ResultSink:
@@ -66,7 +97,7 @@ class ResultSink:
 class BrokerSource:
     """What django-q2's pusher process did, done in the worker itself: one task, only when idle."""
 
-    def __init__(self, stop: EventType, sink: ResultSink) -> None:
+    def __init__(self, stop: Flag, sink: ResultSink) -> None:
         self.stop, self.sink = stop, sink
         self.broker: Broker | None = None
         self.ready: list[tuple[Any, Any]] = []
@@ -99,7 +130,7 @@ class BrokerSource:
         return task
 
 
-def direct_worker(stop: EventType, timer: Any, timeout: int | None) -> None:
+def direct_worker(stop: Flag, timer: Any, timeout: int | None) -> None:
     sink = ResultSink()
     try:
         worker(BrokerSource(stop, sink), sink, timer, timeout)
@@ -126,7 +157,7 @@ class DirectSentinel(q_cluster.Sentinel):  # type: ignore[misc]
         self.guard()
 
     def spawn_worker(self) -> None:
-        self.worker_stop: EventType = getattr(self, "worker_stop", None) or Event()
+        self.worker_stop: Flag = getattr(self, "worker_stop", None) or Flag()
         timer = Value("f", -1)
         args = (self.worker_stop, timer, self.timeout)
         process = q_cluster.get_mp_context().Process(target=direct_worker, args=args)
@@ -136,7 +167,7 @@ class DirectSentinel(q_cluster.Sentinel):  # type: ignore[misc]
 
     def spawn_cluster(self) -> None:
         self.pool: list[Any] = []
-        self.worker_stop = Event()
+        self.worker_stop = Flag()
         Stat(self).save()
         db.connections.close_all()
         for _ in range(self.pool_size):

@@ -378,13 +378,11 @@ def test_sigterm_mid_batch_finishes_the_batch_or_hands_its_leases_back(api, clus
     for pid in targets:  # the cluster's main process only (docker stop), or all of them (systemd)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    if whole_group:
-        # Signalled all at once, django-q2's main process can hang on a lock its sentinel died holding
-        # (docs/operations.md: signal the main process only); the workers are what hold batches.
-        wait_for(lambda: not any(_alive(pid) for pid in workers), seconds=60,
-                 what="every worker exited", explain=explain(running))  # fmt: skip
-    else:
-        main.wait(timeout=60)
+    # Signalled all at once, stock django-q2's main process hung for good (its Event's notify_all() waited
+    # for a sentinel that died mid-wait); the whole cluster exits now.
+    main.wait(timeout=60)
+    wait_for(lambda: not any(_alive(pid) for pid in workers), seconds=10, what="every worker exited",
+             explain=explain(running))  # fmt: skip
 
     stranded = SyncJob.objects.filter(id__in=in_flight, state__in=(JobState.IN_FLIGHT, JobState.QUEUED))
     assert not stranded.exists(), explain(running)()

@@ -8,7 +8,7 @@ from typing import Any
 from django_q import cluster as q_cluster
 from django_q.management.commands.qcluster import Command as QclusterCommand
 
-from recordsync.qcluster import DirectSentinel
+from recordsync.qcluster import DirectSentinel, Flag
 
 
 class Command(QclusterCommand):  # type: ignore[misc]
@@ -16,4 +16,5 @@ class Command(QclusterCommand):  # type: ignore[misc]
 
     def handle(self, *args: Any, **options: Any) -> None:
         q_cluster.Sentinel = DirectSentinel  # Cluster.start() spawns the module's Sentinel
+        q_cluster.Event = Flag  # and makes its stop and start events from the module's Event
         super().handle(*args, **options)
