@@ -23,7 +23,7 @@ class ConnectionForm(forms.ModelForm[Connection]):
     new_secrets = forms.CharField(
         required=False,
         label="Set secrets",
-        help_text='Write-only. e.g. {"client_secret": {"env": "SF_CLIENT_SECRET"}} or {"client_secret": "…"}; '
+        help_text='Write-only. e.g. {"client_secret": {"env": "CRM_SF_CLIENT_SECRET"}} or {"client_secret": "…"}; '
         '"" removes one. Leave empty to keep the stored secrets.',
         widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off"}),
     )
@@ -45,7 +45,7 @@ class ConnectionForm(forms.ModelForm[Connection]):
         except ValueError as exc:
             raise forms.ValidationError(f"Not JSON: {exc}") from exc
         if not isinstance(value, dict):
-            raise forms.ValidationError('Give an object, e.g. {"client_secret": {"env": "SF_CLIENT_SECRET"}}')
+            raise forms.ValidationError('Give an object, e.g. {"client_secret": {"env": "CRM_SF_CLIENT_SECRET"}}')
         return value
 
     def clean(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ FORMAT_VERSION = 1
 
 
 def suggested_env_name(connection: str, secret: str) -> str:
-    return re.sub(r"[^A-Z0-9]+", "_", f"RECORDSYNC_{connection}_{secret}".upper())
+    return re.sub(r"[^A-Z0-9]+", "_", f"CRM_{connection}_{secret}".upper())  # CRM_*: SECRET_ENV_ALLOWED's default
 
 
 def config_export() -> tuple[dict[str, Any], list[str]]:

@@ -5,7 +5,8 @@ decrypts with any of them and encrypts with the first, so keys rotate without do
 (`manage.py rotate_secrets` is not needed: saving a connection re-encrypts it).
 
 A stored value is either the secret itself or a reference {"env": "NAME"}, read from the
-environment when the connector is built; exports only ever contain references.
+environment when the connector is built; exports only ever contain references. A reference may only
+name a variable SECRET_ENV_ALLOWED allows (default: CRM_*), checked when it is saved and when it is read.
 """
 
 from __future__ import annotations
@@ -53,12 +54,24 @@ def resolve(values: dict[str, SecretValue]) -> dict[str, str]:
     for name, value in values.items():
         if isinstance(value, dict):
             env_name = value.get("env", "")
+            refused = env_refusal(env_name)
+            if refused:
+                raise ImproperlyConfigured(f"Secret '{name}': {refused}")
             if env_name not in os.environ:
                 raise ImproperlyConfigured(f"Secret '{name}' refers to ${env_name}, which is not set")
             resolved[name] = os.environ[env_name]
         else:
             resolved[name] = value
     return resolved
+
+
+def env_refusal(name: str) -> str:
+    """Why a secret may not name this environment variable, or "" when it may."""
+    for allowed in settings.SECRET_ENV_ALLOWED:
+        if name == allowed or (allowed.endswith("*") and name.startswith(allowed[:-1])):
+            return ""
+    return (f"${name} is not a variable connections may read; name one SECRET_ENV_ALLOWED allows "
+            f"({', '.join(settings.SECRET_ENV_ALLOWED) or 'none'}), or widen that setting")  # fmt: skip
 
 
 def is_reference(value: Any) -> bool:

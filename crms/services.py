@@ -77,5 +77,7 @@ def _validate(name: str, kind: str, config: dict[str, Any], secrets: dict[str, A
         if key not in cls.secret_fields:
             errors[f"secrets.{key}"] = f"Not a secret of {kind}. Allowed: {', '.join(cls.secret_fields)}."
         elif not (isinstance(value, str) or secret_box.is_reference(value)):
-            errors[f"secrets.{key}"] = 'Give the secret as a string or as {"env": "VARIABLE_NAME"}.'
+            errors[f"secrets.{key}"] = 'Give the secret as a string or as {"env": "CRM_VARIABLE_NAME"}.'
+        elif secret_box.is_reference(value) and secret_box.env_refusal(value["env"]):
+            errors[f"secrets.{key}"] = secret_box.env_refusal(value["env"]) + "."
     return errors

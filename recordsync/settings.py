@@ -44,6 +44,10 @@ if not RECORDSYNC_SECRETS_KEYS and DEBUG:
 
     RECORDSYNC_SECRETS_KEYS = [base64.urlsafe_b64encode(hashlib.sha256(SECRET_KEY.encode()).digest()).decode()]
 
+# Which environment variables a connection's secret may name ({"env": "NAME"}): exact names, or prefixes
+# ending in "*". Staff who edit connections must not be able to read the service's own secrets
+# (SECRET_KEY, DATABASE_URL, RECORDSYNC_SECRETS_KEYS) by naming them and pointing a token URL elsewhere.
+SECRET_ENV_ALLOWED = env_list("SECRET_ENV_ALLOWED", ["CRM_*"])
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()

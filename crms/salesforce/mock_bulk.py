@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -103,27 +104,42 @@ def ingest_jobs(request: HttpRequest, version: str) -> HttpResponse:
     return JsonResponse(_info(job, version))
 
 
-@api
-def ingest_job(request: HttpRequest, version: str, job_id: str) -> HttpResponse:
-    found = _job(job_id, query=False)
+Step = Callable[[HttpRequest, MockBulkJob], "HttpResponse | None"]
+
+
+def _job_view(request: HttpRequest, version: str, job_id: str, *, query: bool, step: Step) -> HttpResponse:
+    """One job, ingest or query alike: DELETE removes it; GET and PATCH are the kind's own `step` (which may
+    refuse); the answer is the job's info."""
+    found = _job(job_id, query=query)
     if isinstance(found, HttpResponse):
         return found
     if request.method == "DELETE":
         found.delete()
         return HttpResponse(status=204)
-    if request.method == "PATCH":
-        wanted = body_json(request).get("state")
-        if wanted not in ("UploadComplete", "Aborted") or found.state not in ("Open", *RUNNING):
-            return errors(400, "INVALIDJOBSTATE", f"cannot move a job from {found.state} to {wanted}")
-        if wanted == "UploadComplete" and found.state != "Open":
-            return errors(400, "INVALIDJOBSTATE", f"cannot move a job from {found.state} to {wanted}")
-        found.state = wanted
-        if wanted == "Aborted":
-            _unprocessed(found)
-        found.save(update_fields=["state", "results"])
-    else:
+    refused = step(request, found)
+    return refused or JsonResponse(_info(found, version))
+
+
+def _ingest_step(request: HttpRequest, found: MockBulkJob) -> HttpResponse | None:
+    """PATCH closes the upload or aborts; GET is a poll, which moves a closed job on."""
+    if request.method != "PATCH":
         _advance(found)
-    return JsonResponse(_info(found, version))
+        return None
+    wanted = body_json(request).get("state")
+    if wanted not in ("UploadComplete", "Aborted") or found.state not in ("Open", *RUNNING):
+        return errors(400, "INVALIDJOBSTATE", f"cannot move a job from {found.state} to {wanted}")
+    if wanted == "UploadComplete" and found.state != "Open":
+        return errors(400, "INVALIDJOBSTATE", f"cannot move a job from {found.state} to {wanted}")
+    found.state = wanted
+    if wanted == "Aborted":
+        _unprocessed(found)
+    found.save(update_fields=["state", "results"])
+    return None
+
+
+@api
+def ingest_job(request: HttpRequest, version: str, job_id: str) -> HttpResponse:
+    return _job_view(request, version, job_id, query=False, step=_ingest_step)
 
 
 @api
@@ -258,14 +274,8 @@ def query_jobs(request: HttpRequest, version: str) -> HttpResponse:
     return JsonResponse(_info(job, version))
 
 
-@api
-def query_job(request: HttpRequest, version: str, job_id: str) -> HttpResponse:
-    found = _job(job_id, query=True)
-    if isinstance(found, HttpResponse):
-        return found
-    if request.method == "DELETE":
-        found.delete()
-        return HttpResponse(status=204)
+def _query_step(request: HttpRequest, found: MockBulkJob) -> HttpResponse | None:
+    """PATCH aborts; GET is a poll: the first finds it running, the next finds it done."""
     if request.method == "PATCH":
         found.state = "Aborted"
         found.save(update_fields=["state"])
@@ -274,7 +284,12 @@ def query_job(request: HttpRequest, version: str, job_id: str) -> HttpResponse:
         found.save(update_fields=["state"])
     elif found.state == "InProgress":
         _run_query(found)
-    return JsonResponse(_info(found, version))
+    return None
+
+
+@api
+def query_job(request: HttpRequest, version: str, job_id: str) -> HttpResponse:
+    return _job_view(request, version, job_id, query=True, step=_query_step)
 
 
 @api

@@ -132,8 +132,22 @@ def busy_world(transactional_db: None) -> Iterator[World]:
     invalid = _failed_jobs(sf, outreach, now)
     conflict, held = _held_job(sf, now)
     _incidents(sf, outreach, now)
+    _processes(now)
     yield World(failed=invalid[0], held=held, conflict=conflict, invalid_email=invalid)
     _throttle_forget([sf, outreach, system_a])
+
+
+def _processes(now: datetime) -> None:
+    """Two worker containers (one with a busy worker), the dispatcher, and a worker killed a minute ago."""
+    from sync.models import ProcessBeat
+
+    rows = [("worker", "worker-7f9c", 41, "busy", 2, 9), ("worker", "worker-7f9c", 42, "idle", 1, None),
+            ("worker", "worker-b21a", 17, "idle", 3, None), ("dispatcher", "dispatch-5d0e", 8, "idle", 1, None),
+            ("worker", "worker-b21a", 18, "dead", 64, None)]  # fmt: skip
+    for role, host, pid, state, age, busy_for in rows:
+        ProcessBeat.objects.create(key=f"{host}:{pid}", role=role, host=host, pid=pid, state=state,
+                                   group=1 if role == "worker" else None, beat_at=now - timedelta(seconds=age),
+                                   task_started_at=now - timedelta(seconds=busy_for) if busy_for else None)  # fmt: skip
 
 
 def _throttle_calls(calls: dict[Connection, int], *, limited: Connection) -> None:

@@ -69,6 +69,9 @@ def test_the_overview_loads_behind_the_admin_login_and_draws_every_chart_offline
     assert "Open alerts (2)" in body and "the circuit breaker has been open for 12 min" in body
     breakers = browser.find_element(By.ID, "breakers").text
     assert "outreach open 5" in breakers and "salesforce closed 0" in breakers
+    processes = browser.find_element(By.ID, "processes").text
+    assert "worker worker-7f9c 41 busy since" in processes and "dispatcher dispatch-5d0e 8 idle" in processes
+    assert "worker worker-b21a 18 dead" in processes and "stalled" in processes
     # Offline: every script, style and image came from this server, none from a CDN.
     origins = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert origins and all(o.startswith(live_server.url) for o in origins), origins

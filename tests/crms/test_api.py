@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.core.exceptions import ImproperlyConfigured
 from rest_framework.exceptions import ValidationError
 
 from crms import secrets as secret_box
@@ -76,11 +77,35 @@ def test_secrets_are_encrypted_at_rest_and_never_stored_in_clear():
 
 
 def test_a_secret_can_be_a_reference_to_the_environment(monkeypatch):
-    monkeypatch.setenv("SF_SECRET", "from-env")
+    monkeypatch.setenv("CRM_SF_SECRET", "from-env")
     connection = connection_save(name="sf", kind="salesforce", config=SF_CONFIG,
-                                 secrets={"client_secret": {"env": "SF_SECRET"}})  # fmt: skip
+                                 secrets={"client_secret": {"env": "CRM_SF_SECRET"}})  # fmt: skip
 
     assert connector_for(connection).secrets == {"client_secret": "from-env"}
+
+
+@pytest.mark.parametrize("name", ["RECORDSYNC_SECRETS_KEYS", "SECRET_KEY", "DATABASE_URL", "CRM"])
+def test_a_secret_may_not_name_the_services_own_variables(monkeypatch, name):
+    """Issue 15: staff who edit connections read any variable by naming it and pointing token_url elsewhere."""
+    monkeypatch.setenv(name, "the service's own")
+    with pytest.raises(ValidationError) as refused:
+        connection_save(name="sf", kind="salesforce", config=SF_CONFIG, secrets={"client_secret": {"env": name}})
+
+    message = str(refused.value.detail["secrets.client_secret"])  # type: ignore[call-overload]
+    assert f"${name} is not a variable connections may read" in message and "SECRET_ENV_ALLOWED" in message
+    assert not Connection.objects.exists()
+
+
+def test_a_reference_saved_before_the_allowlist_is_refused_when_read(monkeypatch, settings):
+    monkeypatch.setenv("SECRET_KEY", "the service's own")
+    connection = connection_save(name="sf", kind="salesforce", config=SF_CONFIG,
+                                 secrets={"client_secret": {"env": "CRM_SF"}})  # fmt: skip
+    connection.secrets_encrypted = secret_box.encrypt({"client_secret": {"env": "SECRET_KEY"}})  # an older row
+
+    with pytest.raises(ImproperlyConfigured, match=r"\$SECRET_KEY is not a variable connections may read"):
+        connector_for(connection)
+    settings.SECRET_ENV_ALLOWED = ["CRM_*", "SECRET_KEY"]  # the operator widens it, knowingly
+    assert connector_for(connection).secrets == {"client_secret": "the service's own"}
 
 
 def test_saving_without_secrets_keeps_the_stored_ones_and_empty_removes_one():

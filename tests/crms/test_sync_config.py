@@ -26,16 +26,16 @@ def test_export_then_import_round_trips_with_secrets_as_env_references(tmp_path,
     text = path.read_text()
     assert "literal-value" not in text
     document = json.loads(text)
-    assert document["connections"][0]["secrets"] == {"client_secret": {"env": "RECORDSYNC_SF_CLIENT_SECRET"}}
-    assert "set $RECORDSYNC_SF_CLIENT_SECRET" in err.getvalue()
+    assert document["connections"][0]["secrets"] == {"client_secret": {"env": "CRM_SF_CLIENT_SECRET"}}
+    assert "set $CRM_SF_CLIENT_SECRET" in err.getvalue()
 
     Connection.objects.all().delete()
     out = StringIO()
     call_command("sync_config", "import", str(path), stdout=out)
     assert out.getvalue().splitlines() == ["create connection sf", "unchanged rule set (0 rules)"]
-    monkeypatch.setenv("RECORDSYNC_SF_CLIENT_SECRET", "elsewhere")
+    monkeypatch.setenv("CRM_SF_CLIENT_SECRET", "elsewhere")
     stored = secret_box.decrypt(Connection.objects.get().secrets_encrypted)
-    assert stored == {"client_secret": {"env": "RECORDSYNC_SF_CLIENT_SECRET"}}
+    assert stored == {"client_secret": {"env": "CRM_SF_CLIENT_SECRET"}}
 
     again = StringIO()
     call_command("sync_config", "import", str(path), stdout=again)
