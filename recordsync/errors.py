@@ -151,6 +151,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         exc = exceptions.PermissionDenied()
     elif isinstance(exc, RequestDataTooBig):  # Django's own guard can fire before our parser's
         exc = PayloadTooLarge(too_large_message(None, settings.INGEST_MAX_BODY_BYTES))
+    elif isinstance(exc, exceptions.UnsupportedMediaType):
+        message = f"{exc.detail} Send the body as JSON with Content-Type: application/json."
+        exc.fields = [{"field": "Content-Type", "message": message}]  # type: ignore[attr-defined]
 
     if not isinstance(exc, exceptions.APIException):
         logger.exception("unhandled error", extra={"view": type(context.get("view")).__name__})

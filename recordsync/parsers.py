@@ -1,4 +1,13 @@
-"""A JSON parser that refuses oversized bodies with 413 before reading them whole."""
+"""The JSON parser of every /v1 body: what it cannot take it refuses with a 4xx naming the limit and where.
+
+- too big: 413, before the body is read whole;
+- not JSON (bad syntax, bad UTF-8, NaN): 400 naming `body`;
+- nested deeper than INGEST_MAX_JSON_DEPTH (32): 400 naming the path where it goes too deep (Python's own
+  parser would raise RecursionError, a 500, near 1,000 levels);
+- a NUL or a lone surrogate (`"\\ud800"`) in any key or string: 400 naming its path. PostgreSQL's jsonb
+  refuses both, and a lone surrogate cannot even be written back out as UTF-8, so nothing accepted may
+  hold one.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +17,7 @@ from typing import IO, Any
 
 from django.conf import settings
 from rest_framework import status
-from rest_framework.exceptions import APIException
+from rest_framework.exceptions import APIException, ParseError
 from rest_framework.parsers import JSONParser
 
 
@@ -16,6 +25,18 @@ class PayloadTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_code = "payload_too_large"
     default_detail = "Request body is too large."
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.fields = [{"field": "body", "message": message}]
+
+
+class BadJSON(ParseError):
+    """400 `parse_error`, naming where in the body."""
+
+    def __init__(self, message: str, *, field: str = "body") -> None:
+        super().__init__(message)
+        self.fields = [{"field": field, "message": message}]
 
 
 class LimitedJSONParser(JSONParser):
@@ -31,9 +52,58 @@ class LimitedJSONParser(JSONParser):
         body = stream.read(limit + 1) if stream is not None else b""
         if len(body) > limit:
             raise PayloadTooLarge(too_large_message(len(body), limit))
-        return super().parse(io.BytesIO(body), media_type, parser_context)
+        depth: int = settings.INGEST_MAX_JSON_DEPTH
+        try:
+            data = super().parse(io.BytesIO(body), media_type, parser_context)
+        except RecursionError as exc:
+            raise BadJSON(f"JSON may be nested at most {depth} levels deep.") from exc
+        except ParseError as exc:
+            raise BadJSON(f"Not valid JSON: {exc.detail}".replace("JSON parse error - ", "")) from exc
+        problem = json_problem(data, max_depth=depth)
+        if problem is not None:
+            raise BadJSON(problem[1], field=problem[0])
+        return data
+
+
+def json_problem(data: Any, *, max_depth: int) -> tuple[str, str] | None:
+    """The first (path, reason) that makes parsed JSON unacceptable, or None. Iterative: no depth can crash it."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 1)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > max_depth:
+                return path or "body", f"JSON may be nested at most {max_depth} levels deep."
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    reason = text_problem(key)
+                    if reason:
+                        return _join(path, key), f"the key {reason}"
+                stack.append((item, _join(path, key), depth + 1))
+        elif isinstance(value, str):
+            reason = text_problem(value)
+            if reason:
+                return path or "body", f"the value {reason}"
+    return None
+
+
+def text_problem(text: str) -> str:
+    if "\x00" in text:
+        return "holds a NUL character (\\u0000), which cannot be stored"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "holds a lone surrogate (\\ud800-\\udfff), which is not text"
+    return ""
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    key = key.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\u0000")  # a path we can answer with
+    return f"{path}.{key}" if path else key
 
 
 def too_large_message(size: int | None, limit: int) -> str:
-    told = f"Request body is {size} bytes; the" if size is not None else "The request body is over the"
-    return f"{told} limit is {limit} bytes. Send fewer events per request (at most 500) or smaller data."
+    told = f"The request body is {size} bytes" if size is not None else "The request body is too large"
+    return f"{told}; the limit is {limit} bytes. Send fewer events per request (at most 500) or smaller data."

@@ -11,7 +11,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import exceptions, status, viewsets
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny, IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,6 +18,7 @@ from rest_framework.response import Response
 from crms.base import ConnectorError, WebhookRefused
 from crms.models import Connection
 from recordsync.openapi import errors
+from recordsync.pagination import Cursor
 from sync import config, holds, inbound, selectors, services
 from sync.config_services import config_override_set
 from sync.models import ConfigOverride
@@ -248,7 +248,7 @@ class WebhookViewSet(viewsets.ViewSet):
         return Response(WebhookAnswerSerializer(dict(result.counts)).data)
 
 
-class NewestChanged(CursorPagination):
+class NewestChanged(Cursor):
     """Jobs by their last change; a cursor stays valid while rows change (never an offset)."""
 
     ordering = ("-updated_at", "-id")

@@ -8,7 +8,6 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.exceptions import NotFound, ValidationError
-from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,6 +18,7 @@ from crms.outreach import mock_store as outreach_store
 from crms.salesforce import mock_store as salesforce_store
 from crms.systema import mock as system_a_mock
 from recordsync.openapi import errors
+from recordsync.pagination import Cursor
 
 STAFF_PUSH = {
     "salesforce": salesforce_store.staff_push,
@@ -32,7 +32,7 @@ ROW_SHAPES = {
 }
 
 
-class NewestFirst(CursorPagination):
+class NewestFirst(Cursor):
     ordering = "-id"
     page_size = 100
     page_size_query_param = "limit"

@@ -169,7 +169,9 @@ class OutreachConnector(Connector):
                 header=SIGNATURE_HEADER,
             )
         expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(headers.get(SIGNATURE_HEADER, "").strip().lower(), expected):
+        # As bytes: compare_digest refuses a str with non-ASCII characters (a TypeError, a 500).
+        given = headers.get(SIGNATURE_HEADER, "").strip().lower().encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, expected.encode()):
             raise WebhookRefused(
                 "the signature does not match the body under this connection's webhook_secret", header=SIGNATURE_HEADER
             )

@@ -206,7 +206,8 @@ def _client_credentials_problem(request: HttpRequest) -> str:
     expected = (settings.MOCK_SALESFORCE_CLIENT_ID, settings.MOCK_SALESFORCE_CLIENT_SECRET)
     if client[0] != expected[0]:
         return "invalid_client"
-    return "" if secrets.compare_digest(str(client[1] or ""), expected[1]) else "authentication failure"
+    given = str(client[1] or "").encode("utf-8", "surrogateescape")  # bytes: non-ASCII is a mismatch, not a 500
+    return "" if secrets.compare_digest(given, expected[1].encode()) else "authentication failure"
 
 
 def _assertion_problem(assertion: str, request: HttpRequest) -> str:

@@ -26,4 +26,5 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, now: flo
         return False
     if abs(now - stamp) > TOLERANCE_SECONDS:
         return False
-    return hmac.compare_digest(sign(secret, stamp, body), signature)
+    # As bytes: compare_digest refuses a str with non-ASCII characters (a TypeError, a 500).
+    return hmac.compare_digest(sign(secret, stamp, body).encode(), signature.encode("utf-8", "surrogateescape"))

@@ -54,7 +54,7 @@ def send(client: Any, body: bytes, signature: str | None, connection: str = "out
     return client.post(f"/v1/webhooks/{connection}", data=body, content_type="application/json", **headers)
 
 
-@pytest.mark.parametrize("signature", [None, "", "0" * 64, "wrong-secret"])
+@pytest.mark.parametrize("signature", [None, "", "0" * 64, "wrong-secret", "é" * 64])  # é: a 500 before issue 15
 def test_a_delivery_that_does_not_verify_is_refused_naming_the_header(anon, outreach, signature):
     body = delivery(firstName="Grace")
     if signature == "wrong-secret":

@@ -129,3 +129,4 @@ def test_signatures_bind_the_body_and_the_time():
     assert not verify("s", "1000000", b'{"a":2}', signature, now=1_000_100)
     assert not verify("s", "1000000", body, signature, now=1_000_000 + 301)
     assert not verify("other", "1000000", body, signature, now=1_000_100)
+    assert not verify("s", "1000000", body, "v1=" + "é" * 64, now=1_000_100)  # a TypeError (500) before issue 15
