@@ -92,7 +92,8 @@ class Liveness:
 
 def main() -> int:
     port = os.environ.get("PORT", "8000")
-    roles = {"web": ["runserver", f"0.0.0.0:{port}"], "worker": ["sync_cluster"], "dispatcher": ["sync_dispatch"]}
+    bind = os.environ.get("BIND", "127.0.0.1")  # BIND=0.0.0.0 to reach it from another machine
+    roles = {"web": ["runserver", f"{bind}:{port}"], "worker": ["sync_cluster"], "dispatcher": ["sync_dispatch"]}
     children = {name: _start(args) for name, args in roles.items()}
     health = Liveness()
     for role in roles:

@@ -8,6 +8,7 @@ Production sets DATABASE_URL, REDIS_URL, SECRET_KEY and ALLOWED_HOSTS.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,16 @@ IDEMPOTENCY_KEY_MAX_LENGTH = 200
 
 # The local mock CRMs (crms/*/mock.py): on in `make run` (DEBUG), off by default in production.
 MOCK_CRMS_ENABLED = env_bool("MOCK_CRMS_ENABLED", DEBUG)
+# With DEBUG off the mocks (fake CRMs that accept any write, with well-known default secrets) are refused
+# unless forced: a production deploy that copied a dev env file must not serve them by accident.
+MOCK_CRMS_FORCE = env_bool("MOCK_CRMS_FORCE", False)
+if MOCK_CRMS_ENABLED and not DEBUG and not MOCK_CRMS_FORCE:
+    raise ImproperlyConfigured(
+        "MOCK_CRMS_ENABLED is on with DEBUG off: the mock CRMs would be served in production. Turn it off, "
+        "or set MOCK_CRMS_FORCE=1 if this really is a test or benchmark deployment."
+    )
+if MOCK_CRMS_ENABLED and not DEBUG:
+    sys.stderr.write("WARNING: MOCK_CRMS_FORCE: the mock CRMs are served with DEBUG off (/mock/...)\n")
 # Outbound calls to CRMs: seconds to connect and to wait for an answer (a timeout is retried).
 CRM_HTTP_CONNECT_TIMEOUT = env_int("CRM_HTTP_CONNECT_TIMEOUT", 5, minimum=1)
 CRM_HTTP_READ_TIMEOUT = env_int("CRM_HTTP_READ_TIMEOUT", 30, minimum=1)

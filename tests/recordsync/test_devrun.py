@@ -77,6 +77,8 @@ def test_each_process_killed_with_sigkill_is_started_again(supervisor, tmp_path)
         what="web, worker and dispatcher running",
         explain=explain,
     )
+    web = Path(f"/proc/{started['web']}/cmdline").read_bytes()
+    assert b"runserver\x00127.0.0.1:" in web, web  # loopback only unless BIND says otherwise (issue 15)
     for role in ("dispatcher", "worker", "web"):
         os.kill(started[role], signal.SIGKILL)
 

@@ -127,7 +127,8 @@ def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"DEBUG", "SECRET_KEY", "SECURE_SSL_REDIRECT", "STATIC_MANIFEST"}
+        if k
+        not in {"DEBUG", "SECRET_KEY", "SECURE_SSL_REDIRECT", "STATIC_MANIFEST", "MOCK_CRMS_ENABLED", "MOCK_CRMS_FORCE"}
     }
     return subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -144,6 +145,17 @@ def test_it_refuses_to_start_without_a_secret_key_when_debug_is_off(tmp_path):
 
     assert result.returncode != 0
     assert "SECRET_KEY is required when DEBUG is off" in result.stderr
+
+
+def test_the_mock_crms_are_refused_with_debug_off_unless_forced_and_then_loudly(tmp_path):
+    """Issue 15: MOCK_CRMS_ENABLED=1 with DEBUG off served fake CRMs with well-known secrets, silently."""
+    production = {"DEBUG": "0", "SECRET_KEY": "p" * 50, "RECORDSYNC_VAR_DIR": str(tmp_path), "MOCK_CRMS_ENABLED": "1"}
+
+    refused = _manage("check", **production)
+    forced = _manage("check", **production, MOCK_CRMS_FORCE="1")
+
+    assert refused.returncode != 0 and "MOCK_CRMS_ENABLED is on with DEBUG off" in refused.stderr
+    assert forced.returncode == 0 and "MOCK_CRMS_FORCE: the mock CRMs are served with DEBUG off" in forced.stderr
 
 
 def test_check_deploy_is_clean_under_production_settings(tmp_path):
