@@ -13,7 +13,7 @@ from sync.serializers import ErrorSerializer
 _DESCRIPTIONS = {
     400: "Invalid input; `fields` names each bad field and how to fix it.",
     401: "No or invalid token: send `Authorization: Token <token>`.",
-    403: "Authenticated, but not allowed (staff only).",
+    403: "Authenticated, but not allowed: a staff-only endpoint, or a scope or source the token was not given.",
     404: "Not found.",
     409: "Conflicts with the current state (e.g. an idempotency key reused with another body).",
     413: "Request body over the size limit.",

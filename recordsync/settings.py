@@ -289,7 +289,7 @@ REST_FRAMEWORK = {
         "recordsync.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated", "sync.auth.HasScope"],
     "DEFAULT_PARSER_CLASSES": ["recordsync.parsers.LimitedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if env_bool("BROWSABLE_API", True) else []),

@@ -115,6 +115,9 @@ def event_context(
     }
 
 
+UNMAPPED = "no matching rule maps this event to it (a named target is still mapped by the rules)"
+
+
 def decide(
     rule_set: RuleSet, event: dict[str, Any], connections: dict[str, Connection], requested: list[str] | None
 ) -> Decision:
@@ -139,7 +142,11 @@ def decide(
                 chosen.setdefault(target.target, (target, rule.name))
         if rule.action == "stop":
             break
-    if requested is not None:  # the caller named the targets: rules still map and may skip them
+    if requested is not None:  # the caller named the targets: rules still map and may skip them, and a named
+        # target no matching rule maps gets nothing: a client's raw fields never reach a CRM unmapped (issue 15)
+        for name in requested:
+            if name not in chosen:
+                skipped.setdefault(name, {"reason": UNMAPPED})
         chosen = {name: chosen.get(name, (None, "")) for name in requested}
     return _finish(rule_set, event, connections, matched, errors, chosen, skipped, skip_all)
 

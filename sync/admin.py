@@ -33,6 +33,8 @@ from sync.models import (
     SyncConflict,
     SyncEvent,
     SyncJob,
+    TokenGrant,
+    TokenScope,
 )
 from sync.retry import jobs_retry
 
@@ -121,6 +123,47 @@ class AuthTokenAdmin(NoEditAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
         super().delete_queryset(request, queryset)
         verified_tokens_forget()
+
+
+class TokenGrantForm(forms.ModelForm[TokenGrant]):
+    scopes = forms.MultipleChoiceField(choices=TokenScope.choices, widget=forms.CheckboxSelectMultiple,
+                                       required=False)  # fmt: skip
+    sources = forms.CharField(
+        help_text='Comma-separated "source" values its events may carry (system_a, or a connection name); * for any.'
+    )
+
+    class Meta:
+        model = TokenGrant
+        fields = ["scopes", "sources"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            self.initial["sources"] = ", ".join(self.instance.sources)
+
+    def clean_sources(self) -> list[str]:
+        return [s.strip() for s in self.cleaned_data["sources"].split(",") if s.strip()]
+
+
+@admin.register(TokenGrant)
+class TokenGrantAdmin(admin.ModelAdmin[TokenGrant]):
+    """What each token may do; tokens themselves are made by create_api_token and revoked under Tokens."""
+
+    form = TokenGrantForm
+    list_display = ["token", "user", "scopes", "sources"]
+    search_fields = ["token__user__username", "token__token_key"]
+    list_select_related = ["token__user"]
+
+    @admin.display(description="user")
+    def user(self, obj: TokenGrant) -> str:
+        return str(obj.token.user)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a grant comes with its token
+
+    def save_model(self, request: HttpRequest, obj: TokenGrant, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        verified_tokens_forget()  # in force at once here, within seconds in the other processes
 
 
 class ConfigOverrideForm(forms.ModelForm[ConfigOverride]):

@@ -465,3 +465,30 @@ class ProcessBeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} {self.key} {self.state}"
+
+
+class TokenScope(models.TextChoices):
+    """What an API token may do (issue 15). Staff tokens may do everything; staff-only endpoints stay staff-only."""
+
+    EVENTS_WRITE = "events:write", "post events (for the token's sources)"
+    EVENTS_TARGETS = "events:targets", "name explicit targets (still mapped by the rules)"
+    STATUS_READ = "status:read", "read status, jobs and events with their payloads"
+    RETRY = "retry", "retry records"
+    STATS_READ = "stats:read", "read stats"
+
+
+# A new token's, unless it is given others: all but naming targets, posting as System A only.
+DEFAULT_SCOPES = [TokenScope.EVENTS_WRITE, TokenScope.STATUS_READ, TokenScope.RETRY, TokenScope.STATS_READ]
+DEFAULT_SOURCES = ["system_a"]
+
+
+class TokenGrant(models.Model):
+    """What one knox token may do. A token without a grant (made outside create_api_token) may do nothing
+    but what staff may do when its user is staff."""
+
+    token = models.OneToOneField("knox.AuthToken", primary_key=True, on_delete=models.CASCADE, related_name="grant")
+    scopes = models.JSONField(default=list, help_text="Any of: " + ", ".join(TokenScope.values))
+    sources = models.JSONField(default=list, help_text='The "source" values its events may carry, e.g. ["system_a"].')
+
+    def __str__(self) -> str:
+        return f"{', '.join(self.scopes)} as {', '.join(self.sources) or 'no source'}"

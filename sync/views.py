@@ -20,8 +20,9 @@ from crms.models import Connection
 from recordsync.openapi import errors
 from recordsync.pagination import Cursor
 from sync import config, holds, inbound, selectors, services
+from sync.auth import Grant, ScopeDenied, scope_denied_message
 from sync.config_services import config_override_set
-from sync.models import ConfigOverride
+from sync.models import ConfigOverride, TokenScope
 from sync.retry import job_retry
 from sync.serializers import (
     BatchAcceptedSerializer,
@@ -54,6 +55,8 @@ _IDEMPOTENCY_HEADER = OpenApiParameter(
 
 
 class SyncEventViewSet(viewsets.ViewSet):
+    scope = TokenScope.EVENTS_WRITE
+
     @extend_schema(
         operation_id="sync_event_ingest",
         summary="Accept one sync event or a list of up to 500",
@@ -73,7 +76,7 @@ class SyncEventViewSet(viewsets.ViewSet):
                 ),
                 description="Accepted: one answer, or `results` with one answer per item for a list.",
             ),
-            **errors(400, 409, 413, 415),
+            **errors(400, 403, 409, 413, 415),
         },
     )
     def create(self, request: Request) -> Response:
@@ -82,6 +85,7 @@ class SyncEventViewSet(viewsets.ViewSet):
         serializer.is_valid(raise_exception=True)
         raw_items = request.data if is_batch else [request.data]
         validated = serializer.validated_data if is_batch else [serializer.validated_data]
+        _check_grant(Grant(request), validated, is_batch)
         result = services.event_ingest(
             items=[_event_input(v, raw) for v, raw in zip(validated, raw_items, strict=True)],
             idempotency_key=_idempotency_key(request),
@@ -91,6 +95,18 @@ class SyncEventViewSet(viewsets.ViewSet):
         body: Any = {"results": result.answers} if is_batch else result.answers[0]
         headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
         return Response(body, status=status.HTTP_202_ACCEPTED, headers=headers)
+
+
+def _check_grant(grant: Grant, items: list[dict[str, Any]], is_batch: bool) -> None:
+    """A token posts only as the sources it was given, and names targets only with the scope for it."""
+    for index, item in enumerate(items):
+        prefix = f"[{index}]." if is_batch else ""
+        if not grant.may_post_as(item["source"]):
+            allowed = ", ".join(sorted(grant.sources)) or "none"
+            raise ScopeDenied(f"This token may not post events from '{item['source']}' (its sources: {allowed}). "
+                              "Ask for a token with --source for it.", field=f"{prefix}source")  # fmt: skip
+        if item.get("targets") is not None and not grant.allows(TokenScope.EVENTS_TARGETS):
+            raise ScopeDenied(scope_denied_message(TokenScope.EVENTS_TARGETS), field=f"{prefix}targets")
 
 
 def _event_input(data: dict[str, Any], raw: Any) -> services.EventInput:
@@ -120,13 +136,15 @@ def _idempotency_key(request: Request) -> str | None:
 
 
 class SyncStatusViewSet(viewsets.ViewSet):
+    scope = TokenScope.STATUS_READ
+
     lookup_field = "record_id"
 
     @extend_schema(
         operation_id="sync_status_retrieve",
         summary="Where a record stands in every target",
         parameters=[StatusQuerySerializer],
-        responses={200: RecordStatusSerializer, **errors(400, 404)},
+        responses={200: RecordStatusSerializer, **errors(400, 403, 404)},
     )
     def retrieve(self, request: Request, record_id: str) -> Response:
         query = StatusQuerySerializer(data=request.query_params)
@@ -138,11 +156,13 @@ class SyncStatusViewSet(viewsets.ViewSet):
 
 
 class SyncRetryViewSet(viewsets.ViewSet):
+    scope = TokenScope.RETRY
+
     @extend_schema(
         operation_id="sync_retry",
         summary="Retry a record's failed jobs (once: a second call while they wait is a 409)",
         request=RetryInSerializer,
-        responses={202: RetriedSerializer, **errors(400, 404, 409, 415)},
+        responses={202: RetriedSerializer, **errors(400, 403, 404, 409, 415)},
     )
     def retry(self, request: Request, record_id: str) -> Response:
         body = RetryInSerializer(data=request.data or {})
@@ -262,11 +282,13 @@ class OldestChanged(NewestChanged):
 
 
 class SyncJobViewSet(viewsets.ViewSet):
+    scope = TokenScope.STATUS_READ
+
     @extend_schema(
         operation_id="sync_jobs_list",
         summary="Jobs by state, target, object type, error code, source and time, cursor-paginated",
         parameters=[JobQuerySerializer],
-        responses={200: JobPageSerializer, **errors(400)},
+        responses={200: JobPageSerializer, **errors(400, 403)},
     )
     def jobs(self, request: Request) -> Response:
         query = JobQuerySerializer(data=_query_dict(request))
@@ -279,10 +301,12 @@ class SyncJobViewSet(viewsets.ViewSet):
 
 
 class SyncEventDetailViewSet(viewsets.ViewSet):
+    scope = TokenScope.STATUS_READ
+
     @extend_schema(
         operation_id="sync_event_retrieve",
         summary="One event: what was received, where the rules sent it, and its jobs now",
-        responses={200: EventDetailSerializer, **errors(404)},
+        responses={200: EventDetailSerializer, **errors(403, 404)},
     )
     def retrieve(self, request: Request, event_id: str) -> Response:
         try:
@@ -304,10 +328,12 @@ def _query_dict(request: Request) -> dict[str, Any]:
 
 
 class SyncStatsViewSet(viewsets.ViewSet):
+    scope = TokenScope.STATS_READ
+
     @extend_schema(
         operation_id="sync_stats",
         summary="Counts per state and target, throughput, lag and throttle use per connection, breakers",
-        responses={200: StatsSerializer},
+        responses={200: StatsSerializer, **errors(403)},
     )
     def stats(self, request: Request) -> Response:
         return Response(StatsSerializer(sync_stats()).data)  # type: ignore[arg-type]

@@ -20,7 +20,8 @@ from openapi_core.testing import MockRequest, MockResponse
 from rest_framework.test import APIClient
 
 from crms.models import Connection
-from sync.auth import api_token_create
+from sync.auth import ANY_SOURCE, api_token_create
+from sync.models import TokenScope
 
 REQUIRE_SERVICES = os.environ.get("RECORDSYNC_REQUIRE_SERVICES") == "1"
 HOW_TO_RUN = "DATABASE_URL=postgres://postgres@127.0.0.1:5432/recordsync REDIS_URL=redis://127.0.0.1:6379/0 make test"
@@ -93,7 +94,9 @@ def anon(openapi_spec: OpenAPI) -> SchemaCheckedClient:
 
 @pytest.fixture
 def api(anon: SchemaCheckedClient, db: None) -> SchemaCheckedClient:
-    anon.credentials(HTTP_AUTHORIZATION=f"Token {api_token_create(username='platform')}")
+    # Every scope and source: these tests are about what the API does (tests/sync/test_scopes.py: what a token may).
+    token = api_token_create(username="platform", scopes=TokenScope.values, sources=[ANY_SOURCE])
+    anon.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     return anon
 
 

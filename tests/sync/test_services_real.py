@@ -14,8 +14,8 @@ from django_q.brokers import get_broker
 
 from crms.models import Connection
 from sync import tasks
-from sync.auth import api_token_create
-from sync.models import JobState, SyncEvent, SyncJob
+from sync.auth import ANY_SOURCE, api_token_create
+from sync.models import JobState, SyncEvent, SyncJob, TokenScope
 
 EVENT = {"operation": "create", "record_id": "c-1", "object_type": "contact", "data": {"email": "a@example.com"}}
 # A port nothing listens on: connection refused at once, as when Redis is down.
@@ -133,7 +133,8 @@ def test_the_broker_and_cache_are_redis_when_redis_url_is_set(settings):
 def test_without_a_client_key_the_event_and_its_jobs_are_one_statement():
     Connection.objects.create(name="salesforce", kind="salesforce")
     Connection.objects.create(name="outreach", kind="outreach")
-    client = Client(HTTP_AUTHORIZATION=f"Token {api_token_create(username='platform')}")
+    token = api_token_create(username="platform", scopes=TokenScope.values, sources=[ANY_SOURCE])  # posts as salesforce
+    client = Client(HTTP_AUTHORIZATION=f"Token {token}")
 
     statements: list[str] = []
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from sync.auth import api_token_create
+from sync.auth import ANY_SOURCE, api_token_create
+from sync.models import DEFAULT_SCOPES, DEFAULT_SOURCES, TokenScope
 
 
 class Command(BaseCommand):
@@ -15,7 +16,22 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("username")
         parser.add_argument("--staff", action="store_true", help="Make the user staff (rules, config, admin).")
+        parser.add_argument(
+            "--scope", action="append", choices=TokenScope.values, dest="scopes",
+            help=f"What the token may do; repeat for several (default: {', '.join(DEFAULT_SCOPES)}).",
+        )  # fmt: skip
+        parser.add_argument(
+            "--source", action="append", dest="sources",
+            help=f"A `source` its events may carry; repeat for several, {ANY_SOURCE!r} for any "
+            f"(default: {', '.join(DEFAULT_SOURCES)}).",
+        )  # fmt: skip
 
-    def handle(self, *args: Any, username: str, staff: bool, **options: Any) -> None:
-        token = api_token_create(username=username, staff=staff)
+    def handle(
+        self, *args: Any, username: str, staff: bool, scopes: list[str] | None, sources: list[str] | None,
+        **options: Any,
+    ) -> None:  # fmt: skip
+        try:
+            token = api_token_create(username=username, staff=staff, scopes=scopes, sources=sources)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         self.stdout.write(token)
