@@ -1,8 +1,8 @@
 """Connection secrets, encrypted at rest with Fernet (AES-128-CBC + HMAC-SHA256, from `cryptography`).
 
 Keys come from RECORDSYNC_SECRETS_KEYS (comma-separated Fernet keys, newest first): MultiFernet
-decrypts with any of them and encrypts with the first, so keys rotate without downtime
-(`manage.py rotate_secrets` is not needed: saving a connection re-encrypts it).
+decrypts with any of them and encrypts with the first, so keys rotate without downtime:
+put the new key first, run `manage.py rotate_secrets`, then drop the old one.
 
 A stored value is either the secret itself or a reference {"env": "NAME"}, read from the
 environment when the connector is built; exports only ever contain references. A reference may only
@@ -46,6 +46,33 @@ def decrypt(token: str) -> dict[str, SecretValue]:
     except InvalidToken as exc:
         raise ImproperlyConfigured("Connection secrets cannot be decrypted: is RECORDSYNC_SECRETS_KEYS right?") from exc
     return value
+
+
+def seal(value: Any) -> str:
+    """Any JSON value, encrypted like the configured secrets (what a connector keeps: rotated tokens, cursors)."""
+    return _fernet().encrypt(json.dumps(value, sort_keys=True).encode()).decode()
+
+
+def unseal(token: str) -> Any:
+    try:
+        return json.loads(_fernet().decrypt(token.encode()))
+    except InvalidToken as exc:
+        raise ImproperlyConfigured("Connector state cannot be decrypted: is RECORDSYNC_SECRETS_KEYS right?") from exc
+
+
+def rotate(token: str) -> str:
+    """The same secret under the newest key (MultiFernet.rotate: decrypts with any key, encrypts with the first)."""
+    return _fernet().rotate(token.encode()).decode()
+
+
+def under_newest_key(token: str) -> bool:
+    """Whether `token` is encrypted with the first key of RECORDSYNC_SECRETS_KEYS."""
+    keys = settings.RECORDSYNC_SECRETS_KEYS
+    try:
+        Fernet(keys[0]).decrypt(token.encode())
+    except (InvalidToken, IndexError):
+        return False
+    return True
 
 
 def resolve(values: dict[str, SecretValue]) -> dict[str, str]:

@@ -1,4 +1,9 @@
-"""The StateStore connectors are handed: rows in crms.ConnectorState, locked across processes."""
+"""The StateStore connectors are handed: rows in crms.ConnectorState, locked across processes.
+
+Every value is stored encrypted (`{"sealed": "<Fernet token>"}`, with RECORDSYNC_SECRETS_KEYS like the
+configured secrets): connectors keep rotated OAuth tokens here. A value stored before that (plain JSON)
+is still read, and sealed when next written or by `manage.py rotate_secrets`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,18 @@ from django.conf import settings
 from django.db import connection as db
 from django.db import transaction
 
+from crms import secrets as secret_box
 from crms.models import Connection, ConnectorState
+
+SEALED = "sealed"
+
+
+def is_sealed(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {SEALED} and isinstance(value[SEALED], str)
+
+
+def opened(value: Any) -> Any:
+    return secret_box.unseal(value[SEALED]) if is_sealed(value) else value
 
 
 class DatabaseStateStore:
@@ -21,10 +37,11 @@ class DatabaseStateStore:
 
     def get(self, key: str) -> Any:
         row = ConnectorState.objects.filter(connection=self.connection, key=key).first()
-        return row.value if row else None
+        return opened(row.value) if row else None
 
     def set(self, key: str, value: Any) -> None:
-        ConnectorState.objects.update_or_create(connection=self.connection, key=key, defaults={"value": value})
+        stored = None if value is None else {SEALED: secret_box.seal(value)}
+        ConnectorState.objects.update_or_create(connection=self.connection, key=key, defaults={"value": stored})
 
     @contextmanager
     def lock(self, key: str, timeout: float = 30) -> Iterator[None]:
