@@ -40,7 +40,9 @@ class DatabaseStateStore:
         return opened(row.value) if row else None
 
     def set(self, key: str, value: Any) -> None:
-        stored = None if value is None else {SEALED: secret_box.seal(value)}
+        # Without keys (a deployment whose connections have no secrets at all) nothing secret can be kept here.
+        sealed = value is not None and bool(settings.RECORDSYNC_SECRETS_KEYS)
+        stored = {SEALED: secret_box.seal(value)} if sealed else value
         ConnectorState.objects.update_or_create(connection=self.connection, key=key, defaults={"value": stored})
 
     @contextmanager
