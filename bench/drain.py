@@ -36,7 +36,8 @@ WORKERS = 2  # django-q2 workers, and the direct script's concurrent senders
 
 def env_for(cfg: ingest.Config) -> dict[str, str]:
     env = ingest.server_env(cfg)
-    env.update(MOCK_CRMS_ENABLED="1", MOCK_CRMS_FORCE="1", MOCK_SALESFORCE_DAILY_LIMIT="100000000",
+    env.update(MOCK_CRMS_ENABLED="1", MOCK_CRMS_FORCE="1", EGRESS_ALLOWED_NETWORKS="127.0.0.0/8",
+               MOCK_SALESFORCE_DAILY_LIMIT="100000000",
                SYNC_FLUSH_INTERVAL="0", SYNC_BATCH_SIZE=str(COLLECTION), Q_WORKERS=str(WORKERS),
                ALLOWED_HOSTS="127.0.0.1")  # fmt: skip
     return env

@@ -205,6 +205,12 @@ class Connector(ABC):
         return schema
 
     @classmethod
+    def config_refusals(cls, config: dict[str, Any]) -> dict[str, str]:
+        """What the schema cannot say is wrong with a config, by path (e.g. {"config.url": "..."}): checked
+        when a connection is saved and again when the connector opens it."""
+        return {}
+
+    @classmethod
     def quota_signal(cls, response: requests.Response, now: float) -> QuotaSignal | None:
         """Read the target's rate-limit headers from any answer; None when it says nothing."""
         return None

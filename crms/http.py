@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from django.conf import settings
@@ -43,6 +43,18 @@ class TransportError(Exception):
         self.code = code
 
 
+class _CheckedSession(requests.Session):
+    """Every redirect target passes the egress policy too, before it is followed."""
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        from crms import egress  # here: crms.base, which egress needs, imports this module
+
+        target = super().get_redirect_target(resp)
+        if target:
+            egress.check(urljoin(resp.url, target))
+        return target
+
+
 class HttpClient:
     def __init__(
         self,
@@ -63,7 +75,7 @@ class HttpClient:
         self.gate = gate
         # Called with every answer: the throttle reads the target's own rate-limit headers there.
         self.observe = observe
-        self.session = requests.Session()
+        self.session = _CheckedSession()
         self.session.headers["User-Agent"] = USER_AGENT
 
     def request(
@@ -93,6 +105,9 @@ class HttpClient:
         json: Any,
         data: Any,
     ) -> requests.Response:
+        from crms import egress  # here: crms.base, which egress needs, imports this module
+
+        egress.check(url)  # before anything leaves: never this host, its network or cloud metadata
         started = time.perf_counter()
         in_flight = _call_started.set(time.time())
         try:

@@ -73,6 +73,8 @@ def _validate(name: str, kind: str, config: dict[str, Any], secrets: dict[str, A
         errors["kind"] = f"Unknown kind '{kind}'. Available: {', '.join(kinds())}."
         return errors
     errors.update(config_errors(kind, config))
+    if not errors:
+        errors.update(cls.config_refusals(config))
     for key, value in secrets.items():
         if key not in cls.secret_fields:
             errors[f"secrets.{key}"] = f"Not a secret of {kind}. Allowed: {', '.join(cls.secret_fields)}."

@@ -7,6 +7,7 @@ Production sets DATABASE_URL, REDIS_URL, SECRET_KEY and ALLOWED_HOSTS.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -267,6 +268,15 @@ if MOCK_CRMS_ENABLED and not DEBUG and not MOCK_CRMS_FORCE:
     )
 if MOCK_CRMS_ENABLED and not DEBUG:
     sys.stderr.write("WARNING: MOCK_CRMS_FORCE: the mock CRMs are served with DEBUG off (/mock/...)\n")
+# Where outbound calls may go (crms/egress.py): only public addresses, unless these allow a host or a network.
+# make run (DEBUG) allows loopback, where its mock CRMs answer.
+EGRESS_ALLOWED_HOSTS = env_list("EGRESS_ALLOWED_HOSTS", [])
+EGRESS_ALLOWED_NETWORKS = env_list("EGRESS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"] if DEBUG else [])
+for _network in EGRESS_ALLOWED_NETWORKS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError as _exc:
+        raise ImproperlyConfigured(f"EGRESS_ALLOWED_NETWORKS: {_network!r} is not a network, e.g. 10.0.0.0/8") from _exc
 # Outbound calls to CRMs: seconds to connect and to wait for an answer (a timeout is retried).
 CRM_HTTP_CONNECT_TIMEOUT = env_int("CRM_HTTP_CONNECT_TIMEOUT", 5, minimum=1)
 CRM_HTTP_READ_TIMEOUT = env_int("CRM_HTTP_READ_TIMEOUT", 30, minimum=1)

@@ -24,8 +24,12 @@ from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from functools import partial
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from uuid import UUID
+
+from django.conf import settings
 
 from crms import cursors
 from crms.base import (
@@ -182,14 +186,51 @@ class DatabaseConnector(Connector):
                                  code="UNKNOWN_OBJECT", permanent=True)  # fmt: skip
         return table_from_config(object_type, tables[object_type])
 
+    @classmethod
+    def config_refusals(cls, config: dict[str, Any]) -> dict[str, str]:
+        why = own_database(str(config.get("url", "")))
+        return {"config.url": why} if why else {}
+
     def _open(self) -> AbstractContextManager[Database]:
         url = str(self.config.get("url", ""))
+        why = own_database(url)
+        if why:
+            raise ConnectorError(why, code="invalid_config", permanent=True, pause_connection=True)
         if url.startswith("sqlite:///"):
             return sqlite.connect(url.removeprefix("sqlite:///"), lock_timeout=self.lock_timeout)
         if url.startswith(("postgres://", "postgresql://")):
             return postgres.connect(url, password=self.secrets.get("password"), lock_timeout=self.lock_timeout)
         raise ConnectorError("url must start with postgres://, postgresql:// or sqlite:///",
                              code="invalid_config", permanent=True)  # fmt: skip
+
+
+_LOOPBACK = {"", "localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def own_database(url: str) -> str:
+    """Why `url` may not be synced with (it is this service's own database), or "" (issue 15: staff could
+    point a connection at the service's tables, tokens and secrets included)."""
+    ours = settings.DATABASES["default"]
+    if url.startswith("sqlite:///"):
+        if ours["ENGINE"].endswith("sqlite3") and _same_file(url.removeprefix("sqlite:///"), str(ours["NAME"])):
+            return "this is the service's own database: a connection may not read or write it"
+        return ""
+    if not url.startswith(("postgres://", "postgresql://")) or not ours["ENGINE"].endswith("postgresql"):
+        return ""
+    parts = urlsplit(url)
+    host, port = (parts.hostname or "").lower(), parts.port or 5432
+    our_host, our_port = str(ours.get("HOST") or "").lower(), int(ours.get("PORT") or 5432)
+    same_host = host == our_host or (host in _LOOPBACK and our_host in _LOOPBACK)
+    if same_host and port == our_port and parts.path.lstrip("/") == str(ours["NAME"]):
+        return "this is the service's own database: a connection may not read or write it"
+    return ""
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def _key(table: Table, record: OutboundRecord) -> str:

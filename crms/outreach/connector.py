@@ -230,7 +230,7 @@ class OutreachConnector(Connector):
                 body = self._call("GET", url, params=params)
                 rows = body.get("data") or []
                 found.update({str(row["id"]): dict(row.get("attributes") or {}) for row in rows})
-                url, params = (_next_link(body) if rows else None), None
+                url, params = (_next_link(body, self.api_url) if rows else None), None
         return found
 
     def changes(self, object_type: str, cursor: str | None) -> ChangePage:
@@ -256,7 +256,7 @@ class OutreachConnector(Connector):
             for row in rows
             if state.take(str(row["id"]), row["attributes"]["updatedAt"], row["attributes"])
         ]
-        state.next = _next_link(body) if rows else None
+        state.next = _next_link(body, self.api_url) if rows else None
         if state.next is None:
             state.finish(now=self.server_time or self.clock())
         return ChangePage(changes, state.dump(), has_more=state.next is not None)
@@ -485,10 +485,21 @@ def _json(response: requests.Response) -> Any:
         ) from None
 
 
-def _next_link(body: Any) -> str | None:
+def _next_link(body: Any, api_url: str) -> str | None:
+    """The page's `links.next`, only on the API's own scheme and host: the bearer token goes with it."""
     links = body.get("links") if isinstance(body, dict) else None
     link = links.get("next") if isinstance(links, dict) else None
-    return str(link) if link else None
+    if not link:
+        return None
+    ours, theirs = urlsplit(api_url), urlsplit(str(link))
+    if (theirs.scheme, theirs.netloc) != (ours.scheme, ours.netloc):
+        raise ConnectorError(
+            f"links.next points at {theirs.scheme}://{theirs.netloc}, not {ours.scheme}://{ours.netloc}: "
+            "not followed (the access token would go with it)",
+            code="FOREIGN_LINK",
+            permanent=True,
+        )
+    return str(link)
 
 
 def _with_query(url: str, changes: dict[str, str]) -> str:

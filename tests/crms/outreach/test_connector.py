@@ -572,6 +572,19 @@ def stamped(id: int, updated_at: str) -> dict[str, Any]:
     return resource("prospect", id=id, updatedAt=updated_at)
 
 
+def test_a_links_next_to_another_host_is_not_followed_with_the_token(connector, outreach, clock):
+    """Issue 15: the bearer token went to whatever host links.next named."""
+    clock.now = T0 + 200 * 86400
+    outreach.get(f"{API}/prospects", json=page(stamped(1, "2024-03-01T10:00:00.000Z"),
+                                               next_link="https://collector.example.net/steal?page=2"))  # fmt: skip
+
+    with pytest.raises(ConnectorError) as refused:
+        connector.changes("prospect", None)
+
+    assert refused.value.code == "FOREIGN_LINK" and "collector.example.net" in refused.value.message
+    assert len(api_calls(outreach)) == 1  # nothing sent to the other host
+
+
 def test_changes_follow_links_next_and_resume_from_the_newest_row_not_the_last(connector, outreach, clock):
     clock.now = T0 + 200 * 86400  # 2024-06-01: every row below is settled (poll_cursor.SETTLE_SECONDS)
     next_link = (f"{API}/prospects?count=false&filter%5BupdatedAt%5D=1970-01-01T00%3A00%3A00.000Z..inf"
