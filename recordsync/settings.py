@@ -277,6 +277,8 @@ for _network in EGRESS_ALLOWED_NETWORKS:
         ipaddress.ip_network(_network, strict=False)
     except ValueError as _exc:
         raise ImproperlyConfigured(f"EGRESS_ALLOWED_NETWORKS: {_network!r} is not a network, e.g. 10.0.0.0/8") from _exc
+# The time one event's rule evaluation may take before it is stopped and recorded as a rule error (rules/bounds.py).
+RULES_EVAL_BUDGET_MS = env_int("RULES_EVAL_BUDGET_MS", 250, minimum=10)
 # Outbound calls to CRMs: seconds to connect and to wait for an answer (a timeout is retried).
 CRM_HTTP_CONNECT_TIMEOUT = env_int("CRM_HTTP_CONNECT_TIMEOUT", 5, minimum=1)
 CRM_HTTP_READ_TIMEOUT = env_int("CRM_HTTP_READ_TIMEOUT", 30, minimum=1)

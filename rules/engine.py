@@ -8,8 +8,10 @@ from datetime import datetime
 from typing import Any
 
 import rule_engine
+from django.conf import settings
 
 from crms.models import Connection
+from rules.bounds import OverBudget, budget
 from rules.expressions import ExpressionError, Fields, compile_expression, evaluate, evaluate_field, plain
 
 CONFLICT_POLICIES = ("last_writer_wins", "system_a_wins", "crm_wins", "field_merge", "hold")
@@ -121,13 +123,33 @@ UNMAPPED = "no matching rule maps this event to it (a named target is still mapp
 def decide(
     rule_set: RuleSet, event: dict[str, Any], connections: dict[str, Connection], requested: list[str] | None
 ) -> Decision:
-    """Evaluate the rules in order; record every match, every skipped target and why, and each payload."""
+    """Evaluate the rules in order; record every match, every skipped target and why, and each payload. The
+    whole evaluation has a time budget (rules/bounds.py): past it the event goes nowhere, with a rule error."""
+    at = [""]  # the rule being evaluated, for the error if the budget runs out
+    limit = settings.RULES_EVAL_BUDGET_MS
+    try:
+        with budget(limit / 1000):
+            return _decide(rule_set, event, connections, requested, at)
+    except OverBudget:
+        message = f"evaluation took longer than {limit} ms and was stopped; simplify this rule"
+        decision = Decision()
+        decision.routing = {"mode": "rules", "version": rule_set.version, "matched": [], "targets": [],
+                            "skipped": [], "payloads": {}, "errors": [{"rule": at[0], "message": message}],
+                            "reason": "rule evaluation ran past its time budget"}  # fmt: skip
+        return decision
+
+
+def _decide(
+    rule_set: RuleSet, event: dict[str, Any], connections: dict[str, Connection], requested: list[str] | None,
+    at: list[str],
+) -> Decision:  # fmt: skip
     matched: list[str] = []
     errors: list[dict[str, str]] = []
     chosen: dict[str, tuple[TargetSpec | None, str]] = {}
     skipped: dict[str, dict[str, str]] = {}
     skip_all: dict[str, str] | None = None
     for rule in rule_set.rules:
+        at[0] = rule.name
         if not rule.applies(event) or not _holds(rule, event, errors):
             continue
         matched.append(rule.name)
@@ -148,7 +170,7 @@ def decide(
             if name not in chosen:
                 skipped.setdefault(name, {"reason": UNMAPPED})
         chosen = {name: chosen.get(name, (None, "")) for name in requested}
-    return _finish(rule_set, event, connections, matched, errors, chosen, skipped, skip_all)
+    return _finish(rule_set, event, connections, matched, errors, chosen, skipped, skip_all, at)
 
 
 def _holds(rule: CompiledRule, event: dict[str, Any], errors: list[dict[str, str]]) -> bool:
@@ -170,11 +192,13 @@ def _finish(
     chosen: dict[str, tuple[TargetSpec | None, str]],
     skipped: dict[str, dict[str, str]],
     skip_all: dict[str, str] | None,
+    at: list[str],
 ) -> Decision:
     decision = Decision()
     payloads: dict[str, Any] = {}
     skips: list[dict[str, str]] = []
     for name, (spec, rule_name) in chosen.items():
+        at[0] = rule_name
         why = skip_all or skipped.get(name) or _unusable(name, event, connections)
         payload = None
         if why is None:

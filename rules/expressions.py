@@ -16,6 +16,8 @@ from typing import Any
 import rule_engine
 from rule_engine import DataType, builtins
 
+from rules.bounds import bounded_range, use_re2
+
 MAX_EXPRESSION_LENGTH = 1000
 
 # What an expression can see: the event, nothing else.
@@ -90,7 +92,9 @@ FUNCTIONS: dict[str, Any] = {
     "format_date": _format_date,
     "coalesce": _coalesce,
     "str": lambda v: None if v is None else str(v),
+    "range": bounded_range,  # rule-engine's own makes any number of items
 }
+use_re2()  # `=~` on RE2: linear time whatever the pattern (rules/bounds.py)
 
 
 class _EventContext(rule_engine.Context):  # type: ignore[misc]  # rule-engine ships no types
@@ -158,7 +162,13 @@ def evaluate(expression: rule_engine.Rule, event: dict[str, Any]) -> Any:
     try:
         return expression.evaluate(event)
     except rule_engine.errors.EngineError as exc:
-        raise ExpressionError(f"{type(exc).__name__}: {exc.message}") from None
+        cause = getattr(exc, "error", None)  # a function's own error, e.g. $range's bound
+        detail = (
+            f" (${exc.function_name}: {cause})"
+            if isinstance(exc, rule_engine.errors.FunctionCallError) and cause
+            else ""
+        )
+        raise ExpressionError(f"{type(exc).__name__}: {exc.message}{detail}") from None
     except (TypeError, ValueError, ArithmeticError, LookupError) as exc:  # e.g. `"vip" in data.tags` with no tags
         raise ExpressionError(f"{type(exc).__name__}: {exc}") from None
 
