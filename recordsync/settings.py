@@ -230,10 +230,10 @@ ALERT_WEBHOOK_URL = env_str("ALERT_WEBHOOK_URL", "")
 # gets its first answer for at least the window (docs/retention.md).
 SYNC_RETENTION_DAYS = env_int("SYNC_RETENTION_DAYS", 30, minimum=1)
 SYNC_IDEMPOTENCY_WINDOW_DAYS = env_int("SYNC_IDEMPOTENCY_WINDOW_DAYS", 7, minimum=1)
-# GET /metrics answers a bearer token or a scraper inside these networks (comma-separated CIDRs).
+# GET /metrics answers a bearer token, or a scraper inside these networks (comma-separated CIDRs). None by default
+# outside DEBUG: behind a proxy on the same host every client would come from loopback.
 METRICS_TOKEN = env_str("METRICS_TOKEN", "")
-METRICS_ALLOWED_NETWORKS = [n.strip() for n in env_str("METRICS_ALLOWED_NETWORKS", "127.0.0.1/32,::1/128").split(",")
-                            if n.strip()]  # fmt: skip
+METRICS_ALLOWED_NETWORKS = env_list("METRICS_ALLOWED_NETWORKS", ["127.0.0.1/32", "::1/128"] if DEBUG else [])
 SYNC_LEASE_SECONDS = env_int("SYNC_LEASE_SECONDS", 120, minimum=10)
 # Batches of one connection queued or in flight at once, for each live worker of the fleet (heartbeats);
 # the rest of a backlog waits as pending. SYNC_OUTSTANDING_BATCHES applies while no worker has reported.

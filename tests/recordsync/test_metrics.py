@@ -46,6 +46,19 @@ def test_metrics_are_refused_outside_the_allowed_networks_without_the_token(clie
     assert allowed.status_code == 200 and allowed["Content-Type"].startswith("text/plain")
 
 
+def test_production_answers_the_token_only_even_from_loopback(tmp_path):
+    """Issue 15: /metrics trusted loopback, which behind a same-host proxy is everyone."""
+    from tests.recordsync.test_platform import _manage
+
+    code = "from django.conf import settings; print(settings.METRICS_ALLOWED_NETWORKS)"
+    shown = _manage(
+        "shell", "--no-imports", "-c", code, DEBUG="0", SECRET_KEY="p" * 50, RECORDSYNC_VAR_DIR=str(tmp_path)
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "[]"
+
+
 def test_counters_and_database_gauges_follow_what_happened(client, api, live_server):
     salesforce = mock_salesforce(live_server.url)
     before = REGISTRY.get_sample_value("recordsync_events_accepted_total",

@@ -128,7 +128,16 @@ def _manage(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         k: v
         for k, v in os.environ.items()
         if k
-        not in {"DEBUG", "SECRET_KEY", "SECURE_SSL_REDIRECT", "STATIC_MANIFEST", "MOCK_CRMS_ENABLED", "MOCK_CRMS_FORCE"}
+        not in {
+            "DEBUG",
+            "SECRET_KEY",
+            "SECURE_SSL_REDIRECT",
+            "STATIC_MANIFEST",
+            "MOCK_CRMS_ENABLED",
+            "MOCK_CRMS_FORCE",
+            "METRICS_ALLOWED_NETWORKS",
+            "EGRESS_ALLOWED_NETWORKS",
+        }  # the test-only defaults (pyproject.toml)
     }
     return subprocess.run(
         [sys.executable, "manage.py", *args],
