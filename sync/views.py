@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -44,6 +45,8 @@ from sync.serializers import (
     WebhookAnswerSerializer,
 )
 from sync.stats import sync_stats
+
+logger = logging.getLogger("recordsync.webhooks")
 
 _IDEMPOTENCY_HEADER = OpenApiParameter(
     "Idempotency-Key",
@@ -224,12 +227,19 @@ class ConfigOverrideViewSet(viewsets.ViewSet):
         return Response(ConfigInForceSerializer(_config_in_force()).data)
 
 
-class SignatureRefused(exceptions.AuthenticationFailed):
-    """A webhook delivery whose signature does not verify: 401 naming the header to fix."""
+WEBHOOK_REFUSED = (
+    "The delivery does not verify for this URL: check the connection name in the URL and the secret the webhook "
+    "was registered with (the reason is logged under this request id)."
+)
 
-    def __init__(self, message: str, header: str) -> None:
-        super().__init__(message, "bad_signature")
-        self.fields = [{"field": header or "connection", "message": message}]
+
+class SignatureRefused(exceptions.AuthenticationFailed):
+    """Any webhook delivery refused, whatever the reason: one answer, so that the connections' names cannot be
+    listed by trying them (issue 15). The reason, naming the header to fix, goes to the log."""
+
+    def __init__(self) -> None:
+        super().__init__(WEBHOOK_REFUSED, "bad_signature")
+        self.fields = [{"field": "signature", "message": WEBHOOK_REFUSED}]
 
 
 class WebhookViewSet(viewsets.ViewSet):
@@ -250,7 +260,7 @@ class WebhookViewSet(viewsets.ViewSet):
         responses={
             (200, "application/json"): WebhookAnswerSerializer,
             (200, "text/xml"): OpenApiResponse(OpenApiTypes.STR, description="Salesforce: the SOAP Ack, after storing"),
-            **errors(400, 404),
+            **errors(400),
         },
         auth=[],
     )
@@ -259,7 +269,12 @@ class WebhookViewSet(viewsets.ViewSet):
             result = inbound.webhook_receive(name=connection, body=request.body, headers=request.headers,
                                              query=request.query_params.dict())  # fmt: skip
         except WebhookRefused as exc:
-            raise SignatureRefused(exc.message, exc.header) from exc
+            logger.warning("webhook refused", extra={"connection": connection, "header": exc.header,
+                                                     "reason": exc.message})  # fmt: skip
+            raise SignatureRefused from exc
+        except NotFound as exc:
+            logger.warning("webhook refused", extra={"connection": connection, "reason": str(exc.detail)})
+            raise SignatureRefused from exc
         except ConnectorError as exc:
             raise ValidationError({"body": [exc.message]}) from exc
         if result.answer is not None:  # the sender's own acknowledgement (Salesforce: a SOAP Ack)

@@ -55,7 +55,7 @@ def send(client: Any, body: bytes, signature: str | None, connection: str = "out
 
 
 @pytest.mark.parametrize("signature", [None, "", "0" * 64, "wrong-secret", "é" * 64])  # é: a 500 before issue 15
-def test_a_delivery_that_does_not_verify_is_refused_naming_the_header(anon, outreach, signature):
+def test_a_delivery_that_does_not_verify_is_refused_and_the_log_names_the_header(anon, outreach, signature, caplog):
     body = delivery(firstName="Grace")
     if signature == "wrong-secret":
         signature = sign(body, "another-secret")
@@ -64,7 +64,9 @@ def test_a_delivery_that_does_not_verify_is_refused_naming_the_header(anon, outr
 
     assert response.status_code == 401
     error = response.json()["error"]
-    assert error["code"] == "bad_signature" and error["fields"][0]["field"] == "Outreach-Webhook-Signature"
+    assert error["code"] == "bad_signature" and error["fields"][0]["field"] == "signature"
+    logged = [r for r in caplog.records if r.getMessage() == "webhook refused"]
+    assert [(r.connection, r.header) for r in logged] == [("outreach", "Outreach-Webhook-Signature")]
     assert not SyncEvent.objects.exists()
 
 
@@ -86,10 +88,15 @@ def test_unknown_connections_bad_bodies_and_connections_without_webhooks_are_ref
     mock_salesforce("http://127.0.0.1:9")
     garbage = b'{"no": "data"}'
 
-    assert send(anon, delivery(), sign(delivery()), connection="nope").status_code == 404
+    unknown = send(anon, delivery(), sign(delivery()), connection="nope")
     bad_body = send(anon, garbage, sign(garbage))
     assert bad_body.status_code == 400 and bad_body.json()["error"]["fields"][0]["field"] == "body"
-    assert send(anon, delivery(), sign(delivery()), connection="salesforce").status_code == 401
+    known = send(anon, delivery(), sign(delivery()), connection="salesforce")
+    # Issue 15: an unknown name answered 404 and a known one 401, so names could be listed by trying them.
+    assert unknown.status_code == known.status_code == 401
+    assert {k: v for k, v in unknown.json()["error"].items() if k != "request_id"} == {
+        k: v for k, v in known.json()["error"].items() if k != "request_id"
+    }
 
 
 def test_a_prospect_created_in_outreach_reaches_system_a_by_webhook(outreach, system_a):
