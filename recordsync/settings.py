@@ -277,6 +277,9 @@ for _network in EGRESS_ALLOWED_NETWORKS:
         ipaddress.ip_network(_network, strict=False)
     except ValueError as _exc:
         raise ImproperlyConfigured(f"EGRESS_ALLOWED_NETWORKS: {_network!r} is not a network, e.g. 10.0.0.0/8") from _exc
+# Flat-file connections (crms/flatfile): the folders they may use, and the longest value a file may hold.
+FLATFILE_ROOTS = env_list("FLATFILE_ROOTS", [str(VAR_DIR / "files")])
+FLATFILE_MAX_VALUE_CHARS = env_int("FLATFILE_MAX_VALUE_CHARS", 100_000, minimum=1000)
 # The time one event's rule evaluation may take before it is stopped and recorded as a rule error (rules/bounds.py).
 RULES_EVAL_BUDGET_MS = env_int("RULES_EVAL_BUDGET_MS", 250, minimum=10)
 # Outbound calls to CRMs: seconds to connect and to wait for an answer (a timeout is retried).

@@ -28,6 +28,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+
 from crms import cursors
 from crms.base import (
     Capabilities,
@@ -161,6 +163,11 @@ class FlatFileConnector(Connector):
 
     # --- writes ----------------------------------------------------------------------------
 
+    @classmethod
+    def config_refusals(cls, config: dict[str, Any]) -> dict[str, str]:
+        outside = outside_roots(str(config.get("folder", "")))
+        return {"config.folder": outside} if outside else {}
+
     def _push_file(self, object_type: str, group: list[tuple[int, OutboundRecord]]) -> dict[int, PushResult]:
         try:
             spec = self._file(object_type)
@@ -189,6 +196,9 @@ class FlatFileConnector(Connector):
         if not re.fullmatch(FILE_NAME, file) or not folder.startswith("/") or fmt is None:
             raise RecordRejected(f"{object_type}: needs an absolute folder, a format (csv, jsonl) and a plain "
                                  f"file name, not {file!r}", code="invalid_config", permanent=True)  # fmt: skip
+        outside = outside_roots(folder)
+        if outside:
+            raise RecordRejected(f"{object_type}: {outside}", code="invalid_config", permanent=True)
         if UPDATED_AT in (key, *columns) or not key:
             raise RecordRejected(f"{object_type}: {UPDATED_AT} is ours and the key must be named",
                                  code="invalid_config", permanent=True)  # fmt: skip
@@ -252,6 +262,16 @@ def _key(spec: ObjectFile, record: OutboundRecord, value: str) -> str:
                              f"{spec.path.name} needs one in {spec.key}",
                              code="MISSING_KEY", permanent=True, fields=[spec.key])  # fmt: skip
     return value
+
+
+def outside_roots(folder: str) -> str:
+    """Why `folder` may not be used (it is not under one of FLATFILE_ROOTS), or "". Resolved first: no `..` or
+    symlink leads out."""
+    roots = [Path(root).resolve() for root in settings.FLATFILE_ROOTS]
+    where = Path(folder).resolve()
+    if any(where == root or root in where.parents for root in roots):
+        return ""
+    return f"folder {folder} is not under FLATFILE_ROOTS ({', '.join(map(str, roots)) or 'none'})"
 
 
 def _fields(spec: ObjectFile, record: OutboundRecord) -> dict[str, Any]:

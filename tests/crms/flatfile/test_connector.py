@@ -529,3 +529,56 @@ def test_a_file_name_with_a_path_never_reaches_the_file_system(folder, fmt):
 
     assert (error_of(result).code, error_of(result).permanent) == ("invalid_config", True)
     assert not (folder.parent / "outside.csv").exists()
+
+
+# --- issue 15: what a file may hold, and where --------------------------------------------------------
+
+
+def test_a_value_too_long_to_read_back_is_refused_and_the_object_keeps_working(connector, contacts_file, fmt):
+    """One 200 KB value used to be written, then every later push, read and poll of the object failed."""
+    results = connector.push([upsert("c-1", email="x" * 200_000), upsert("c-2", email="ada@example.com")])
+
+    error = error_of(results[0])
+    assert (error.code, error.fields) == ("INVALID_VALUE", ("email",))
+    assert "a file value may hold at most 100000" in error.message
+    assert outcomes(results[1:]) == [("created", "c-2")]
+    assert connector.read("Contact", ["c-2"])["c-2"]["email"] == "ada@example.com"  # still readable
+    assert outcomes(connector.push([upsert("c-3", email="b@example.com")])) == [("created", "c-3")]
+
+
+@pytest.mark.parametrize("value", ['=HYPERLINK("http://x")', "+1", "-2+3", "@SUM(A1)", "\tx", "'=quoted", "'", "'a"])
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_read_back_exactly(folder, clock, value):
+    connector = make_connector(folder, "csv")
+    connector.clock = clock
+
+    connector.push([upsert("c-1", email=value)])
+
+    cell = rows_in(folder / "contacts.csv")[0]["email"]
+    assert not cell.startswith(("=", "+", "-", "@", "\t"))  # what a spreadsheet sees
+    assert connector.read("Contact", ["c-1"])["c-1"]["email"] == value  # what we read back
+
+
+def test_a_folder_outside_the_allowed_roots_is_refused(folder, fmt, settings):
+    settings.FLATFILE_ROOTS = [str(folder / "elsewhere")]
+    connector = make_connector(folder, fmt)
+
+    error = error_of(connector.push([upsert("c-1", email="a@example.com")])[0])
+
+    assert error.code == "invalid_config" and "is not under FLATFILE_ROOTS" in error.message
+    assert not (folder / f"contacts.{fmt}").exists()
+
+
+@pytest.mark.django_db
+def test_saving_a_connection_outside_the_roots_names_the_folder(settings, tmp_path):
+    from rest_framework.exceptions import ValidationError
+
+    from crms.services import connection_save
+
+    settings.FLATFILE_ROOTS = [str(tmp_path / "files")]
+    objects = {"Contact": {"file": "contacts.csv", "key": "record_id", "columns": ["email"]}}
+    config = {"folder": str(tmp_path / "files" / ".." / ".." / "etc"), "format": "csv", "objects": objects}
+
+    with pytest.raises(ValidationError) as refused:
+        connection_save(name="files", kind="flatfile", config=config)
+
+    assert "is not under FLATFILE_ROOTS" in str(refused.value.detail["config.folder"])  # type: ignore[call-overload]
