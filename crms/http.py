@@ -8,8 +8,9 @@ has one place to sit: `gate` runs before every request, `observe` sees every ans
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -41,6 +42,12 @@ class TransportError(Exception):
     def __init__(self, message: str, *, code: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+# Request fields whose values are credentials, in headers, query, form or JSON bodies.
+CREDENTIAL_NAME = re.compile(r"secret|token|password|assertion|api[-_]?key|authorization|signature", re.I)
+MIN_SECRET_CHARS = 6  # shorter values would redact ordinary words
+MAX_REMEMBERED = 32
 
 
 class _CheckedSession(requests.Session):
@@ -76,6 +83,9 @@ class HttpClient:
         # Called with every answer: the throttle reads the target's own rate-limit headers there.
         self.observe = observe
         self.session = _CheckedSession()
+        # Credentials this client has sent (bearer tokens, client secrets, assertions): `redact` takes them out
+        # of any text kept afterwards, since an error body may echo the request (issue 15).
+        self.sensitive: set[str] = set()
         self.session.headers["User-Agent"] = USER_AGENT
 
     def request(
@@ -88,6 +98,7 @@ class HttpClient:
         json: Any = None,
         data: Any = None,
     ) -> requests.Response:
+        self._remember_credentials(headers, params, json, data)
         settle = self.gate() if self.gate is not None else None
         try:
             return self._send(method, url, headers=headers, params=params, json=json, data=data)
@@ -131,6 +142,28 @@ class HttpClient:
         if self.observe is not None:
             self.observe(response)
         return response
+
+    def _remember_credentials(self, *parts: Any) -> None:
+        for part in parts:
+            if not isinstance(part, Mapping):
+                continue
+            for name, value in part.items():
+                if not isinstance(value, str) or len(value) < MIN_SECRET_CHARS:
+                    continue
+                if name.lower() == "authorization":
+                    value = value.partition(" ")[2] or value  # the credentials, without "Bearer "
+                    self.sensitive.add(value)
+                elif CREDENTIAL_NAME.search(name):
+                    self.sensitive.add(value)
+        if len(self.sensitive) > MAX_REMEMBERED:  # tokens rotate: keep the newest few
+            self.sensitive = set(list(self.sensitive)[-MAX_REMEMBERED:])
+
+    def redact(self, text: str, extra: Iterable[str] = ()) -> str:
+        """`text` without any credential this client sent (or `extra`, e.g. the connection's own secrets)."""
+        for secret in sorted({*self.sensitive, *extra}, key=len, reverse=True):
+            if len(secret) >= MIN_SECRET_CHARS and secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text
 
     def _log(self, method: str, url: str, status: int | None, started: float, error: str = "") -> None:
         elapsed = time.perf_counter() - started

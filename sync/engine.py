@@ -398,8 +398,10 @@ def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[O
     records = [item.record for item in items if item.record is not None]
     started = timezone.now()
     call_error: ConnectorError | None = None
+    connector: Connector | None = None
     try:
-        results = throttled_connector(connection).push(records)
+        connector = throttled_connector(connection)
+        results = connector.push(records)
     except ConnectorError as exc:
         call_error = exc
     except Exception as exc:  # a bug or a broken config must not leave the batch in flight
@@ -407,10 +409,20 @@ def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[O
         call_error = ConnectorError(f"{type(exc).__name__}: {exc}", code="connector_exception")
     if call_error is not None:
         results = [PushResult(r.record_id, "error", external_id=r.external_id, error=call_error) for r in records]
+    if connector is not None:
+        _redact_errors(connector, [r.error for r in results if r.error is not None])
     # The cool-down runs from when the failure was seen, not from when the batch began.
     _breaker_report(connection, call_error or _connection_failure(results), timezone.now(), probe=gate is Gate.PROBE)
     duration = int((timezone.now() - started).total_seconds() * 1000)
     return [_outcome(item, result, duration) for item, result in zip(items, results, strict=True)]
+
+
+def _redact_errors(connector: Connector, found: Sequence[ConnectorError]) -> None:
+    """Error texts are kept (last_error, attempts, breaker reasons) and shown to API tokens: never with a
+    credential the call sent, or one of the connection's secrets, that an error body echoed back."""
+    secrets = [value for value in connector.secrets.values() if isinstance(value, str)]
+    for error in found:
+        error.message = connector.http.redact(error.message, secrets)
 
 
 def _connection_failure(results: Sequence[PushResult]) -> ConnectorError | None:
