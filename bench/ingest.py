@@ -149,6 +149,8 @@ def server_env(cfg: Config) -> dict[str, str]:
         RECORDSYNC_DOTENV="0",
         # Throwaway Fernet key for connection secrets at rest; the bench stores none.
         RECORDSYNC_SECRETS_KEYS=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        # The per-token request limit would cap what is measured (one client posting as fast as it can).
+        API_REQUESTS_PER_MINUTE="0",
     )
     return env
 

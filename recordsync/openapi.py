@@ -18,13 +18,16 @@ _DESCRIPTIONS = {
     409: "Conflicts with the current state (e.g. an idempotency key reused with another body).",
     413: "Request body over the size limit.",
     415: "Body is not JSON: send `Content-Type: application/json`.",
+    429: "Over the token's requests per minute (API_REQUESTS_PER_MINUTE): retry after `Retry-After` seconds.",
     500: "Unexpected error; logged with the request id.",
     503: "The database is unavailable: nothing was stored; retry after `Retry-After` seconds (same Idempotency-Key).",
 }
 
 
 def errors(*codes: int) -> dict[int, OpenApiResponse]:
-    return {code: OpenApiResponse(ErrorSerializer, description=_DESCRIPTIONS[code]) for code in (*codes, 401, 500, 503)}
+    return {
+        code: OpenApiResponse(ErrorSerializer, description=_DESCRIPTIONS[code]) for code in (*codes, 401, 429, 500, 503)
+    }
 
 
 def declare_batch_limit(result: dict[str, Any], generator: Any, request: Any, public: bool) -> dict[str, Any]:

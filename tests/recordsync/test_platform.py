@@ -237,13 +237,25 @@ def test_the_schema_needs_a_token(client, api):
     assert client.get("/v1/schema/").status_code == 401
     schema = api.get("/v1/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
     ingest = schema["paths"]["/v1/sync/"]["post"]
-    assert set(ingest["responses"]) == {"202", "400", "401", "403", "409", "413", "415", "500", "503"}  # 403: scopes
+    assert set(ingest["responses"]) == {
+        "202",
+        "400",
+        "401",
+        "403",
+        "409",
+        "413",
+        "415",
+        "429",
+        "500",
+        "503",
+    }  # 403: scopes
     assert set(schema["paths"]["/v1/sync/status/{record_id}"]["get"]["responses"]) == {
         "200",
         "400",
         "401",
         "403",
         "404",
+        "429",
         "500",
         "503",
     }

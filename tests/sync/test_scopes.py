@@ -150,3 +150,21 @@ def test_staff_edit_a_grant_in_the_admin_and_it_holds_at_once(admin_client, conn
     grant.refresh_from_db()
     assert (grant.scopes, grant.sources) == (["events:write", "stats:read"], ["system_a", "salesforce"])
     assert client.get("/v1/sync/stats").status_code == 200
+
+
+def test_each_token_is_held_to_its_requests_per_minute(connections, settings, monkeypatch):
+    """Issue 15: no API throttle at all. Over the limit: 429 with Retry-After, in the one error shape."""
+    from django.core.cache import cache
+
+    cache.clear()
+    settings.API_REQUESTS_PER_MINUTE = 3
+    busy, other = client_with(), client_with()
+
+    answers = [busy.get("/v1/sync/stats").status_code for _ in range(4)]
+    refused_answer = busy.get("/v1/sync/stats")
+
+    assert answers == [200, 200, 200, 429] and other.get("/v1/sync/stats").status_code == 200
+    assert refused_answer.json()["error"]["code"] == "throttled"
+    assert 0 < int(refused_answer["Retry-After"]) <= 60
+    monkeypatch.setattr(cache, "incr", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("redis is away")))
+    assert busy.get("/v1/sync/stats").status_code == 200  # the cache down never refuses a request
