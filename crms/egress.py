@@ -35,7 +35,16 @@ class EgressRefused(ConnectorError):
         super().__init__(message, code="EGRESS_REFUSED", permanent=True, pause_connection=True)
 
 
-def check(url: str, *, resolve: Resolver = socket.getaddrinfo) -> None:
+def _system_resolve(host: str, port: int, **kwargs: Any) -> list[Any]:
+    return socket.getaddrinfo(host, port, **kwargs)
+
+
+# The resolver `check` uses unless given one: the system's. The test suite swaps in one that never leaves the
+# machine (tests/conftest.py): CRM host names in tests are fakes that must not become DNS queries.
+default_resolver: Resolver = _system_resolve
+
+
+def check(url: str, *, resolve: Resolver | None = None) -> None:
     """Raise EgressRefused unless every address `url`'s host resolves to is allowed. A host that does not
     resolve is left to the HTTP library, which reports it as the transport error it is."""
     parts = urlsplit(url)
@@ -48,7 +57,7 @@ def check(url: str, *, resolve: Resolver = socket.getaddrinfo) -> None:
         return
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        found = resolve(host, port, type=socket.SOCK_STREAM)
+        found = (resolve or default_resolver)(host, port, type=socket.SOCK_STREAM)
     except (OSError, ValueError):
         return
     for address in sorted({str(info[4][0]) for info in found}):

@@ -176,6 +176,29 @@ def event() -> Iterator[dict[str, Any]]:
     }
 
 
+def loopback_resolver(host: str, port: int, **kwargs: Any) -> list[Any]:
+    """Names resolve without a DNS query: an address is itself, localhost is loopback, any other name is
+    unknown (tests send nothing off this machine; the CRM hosts they name are answered by `responses`)."""
+    import ipaddress
+    import socket
+
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    return [(family, socket.SOCK_STREAM, 6, "", (str(address), port))]
+
+
+@pytest.fixture(autouse=True)
+def _no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crms import egress
+
+    monkeypatch.setattr(egress, "default_resolver", loopback_resolver)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> Iterator[None]:
     """Each test starts with empty caches (nudge debounce, readiness probe, connections)."""

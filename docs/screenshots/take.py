@@ -264,6 +264,7 @@ ADMIN_PAGES = [
     ("admin-attempts", "/admin/sync/syncattempt/"),
     ("admin-record-links", "/admin/sync/recordlink/"),
     ("admin-tokens", "/admin/knox/authtoken/"),
+    ("admin-token-grants", "/admin/sync/tokengrant/"),
     ("admin-users", "/admin/auth/user/"),
     ("admin-queued-tasks", "/admin/django_q/ormq/"),
     ("admin-scheduled-tasks", "/admin/django_q/schedule/"),
@@ -276,6 +277,8 @@ def shoot_admin(driver: Chrome, base: str) -> None:
         save(driver, name)
     open_row(driver, base, "/admin/crms/connection/", "salesforce")
     save(driver, "admin-connection-detail")
+    open_row(driver, base, "/admin/sync/tokengrant/", "demo")
+    save(driver, "admin-token-grant-detail")
     shoot_rules(driver, base)
     # One job's page, attempts inline: c-1002's salesforce job (a create, then a salesforce-only update).
     open_row(driver, base, "/admin/sync/syncjob/?q=c-1002", "salesforce")

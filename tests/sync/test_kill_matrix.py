@@ -213,6 +213,27 @@ class Progress:
         dispatchers = liveness.alive("dispatcher", now=now).count()
         return f"jobs {by_state}, fenced {fenced}; alive: {workers} workers, {dispatchers} dispatchers"
 
+    def stalls(self) -> list[tuple[float, float]]:
+        """Each stretch the synced count stood still, as (start, length) in monotonic seconds."""
+        found: list[tuple[float, float]] = []
+        since = 0
+        for i in range(1, len(self.samples) + 1):
+            if i == len(self.samples) or self.samples[i][1] != self.samples[i - 1][1]:
+                found.append((self.samples[since][0], self.samples[i - 1][0] - self.samples[since][0]))
+                since = i
+        return found
+
+    def per_kill(self, kills: list[tuple[str, float]]) -> str:
+        """For each kill, the longest stall that began between it and the next one (or the end)."""
+        lines = []
+        for n, (kind, at) in enumerate(kills):
+            until = kills[n + 1][1] if n + 1 < len(kills) else float("inf")
+            # A stall under way when the process died counts for it too.
+            longest = max((length for start, length in self.stalls() if start < until and start + length >= at),
+                          default=0.0)  # fmt: skip
+            lines.append(f"  {kind:<12} longest stall {longest:5.1f} s")
+        return "\n".join(lines)
+
     def longest_stall(self) -> tuple[float, str]:
         """The longest time the synced count stood still, and the distinct pictures seen through it."""
         stall, since, worst = 0.0, 0, (0, 0)
@@ -252,11 +273,12 @@ def drain_start(stack: Stack, live_server: Any) -> str:
     return token
 
 
-def judged(what: str, progress: Progress, stack: Stack) -> None:
+def judged(what: str, progress: Progress, stack: Stack, kills: list[tuple[str, float]] | None = None) -> None:
     lost, twice, stale = tally(RECORDS, UPDATED)
     stall, through = progress.longest_stall()
     report = f"{what}; lost {lost}, created twice {twice}, stale {stale}, longest stall {stall:.1f} s"
-    print(f"PROOF {report}\nthrough the longest stall:\n{through}")
+    each = f"\nper kill:\n{progress.per_kill(kills)}" if kills else ""
+    print(f"PROOF {report}{each}\nthrough the longest stall:\n{through}")
     assert (lost, twice, stale) == (0, 0, 0), f"{report}\n{stack.output()}"
     assert stall <= 60, f"{report}\nthrough it:\n{through}\n{stack.output()}"
 
@@ -265,6 +287,7 @@ def test_every_kind_of_process_killed_during_a_drain_loses_nothing(stack: Stack,
     token = drain_start(stack, live_server)
     progress = Progress()
     killed: list[tuple[str, int]] = []
+    kills: list[tuple[str, float]] = []
     for round_ in range(2):
         for kind in KINDS:
 
@@ -274,12 +297,13 @@ def test_every_kind_of_process_killed_during_a_drain_loses_nothing(stack: Stack,
             pid = wait_for(found, seconds=30, what=f"a {kind} to kill", explain=stack.output)
             os.kill(pid, signal.SIGKILL)
             killed.append((kind, pid))
+            kills.append((kind, time.monotonic()))
             progress.watch(2)  # 2 s between kills
             if round_ == 0 and kind == "cluster":
                 post(stack, token, contacts(0, UPDATED, "v2"))  # newer states while processes die
     progress.drain(RECORDS)
 
-    judged(f"killed {killed}", progress, stack)
+    judged(f"killed {killed}", progress, stack, kills)
     assert len(killed) == 2 * len(KINDS)
 
 
