@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +44,11 @@ def _system_resolve(host: str, port: int, **kwargs: Any) -> list[Any]:
 # machine (tests/conftest.py): CRM host names in tests are fakes that must not become DNS queries.
 default_resolver: Resolver = _system_resolve
 
+# Hosts found allowed, for a short while: a connector calls the same host again and again, and each check would
+# otherwise be one more DNS lookup per call. Keyed by the policy too, so a changed setting is obeyed at once.
+ALLOWED_FOR_SECONDS = 30.0
+_allowed: dict[tuple[Any, ...], float] = {}
+
 
 def check(url: str, *, resolve: Resolver | None = None) -> None:
     """Raise EgressRefused unless every address `url`'s host resolves to is allowed. A host that does not
@@ -57,8 +63,15 @@ def check(url: str, *, resolve: Resolver | None = None) -> None:
         return
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        found = (resolve or default_resolver)(host, port, type=socket.SOCK_STREAM)
-    except (OSError, ValueError):
+    except ValueError:
+        return  # a bad port: the HTTP library refuses it with its own message
+    chooser = resolve or default_resolver
+    key = (host, port, chooser, tuple(settings.EGRESS_ALLOWED_NETWORKS))
+    if _allowed.get(key, 0.0) > time.monotonic():
+        return
+    try:
+        found = chooser(host, port, type=socket.SOCK_STREAM)
+    except OSError:
         return
     for address in sorted({str(info[4][0]) for info in found}):
         why = refusal(ipaddress.ip_address(address.split("%")[0]))
@@ -67,6 +80,9 @@ def check(url: str, *, resolve: Resolver | None = None) -> None:
                 f"{host} resolves to {address}, {why}: outbound calls there are refused. If it is meant, set "
                 f"EGRESS_ALLOWED_HOSTS={host} or EGRESS_ALLOWED_NETWORKS to a network holding {address}."
             )
+    if len(_allowed) > 1000:
+        _allowed.clear()
+    _allowed[key] = time.monotonic() + ALLOWED_FOR_SECONDS
 
 
 def refusal(address: IPAddress) -> str:

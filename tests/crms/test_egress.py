@@ -117,3 +117,18 @@ def test_credentials_a_call_sent_are_taken_out_of_error_texts_kept_afterwards() 
 
     assert errors[0].message == "HTTP 400: bad client_secret=[redacted] for Bearer [redacted]; key [redacted]"
     assert http.redact("grant_type client_credentials") == "grant_type client_credentials"  # not a credential
+
+
+def test_a_host_found_allowed_is_not_looked_up_again_for_a_while(settings: Any) -> None:
+    lookups: list[str] = []
+
+    def resolve(host: str, port: int, **kwargs: Any) -> list[Any]:
+        lookups.append(host)
+        return [(2, 1, 6, "", ("93.184.216.34", port))]
+
+    check("https://api.example.org/a", resolve=resolve)
+    check("https://api.example.org/b", resolve=resolve)
+    settings.EGRESS_ALLOWED_NETWORKS = ["10.0.0.0/8"]  # a changed policy is obeyed at once
+    check("https://api.example.org/c", resolve=resolve)
+
+    assert lookups == ["api.example.org", "api.example.org"]
