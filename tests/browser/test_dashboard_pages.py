@@ -32,8 +32,9 @@ def _failed(target: Connection, record_id: str, code: str, *, state: str = JobSt
 def test_strangers_and_non_staff_users_are_sent_to_the_admin_login(client: Client, name: str) -> None:
     url = reverse(name)
     assert client.get(url).url == f"{reverse('admin:login')}?next={url}"  # type: ignore[attr-defined]
-    User.objects.create_user("someone", password="not-staff-password")
-    client.login(username="someone", password="not-staff-password")
+    client.force_login(
+        User.objects.create_user("someone", password="not-staff-password")
+    )  # (login() needs a request: axes)
     assert client.get(url).url == f"{reverse('admin:login')}?next={url}"  # type: ignore[attr-defined]
 
 
@@ -80,9 +81,8 @@ def test_a_held_job_is_never_retried_it_waits_for_its_conflict(admin_client: Cli
 
 def test_retry_takes_only_a_post_that_names_its_jobs_with_a_csrf_token(salesforce: Connection) -> None:
     job = _failed(salesforce, "c-1", "HTTP_400")
-    User.objects.create_superuser("ops", "ops@example.com", "dashboard-tests-only")
     client = Client(enforce_csrf_checks=True)
-    client.login(username="ops", password="dashboard-tests-only")
+    client.force_login(User.objects.create_superuser("ops", "ops@example.com", "dashboard-tests-only"))
     url = reverse("dashboard:retry")
 
     assert client.get(url, {"job": job.pk}).status_code == 405
