@@ -85,7 +85,7 @@ class HttpClient:
         self.session = _CheckedSession()
         # Credentials this client has sent (bearer tokens, client secrets, assertions): `redact` takes them out
         # of any text kept afterwards, since an error body may echo the request (issue 15).
-        self.sensitive: set[str] = set()
+        self.sensitive: dict[str, None] = {}  # ordered: the newest last
         self.session.headers["User-Agent"] = USER_AGENT
 
     def request(
@@ -98,6 +98,9 @@ class HttpClient:
         json: Any = None,
         data: Any = None,
     ) -> requests.Response:
+        from crms import egress  # here: crms.base, which egress needs, imports this module
+
+        egress.check(url)  # before anything leaves (or takes a place in the throttle): never this host or network
         self._remember_credentials(headers, params, json, data)
         settle = self.gate() if self.gate is not None else None
         try:
@@ -116,9 +119,6 @@ class HttpClient:
         json: Any,
         data: Any,
     ) -> requests.Response:
-        from crms import egress  # here: crms.base, which egress needs, imports this module
-
-        egress.check(url)  # before anything leaves: never this host, its network or cloud metadata
         started = time.perf_counter()
         in_flight = _call_started.set(time.time())
         try:
@@ -150,13 +150,14 @@ class HttpClient:
             for name, value in part.items():
                 if not isinstance(value, str) or len(value) < MIN_SECRET_CHARS:
                     continue
-                if name.lower() == "authorization":
+                if str(name).lower() == "authorization":
                     value = value.partition(" ")[2] or value  # the credentials, without "Bearer "
-                    self.sensitive.add(value)
-                elif CREDENTIAL_NAME.search(name):
-                    self.sensitive.add(value)
-        if len(self.sensitive) > MAX_REMEMBERED:  # tokens rotate: keep the newest few
-            self.sensitive = set(list(self.sensitive)[-MAX_REMEMBERED:])
+                elif not CREDENTIAL_NAME.search(str(name)):
+                    continue
+                self.sensitive.pop(value, None)
+                self.sensitive[value] = None
+        while len(self.sensitive) > MAX_REMEMBERED:  # tokens rotate: keep the newest few
+            del self.sensitive[next(iter(self.sensitive))]
 
     def redact(self, text: str, extra: Iterable[str] = ()) -> str:
         """`text` without any credential this client sent (or `extra`, e.g. the connection's own secrets)."""

@@ -102,7 +102,7 @@ class RequestRate(BaseThrottle):
         try:
             cache.add(key, 0, timeout=120)
             count = cache.incr(key)
-        except Exception:
+        except Exception:  # the cache (Redis) is away: never refuse a request for that
             return True
         self.retry_after = 60 - now % 60
         return bool(count <= limit)
