@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: run test install lint typecheck pytest proof-kills bench bench-rules bench-drain clean
+.PHONY: run test install lint typecheck audit pytest proof-kills bench bench-rules bench-drain clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; set PYTHON=python3.11")'
@@ -19,12 +19,15 @@ $(STAMP): requirements/base.txt requirements/dev.txt | $(BIN)/python
 
 install: $(STAMP)
 
-# Local settings for `make run` and manage.py: DEBUG on, mock CRMs on, a random secret key.
-# Written once; edit it freely. It is git-ignored and never read by the tests.
+# Local settings for `make run` and manage.py: DEBUG on, mock CRMs on, a random secret key and random secrets for
+# the mock CRMs (never their well-known defaults). Written once; edit it freely. It is git-ignored and never read by
+# the tests.
 .env:
-	@printf '# Local development settings (git-ignored). See docs/deploy.md for every variable.\nDEBUG=1\nSECRET_KEY=%s\n' \
-		"$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))')" > .env
-	@echo "wrote .env (DEBUG=1, a new SECRET_KEY)"
+	@$(PYTHON) -c 'import secrets; t = secrets.token_urlsafe; print("\n".join([ \
+		"# Local development settings (git-ignored). See docs/deploy.md for every variable.", "DEBUG=1", \
+		f"SECRET_KEY={t(50)}", f"MOCK_SALESFORCE_CLIENT_SECRET={t(32)}", f"MOCK_OUTREACH_CLIENT_SECRET={t(32)}", \
+		f"MOCK_OUTREACH_REFRESH_TOKEN={t(32)}", f"MOCK_SYSTEM_A_SIGNING_SECRET={t(32)}"]))' > .env
+	@echo "wrote .env (DEBUG=1, a new SECRET_KEY and new mock CRM secrets)"
 
 # Web server on :$(PORT) and a django-q2 cluster in the foreground; Ctrl-C stops both.
 run: install .env
@@ -42,10 +45,14 @@ lint: install
 typecheck: install
 	DEBUG=1 $(BIN)/mypy
 
+# Known vulnerabilities in the installed packages; says SKIPPED when no vulnerability database is reachable.
+audit: install
+	$(BIN)/python .ci/audit.py
+
 pytest: install
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+test: lint typecheck audit pytest
 
 # Every kind of process killed twice during a drain, and (on PostgreSQL) the database restarted: the same proofs
 # make test runs, alone and with their reports printed. With DATABASE_URL and REDIS_URL for the services.

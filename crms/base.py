@@ -48,6 +48,9 @@ class ConnectorError(Exception):
         self.fields = tuple(fields)
         self.pause_connection = pause_connection
 
+    def __str__(self) -> str:
+        return self.message  # as redacted (Connector.redact), not as raised
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "code": self.code,
@@ -184,6 +187,12 @@ class Connector(ABC):
         self.secrets = secrets
         self.http = http
         self.store = store
+
+    def redact(self, text: str) -> str:
+        """`text` without any credential a call sent or any of the connection's secrets: error texts are kept
+        (last_error, attempts, breaker reasons, poll and run errors) and shown to API tokens, and a CRM's error body
+        may echo what it was sent."""
+        return self.http.redact(text, [value for value in self.secrets.values() if isinstance(value, str)])
 
     @classmethod
     def schema(cls) -> dict[str, Any]:

@@ -299,6 +299,9 @@ class CallCounter:
         connector = self.attach(throttled_connector(connection))
         try:
             yield connector
+        except ConnectorError as exc:  # its text becomes the run's last_error, which tokens can read
+            exc.message = connector.redact(exc.message)
+            raise
         finally:
             connector.http.session.close()
 

@@ -418,11 +418,8 @@ def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[O
 
 
 def _redact_errors(connector: Connector, found: Sequence[ConnectorError]) -> None:
-    """Error texts are kept (last_error, attempts, breaker reasons) and shown to API tokens: never with a
-    credential the call sent, or one of the connection's secrets, that an error body echoed back."""
-    secrets = [value for value in connector.secrets.values() if isinstance(value, str)]
     for error in found:
-        error.message = connector.http.redact(error.message, secrets)
+        error.message = connector.redact(error.message)
 
 
 def _connection_failure(results: Sequence[PushResult]) -> ConnectorError | None:

@@ -96,10 +96,11 @@ def poll(
             if not page.has_more:
                 break
     except ConnectorError as exc:
+        exc.message = connector.redact(exc.message)
         _poll_failed(row.pk, f"{exc.code}: {exc.message}", exc.retry_after, clock())
         raise
     except Exception as exc:
-        _poll_failed(row.pk, f"{type(exc).__name__}: {exc}", None, clock())
+        _poll_failed(row.pk, connector.redact(f"{type(exc).__name__}: {exc}"), None, clock())
         raise
     finally:
         InboundCursor.objects.filter(pk=row.pk, lease_owner=owner).update(lease_owner="", lease_until=None)

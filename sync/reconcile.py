@@ -97,7 +97,7 @@ def reconcile(
         seen = _scan(run, connector, tally, clock, on_page)
         _sweep_links(run, connector, seen, tally, clock)
     except Exception as exc:
-        _finish(run, tally, clock, error=f"{type(exc).__name__}: {exc}")
+        _finish(run, tally, clock, error=connector.redact(f"{type(exc).__name__}: {exc}"))
         logger.warning("reconcile failed", extra={"connection": connection.name, "object_type": object_type,
                                                   "run": run.pk, "error": run.last_error})  # fmt: skip
         raise

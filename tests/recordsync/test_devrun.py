@@ -119,3 +119,24 @@ def test_a_role_failing_its_liveness_check_three_times_in_a_row_is_restarted(mon
         verdicts.append(checker.stalled())
 
     assert verdicts == [[], [], [], [], ["worker"], ["worker"]]  # grace, then the third failure in a row
+
+
+def test_make_run_writes_its_own_random_secrets_for_the_mocks(tmp_path: Path) -> None:
+    """`make run` never serves the mocks with their well-known default secrets (issue 15)."""
+    from django.conf import settings
+
+    written = []
+    for run in ("first", "second"):
+        folder = tmp_path / run
+        folder.mkdir()
+        make = ["make", "-s", "-f", str(ROOT / "Makefile"), "-C", str(folder), ".env", f"PYTHON={sys.executable}"]
+        subprocess.run(make, check=True, capture_output=True)
+        lines = (folder / ".env").read_text().splitlines()
+        written.append(dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#")))
+    names = ["SECRET_KEY", "MOCK_SALESFORCE_CLIENT_SECRET", "MOCK_OUTREACH_CLIENT_SECRET",
+             "MOCK_OUTREACH_REFRESH_TOKEN", "MOCK_SYSTEM_A_SIGNING_SECRET"]  # fmt: skip
+    for name in names:
+        first, second = written[0][name], written[1][name]
+        assert len(first) >= 40 and first != second, name
+        assert first != getattr(settings, name, None), f"{name} is the built-in default"
+    assert written[0]["DEBUG"] == "1"

@@ -383,3 +383,18 @@ def test_a_hundred_alternating_edits_on_both_sides_make_no_ping_pong(api, salesf
     assert writes("system_a") - before["system_a"] == 50  # one per Salesforce edit
     echoes = SyncEvent.objects.filter(source="salesforce", routing__mode="skipped").count()
     assert echoes >= 50  # each of our Salesforce writes, read back, was recognised
+
+
+def test_a_failed_poll_keeps_no_credential_its_error_body_echoed(salesforce, staff_api, settings):
+    """Issue 15: an error body that echoes the request's credentials lands in the cursor's last_error (read by
+    any token through /v1/sync/stats and the admin) without them, as push errors already were."""
+    secret = settings.MOCK_SALESFORCE_CLIENT_SECRET
+    fault = {"status": 503, "calls": 1, "code": "SERVER_UNAVAILABLE", "message": f"echo: client_secret={secret}"}
+    assert staff_api.post("/v1/crms/mock/salesforce/faults", fault, format="json").status_code in (200, 201)
+
+    with pytest.raises(ConnectorError) as raised:
+        poll_contacts(salesforce)
+
+    row = InboundCursor.objects.get(connection=salesforce, object_type="Contact")
+    assert "echo: client_secret=[redacted]" in row.last_error and secret not in row.last_error
+    assert secret not in str(raised.value)
