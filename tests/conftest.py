@@ -3,9 +3,10 @@ connections, and the service markers (postgres, redis) that skip on the embedded
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -45,6 +46,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter:
             reporter.write_line(f"FAILED: {skipped} test(s) skipped while RECORDSYNC_REQUIRE_SERVICES=1", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    """CI runs its two setups at once (.ci/run). Proofs that start real processes and time them take turns
+    across both runs, so that each is measured beside ordinary tests only, never beside another proof; the
+    wait comes before the test's setup, outside anything it times."""
+    lock_path = os.environ.get("RECORDSYNC_PROOF_LOCK")
+    if not lock_path or item.get_closest_marker("proof") is None:
+        return (yield)
+    with open(lock_path, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return (yield)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import pytest
 
 from tests.sync.cluster import ROOT, database_url, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.proof]
 
 
 def free_port() -> int:

@@ -36,7 +36,7 @@ from sync.models import BreakerTransition, JobState, SyncAttempt, SyncJob
 from tests.conftest import mock_salesforce
 from tests.sync.cluster import Cluster, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.proof]
 
 ON_SERVICES = bool(settings.REDIS_URL)
 WORKERS = 4 if ON_SERVICES else 2

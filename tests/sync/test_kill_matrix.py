@@ -38,7 +38,7 @@ from sync.models import JobState, SyncJob
 from tests.conftest import mock_salesforce
 from tests.sync.cluster import ROOT, _parents, database_url, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.proof]
 RECORDS = 2000
 UPDATED = 500  # of them, changed again while the kills go on
 KINDS = ("web", "dispatcher", "cluster", "sentinel", "idle worker", "busy worker")
