@@ -273,17 +273,21 @@ def drain_start(stack: Stack, live_server: Any) -> str:
     return token
 
 
-def judged(what: str, progress: Progress, stack: Stack, kills: list[tuple[str, float]] | None = None) -> None:
+def judged(what: str, progress: Progress, stack: Stack, capsys: pytest.CaptureFixture[str],
+           kills: list[tuple[str, float]] | None = None) -> None:  # fmt: skip
     lost, twice, stale = tally(RECORDS, UPDATED)
     stall, through = progress.longest_stall()
     report = f"{what}; lost {lost}, created twice {twice}, stale {stale}, longest stall {stall:.1f} s"
     each = f"\nper kill:\n{progress.per_kill(kills)}" if kills else ""
-    print(f"PROOF {report}{each}\nthrough the longest stall:\n{through}")
+    with capsys.disabled():  # in every run's output, CI's included: the figures the closing notes quote
+        print(f"\nPROOF ({db.vendor}) {report}{each}\nthrough the longest stall:\n{through}")
     assert (lost, twice, stale) == (0, 0, 0), f"{report}\n{stack.output()}"
     assert stall <= 60, f"{report}\nthrough it:\n{through}\n{stack.output()}"
 
 
-def test_every_kind_of_process_killed_during_a_drain_loses_nothing(stack: Stack, live_server: Any) -> None:
+def test_every_kind_of_process_killed_during_a_drain_loses_nothing(
+    stack: Stack, live_server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     token = drain_start(stack, live_server)
     progress = Progress()
     killed: list[tuple[str, int]] = []
@@ -303,7 +307,7 @@ def test_every_kind_of_process_killed_during_a_drain_loses_nothing(stack: Stack,
                 post(stack, token, contacts(0, UPDATED, "v2"))  # newer states while processes die
     progress.drain(RECORDS)
 
-    judged(f"killed {killed}", progress, stack, kills)
+    judged(f"killed {killed}", progress, stack, capsys, kills)
     assert len(killed) == 2 * len(KINDS)
 
 
@@ -344,7 +348,7 @@ def postgres_restart() -> Iterator[Any]:
 
 @pytest.mark.postgres
 def test_postgresql_restarted_during_a_drain_loses_nothing(
-    stack: Stack, live_server: Any, postgres_restart: Any
+    stack: Stack, live_server: Any, postgres_restart: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert db.vendor == "postgresql"
     token = drain_start(stack, live_server)
@@ -357,4 +361,4 @@ def test_postgresql_restarted_during_a_drain_loses_nothing(
         down = restarting.result()
     progress.drain(RECORDS)
 
-    judged(f"PostgreSQL restarted ({down:.1f} s); answers before the 202: {answers}", progress, stack)
+    judged(f"PostgreSQL restarted ({down:.1f} s); answers before the 202: {answers}", progress, stack, capsys)
