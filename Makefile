@@ -40,6 +40,7 @@ run: install .env
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/cfn-lint deploy/aws/*.yaml
 
 typecheck: install

@@ -7,8 +7,22 @@ from typing import Any
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
 
-from sync.serializers import ErrorSerializer
+
+class ErrorSerializer(serializers.Serializer[dict[str, Any]]):
+    class ErrorBody(serializers.Serializer[dict[str, Any]]):
+        class FieldError(serializers.Serializer[dict[str, Any]]):
+            field = serializers.CharField(help_text="Path of the bad field, e.g. data.email or [3].operation")
+            message = serializers.CharField(help_text="What is wrong and how to fix it.")
+
+        code = serializers.CharField()
+        message = serializers.CharField()
+        request_id = serializers.CharField(allow_null=True)
+        fields = FieldError(many=True)  # type: ignore[assignment]  # API field name; DRF pops declared fields
+
+    error = ErrorBody()
+
 
 _DESCRIPTIONS = {
     400: "Invalid input; `fields` names each bad field and how to fix it.",

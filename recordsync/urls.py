@@ -5,7 +5,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from recordsync import health
-from recordsync.metrics import metrics_view
+from recordsync.scrape import metrics_view
 from sync.views import WebhookViewSet
 
 admin.site.site_header = admin.site.site_title = "Record Sync Service"

@@ -16,7 +16,6 @@ from knox.models import AuthToken
 
 from recordsync.auth import verified_tokens_forget
 from sync.config_services import config_override_set, override_errors
-from sync.conflicts import conflict_resolve
 from sync.holds import connection_resume
 from sync.models import (
     Alert,
@@ -37,6 +36,7 @@ from sync.models import (
     TokenScope,
 )
 from sync.retry import jobs_retry
+from sync.services import conflict_resolve
 
 
 class NoEditAdmin(admin.ModelAdmin[Any]):

@@ -34,6 +34,7 @@ from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from crms.salesforce.connector import SalesforceConnector
 from crms.salesforce.soql import soql_datetime
+from sync.contracts import SYSTEM_A, EventInput
 from sync.engine import (
     DUE_STATES,
     NOT_THEIR_FAULT,
@@ -50,11 +51,10 @@ from sync.engine import (
 )
 from sync.inbound import capture, echo_reason, in_flight_echo
 from sync.models import BackfillRun, BreakerState, CircuitBreaker, JobState, RunState, SyncEvent, SyncJob
-from sync.services import EventInput, event_ingest, events_route
+from sync.services import event_ingest, events_route
 
 logger = logging.getLogger("recordsync.backfill")
 
-SYSTEM_A = "system_a"
 ID_ROOT = "backfill:"  # backfill events' ids: backfill:<run id>:<original event id or the CRM change's id>
 DEFAULT_BATCH = 500
 MAX_BATCH = 10_000

@@ -21,12 +21,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from django.db import IntegrityError, transaction
-from django.db.models import DateTimeField, F, Value
+from django.db.models import DateTimeField, F, QuerySet, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from crms.models import Connection
 from recordsync.metrics import CONFLICTS
+from sync.contracts import SYSTEM_A, EventInput
 from sync.models import ConflictState, JobState, RecordLink, SyncConflict, SyncEvent, SyncJob
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("recordsync.conflicts")
 
-SYSTEM_A = "system_a"
 POLICIES = ("last_writer_wins", "system_a_wins", "crm_wins", "field_merge", "hold")
 FALLBACKS = ("last_writer_wins", "system_a_wins", "crm_wins", "hold")
 UNSYNCED = (JobState.PENDING, JobState.RETRYING, JobState.QUEUED, JobState.IN_FLIGHT, JobState.HELD)
@@ -54,12 +54,35 @@ class Pair:
     crm_event: SyncEvent
 
 
-def detect(checked: Sequence[tuple[SyncEvent, Route]], connections: dict[str, Connection], now: datetime) -> int:
-    """Judge every pair these new events form with a change still travelling the other way; returns how many."""
+@dataclass
+class Resolution:
+    """A decision carried out but for what ingest must store: `items` (the chosen state for each side that
+    lacks it), then `release()`, which lets the jobs a person held wait for those items' state."""
+
+    conflict: SyncConflict
+    items: list[EventInput]
+    held: list[QuerySet[SyncJob]]
+    now: datetime
+
+    def release(self) -> None:
+        for jobs in self.held:  # a held job keeps its state through an upsert: release it to the chosen state
+            jobs.filter(state=JobState.HELD).update(state=JobState.PENDING, last_error_code="",
+                                                    last_error_message="", updated_at=self.now)  # fmt: skip
+        self.conflict.refresh_from_db()
+        logger.info("conflict resolved", extra={"conflict_id": self.conflict.pk, "record_id": self.conflict.record_id,
+                                                "resolved_by": self.conflict.resolved_by,
+                                                "note": self.conflict.note})  # fmt: skip
+
+
+def detect(checked: Sequence[tuple[SyncEvent, Route]], connections: dict[str, Connection],
+           now: datetime) -> list[Resolution]:  # fmt: skip
+    """Judge every pair these new events form with a change still travelling the other way. Conflicts a policy
+    decides come back as resolutions for the caller's ingest to store; held ones wait for a person."""
     system_a = connections.get(SYSTEM_A)
     if system_a is None or not checked:
-        return 0
-    return sum(1 for pair in _pairs(checked, system_a, connections) if _judge(pair, system_a, now))
+        return []
+    judged = (_judge(pair, system_a, now) for pair in _pairs(checked, system_a, connections))
+    return [resolution for resolution in judged if resolution is not None]
 
 
 def _pairs(checked: Sequence[tuple[SyncEvent, Route]], system_a: Connection,
@@ -102,17 +125,17 @@ def _spec(pair: Pair) -> dict[str, Any]:
     return dict((pair.a_event.routing.get("payloads") or {}).get(pair.crm.name) or {})
 
 
-def _judge(pair: Pair, system_a: Connection, now: datetime) -> bool:
+def _judge(pair: Pair, system_a: Connection, now: datetime) -> Resolution | None:
     link = RecordLink.objects.filter(record_id=pair.record_id, system=pair.crm).first()
     if link is None:
-        return False  # never synced with this CRM: there is no common base to judge against
+        return None  # never synced with this CRM: there is no common base to judge against
     base, ours, theirs = dict(link.last_values), a_values_for(pair), dict(pair.crm_event.payload or {})
     a_changed = {f for f in ours if not _same(ours[f], base.get(f))}
     crm_changed = {f for f in ours if f in theirs and not _same(theirs[f], base.get(f))}
     if not a_changed or not crm_changed:
-        return False  # only one side changed what System A writes: an ordinary update
+        return None  # only one side changed what System A writes: an ordinary update
     if all(_same(ours[f], theirs.get(f)) for f in a_changed | crm_changed):
-        return False  # both made the same change
+        return None  # both made the same change
     contested = sorted(f for f in a_changed & crm_changed if not _same(ours[f], theirs[f]))
     spec = _spec(pair)
     policy = spec.get("conflict") or pair.crm.config.get("conflict") or "last_writer_wins"
@@ -122,10 +145,8 @@ def _judge(pair: Pair, system_a: Connection, now: datetime) -> bool:
     CONFLICTS.labels(pair.crm.name, policy).inc()
     if choices is None:
         _hold(conflict, system_a)
-        return True
-    side_note = _note(choices)
-    conflict_resolve(conflict, choices, by=f"policy:{policy}", note=side_note, system_a=system_a, now=now)
-    return True
+        return None
+    return decide(conflict, choices, by=f"policy:{policy}", note=_note(choices), system_a=system_a, now=now)
 
 
 def _choose(policy: str, fallback: str, ours: dict[str, Any], a_changed: set[str], crm_changed: set[str],
@@ -198,7 +219,7 @@ def _record(pair: Pair, link: RecordLink, policy: str, base: dict[str, Any], our
     return conflict
 
 
-def _jobs(conflict: SyncConflict, system_a: Connection) -> tuple[Any, Any]:
+def _jobs(conflict: SyncConflict, system_a: Connection) -> tuple[QuerySet[SyncJob], QuerySet[SyncJob]]:
     to_crm = SyncJob.objects.filter(record_id=conflict.record_id, source=SYSTEM_A, target=conflict.connection)
     to_a = SyncJob.objects.filter(record_id=conflict.record_id, source=conflict.connection.name, target=system_a)
     return to_crm, to_a
@@ -215,16 +236,16 @@ def _hold(conflict: SyncConflict, system_a: Connection) -> None:
     logger.info("conflict held", extra={"conflict_id": conflict.pk, "record_id": conflict.record_id})
 
 
-def conflict_resolve(conflict: SyncConflict, choices: dict[str, Side], *, by: str, note: str = "",
-                     system_a: Connection | None = None, now: datetime | None = None) -> SyncConflict:  # fmt: skip
-    """Carry out a decision: each field System A writes taken from one side. Both sides end with the same state.
+def decide(conflict: SyncConflict, choices: dict[str, Side], *, by: str, note: str = "",
+           system_a: Connection | None = None, now: datetime | None = None) -> Resolution:  # fmt: skip
+    """A decision, each field System A writes taken from one side, so that both sides end with the same state.
 
-    The CRM gets the chosen values unless it already holds them; System A gets the chosen record
-    (in the CRM's names, mapped by the rules like any change from that CRM) unless it already
-    holds it. A job already on its way is always followed by the chosen state.
+    The CRM is to get the chosen values unless it already holds them; System A the chosen record (in the CRM's
+    names, mapped by the rules like any change from that CRM) unless it already holds it. A job already on its
+    way is always followed by the chosen state. The conflict is marked resolved and a side that holds the state
+    has its job settled here; the events to store come back in the resolution (services.conflict_resolve, or
+    the ingest that detected the conflict, stores them in its own transaction).
     """
-    from sync.services import EventInput, event_ingest  # services calls detect(): imported late
-
     now = now or timezone.now()
     system_a = system_a or Connection.objects.get(name=SYSTEM_A)
     ours, theirs = dict(conflict.system_a_values), dict(conflict.crm_values)
@@ -256,15 +277,7 @@ def conflict_resolve(conflict: SyncConflict, choices: dict[str, Side], *, by: st
     SyncConflict.objects.filter(pk=conflict.pk).update(
         state=ConflictState.RESOLVED, resolution=chosen, resolved_by=by, note=note or _note(choices), resolved_at=now
     )
-    if items:
-        event_ingest(items=items, idempotency_key=None, is_batch=True, request_id="")
-        for jobs in (to_crm, to_a):  # a held job keeps its state through an upsert: release it to the chosen state
-            jobs.filter(state=JobState.HELD).update(state=JobState.PENDING, last_error_code="",
-                                                    last_error_message="", updated_at=now)  # fmt: skip
-    conflict.refresh_from_db()
-    logger.info("conflict resolved", extra={"conflict_id": conflict.pk, "record_id": conflict.record_id,
-                                            "resolved_by": by, "note": conflict.note})  # fmt: skip
-    return conflict
+    return Resolution(conflict, items, [to_crm, to_a] if items else [], now)
 
 
 def _crm_changed_only(conflict: SyncConflict) -> set[str]:
@@ -284,9 +297,7 @@ def _settle(jobs: Any, conflict: SyncConflict, message: str, when: datetime) -> 
     )  # fmt: skip
 
 
-def _to_crm_event(conflict: SyncConflict, chosen: dict[str, Any], when: datetime) -> Any:
-    from sync.services import EventInput
-
+def _to_crm_event(conflict: SyncConflict, chosen: dict[str, Any], when: datetime) -> EventInput:
     source = conflict.system_a_event
     routing = {"mode": "conflict", "conflict": conflict.pk, "targets": [conflict.connection.name],
                "payloads": {conflict.connection.name: {"object": conflict.external_object, "fields": chosen,
@@ -298,9 +309,7 @@ def _to_crm_event(conflict: SyncConflict, chosen: dict[str, Any], when: datetime
                       raw=raw, routing=routing)  # fmt: skip
 
 
-def _to_system_a_event(conflict: SyncConflict, full: dict[str, Any], when: datetime) -> Any:
-    from sync.services import EventInput
-
+def _to_system_a_event(conflict: SyncConflict, full: dict[str, Any], when: datetime) -> EventInput:
     crm_event = conflict.crm_event
     object_type = crm_event.object_type if crm_event else conflict.external_object
     raw = {"conflict": conflict.pk, "to": SYSTEM_A, "fields": full}

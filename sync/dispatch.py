@@ -41,3 +41,12 @@ def nudge(connection_ids: Iterable[int]) -> int:
             continue
         _last_nudge[connection_id] = now  # only a nudge that reached the broker (ours or another's) counts
     return queued
+
+
+def reads_queue(event_ids: list[str]) -> None:
+    """Queue read events after their commit; a lost one is the sweep's to find."""
+    for event_id in event_ids:
+        try:
+            async_task("sync.tasks.record_read", event_id, task_name=f"read-{event_id}")
+        except Exception as exc:  # the broker is down: the sweep queues it again
+            logger.warning("broker unavailable; read not queued", extra={"event_id": event_id, "error": repr(exc)})

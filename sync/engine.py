@@ -36,12 +36,12 @@ from recordsync.logging import request_id_var
 from recordsync.metrics import RETRIES
 from sync import config, holds, liveness
 from sync.breaker import Gate, breaker_allow, breaker_failure, breaker_release_probe, breaker_success
+from sync.contracts import SYSTEM_A
 from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncEvent, SyncJob
 from sync.throttle import gate_for, recheck_seconds, throttle
 
 logger = logging.getLogger("recordsync.engine")
 
-SYSTEM_A = "system_a"
 DUE_STATES = (JobState.PENDING, JobState.RETRYING)
 # After an interrupted call's timeouts, this much more before its jobs may be sent again.
 FENCE_MARGIN_SECONDS = 5

@@ -36,8 +36,19 @@ from crms.registry import UnknownKind, connector_class
 from recordsync.logging import request_id_var
 from recordsync.metrics import ECHOES
 from sync import config
-from sync.models import BreakerState, CircuitBreaker, InboundCursor, JobState, RecordLink, SyncEvent, SyncJob
-from sync.services import EventInput, event_ingest
+from sync.contracts import EventInput
+from sync.engine import throttled_connector
+from sync.models import (
+    BreakerState,
+    CircuitBreaker,
+    InboundCursor,
+    JobState,
+    RecordLink,
+    RecordRead,
+    SyncEvent,
+    SyncJob,
+)
+from sync.services import event_ingest
 
 logger = logging.getLogger("recordsync.inbound")
 
@@ -331,3 +342,36 @@ def webhook_receive(
     with transaction.atomic():
         counts = capture(connection=connection, connector=connector, changes=changes, now=timezone.now())
     return WebhookResult(counts, connector.webhook_answer(counts))
+
+
+def read_run(*, event_id: str, now: datetime | None = None) -> dict[str, str]:
+    """Carry out one read event (sync/reads.py planned it): read each linked system, capture what it holds,
+    as a poll would. Safe to run twice:
+    a row already read is left alone, and a capture of a state already captured adds nothing."""
+    outcomes: dict[str, str] = {}
+    waiting = RecordRead.objects.filter(event_id=uuid.UUID(event_id), read_at__isnull=True)
+    for row in waiting.select_related("connection"):
+        connector = throttled_connector(row.connection)
+        when = now or timezone.now()
+        try:
+            found = connector.read(row.external_object, [row.external_id]).get(row.external_id)
+        except ConnectorError as exc:
+            _read_finish(row, "error", when, f"{exc.code}: {exc.message}")
+            outcomes[row.connection.name] = "error"
+            continue
+        if found is None:
+            missing = f"{row.external_object} {row.external_id} is not in {row.connection.name}"
+            _read_finish(row, "not_found", when, missing)
+            outcomes[row.connection.name] = "not_found"
+            continue
+        change = Change(row.external_object, row.external_id, found, connector.modified_at(found) or when)
+        counts = capture(connection=row.connection, connector=connector, changes=[change], now=when)
+        outcome = next(iter(counts), "already_captured")
+        _read_finish(row, outcome, when, "")
+        outcomes[row.connection.name] = outcome
+    logger.info("read done", extra={"event_id": event_id, "outcomes": outcomes})
+    return outcomes
+
+
+def _read_finish(row: RecordRead, outcome: str, when: datetime, error: str) -> None:
+    RecordRead.objects.filter(pk=row.pk, read_at__isnull=True).update(outcome=outcome, read_at=when, error=error)

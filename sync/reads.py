@@ -9,14 +9,9 @@ writes to a CRM. What was read, when, and what became of it is a `RecordRead` ro
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-from django.utils import timezone
-
-from crms.base import Change, ConnectorError
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from sync.models import RecordLink, RecordRead, SyncEvent
@@ -56,37 +51,3 @@ def reads_plan(event: SyncEvent) -> list[RecordRead]:
     rows = [RecordRead(event=event, connection=link.system, external_object=link.external_object,
                        external_id=link.external_id) for link in links]  # fmt: skip
     return RecordRead.objects.bulk_create(rows, ignore_conflicts=True)
-
-
-def read_run(*, event_id: str, now: datetime | None = None) -> dict[str, str]:
-    """Carry out one read event: read each linked system, capture what it holds. Safe to run twice:
-    a row already read is left alone, and a capture of a state already captured adds nothing."""
-    from sync.engine import throttled_connector  # the engine imports services, which import this module
-    from sync.inbound import capture
-
-    outcomes: dict[str, str] = {}
-    waiting = RecordRead.objects.filter(event_id=uuid.UUID(event_id), read_at__isnull=True)
-    for row in waiting.select_related("connection"):
-        connector = throttled_connector(row.connection)
-        when = now or timezone.now()
-        try:
-            found = connector.read(row.external_object, [row.external_id]).get(row.external_id)
-        except ConnectorError as exc:
-            _finish(row, "error", when, f"{exc.code}: {exc.message}")
-            outcomes[row.connection.name] = "error"
-            continue
-        if found is None:
-            _finish(row, "not_found", when, f"{row.external_object} {row.external_id} is not in {row.connection.name}")
-            outcomes[row.connection.name] = "not_found"
-            continue
-        change = Change(row.external_object, row.external_id, found, connector.modified_at(found) or when)
-        counts = capture(connection=row.connection, connector=connector, changes=[change], now=when)
-        outcome = next(iter(counts), "already_captured")
-        _finish(row, outcome, when, "")
-        outcomes[row.connection.name] = outcome
-    logger.info("read done", extra={"event_id": event_id, "outcomes": outcomes})
-    return outcomes
-
-
-def _finish(row: RecordRead, outcome: str, when: datetime, error: str) -> None:
-    RecordRead.objects.filter(pk=row.pk, read_at__isnull=True).update(outcome=outcome, read_at=when, error=error)

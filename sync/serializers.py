@@ -137,20 +137,6 @@ class BatchAcceptedSerializer(serializers.Serializer[dict[str, Any]]):
     results = EventAcceptedSerializer(many=True)
 
 
-class ErrorSerializer(serializers.Serializer[dict[str, Any]]):
-    class ErrorBody(serializers.Serializer[dict[str, Any]]):
-        class FieldError(serializers.Serializer[dict[str, Any]]):
-            field = serializers.CharField(help_text="Path of the bad field, e.g. data.email or [3].operation")
-            message = serializers.CharField(help_text="What is wrong and how to fix it.")
-
-        code = serializers.CharField()
-        message = serializers.CharField()
-        request_id = serializers.CharField(allow_null=True)
-        fields = FieldError(many=True)  # type: ignore[assignment]  # API field name; DRF pops declared fields
-
-    error = ErrorBody()
-
-
 class StatusQuerySerializer(serializers.Serializer[dict[str, Any]]):
     object_type = serializers.RegexField(OBJECT_TYPE, required=False)
     source = serializers.RegexField(SLUG, required=False)  # type: ignore[assignment]  # API field name; DRF pops declared fields

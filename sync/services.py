@@ -23,34 +23,18 @@ from recordsync.metrics import EVENTS_ACCEPTED
 from rules.engine import decide, event_context
 from rules.selectors import rule_set_current
 from sync import conflicts, dispatch, outbox, reads
-from sync.models import JobState, SyncEvent, SyncJob
+from sync.contracts import SYSTEM_A
+from sync.contracts import EventInput as EventInput  # its old home, for one release (CHANGELOG)
+from sync.models import JobState, SyncConflict, SyncEvent, SyncJob
 from sync.outbox import JobKey
 from sync.routing import Route, route_event
 from sync.selectors import changed_fields
 
 logger = logging.getLogger("recordsync.sync")
 
-SYSTEM_A = "system_a"
-
 # Concurrent requests with one idempotency key race on its unique index; the losers
 # retry and then find the winner's event. Two tries are enough; three leave slack.
 _INGEST_TRIES = 3
-
-
-@dataclass(frozen=True)
-class EventInput:
-    operation: str
-    record_id: str
-    object_type: str
-    source: str
-    targets: list[str] | None
-    data: dict[str, Any] | None
-    occurred_at: datetime | None
-    event_id: str | None
-    raw: Any  # the item exactly as sent, hashed to tell a replay from a reused key
-    skip_reason: str | None = None  # recorded, routed nowhere (an inbound echo of our own write)
-    routing: dict[str, Any] | None = None  # decided already (a conflict's resolution): the rules are not asked
-    conflict_resolution: bool = False  # carries a conflict's decision: not judged again
 
 
 @dataclass(frozen=True)
@@ -117,20 +101,52 @@ def _ingest_once(
     reading = any(item.operation == "read" for item in items)
     if not given and outbox.one_statement_available() and not reading:
         try:
-            stored = _store(items, keys, hashes, list(range(len(items))), is_batch, request_id, one_statement=True)
+            stored, _ = _store(items, keys, hashes, list(range(len(items))), is_batch, request_id, one_statement=True)
             return IngestResult([stored[i] for i in range(len(items))], replayed=False)
         except _SeenBefore:
             pass  # nothing was written: the transaction below checks what a known record needs
     with transaction.atomic():
-        existing = {e.idempotency_key: e for e in SyncEvent.objects.filter(idempotency_key__in=given)} if given else {}
-        _refuse_reused_keys(keys, hashes, existing, is_batch)
-        fresh = [i for i, key in enumerate(keys) if key not in existing]
-        answers: dict[int, dict[str, Any]] = {
-            i: existing[key].response for i, key in enumerate(keys) if key in existing
-        }
-        if fresh:
-            answers.update(_store(items, keys, hashes, fresh, is_batch, request_id, one_statement=False))
-    return IngestResult([answers[i] for i in range(len(items))], replayed=not fresh)
+        answers, replayed = _store_keyed(items, keys, hashes, is_batch, request_id)
+    return IngestResult([answers[i] for i in range(len(items))], replayed=replayed)
+
+
+def _store_keyed(
+    items: Sequence[EventInput], keys: list[str], hashes: list[str], is_batch: bool, request_id: str
+) -> tuple[dict[int, dict[str, Any]], bool]:
+    """In the caller's transaction: the items whose keys are new, then the decisions of the conflicts they
+    raised (stored here, by this ingest, not by a second one started from inside it). Answers by index, and
+    whether every item was a replay."""
+    given = [key for key in keys if not key.startswith("auto:")]
+    existing = {e.idempotency_key: e for e in SyncEvent.objects.filter(idempotency_key__in=given)} if given else {}
+    _refuse_reused_keys(keys, hashes, existing, is_batch)
+    fresh = [i for i, key in enumerate(keys) if key not in existing]
+    answers: dict[int, dict[str, Any]] = {i: existing[key].response for i, key in enumerate(keys) if key in existing}
+    if fresh:
+        stored, resolutions = _store(items, keys, hashes, fresh, is_batch, request_id, one_statement=False)
+        answers.update(stored)
+        _resolutions_store(resolutions, request_id)
+    return answers, not fresh
+
+
+def _resolutions_store(resolutions: Sequence[conflicts.Resolution], request_id: str) -> None:
+    """The events carrying conflicts' decisions. They are never judged again (their routing is decided), so
+    storing them raises no further decisions."""
+    decided = [item for resolution in resolutions for item in resolution.items]
+    if decided:
+        keys = _idempotency_keys(decided, None, True)
+        _store_keyed(decided, keys, [_hash(item.raw) for item in decided], True, request_id)
+    for resolution in resolutions:
+        resolution.release()
+
+
+def conflict_resolve(conflict: SyncConflict, choices: dict[str, conflicts.Side], *, by: str, note: str = "",
+                     system_a: Connection | None = None, now: datetime | None = None) -> SyncConflict:  # fmt: skip
+    """A person's decision on a conflict (the admin's review page): carried out, its events stored, in one
+    transaction. Both sides end with the chosen state."""
+    with transaction.atomic():
+        resolution = conflicts.decide(conflict, choices, by=by, note=note, system_a=system_a, now=now)
+        _resolutions_store([resolution], request_id="")
+    return resolution.conflict
 
 
 class _SeenBefore(Exception):
@@ -162,7 +178,7 @@ def _store(
     request_id: str,
     *,
     one_statement: bool,
-) -> dict[int, dict[str, Any]]:
+) -> tuple[dict[int, dict[str, Any]], list[conflicts.Resolution]]:
     now = timezone.now()
     connections = connections_by_name()
     routes = _route_all(items, fresh, connections, is_batch, now, seen_before=not one_statement)
@@ -198,11 +214,12 @@ def _store(
         answers[index] = _answer(event, routes[index], states)
         if not event.idempotency_key.startswith("auto:"):  # only a client's key can be replayed
             event.response = answers[index]
+    resolutions: list[conflicts.Resolution] = []
     if not one_statement:
         outbox.events_insert(events)
         checked = [(event, routes[i]) for i, event in zip(fresh, events, strict=True)
                    if items[i].routing is None and not items[i].conflict_resolution]  # fmt: skip
-        conflicts.detect(checked, connections, now)
+        resolutions = conflicts.detect(checked, connections, now)
         _reads_plan([e for e in events if e.operation == "read" and e.routing.get("read_from")])
     target_ids = sorted({c.pk for i in fresh for c in routes[i].targets})
     if target_ids:
@@ -220,7 +237,7 @@ def _store(
                 "targets": event.routing.get("targets", []),
             },
         )
-    return answers
+    return answers, resolutions
 
 
 def events_route(items: Sequence[EventInput], now: datetime) -> list[Route]:
@@ -279,12 +296,10 @@ def _reads_plan(events: list[SyncEvent]) -> None:
     """A read event's waiting rows go in with it; the reads run on a worker after the commit."""
     if not events:
         return
-    from sync import tasks  # tasks import the engine, which imports this module
-
     for event in events:
         reads.reads_plan(event)
     ids = [str(e.id) for e in events]
-    transaction.on_commit(lambda: tasks.reads_queue(ids))
+    transaction.on_commit(lambda: dispatch.reads_queue(ids))
 
 
 def deletions(items: Sequence[EventInput], fresh: list[int]) -> dict[str, tuple[datetime, str, Any]]:

@@ -16,7 +16,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from crms.models import Connection
-from sync import dispatch, engine, holds, inbound, reads
+from sync import dispatch, engine, holds, inbound
 from sync.models import InboundCursor, JobState, RecordRead, SyncJob
 
 logger = logging.getLogger("recordsync.tasks")
@@ -148,21 +148,12 @@ def hold_probe(hold_id: int, owner: str) -> str:
 
 
 def record_read(event_id: str) -> dict[str, str]:
-    """Carry out one read event (sync.reads.read_run): read each linked system, capture what it holds.
+    """Carry out one read event (sync.inbound.read_run): read each linked system, capture what it holds.
 
     Retry policy: none from django-q2; a read not done (its RecordRead rows unread) is queued
     again by the sweep, and running it twice reads nothing twice.
     """
-    return reads.read_run(event_id=event_id)
-
-
-def reads_queue(event_ids: list[str]) -> None:
-    """Queue read events after their commit; a lost one is the sweep's to find."""
-    for event_id in event_ids:
-        try:
-            async_task("sync.tasks.record_read", event_id, task_name=f"read-{event_id}")
-        except Exception as exc:  # the broker is down: the sweep queues it again
-            logger.warning("broker unavailable; read not queued", extra={"event_id": event_id, "error": repr(exc)})
+    return inbound.read_run(event_id=event_id)
 
 
 def sweep() -> int:
@@ -178,5 +169,5 @@ def sweep() -> int:
         .distinct()
     )
     waiting = RecordRead.objects.filter(read_at__isnull=True, event__received_at__lt=cutoff)
-    reads_queue(sorted({str(e) for e in waiting.values_list("event_id", flat=True)}))
+    dispatch.reads_queue(sorted({str(e) for e in waiting.values_list("event_id", flat=True)}))
     return dispatch.nudge(sorted(targets))

@@ -23,6 +23,7 @@ from recordsync.pagination import Cursor
 from sync import config, holds, inbound, selectors, services
 from sync.auth import Grant, ScopeDenied, scope_denied_message
 from sync.config_services import config_override_set
+from sync.contracts import EventInput
 from sync.models import ConfigOverride, TokenScope
 from sync.retry import job_retry
 from sync.serializers import (
@@ -112,8 +113,8 @@ def _check_grant(grant: Grant, items: list[dict[str, Any]], is_batch: bool) -> N
             raise ScopeDenied(scope_denied_message(TokenScope.EVENTS_TARGETS), field=f"{prefix}targets")
 
 
-def _event_input(data: dict[str, Any], raw: Any) -> services.EventInput:
-    return services.EventInput(
+def _event_input(data: dict[str, Any], raw: Any) -> EventInput:
+    return EventInput(
         operation=data["operation"],
         record_id=data["record_id"],
         object_type=data["object_type"],

@@ -18,6 +18,7 @@ from drf_spectacular.renderers import OpenApiJsonRenderer
 from openapi_core import OpenAPI
 from openapi_core.templating.paths.exceptions import PathNotFound
 from openapi_core.testing import MockRequest, MockResponse
+from pytest_django.fixtures import validate_django_db
 from rest_framework.test import APIClient
 
 from crms.models import Connection
@@ -28,11 +29,22 @@ REQUIRE_SERVICES = os.environ.get("RECORDSYNC_REQUIRE_SERVICES") == "1"
 HOW_TO_RUN = "DATABASE_URL=postgres://postgres@127.0.0.1:5432/recordsync REDIS_URL=redis://127.0.0.1:6379/0 make test"
 
 
+def _transactional(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("django_db")
+    transaction, reset_sequences, *_ = validate_django_db(marker) if marker else (False, False)
+    fixtures = getattr(item, "fixturenames", [])
+    return bool(transaction or reset_sequences or "transactional_db" in fixtures or "live_server" in fixtures)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("RECORDSYNC_PROOFS_FIRST") == "1":
-        # One of CI's two concurrent runs starts with its proofs, while the other runs ordinary tests first:
-        # the proofs, which take turns (RECORDSYNC_PROOF_LOCK), then rarely wait for each other.
-        items.sort(key=lambda item: item.get_closest_marker("proof") is None)
+        # One of CI's two concurrent runs takes its proofs first of its transactional tests (pytest-django has run
+        # the others, which see the rows the migrations wrote, before any of them), while the other run keeps
+        # them last: the proofs, which take turns (RECORDSYNC_PROOF_LOCK), then seldom wait for each other.
+        proofs = [item for item in items if item.get_closest_marker("proof")]
+        rest = [item for item in items if not item.get_closest_marker("proof")]
+        at = next((n for n, item in enumerate(rest) if _transactional(item)), len(rest))
+        items[:] = rest[:at] + proofs + rest[at:]
     on_postgres = connection.vendor == "postgresql"
     on_redis = bool(settings.REDIS_URL)
     for item in items:

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from crms.models import Connection
-from recordsync.metrics import registry_for_scrape
+from recordsync.scrape import registry_for_scrape
 from tests.conftest import drain, mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)

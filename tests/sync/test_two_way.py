@@ -17,7 +17,7 @@ from crms.services import connection_save
 from rules.demo import DEMO_RULES
 from rules.selectors import rule_set_forget
 from rules.services import rule_set_replace
-from sync import reads
+from sync import inbound
 from sync.engine import throttled_connector
 from sync.inbound import PollResult, poll
 from sync.models import ConflictState, JobState, RecordLink, RecordRead, SyncConflict, SyncEvent, SyncJob
@@ -124,6 +124,37 @@ def test_last_writer_wins_sends_the_newer_system_a_change_and_keeps_it_there(api
     to_a = SyncJob.objects.get(target=system_a)
     assert (to_a.state, to_a.last_error_code) == (JobState.SKIPPED, "CONFLICT_RESOLVED")
     assert poll_contacts(salesforce).counts == {"echo": 1}  # our winning write read back: no ping-pong
+
+
+def test_a_policy_decision_is_stored_by_the_ingest_that_found_the_conflict_never_by_a_second_one(
+    api, live_server, system_a, monkeypatch
+):
+    """Issue 16: judging a conflict called event_ingest again from inside the outer ingest's transaction."""
+    from sync import services
+
+    salesforce = salesforce_with(live_server)
+    synced_both_ways(api, salesforce, system_a)
+    crm_edit(Id=RecordLink.objects.get(system=salesforce).external_id, Email="crm@example.com")
+    poll_contacts(salesforce)  # the CRM's change, on its way to System A
+    depth, deepest = [0], [0]
+    ingest = services.event_ingest
+
+    def counted(**kwargs: Any) -> Any:
+        depth[0] += 1
+        deepest[0] = max(deepest[0], depth[0])
+        try:
+            return ingest(**kwargs)
+        finally:
+            depth[0] -= 1
+
+    monkeypatch.setattr(services, "event_ingest", counted)
+    post(api, "update", timezone.now() + timedelta(seconds=2), Email="a@example.com")  # newer: System A wins
+
+    conflict = SyncConflict.objects.get()
+    assert conflict.state == ConflictState.RESOLVED and conflict.note == "System A's version kept"
+    assert deepest == [1]  # one ingest, not one inside another
+    decision = SyncEvent.objects.get(idempotency_key=f"event:conflict:{conflict.pk}:crm")
+    assert decision.routing["mode"] == "conflict" and decision.payload is not None
 
 
 def test_a_named_system_wins_whatever_the_times(api, live_server, system_a):
@@ -308,7 +339,7 @@ def test_a_read_refreshes_system_a_from_salesforce_and_never_writes_to_it(api, l
     writes = sf_writes()
 
     answer = post(api, "read")
-    outcomes = reads.read_run(event_id=answer["event_id"])
+    outcomes = inbound.read_run(event_id=answer["event_id"])
     drain(system_a)
 
     assert answer["routing"] == {"mode": "read", "targets": [], "read_from": ["salesforce"]}
@@ -317,7 +348,7 @@ def test_a_read_refreshes_system_a_from_salesforce_and_never_writes_to_it(api, l
     assert sf_writes() == writes
     (read,) = api.get("/v1/sync/status/c-1").json()["reads"]
     assert read["system"] == "salesforce" and read["outcome"] == "captured" and read["read_at"]
-    assert reads.read_run(event_id=answer["event_id"]) == {}  # run twice: nothing read twice
+    assert inbound.read_run(event_id=answer["event_id"]) == {}  # run twice: nothing read twice
 
 
 def test_a_read_of_a_record_with_no_link_says_so(api, live_server, system_a):

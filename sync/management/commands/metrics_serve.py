@@ -11,7 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from prometheus_client import start_http_server
 
-from recordsync.metrics import registry_for_scrape
+from recordsync.scrape import registry_for_scrape
 
 
 class Command(BaseCommand):
