@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import requests
 
@@ -60,6 +60,12 @@ class ConnectorError(Exception):
             "http_status": self.http_status,
             "fields": list(self.fields),
         }
+
+
+class NotSent(ConnectorError):
+    """Nothing reached the CRM: the call was held back on our side (the throttle, an open circuit breaker).
+    The job waits without spending an attempt, the breaker does not count it, and a connector that sends
+    records one by one stops its batch there, since its next call would be held back too."""
 
 
 class WebhookRefused(ConnectorError):
@@ -134,6 +140,7 @@ class Capabilities:
     batch_size: int
     directions: tuple[str, ...]  # "outbound" (we write to it), "inbound" (we read changes from it)
     objects: dict[str, dict[str, Any]]  # object name -> {"match_key": ..., "required": [...], "fields": [...]}
+    calls_per_record: bool = False  # a push costs about one call per record (it writes records one at a time)
 
 
 class StateStore(Protocol):
@@ -173,6 +180,30 @@ COMMON_CONFIG: dict[str, Any] = {
     "merge_fallback": {"enum": ["last_writer_wins", "system_a_wins", "crm_wins", "hold"],
                        "description": "field_merge: for a field changed on both sides."},
 }  # fmt: skip
+
+
+@runtime_checkable
+class BulkWriter(Protocol):
+    """A connector that can also write a large batch as one asynchronous job (Salesforce's Bulk API 2.0).
+    Backfills bigger than the connection's threshold send their upserts this way (sync/backfill.py)."""
+
+    @classmethod
+    def bulk_threshold(cls, config: Mapping[str, Any]) -> int:
+        """Records above which a backfill uses bulk jobs, from the connection's config."""
+        ...
+
+    @classmethod
+    def bulk_label(cls) -> str:
+        """What the vendor calls these jobs, for people reading a plan (e.g. "Bulk API 2.0")."""
+        ...
+
+    def bulk_start(self, object_type: str, records: Sequence[OutboundRecord]) -> str:
+        """Start a job that upserts `records` (one object, one set of fields); its id."""
+        ...
+
+    def bulk_poll(self, job_id: str) -> list[PushResult] | None:
+        """The job's results, one per record in the order sent, or None while it runs."""
+        ...
 
 
 class Connector(ABC):
@@ -218,6 +249,18 @@ class Connector(ABC):
         """What the schema cannot say is wrong with a config, by path (e.g. {"config.url": "..."}): checked
         when a connection is saved and again when the connector opens it."""
         return {}
+
+    @classmethod
+    def objects_named(cls, config: Mapping[str, Any]) -> list[str]:
+        """The objects a connection's config names beyond the connector's own list (`capabilities.objects`): the
+        tables, resources or field lists a connection is set up with, and `poll_objects`."""
+        return [str(name) for name in config.get("poll_objects") or []]
+
+    @classmethod
+    def since_cursor(cls, since: datetime) -> str:
+        """A first cursor for `changes` that starts at `since`, in this connector's own format (backfill's
+        --since). "": from the beginning; the caller drops what is older."""
+        return ""
 
     @classmethod
     def quota_signal(cls, response: requests.Response, now: float) -> QuotaSignal | None:

@@ -3,14 +3,14 @@ one target through the same pipeline as live changes (events, rules, jobs, the e
 
 A run's checkpoint lives in a BackfillRun row and is saved in the same transaction as each page's
 events: Ctrl-C or a crash loses at most the page in hand, and that page is done again with the same
-event ids, so nothing is stored or sent twice. Above a Salesforce target's `bulk_threshold` the new
-jobs are claimed at once (the dispatcher never sees them pending) and sent as Bulk API 2.0 upsert
-jobs; below it they stay pending for the engine, like any change.
+event ids, so nothing is stored or sent twice. Above the threshold of a target whose connector writes bulk
+jobs (crms.base.BulkWriter, past the connection's threshold) the new jobs are claimed at
+once (the dispatcher never sees them pending) and sent as bulk upsert jobs; below it they stay pending for
+the engine, like any change. Nothing here knows a vendor: connectors say what they can.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -29,21 +29,19 @@ from django.db import transaction
 from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
-from crms.base import Change, Connector, ConnectorError, PushResult
+from crms.base import BulkWriter, Change, Connector, ConnectorError, PushResult
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
-from crms.salesforce.connector import SalesforceConnector
-from crms.salesforce.soql import soql_datetime
 from sync.contracts import SYSTEM_A, EventInput
 from sync.engine import (
     DUE_STATES,
-    NOT_THEIR_FAULT,
     Claimed,
     Outcome,
     batch_size_for,
     jobs_prepare,
     lease_owner,
     leases_release,
+    not_their_fault,
     outcomes_save,
     results_outcomes,
     retry_wait,
@@ -61,15 +59,12 @@ MAX_BATCH = 10_000
 REPLAYED = ("create", "update", "delete")  # a stored "read" is a request, not a state to replay
 # A run whose process shows no progress for this long is taken as dead (killed, machine lost): another may resume it.
 STALE_AFTER = timedelta(minutes=10)
-BULK_THRESHOLD_DEFAULT = 2000  # Salesforce's config default (crms/salesforce/connector.py)
 BULK_CALLS_PER_JOB = 8  # create, upload, close, two looks at its state, three result files
 BULK_WAIT_FIRST, BULK_WAIT_MAX = 1.0, 30.0  # seconds between looks at a running Bulk job, doubling
 # A field set shared by fewer records than this in a page goes through the engine: a Bulk job for a handful of
 # records costs more calls than the REST batch that carries them.
 BULK_MIN_GROUP = 10
 READ_TRIES = 5  # a read failing for the connection's sake (5xx, timeout) is tried this often before the run stops
-# Kinds whose push costs about one call per record; the others write a whole batch per call.
-PER_RECORD_KINDS = frozenset({"outreach", "system_a"})
 
 sleep: Callable[[float], None] = time.sleep  # swappable: tests do not wait for Bulk jobs or throttles
 
@@ -168,19 +163,37 @@ def known_objects(connection: Connection) -> list[str] | None:
     """The objects a connection can be read for: its connector's, and any its config names (None: any)."""
     capabilities = connector_class(connection.kind).capabilities
     names = [name for name in capabilities.objects if name != "*"]
-    config = connection.config or {}
-    for key in ("objects", "tables", "fields", "poll_objects"):  # Outreach, database, Salesforce, any
-        names += [str(name) for name in config.get(key) or []]
+    names += connector_class(connection.kind).objects_named(connection.config or {})
     return sorted(set(names)) or None
 
 
-def bulk_threshold(connection: Connection) -> int:
-    return int((connection.config or {}).get("bulk_threshold") or BULK_THRESHOLD_DEFAULT)
+def bulk_writer(connection: Connection) -> type[BulkWriter] | None:
+    """The connection's connector class when it writes bulk jobs (crms.base.BulkWriter), else None."""
+    try:
+        cls = connector_class(connection.kind)
+    except UnknownKind:
+        return None
+    return cls if issubclass(cls, BulkWriter) else None
+
+
+def bulk_threshold(connection: Connection) -> int | None:
+    """Records above which a backfill to this connection writes by bulk jobs; None: it has none."""
+    writer = bulk_writer(connection)
+    return None if writer is None else writer.bulk_threshold(connection.config or {})
 
 
 def bulk_wanted(plan: Plan, records: int) -> bool:
-    """Bulk API 2.0 for a Salesforce target once the backfill is bigger than its `bulk_threshold`."""
-    return plan.target.kind == "salesforce" and records > bulk_threshold(plan.target)
+    """Bulk jobs once the backfill is bigger than the target's threshold (BulkWriter.bulk_threshold)."""
+    threshold = bulk_threshold(plan.target)
+    return threshold is not None and records > threshold
+
+
+def calls_per_record(connection: Connection) -> bool:
+    """Whether a push to this connection costs about one call per record (else one per batch)."""
+    try:
+        return connector_class(connection.kind).capabilities.calls_per_record
+    except UnknownKind:
+        return False
 
 
 # --- System A: the latest stored state of each record --------------------------------------------
@@ -240,16 +253,14 @@ def run_prefix(run_pk: int) -> str:
 
 
 def since_cursor(kind: str, since: datetime | None) -> str:
-    """A first cursor that starts the connector's changes at `since`, for the kinds whose format we know
-    (crms/salesforce/connector.py, crms/outreach/connector.py); "" reads from the beginning."""
+    """A first cursor that starts the connector's changes at `since` (Connector.since_cursor); "" reads from
+    the beginning, and the page filter drops what is older."""
     if since is None:
         return ""
-    if kind == "salesforce":
-        # SOQL reads SystemModstamp > since, in whole seconds: start a second early; the page filter drops the rest.
-        return json.dumps({"since": soql_datetime(since - timedelta(seconds=1))})
-    if kind == "outreach":  # filter[updatedAt]=since..inf is inclusive
-        return json.dumps({"since": since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"})
-    return ""
+    try:
+        return connector_class(kind).since_cursor(since)
+    except UnknownKind:
+        return ""
 
 
 def _since_filter(changes: Sequence[Change], since: datetime | None) -> list[Change]:
@@ -258,8 +269,8 @@ def _since_filter(changes: Sequence[Change], since: datetime | None) -> list[Cha
 
 @dataclass
 class _Passes:
-    """When to stop reading. A connector's last page (has_more False) is not always the end: Salesforce
-    caps a pass at its SOQL LIMIT, so a pass that found anything newer is followed by another, and the
+    """When to stop reading. A connector's last page (has_more False) is not always the end: a connector may
+    cap one pass (a query's row limit), so a pass that found anything newer is followed by another, and the
     read ends at the first last page with nothing newer than what was already seen."""
 
     newest: datetime | None = None
@@ -484,11 +495,11 @@ def _patiently(call: Callable[[], T]) -> T:
         try:
             return call()
         except ConnectorError as exc:
-            if exc.code not in NOT_THEIR_FAULT:
+            if not not_their_fault(exc):
                 failures += 1
                 if exc.permanent or failures >= READ_TRIES:
                     raise
-            wait = retry_wait(exc, failures, counts=exc.code not in NOT_THEIR_FAULT)
+            wait = retry_wait(exc, failures, counts=not not_their_fault(exc))
             logger.info("backfill call waits", extra={"code": exc.code, "wait": wait, "failures": failures})
             sleep(wait)
 
@@ -508,7 +519,7 @@ def prepared(jobs: Sequence[SyncJob]) -> list[Claimed]:
 
 
 def _bulkable(item: Claimed) -> bool:
-    """Bulk upserts match on the external-id field only: a linked record is updated by its Salesforce id
+    """Bulk upserts match on the external-id field only: a linked record is updated by the CRM's own id
     (it may lack the key), and deletes are not upserts, so those go through the engine."""
     record = item.record
     return item.refused is None and record is not None and record.operation == "upsert" and not record.external_id
@@ -542,8 +553,8 @@ def _bulk_send(plan: Plan, run: BackfillRun, owner: str, calls: CallCounter) -> 
                 state=JobState.PENDING, lease_owner="", lease_expires_at=None, updated_at=timezone.now()
             )
         with calls.connected(plan.target) as connector:
-            if not isinstance(connector, SalesforceConnector):
-                raise TypeError(f"{plan.target.name} is not a Salesforce connection")
+            if not isinstance(connector, BulkWriter):
+                raise TypeError(f"{plan.target.name} ({plan.target.kind}) writes no bulk jobs")
             for group in _bulk_groups([item for item in items if _bulkable(item)]):
                 outcomes += _bulk_job(connector, plan.target, group, lambda: _heartbeat(run, owner))
         states = outcomes_save(outcomes, owner=owner, now=timezone.now())
@@ -563,7 +574,7 @@ def _bulk_groups(items: Sequence[Claimed]) -> list[list[Claimed]]:
 
 
 def _bulk_job(
-    connector: SalesforceConnector, connection: Connection, items: Sequence[Claimed], heartbeat: Callable[[], None]
+    connector: BulkWriter, connection: Connection, items: Sequence[Claimed], heartbeat: Callable[[], None]
 ) -> list[Outcome]:
     records = [item.record for item in items if item.record is not None]
     started = time.monotonic()
@@ -578,7 +589,7 @@ def _bulk_job(
     return results_outcomes(connection, items, results, error, duration)
 
 
-def _bulk_wait(connector: SalesforceConnector, job_id: str, heartbeat: Callable[[], None]) -> list[PushResult]:
+def _bulk_wait(connector: BulkWriter, job_id: str, heartbeat: Callable[[], None]) -> list[PushResult]:
     wait = BULK_WAIT_FIRST
     while True:
         results = _patiently(lambda: connector.bulk_poll(job_id))
@@ -728,13 +739,14 @@ def _action(item: Claimed) -> str:
 
 
 def _estimate_pushes(plan: Plan, preview: Preview) -> None:
-    """REST: a batch per call (Salesforce sends creates, updates and deletes in separate calls), or about a
-    call per record for connectors that write one at a time. Bulk: a job per page of creates."""
+    """REST: a batch per call (creates, updates and deletes counted as separate calls), or about a call per
+    record for connectors that write one at a time (Capabilities.calls_per_record). Bulk: a job per page of
+    creates."""
     creates, updates, deletes = (preview.actions[name] for name in ("create", "update", "delete"))
     preview.bulk = bulk_wanted(plan, preview.records)
     if preview.bulk:
         preview.bulk_jobs, creates = math.ceil(creates / plan.batch), 0
-    if plan.target.kind in PER_RECORD_KINDS:
+    if calls_per_record(plan.target):
         preview.pushes = creates + updates + deletes
         return
     size = batch_size_for(plan.target)

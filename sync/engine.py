@@ -28,7 +28,7 @@ from django.db.models import Min, Q
 from django.utils import timezone
 
 from crms import http
-from crms.base import Connector, ConnectorError, OutboundRecord, PushResult
+from crms.base import Connector, ConnectorError, NotSent, OutboundRecord, PushResult
 from crms.build import connector_for
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
@@ -48,9 +48,12 @@ FENCE_MARGIN_SECONDS = 5
 TAKEN = "take"  # in the lease owner of queued jobs a worker took from the broker (batch_taken)
 QUEUED_GRACE_SECONDS = 10  # a claim untaken for a call's timeouts and this long has lost its task
 RELEASE_RETRY_SECONDS = 1.0  # between two tries to hand a batch back while the database is away
-# No call was made for these, or it was ours to hold back: the job waits without spending an attempt,
-# and the breaker does not count it.
-NOT_THEIR_FAULT = frozenset({"THROTTLED", "THROTTLE_UNAVAILABLE", "BREAKER_OPEN"})
+
+
+def not_their_fault(error: ConnectorError) -> bool:
+    """No call was made, or it was ours to hold back (crms.base.NotSent): the job waits without spending an
+    attempt, and the breaker does not count it."""
+    return isinstance(error, NotSent)
 
 
 # --- dispatch: pending jobs -> queued batches ---------------------------------------------------
@@ -392,7 +395,7 @@ def payload_hash(fields: dict[str, Any]) -> str:
 def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[Outcome]:
     gate, look_again = breaker_allow(connection, now)
     if gate is Gate.WAIT:  # the breaker is open: no call, the jobs wait without spending an attempt
-        error = ConnectorError("circuit breaker open: the connection is failing", code="BREAKER_OPEN",
+        error = NotSent("circuit breaker open: the connection is failing", code="BREAKER_OPEN",
                                retry_after=(look_again - now).total_seconds() if look_again else None)  # fmt: skip
         return [Outcome(item.job, JobState.RETRYING, error, counts=False) for item in items]
     records = [item.record for item in items if item.record is not None]
@@ -429,7 +432,7 @@ def _connection_failure(results: Sequence[PushResult]) -> ConnectorError | None:
         if error is None:
             continue
         status = error.http_status or 0
-        if error.code in NOT_THEIR_FAULT or error.code in ("timeout", "connection_error") or status >= 500:
+        if not_their_fault(error) or error.code in ("timeout", "connection_error") or status >= 500:
             return error
         if error.pause_connection or status in (401, 403, 408, 429):
             return error
@@ -440,7 +443,7 @@ def _breaker_report(connection: Connection, error: ConnectorError | None, now: d
     """Only the connection's health moves the breaker: a record refused for its data does not."""
     if error is None:
         breaker_success(connection, probe=probe)
-    elif error.code in NOT_THEIR_FAULT:
+    elif not_their_fault(error):
         if probe:
             breaker_release_probe(connection)
     elif not error.permanent or error.pause_connection or error.http_status in (401, 403):
@@ -466,7 +469,7 @@ def _outcome(item: Claimed, result: PushResult, duration_ms: int) -> Outcome:
         return Outcome(job, JobState.SYNCED, None, attempt=attempt, duration_ms=duration_ms, sent=linked,
                        external_id=result.external_id or "",
                        link_object_type=item.link.object_type if item.link else job.object_type)  # fmt: skip
-    if error.code in NOT_THEIR_FAULT:  # handed back, not counted as an attempt
+    if not_their_fault(error):  # handed back, not counted as an attempt
         return Outcome(job, JobState.RETRYING, error, counts=False, attempt=attempt, duration_ms=duration_ms)
     exhausted = job.attempts + 1 >= config.effective(job.target_id).max_attempts
     state = JobState.FAILED if error.permanent or exhausted else JobState.RETRYING
@@ -583,7 +586,7 @@ def _links_save(outcomes: Sequence[Outcome], now: datetime) -> None:
     """Upsert the link of every record the target accepted, in one statement.
 
     If one link collides with another record's (two System A records matched to one CRM record,
-    e.g. an Outreach prospect found by email), the rest are still written and that job fails
+    e.g. a CRM record found by email), the rest are still written and that job fails
     with the reason instead of the whole batch.
     """
     rows = [_link_row(o, now) for o in outcomes]

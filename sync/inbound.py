@@ -202,7 +202,7 @@ def capture(
             continue
         view = connector.inbound(change)
         link = links.get((change.object_type, change.external_id))
-        # Events carry the CRM's own object name, so rules match on it ("Contact" from Salesforce);
+        # Events carry the CRM's own object name, so rules match on it (e.g. "Contact");
         # the record keeps System A's id through the link.
         object_type = change.object_type
         record_id = link.record_id if link else (view.record_id or f"{connection.name}-{change.external_id}")
@@ -254,7 +254,7 @@ def echo_reason(link: RecordLink | None, view: Inbound) -> str | None:
             return None
         if value not in (None, "", [], False):
             # A field we never synced now holds a value: someone else changed the record. (An unset flag
-            # reads false: Outreach shows every flag of every record, set or not.)
+            # reads false: some CRMs show every flag of every record, set or not.)
             return None
     return "echo: the record holds exactly what was last synced"
 
@@ -264,7 +264,7 @@ IN_FLIGHT_SCAN = 2000
 
 
 def in_flight_echo(connection: Connection, link: RecordLink | None, view: Inbound) -> SyncJob | None:
-    """Our write on its way back before its call has even returned: Outreach calls its webhooks
+    """Our write on its way back before its call has even returned: a CRM may call its webhooks
     before it answers the API call that caused them, so neither the link nor its values exist
     yet. The change is an echo when a job in flight to this connection is sending exactly these
     values; that job is returned."""
@@ -322,7 +322,7 @@ def _event(
 @dataclass(frozen=True)
 class WebhookResult:
     counts: Counter[str]
-    answer: tuple[str, bytes] | None  # what the sender expects back (Salesforce: a SOAP Ack); None: JSON counts
+    answer: tuple[str, bytes] | None  # what the sender expects back (e.g. a SOAP Ack); None: JSON counts
 
 
 def webhook_receive(
@@ -330,7 +330,7 @@ def webhook_receive(
 ) -> WebhookResult:
     """Verify one webhook delivery for the connection `name` and capture its changes.
 
-    Stored before the answer (Outreach never resends a delivery it got a 4xx/5xx for: a later
+    Stored before the answer (a CRM may never resend a delivery it got a 4xx/5xx for: a later
     poll or reconcile is what catches one lost anyway). Raises NotFound for an unknown
     connection, WebhookRefused when the signature does not verify.
     """

@@ -7,7 +7,7 @@ exists. Otherwise the database: an IMMEDIATE transaction on SQLite (or an adviso
 PostgreSQL) around count-then-insert. `acquire` never sleeps: it answers how long to wait.
 
 Two more limits come from the target's answers (read in the HTTP seam by `observer_for`):
-a *hold* (stop calling for a while: a 429's Retry-After, Salesforce's REQUEST_LIMIT_EXCEEDED,
+a *hold* (stop calling for a while: a 429's Retry-After, a daily request limit reached,
 an exhausted allowance) and a *cap* (past a configurable share of the target's allowance, the
 calls left are spread evenly until it refills). Both live beside the window, so every worker
 obeys what any one of them heard. Either can end early: `release` lifts a hold (a probe found the
@@ -32,7 +32,7 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django_redis import get_redis_connection
 
-from crms.base import ConnectorError, QuotaSignal
+from crms.base import NotSent, QuotaSignal
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from recordsync.metrics import THROTTLE_WAITS
@@ -258,14 +258,14 @@ def busy_seconds() -> float:
 THROTTLED = "THROTTLED"
 
 
-class Throttled(ConnectorError):
+class Throttled(NotSent):
     """The connection's window is full for longer than a worker should wait: try again later."""
 
     def __init__(self, wait: float) -> None:
         super().__init__(f"rate limit: the window frees up in {wait:.1f} s", code=THROTTLED, retry_after=wait)
 
 
-class ThrottleUnavailable(ConnectorError):
+class ThrottleUnavailable(NotSent):
     """The shared window cannot be read (Redis down): no call is made, and it is nobody's failure."""
 
     def __init__(self, error: Exception) -> None:
@@ -274,7 +274,7 @@ class ThrottleUnavailable(ConnectorError):
 
 
 def quota_key(connection: Connection) -> str:
-    """Connections that share an allowance (one Salesforce org, one Outreach user) share a key."""
+    """Connections that share an allowance (one CRM org or user, `quota_owner`) share a key."""
     return connection.quota_owner or f"connection:{connection.name}"
 
 

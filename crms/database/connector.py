@@ -19,7 +19,7 @@ invalid_cursor (permanent).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -114,6 +114,10 @@ class DatabaseConnector(Connector):
                 for row in db.rows_by_id(table, part):
                     found[str(row[table.id_column])] = _fields(table, row)
         return found
+
+    @classmethod
+    def objects_named(cls, config: Mapping[str, Any]) -> list[str]:
+        return [*super().objects_named(config), *(str(name) for name in config.get("tables") or [])]  # its tables
 
     def changes(self, object_type: str, cursor: str | None) -> ChangePage:
         """Rows whose `updated_at` is after the cursor, oldest first, `page_size` a page.

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -119,6 +119,10 @@ class FlatFileConnector(Connector):
         spec = self._file(object_type)
         rows = self._load(spec).rows
         return {key: _visible(rows[key]) for key in ids if key in rows}
+
+    @classmethod
+    def objects_named(cls, config: Mapping[str, Any]) -> list[str]:
+        return [*super().objects_named(config), *(str(name) for name in config.get("objects") or [])]  # its files
 
     def changes(self, object_type: str, cursor: str | None) -> ChangePage:
         """Rows whose `_updated_at` is after the cursor, oldest first, `page_size` a page.

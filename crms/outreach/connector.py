@@ -13,7 +13,7 @@ import hmac
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -77,6 +77,7 @@ class OutreachConnector(Connector):
     capabilities = Capabilities(
         batch_size=BATCH_SIZE,
         directions=("outbound", "inbound"),
+        calls_per_record=True,
         objects={
             "prospect": {
                 "match_key": "emails",
@@ -232,6 +233,15 @@ class OutreachConnector(Connector):
                 found.update({str(row["id"]): dict(row.get("attributes") or {}) for row in rows})
                 url, params = (_next_link(body, self.api_url) if rows else None), None
         return found
+
+    @classmethod
+    def objects_named(cls, config: Mapping[str, Any]) -> list[str]:
+        return [*super().objects_named(config), *(str(name) for name in config.get("objects") or [])]  # its resources
+
+    @classmethod
+    def since_cursor(cls, since: datetime) -> str:
+        # filter[updatedAt]=since..inf is inclusive, in milliseconds
+        return json.dumps({"since": since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"})
 
     def changes(self, object_type: str, cursor: str | None) -> ChangePage:
         """One page of records changed since the cursor, each change exactly once (poll_cursor explains how):

@@ -13,15 +13,13 @@ from typing import Any
 
 import requests
 
-from crms.base import ConnectorError, QuotaSignal
+from crms.base import ConnectorError, NotSent, QuotaSignal
 
 RATE_LIMITED = "RATE_LIMITED"
 RATE_HEADERS = {"limit": "X-RateLimit-Limit", "remaining": "X-RateLimit-Remaining", "reset": "X-RateLimit-Reset"}
 # These concern the connection, not the record: the rest of a batch would fail the same way.
 CONNECTION_STATUSES = frozenset({401, 408, 415, 429})
 TRANSPORT_CODES = frozenset({"timeout", "connection_error"})  # crms.http.TransportError codes
-# Raised by the engine's throttle in the HTTP seam (sync.throttle): the next call would wait the same.
-THROTTLE_CODES = frozenset({"THROTTLED", "THROTTLE_UNAVAILABLE"})
 _EMAIL_TAKEN = re.compile(r"email.*(taken|already exists)", re.IGNORECASE)
 
 
@@ -89,7 +87,8 @@ def concerns_connection(error: ConnectorError) -> bool:
     """True when the next call would fail the same way: no answer, 5xx, 401, 415, 429 or a refused refresh."""
     status = error.http_status
     if status is None:
-        return error.pause_connection or error.code in TRANSPORT_CODES or error.code in THROTTLE_CODES
+        # NotSent: held back on our side (the throttle in the HTTP seam): the next call would be held back too.
+        return error.pause_connection or error.code in TRANSPORT_CODES or isinstance(error, NotSent)
     return error.pause_connection or status >= 500 or status in CONNECTION_STATUSES
 
 

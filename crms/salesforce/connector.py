@@ -39,6 +39,7 @@ OVERLAP = timedelta(seconds=2)
 # getDeleted reaches 15 days back; a first window starts a day short of that so it is never refused.
 DELETED_LOOKBACK = timedelta(days=14)
 COLLECTION_LIMIT = 200  # records per sObject Collections call (one API call each)
+BULK_THRESHOLD_DEFAULT = 2000  # records above which a backfill writes by Bulk API 2.0 jobs (config bulk_threshold)
 # Salesforce's own bookkeeping on every record: never synced as data.
 SYSTEM_FIELDS = frozenset({"Id", "attributes", "SystemModstamp", "LastModifiedById", "LastModifiedDate", "CreatedDate",
                            "CreatedById", "IsDeleted"})  # fmt: skip
@@ -91,7 +92,7 @@ class SalesforceConnector(Connector):
             "bulk_threshold": {
                 "type": "integer",
                 "minimum": 201,
-                "default": 2000,
+                "default": BULK_THRESHOLD_DEFAULT,
                 "description": "Batches larger than this go through Bulk API 2.0 ingest jobs.",
             },
             "organization_id": {
@@ -136,6 +137,26 @@ class SalesforceConnector(Connector):
                 if row:  # a missing id answers null in its place
                     found[row["Id"]] = _clean(row)
         return found
+
+    @classmethod
+    def objects_named(cls, config: Mapping[str, Any]) -> list[str]:
+        return [
+            *super().objects_named(config),
+            *(str(name) for name in config.get("fields") or []),
+        ]  # its objects with fields to read
+
+    @classmethod
+    def since_cursor(cls, since: datetime) -> str:
+        # SOQL reads SystemModstamp > since, in whole seconds: start a second early; the caller drops the rest.
+        return json.dumps({"since": soql_datetime(since - timedelta(seconds=1))})
+
+    @classmethod
+    def bulk_threshold(cls, config: Mapping[str, Any]) -> int:
+        return int(config.get("bulk_threshold") or BULK_THRESHOLD_DEFAULT)
+
+    @classmethod
+    def bulk_label(cls) -> str:
+        return "Bulk API 2.0"
 
     def changes(self, object_type: str, cursor: str | None) -> ChangePage:
         """SOQL in keyset order on (SystemModstamp, Id), so any number of records sharing one second are

@@ -38,6 +38,7 @@ class SystemAConnector(Connector):
     capabilities = Capabilities(
         batch_size=100,
         directions=("outbound",),
+        calls_per_record=True,
         objects={"*": {"match_key": "System A's id (from the record link)", "fields": []}},
     )
     config_schema = {

@@ -14,7 +14,6 @@ from crms.base import ConnectorError
 from sync.backfill import (
     BULK_CALLS_PER_JOB,
     DEFAULT_BATCH,
-    PER_RECORD_KINDS,
     BackfillRefused,
     Plan,
     Preview,
@@ -25,6 +24,8 @@ from sync.backfill import (
     backfill_run,
     backfill_start,
     bulk_threshold,
+    bulk_writer,
+    calls_per_record,
     plan_total,
     run_owner,
     since_parse,
@@ -128,11 +129,13 @@ def _reads(plan: Plan, preview: Preview) -> str:
 
 
 def _pushes(plan: Plan, preview: Preview) -> str:
-    per_call = "one record" if plan.target.kind in PER_RECORD_KINDS else f"up to {batch_size_for(plan.target)} records"
+    per_call = "one record" if calls_per_record(plan.target) else f"up to {batch_size_for(plan.target)} records"
     rest = f"about {preview.pushes} to push by REST ({per_call} per call)"
     if not preview.bulk:
         return rest
-    bulk = (f"about {preview.bulk_jobs * BULK_CALLS_PER_JOB} for {preview.bulk_jobs} Bulk API 2.0 job(s) of up to "
+    writer = bulk_writer(plan.target)
+    label = writer.bulk_label() if writer else "bulk"
+    bulk = (f"about {preview.bulk_jobs * BULK_CALLS_PER_JOB} for {preview.bulk_jobs} {label} job(s) of up to "
             f"{plan.batch} records for the creates ({preview.records} records is above bulk_threshold "
             f"{bulk_threshold(plan.target)})")  # fmt: skip
     return f"{bulk}, and {rest} for the rest"
