@@ -36,10 +36,16 @@ WORKERS = 2  # django-q2 workers, and the direct script's concurrent senders
 
 def env_for(cfg: ingest.Config) -> dict[str, str]:
     env = ingest.server_env(cfg)
-    env.update(MOCK_CRMS_ENABLED="1", MOCK_CRMS_FORCE="1", EGRESS_ALLOWED_NETWORKS="127.0.0.0/8",
-               MOCK_SALESFORCE_DAILY_LIMIT="100000000",
-               SYNC_FLUSH_INTERVAL="0", SYNC_BATCH_SIZE=str(COLLECTION), Q_WORKERS=str(WORKERS),
-               ALLOWED_HOSTS="127.0.0.1")  # fmt: skip
+    env.update(
+        MOCK_CRMS_ENABLED="1",
+        MOCK_CRMS_FORCE="1",
+        EGRESS_ALLOWED_NETWORKS="127.0.0.0/8",
+        MOCK_SALESFORCE_DAILY_LIMIT="100000000",
+        SYNC_FLUSH_INTERVAL="0",
+        SYNC_BATCH_SIZE=str(COLLECTION),
+        Q_WORKERS=str(WORKERS),
+        ALLOWED_HOSTS="127.0.0.1",
+    )
     return env
 
 
@@ -64,8 +70,11 @@ def records(count: int, prefix: str) -> list[dict[str, Any]]:
 def direct(port: int, env: dict[str, str]) -> float:
     """The baseline: log in once, then the Collections upserts, WORKERS at a time; events/s."""
     base = f"http://127.0.0.1:{port}/mock/salesforce"
-    form = {"grant_type": "client_credentials", "client_id": env.get("MOCK_SALESFORCE_CLIENT_ID", "recordsync-mock"),
-            "client_secret": env.get("MOCK_SALESFORCE_CLIENT_SECRET", "mock-only-secret")}  # fmt: skip
+    form = {
+        "grant_type": "client_credentials",
+        "client_id": env.get("MOCK_SALESFORCE_CLIENT_ID", "recordsync-mock"),
+        "client_secret": env.get("MOCK_SALESFORCE_CLIENT_SECRET", "mock-only-secret"),
+    }
     login = requests.post(f"{base}/services/oauth2/token", timeout=10, data=form)
     token = login.json()["access_token"]
     rows = records(EVENTS, "direct-")
@@ -73,9 +82,12 @@ def direct(port: int, env: dict[str, str]) -> float:
     session = requests.Session()
 
     def send(chunk: list[dict[str, Any]]) -> None:
-        answer = session.patch(f"{base}/services/data/v62.0/composite/sobjects/Contact/{KEY}", timeout=60,
-                               json={"allOrNone": False, "records": chunk},
-                               headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        answer = session.patch(
+            f"{base}/services/data/v62.0/composite/sobjects/Contact/{KEY}",
+            timeout=60,
+            json={"allOrNone": False, "records": chunk},
+            headers={"Authorization": f"Bearer {token}"},
+        )
         answer.raise_for_status()
 
     started = time.perf_counter()
@@ -86,8 +98,13 @@ def direct(port: int, env: dict[str, str]) -> float:
 
 @contextmanager
 def process(env: dict[str, str], *args: str) -> Iterator[None]:
-    proc = subprocess.Popen([sys.executable, "manage.py", *args], cwd=ingest.ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", *args],
+        cwd=ingest.ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         yield
     finally:
@@ -102,8 +119,15 @@ def pipeline(cfg: ingest.Config, env: dict[str, str], port: int, token: str) -> 
     """POST the events in lists, with the worker and dispatcher running; events/s until all synced."""
     url = f"http://127.0.0.1:{port}/v1/sync/"
     headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
-    events = [{"operation": "create", "record_id": f"p-{i}", "object_type": "Contact",
-               "data": {"LastName": f"L{i}", "Email": f"p-{i}@example.com"}} for i in range(EVENTS)]  # fmt: skip
+    events = [
+        {
+            "operation": "create",
+            "record_id": f"p-{i}",
+            "object_type": "Contact",
+            "data": {"LastName": f"L{i}", "Email": f"p-{i}@example.com"},
+        }
+        for i in range(EVENTS)
+    ]
     with process(env, "sync_cluster"), process(env, "sync_dispatch"):
         started = time.perf_counter()
         for i in range(0, EVENTS, LIST):
@@ -131,8 +155,10 @@ def throttle_acquire(env: dict[str, str]) -> dict[str, float]:
 
 def count_mock(cfg: ingest.Config, prefix: str) -> int:
     with psycopg.connect(cfg.db_url) as conn:
-        row = conn.execute("SELECT count(DISTINCT fields->>%s) FROM crms_mockrecord WHERE fields->>%s LIKE %s",
-                           [KEY, KEY, f"{prefix}%"]).fetchone()  # fmt: skip
+        row = conn.execute(
+            "SELECT count(DISTINCT fields->>%s) FROM crms_mockrecord WHERE fields->>%s LIKE %s",
+            [KEY, KEY, f"{prefix}%"],
+        ).fetchone()
         return int(row[0]) if row else 0
 
 
@@ -154,14 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     unique = count_mock(cfg, "p-")
     ratio = app / baseline
     lines = [
-        "| Path | Events | Events/s |", "| --- | ---: | ---: |",
+        "| Path | Events | Events/s |",
+        "| --- | ---: | ---: |",
         f"| Direct Collections calls, {WORKERS} at a time (baseline) | {EVENTS:,} | {baseline:,.0f} |",
         f"| Pipeline: POST /v1/sync/ lists of {LIST}, dispatcher, {WORKERS} workers, connector "
         f"| {EVENTS:,} | {app:,.0f} |",
-        "", f"Pipeline / baseline: **{ratio:.0%}** (aim ≥ 50%: {'met' if ratio >= 0.5 else 'not met'}). "
+        "",
+        f"Pipeline / baseline: **{ratio:.0%}** (aim ≥ 50%: {'met' if ratio >= 0.5 else 'not met'}). "
         f"Jobs synced: {synced:,} of {EVENTS:,}; distinct records in the mock: {unique:,} (none created twice).",
-        "", f"Throttle acquire against local Redis: p50 {acquire['p50_us']:.0f} µs, p99 {acquire['p99_us']:.0f} µs.",
-    ]  # fmt: skip
+        "",
+        f"Throttle acquire against local Redis: p50 {acquire['p50_us']:.0f} µs, p99 {acquire['p99_us']:.0f} µs.",
+    ]
     print("\n".join(lines))
     (ingest.RESULTS_DIR / f"drain-{time.strftime('%Y%m%d-%H%M%S')}.md").write_text("\n".join(lines) + "\n")
     return 0 if synced == EVENTS and unique == EVENTS else 1

@@ -174,16 +174,39 @@ _CONDITIONS = (
     ('data.email =~~ "^(noreply|no-reply|bounce{i})@"', "skip"),
 )
 _OBJECT_TYPES = (
-    ("account", "Account"), ("company", "Account"), ("lead", "Lead"), ("opportunity", "Opportunity"),
-    ("deal", "Opportunity"), ("case", "Case"), ("ticket", "Case"), ("invoice", "Invoice__c"),
-    ("order", "Order"), ("quote", "Quote"), ("product", "Product2"), ("subscription", "Subscription__c"),
-    ("campaign", "Campaign"), ("task", "Task"), ("meeting", "Event"), ("call", "Task"),
-    ("note", "Note"), ("user", "User"), ("partner", "Partner__c"), ("contract", "Contract"),
-    ("payment", "Payment__c"), ("shipment", "Shipment__c"), ("asset", "Asset"), ("project", "Project__c"),
-)  # fmt: skip
+    ("account", "Account"),
+    ("company", "Account"),
+    ("lead", "Lead"),
+    ("opportunity", "Opportunity"),
+    ("deal", "Opportunity"),
+    ("case", "Case"),
+    ("ticket", "Case"),
+    ("invoice", "Invoice__c"),
+    ("order", "Order"),
+    ("quote", "Quote"),
+    ("product", "Product2"),
+    ("subscription", "Subscription__c"),
+    ("campaign", "Campaign"),
+    ("task", "Task"),
+    ("meeting", "Event"),
+    ("call", "Task"),
+    ("note", "Note"),
+    ("user", "User"),
+    ("partner", "Partner__c"),
+    ("contract", "Contract"),
+    ("payment", "Payment__c"),
+    ("shipment", "Shipment__c"),
+    ("asset", "Asset"),
+    ("project", "Project__c"),
+)
 _SF_FIELDS = ("Name", "External_Id__c", "Status__c", "Amount", "OwnerEmail__c", "Description")
-_OUTREACH_ACCOUNT = {"name": "data.name", "domain": "data.domain", "industry": "data.industry",
-                     "numberOfEmployees": "data.employees", "websiteUrl": "data.website"}  # fmt: skip
+_OUTREACH_ACCOUNT = {
+    "name": "data.name",
+    "domain": "data.domain",
+    "industry": "data.industry",
+    "numberOfEmployees": "data.employees",
+    "websiteUrl": "data.website",
+}
 
 
 def _evaluated(i: int) -> dict[str, Any]:
@@ -203,16 +226,26 @@ def _elsewhere(i: int) -> dict[str, Any]:
     kind, sf_object = _OBJECT_TYPES[i % len(_OBJECT_TYPES)]
     variant = i // len(_OBJECT_TYPES)
     if variant == 1:  # deletes of test records of that type are skipped
-        return {"name": f"skip-test-{kind}-deletes", "match_object_type": kind, "match_operations": ["delete"],
-                "condition": 'record_id =~ "^test-"', "action": "skip", "reason": "test records stay"}  # fmt: skip
+        return {
+            "name": f"skip-test-{kind}-deletes",
+            "match_object_type": kind,
+            "match_operations": ["delete"],
+            "condition": 'record_id =~ "^test-"',
+            "action": "skip",
+            "reason": "test records stay",
+        }
     size = 3 + i % 4  # 3-6 mapped fields
     mapping = {name: f"data.{name.lower().removesuffix('__c')}" for name in _SF_FIELDS[:size]}
     targets: list[dict[str, Any]] = [{"target": "salesforce", "object": sf_object, "mapping": mapping}]
     if kind in ("account", "company"):
         targets.append({"target": "outreach", "object": "account", "mapping": _OUTREACH_ACCOUNT})
     if variant == 2:  # the same type coming back from Salesforce (another source)
-        return {"name": f"{kind}-from-salesforce", "match_source": "salesforce", "match_object_type": sf_object,
-                "targets": [{"target": "system_a", "object": kind, "mapping": {"name": "data.Name"}}]}  # fmt: skip
+        return {
+            "name": f"{kind}-from-salesforce",
+            "match_source": "salesforce",
+            "match_object_type": sf_object,
+            "targets": [{"target": "system_a", "object": kind, "mapping": {"name": "data.Name"}}],
+        }
     rule: dict[str, Any] = {"name": f"{kind}-to-crms", "match_object_type": kind, "targets": targets}
     if i % 2:
         rule["match_operations"] = ["create", "update"]
@@ -286,8 +319,15 @@ def _event_call(
     from rules.engine import decide, event_context
 
     def call() -> dict[str, Any]:
-        context = event_context(operation="create", source="system_a", object_type="contact", record_id="c-000123",
-                                data=data, occurred_at=datetime.now(UTC), changed=sorted(data))  # fmt: skip
+        context = event_context(
+            operation="create",
+            source="system_a",
+            object_type="contact",
+            record_id="c-000123",
+            data=data,
+            occurred_at=datetime.now(UTC),
+            changed=sorted(data),
+        )
         return decide(rule_set, context, connections, None).routing
 
     return call
@@ -302,8 +342,9 @@ def decide_cases() -> list[DecideCase]:
     cases = [DecideCase("rules_0", "0 (empty rule set: fixed cost)", [], RICH_DATA)]
     cases += [DecideCase(f"rules_{n}", str(n), rule_specs(n), RICH_DATA) for n in SIZES]
     email_only = sample_event("c-000123")["data"]
-    cases.append(DecideCase("rules_100_email_only", "100, on the end-to-end event (email only)", rule_specs(100),
-                            email_only))  # fmt: skip
+    cases.append(
+        DecideCase("rules_100_email_only", "100, on the end-to-end event (email only)", rule_specs(100), email_only)
+    )
     return cases
 
 
@@ -475,13 +516,21 @@ def run_e2e(cfg: ingest.Config, cpu: dict[str, CpuUse]) -> tuple[list[report.Pha
             ingest.log(f"{server.label}: rule set v{version} with {len(server.specs)} rules")
             endpoint = loadgen.Endpoint("127.0.0.1", port, ingest.INGEST_PATH, token)
             under_load.append(
-                ingest.Target(f"single_{server.key}", f"Single event → app, {server.label}",
-                              _cpu_counted(cfg, endpoint, master, cfg.clients, cpu), server.db)
-            )  # fmt: skip
+                ingest.Target(
+                    f"single_{server.key}",
+                    f"Single event → app, {server.label}",
+                    _cpu_counted(cfg, endpoint, master, cfg.clients, cpu),
+                    server.db,
+                )
+            )
             one_at_a_time.append(
-                ingest.Target(f"one_{server.key}", f"One event at a time → app, {server.label}",
-                              _cpu_counted(cfg, endpoint, master, 1, cpu), server.db)
-            )  # fmt: skip
+                ingest.Target(
+                    f"one_{server.key}",
+                    f"One event at a time → app, {server.label}",
+                    _cpu_counted(cfg, endpoint, master, 1, cpu),
+                    server.db,
+                )
+            )
             seen.append((server, port, token))
         time.sleep(_RULES_LIVE_S)  # every worker sees the new rule-set version by now
         checked = [_checked(server, port, token) for server, port, token in seen]

@@ -52,9 +52,11 @@ class ConnectionForm(forms.ModelForm[Connection]):
         data = super().clean() or {}
         try:
             connection_validate(
-                name=data.get("name", ""), kind=data.get("kind", ""), config=data.get("config") or {},
+                name=data.get("name", ""),
+                kind=data.get("kind", ""),
+                config=data.get("config") or {},
                 secrets=data.get("new_secrets") or None,
-            )  # fmt: skip
+            )
         except ValidationError as exc:
             for key, message in dict(exc.detail).items():  # type: ignore[arg-type]
                 field = key.split(".")[0] if key.split(".")[0] in self.fields else None
@@ -79,9 +81,13 @@ class ConnectionAdmin(admin.ModelAdmin[Connection]):
     def save_model(self, request: HttpRequest, obj: Connection, form: Any, change: bool) -> None:
         data = form.cleaned_data
         saved = connection_save(
-            name=data["name"], kind=data["kind"], config=data.get("config") or {},
-            secrets=data.get("new_secrets") or None, enabled=data["enabled"], quota_owner=data.get("quota_owner", ""),
-        )  # fmt: skip
+            name=data["name"],
+            kind=data["kind"],
+            config=data.get("config") or {},
+            secrets=data.get("new_secrets") or None,
+            enabled=data["enabled"],
+            quota_owner=data.get("quota_owner", ""),
+        )
         obj.pk = saved.pk
 
     @admin.action(description="Check connection (credentials and reachability)")

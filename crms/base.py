@@ -173,13 +173,20 @@ class QuotaSignal:
 
 # Settings every connection takes, whatever its kind: how two-way sync treats it.
 COMMON_CONFIG: dict[str, Any] = {
-    "poll_objects": {"type": "array", "items": {"type": "string"},
-                     "description": "Objects polled for changes (default: every object the connector knows)."},
-    "conflict": {"enum": ["last_writer_wins", "system_a_wins", "crm_wins", "field_merge", "hold"],
-                 "description": "How a conflict with System A is decided when the rule does not say."},
-    "merge_fallback": {"enum": ["last_writer_wins", "system_a_wins", "crm_wins", "hold"],
-                       "description": "field_merge: for a field changed on both sides."},
-}  # fmt: skip
+    "poll_objects": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "Objects polled for changes (default: every object the connector knows).",
+    },
+    "conflict": {
+        "enum": ["last_writer_wins", "system_a_wins", "crm_wins", "field_merge", "hold"],
+        "description": "How a conflict with System A is decided when the rule does not say.",
+    },
+    "merge_fallback": {
+        "enum": ["last_writer_wins", "system_a_wins", "crm_wins", "hold"],
+        "description": "field_merge: for a field changed on both sides.",
+    },
+}
 
 
 @runtime_checkable

@@ -66,8 +66,12 @@ def config_import(document: dict[str, Any], *, dry_run: bool) -> list[str]:
             changes.append(f"{action} connection {item['name']}")
             if action == "unchanged":
                 continue
-            fields = {"name": item["name"], "kind": item["kind"], "config": item.get("config", {}),
-                      "secrets": item.get("secrets") or None}  # fmt: skip
+            fields = {
+                "name": item["name"],
+                "kind": item["kind"],
+                "config": item.get("config", {}),
+                "secrets": item.get("secrets") or None,
+            }
             if dry_run:
                 connection_validate(**fields)
             else:

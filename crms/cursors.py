@@ -43,6 +43,7 @@ def pair_load(cursor: str | None) -> tuple[Any, Any] | None:
     try:
         stamp, key = json.loads(cursor)
     except (ValueError, TypeError) as exc:
-        raise ConnectorError(f"not a cursor from this connector: {cursor!r}", code="invalid_cursor",
-                             permanent=True) from exc  # fmt: skip
+        raise ConnectorError(
+            f"not a cursor from this connector: {cursor!r}", code="invalid_cursor", permanent=True
+        ) from exc
     return stamp, key

@@ -97,8 +97,10 @@ def env_refusal(name: str) -> str:
     for allowed in settings.SECRET_ENV_ALLOWED:
         if name == allowed or (allowed.endswith("*") and name.startswith(allowed[:-1])):
             return ""
-    return (f"${name} is not a variable connections may read; name one SECRET_ENV_ALLOWED allows "
-            f"({', '.join(settings.SECRET_ENV_ALLOWED) or 'none'}), or widen that setting")  # fmt: skip
+    return (
+        f"${name} is not a variable connections may read; name one SECRET_ENV_ALLOWED allows "
+        f"({', '.join(settings.SECRET_ENV_ALLOWED) or 'none'}), or widen that setting"
+    )
 
 
 def is_reference(value: Any) -> bool:

@@ -15,13 +15,19 @@ from recordsync.openapi import errors
 
 
 class CrmViewSet(viewsets.ViewSet):
-    @extend_schema(operation_id="crms_available", summary="Every registered connector kind",
-                   responses={200: CrmListSerializer, **errors()})  # fmt: skip
+    @extend_schema(
+        operation_id="crms_available",
+        summary="Every registered connector kind",
+        responses={200: CrmListSerializer, **errors()},
+    )
     def available(self, request: Request) -> Response:
         return Response(CrmListSerializer({"results": selectors.kinds_available()}).data)
 
-    @extend_schema(operation_id="crms_schema", summary="The config JSON Schema and objects of one kind",
-                   responses={200: CrmSchemaSerializer, **errors(404)})  # fmt: skip
+    @extend_schema(
+        operation_id="crms_schema",
+        summary="The config JSON Schema and objects of one kind",
+        responses={200: CrmSchemaSerializer, **errors(404)},
+    )
     # Not named `schema`: that attribute of every APIView belongs to drf-spectacular.
     def kind_schema(self, request: Request, crm: str) -> Response:
         try:

@@ -20,9 +20,11 @@ from prometheus_client import Counter, Histogram
 EVENTS_ACCEPTED = Counter("recordsync_events_accepted", "Events stored", ["source", "operation"])
 CRM_CALLS = Counter("recordsync_crm_calls", "Calls to a connection's API, by outcome", ["connection", "outcome"])
 CRM_CALL_SECONDS = Histogram(
-    "recordsync_crm_call_seconds", "Duration of calls to a connection's API", ["connection"],
+    "recordsync_crm_call_seconds",
+    "Duration of calls to a connection's API",
+    ["connection"],
     buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)  # fmt: skip
+)
 THROTTLE_WAITS = Counter("recordsync_throttle_waits", "Calls held back by the throttle", ["connection", "kind"])
 RETRIES = Counter("recordsync_job_retries", "Job attempts that failed and will be retried", ["connection", "code"])
 CONFLICTS = Counter("recordsync_conflicts", "Conflicts detected, by policy", ["connection", "policy"])

@@ -142,7 +142,8 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     """GET /metrics in the Prometheus text format; 403 (in our one error shape) when not allowed."""
     if not allowed(request):
         message = "Send Authorization: Bearer <METRICS_TOKEN>, or scrape from METRICS_ALLOWED_NETWORKS."
-        return JsonResponse(error_body("permission_denied", message, [{"field": "Authorization", "message": message}]),
-                            status=403)  # fmt: skip
+        return JsonResponse(
+            error_body("permission_denied", message, [{"field": "Authorization", "message": message}]), status=403
+        )
     body = generate_latest(registry_for_scrape(with_database=True))
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

@@ -94,7 +94,12 @@ class RuleAdmin(SimpleHistoryAdmin):  # type: ignore[misc]  # simple-history shi
         """Run the rule set (as saved, or with a pasted draft) against a pasted event or the last N events."""
         form = dry_run.DryRunForm(request.POST or None)
         results = dry_run.run(form) if request.method == "POST" and form.is_valid() else None
-        context = {**self.admin_site.each_context(request), "title": "Test the rules (dry run: nothing is written)",
-                   "form": form, "results": results, "opts": self.model._meta,
-                   "results_json": json.dumps(results, indent=2, default=str) if results else ""}  # fmt: skip
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Test the rules (dry run: nothing is written)",
+            "form": form,
+            "results": results,
+            "opts": self.model._meta,
+            "results_json": json.dumps(results, indent=2, default=str) if results else "",
+        }
         return TemplateResponse(request, "admin/rules/rule/test.html", context)

@@ -133,16 +133,26 @@ def decide(
     except OverBudget:
         message = f"evaluation took longer than {limit} ms and was stopped; simplify this rule"
         decision = Decision()
-        decision.routing = {"mode": "rules", "version": rule_set.version, "matched": [], "targets": [],
-                            "skipped": [], "payloads": {}, "errors": [{"rule": at[0], "message": message}],
-                            "reason": "rule evaluation ran past its time budget"}  # fmt: skip
+        decision.routing = {
+            "mode": "rules",
+            "version": rule_set.version,
+            "matched": [],
+            "targets": [],
+            "skipped": [],
+            "payloads": {},
+            "errors": [{"rule": at[0], "message": message}],
+            "reason": "rule evaluation ran past its time budget",
+        }
         return decision
 
 
 def _decide(
-    rule_set: RuleSet, event: dict[str, Any], connections: dict[str, Connection], requested: list[str] | None,
+    rule_set: RuleSet,
+    event: dict[str, Any],
+    connections: dict[str, Connection],
+    requested: list[str] | None,
     at: list[str],
-) -> Decision:  # fmt: skip
+) -> Decision:
     matched: list[str] = []
     errors: list[dict[str, str]] = []
     chosen: dict[str, tuple[TargetSpec | None, str]] = {}

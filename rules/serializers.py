@@ -10,8 +10,9 @@ from rules.models import Action
 class TargetSpecSerializer(serializers.Serializer[dict[str, Any]]):
     target = serializers.CharField(help_text="A connection name")
     object = serializers.CharField(required=False, help_text="The target's object, e.g. Contact or prospect")
-    mapping = serializers.DictField(child=serializers.CharField(), required=False,
-                                    help_text="target field -> expression over the event")  # fmt: skip
+    mapping = serializers.DictField(
+        child=serializers.CharField(), required=False, help_text="target field -> expression over the event"
+    )
     conflict = serializers.CharField(
         required=False,
         help_text="last_writer_wins, system_a_wins, crm_wins, field_merge or hold (two-way sync: docs/two-way.md)",

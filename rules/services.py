@@ -11,8 +11,19 @@ from rest_framework.exceptions import ValidationError
 from rules.models import Rule, RuleSetVersion
 from rules.validation import rule_set_errors
 
-FIELDS = ("name", "enabled", "order", "description", "match_source", "match_object_type", "match_operations",
-          "condition", "action", "reason", "targets")  # fmt: skip
+FIELDS = (
+    "name",
+    "enabled",
+    "order",
+    "description",
+    "match_source",
+    "match_object_type",
+    "match_operations",
+    "condition",
+    "action",
+    "reason",
+    "targets",
+)
 
 
 def rule_as_spec(rule: Rule) -> dict[str, Any]:
@@ -58,9 +69,18 @@ def _refuse_errors(specs: list[dict[str, Any]]) -> None:
 
 
 def rule_fields(spec: dict[str, Any]) -> dict[str, Any]:
-    defaults: dict[str, Any] = {"enabled": True, "order": 100, "description": "", "match_source": "",
-                                "match_object_type": "", "match_operations": [], "condition": "",
-                                "action": "sync", "reason": "", "targets": []}  # fmt: skip
+    defaults: dict[str, Any] = {
+        "enabled": True,
+        "order": 100,
+        "description": "",
+        "match_source": "",
+        "match_object_type": "",
+        "match_operations": [],
+        "condition": "",
+        "action": "sync",
+        "reason": "",
+        "targets": [],
+    }
     return {**defaults, **{k: v for k, v in spec.items() if k in FIELDS}}
 
 

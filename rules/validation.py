@@ -16,8 +16,19 @@ MAX_MAPPED_FIELDS = 200
 OPERATIONS = {"create", "read", "update", "delete"}
 ACTIONS = {"sync", "skip", "stop"}
 FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-KNOWN_KEYS = {"name", "enabled", "order", "description", "match_source", "match_object_type", "match_operations",
-              "condition", "action", "reason", "targets"}  # fmt: skip
+KNOWN_KEYS = {
+    "name",
+    "enabled",
+    "order",
+    "description",
+    "match_source",
+    "match_object_type",
+    "match_operations",
+    "condition",
+    "action",
+    "reason",
+    "targets",
+}
 TARGET_KEYS = {"target", "object", "mapping", "conflict", "merge_fallback", "on_delete", "soft_delete_field"}
 
 

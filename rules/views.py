@@ -22,8 +22,11 @@ def _current() -> dict[str, object]:
 class RuleSetViewSet(viewsets.ViewSet):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(operation_id="sync_rules_list", summary="The rule set in force, with its version",
-                   responses={200: RuleSetSerializer, **errors(403)})  # fmt: skip
+    @extend_schema(
+        operation_id="sync_rules_list",
+        summary="The rule set in force, with its version",
+        responses={200: RuleSetSerializer, **errors(403)},
+    )
     def rule_set(self, request: Request) -> Response:  # not `list`: that would be documented as an array
         return Response(RuleSetSerializer(_current()).data)
 

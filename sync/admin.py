@@ -126,8 +126,7 @@ class AuthTokenAdmin(NoEditAdmin):
 
 
 class TokenGrantForm(forms.ModelForm[TokenGrant]):
-    scopes = forms.MultipleChoiceField(choices=TokenScope.choices, widget=forms.CheckboxSelectMultiple,
-                                       required=False)  # fmt: skip
+    scopes = forms.MultipleChoiceField(choices=TokenScope.choices, widget=forms.CheckboxSelectMultiple, required=False)
     sources = forms.CharField(
         help_text='Comma-separated "source" values its events may carry (system_a, or a connection name); * for any.'
     )
@@ -193,9 +192,11 @@ class ConfigOverrideAdmin(admin.ModelAdmin[ConfigOverride]):
         if change and obj.scope != (f"connection:{connection.name}" if connection else "global"):
             ConfigOverride.objects.filter(pk=obj.pk).delete()  # moved to another scope
         replaced = dict.fromkeys(form.initial.get("values") or {})
-        saved = config_override_set(values={**replaced, **form.cleaned_data["values"]},
-                                    connection=connection.name if connection else None,
-                                    actor=request.user.get_username())  # fmt: skip
+        saved = config_override_set(
+            values={**replaced, **form.cleaned_data["values"]},
+            connection=connection.name if connection else None,
+            actor=request.user.get_username(),
+        )
         obj.pk = saved.pk
 
 
@@ -266,9 +267,11 @@ class ConflictChoiceForm(forms.Form):
         for name in conflict.system_a_values:
             ours, theirs = conflict.system_a_values.get(name), conflict.crm_values.get(name)
             self.fields[name] = forms.ChoiceField(
-                label=name, widget=forms.RadioSelect, initial="crm" if name not in conflict.fields else None,
+                label=name,
+                widget=forms.RadioSelect,
+                initial="crm" if name not in conflict.fields else None,
                 choices=[("system_a", f"System A: {ours!r}"), ("crm", f"{crm}: {theirs!r}")],
-            )  # fmt: skip
+            )
 
 
 @admin.register(SyncConflict)
@@ -281,21 +284,40 @@ class SyncConflictAdmin(ReadOnlyAdmin):
     ordering = ["state", "-detected_at"]
     list_select_related = ["connection"]
     actions = ["keep_system_a", "keep_crm"]
-    readonly_fields = ["record_id", "object_type", "connection", "external_object", "external_id", "policy", "state",
-                       "fields", "base", "system_a_values", "crm_values", "resolution", "resolved_by", "note",
-                       "detected_at", "resolved_at", "system_a_occurred_at", "crm_occurred_at"]  # fmt: skip
+    readonly_fields = [
+        "record_id",
+        "object_type",
+        "connection",
+        "external_object",
+        "external_id",
+        "policy",
+        "state",
+        "fields",
+        "base",
+        "system_a_values",
+        "crm_values",
+        "resolution",
+        "resolved_by",
+        "note",
+        "detected_at",
+        "resolved_at",
+        "system_a_occurred_at",
+        "crm_occurred_at",
+    ]
 
     @admin.display(description="Fields changed on both sides")
     def contested(self, obj: SyncConflict) -> str:
         return ", ".join(obj.fields) or "(different fields)"
 
     def get_urls(self) -> list[URLPattern]:
-        resolve = path("<int:pk>/resolve/", self.admin_site.admin_view(self.resolve_view),
-                       name="sync_syncconflict_resolve")  # fmt: skip
+        resolve = path(
+            "<int:pk>/resolve/", self.admin_site.admin_view(self.resolve_view), name="sync_syncconflict_resolve"
+        )
         return [resolve, *super().get_urls()]
 
-    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
-                    extra_context: dict[str, Any] | None = None) -> HttpResponse:  # fmt: skip
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         return HttpResponseRedirect(reverse("admin:sync_syncconflict_resolve", args=[object_id]))
 
     def resolve_view(self, request: HttpRequest, pk: int) -> HttpResponse:
@@ -314,13 +336,27 @@ class SyncConflictAdmin(ReadOnlyAdmin):
             if choices:
                 self._resolve(request, conflict, choices)
                 return HttpResponseRedirect(reverse("admin:sync_syncconflict_resolve", args=[pk]))
-        rows = [{"name": name, "base": conflict.base.get(name), "system_a": conflict.system_a_values.get(name),
-                 "crm": conflict.crm_values.get(name), "contested": name in conflict.fields,
-                 "chosen": (conflict.resolution or {}).get(name), "field": form[name]}
-                for name in conflict.system_a_values]  # fmt: skip
-        context = {**self.admin_site.each_context(request), "title": f"Conflict {conflict.pk}: {conflict.record_id}",
-                   "conflict": conflict, "rows": rows, "form": form, "is_open": is_open,
-                   "opts": self.model._meta}  # fmt: skip
+        rows = [
+            {
+                "name": name,
+                "base": conflict.base.get(name),
+                "system_a": conflict.system_a_values.get(name),
+                "crm": conflict.crm_values.get(name),
+                "contested": name in conflict.fields,
+                "chosen": (conflict.resolution or {}).get(name),
+                "field": form[name],
+            }
+            for name in conflict.system_a_values
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Conflict {conflict.pk}: {conflict.record_id}",
+            "conflict": conflict,
+            "rows": rows,
+            "form": form,
+            "is_open": is_open,
+            "opts": self.model._meta,
+        }
         return TemplateResponse(request, "admin/sync/syncconflict/resolve.html", context)
 
     def _resolve(self, request: HttpRequest, conflict: SyncConflict, choices: dict[str, Any]) -> None:
@@ -347,8 +383,17 @@ class SyncConflictAdmin(ReadOnlyAdmin):
 
 @admin.register(Alert)
 class AlertAdmin(ReadOnlyAdmin):
-    list_display = ["opened_at", "connection", "kind", "state", "value", "threshold", "resolved_at", "opened_sent_at",
-                    "resolved_sent_at"]  # fmt: skip
+    list_display = [
+        "opened_at",
+        "connection",
+        "kind",
+        "state",
+        "value",
+        "threshold",
+        "resolved_at",
+        "opened_sent_at",
+        "resolved_sent_at",
+    ]
     list_filter = ["state", "kind", "connection"]
     ordering = ["state", "-opened_at"]
 

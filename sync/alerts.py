@@ -177,14 +177,27 @@ def alert_open(connection: Connection, reading: Reading, now: datetime) -> bool:
     try:
         with transaction.atomic():
             alert = Alert.objects.create(
-                connection=connection, kind=reading.kind, value=reading.value, threshold=reading.threshold,
-                message=text, opened_at=now, last_seen_at=now,
-            )  # fmt: skip
+                connection=connection,
+                kind=reading.kind,
+                value=reading.value,
+                threshold=reading.threshold,
+                message=text,
+                opened_at=now,
+                last_seen_at=now,
+            )
     except IntegrityError:
         return False
-    logger.warning("alert opened", extra={"alert_id": alert.pk, "connection": connection.name, "kind": reading.kind,
-                                          "value": reading.value, "threshold": reading.threshold,
-                                          "text": text})  # fmt: skip
+    logger.warning(
+        "alert opened",
+        extra={
+            "alert_id": alert.pk,
+            "connection": connection.name,
+            "kind": reading.kind,
+            "value": reading.value,
+            "threshold": reading.threshold,
+            "text": text,
+        },
+    )
     return True
 
 
@@ -196,9 +209,17 @@ def alert_resolve(alert: Alert, *, value: float, now: datetime, why: str, thresh
     done = Alert.objects.filter(pk=alert.pk, state=AlertState.OPEN).update(**fields)
     if done:
         took = round((now - alert.opened_at).total_seconds())
-        logger.info("alert resolved", extra={"alert_id": alert.pk, "connection": alert.connection.name,
-                                             "kind": alert.kind, "value": value, "why": why,
-                                             "open_seconds": took})  # fmt: skip
+        logger.info(
+            "alert resolved",
+            extra={
+                "alert_id": alert.pk,
+                "connection": alert.connection.name,
+                "kind": alert.kind,
+                "value": value,
+                "why": why,
+                "open_seconds": took,
+            },
+        )
     return done
 
 
@@ -249,17 +270,24 @@ def payload(alert: Alert, *, resolved: bool) -> dict[str, Any]:
     legacy attachment with the facts as fields, which Slack, Mattermost and Rocket.Chat all render."""
     state = AlertState.RESOLVED if resolved else AlertState.OPEN
     at = alert.resolved_at if resolved else alert.opened_at
-    fields = [("Connection", alert.connection.name), ("Alert", alert.kind), ("State", state),
-              ("Value", amount(alert.kind, alert.value)), ("Threshold", amount(alert.kind, alert.threshold)),
-              ("Resolved" if resolved else "Opened", at.isoformat() if at else "")]  # fmt: skip
+    fields = [
+        ("Connection", alert.connection.name),
+        ("Alert", alert.kind),
+        ("State", state),
+        ("Value", amount(alert.kind, alert.value)),
+        ("Threshold", amount(alert.kind, alert.threshold)),
+        ("Resolved" if resolved else "Opened", at.isoformat() if at else ""),
+    ]
     return {
         "text": resolve_text(alert) if resolved else alert.message,
-        "attachments": [{
-            "color": COLORS[state],
-            "fields": [{"title": title, "value": value, "short": True} for title, value in fields],
-            "footer": f"recordsync alert {alert.pk}",
-        }],
-    }  # fmt: skip
+        "attachments": [
+            {
+                "color": COLORS[state],
+                "fields": [{"title": title, "value": value, "short": True} for title, value in fields],
+                "footer": f"recordsync alert {alert.pk}",
+            }
+        ],
+    }
 
 
 # Delivery
@@ -323,9 +351,16 @@ def alert_deliver(alert_id: int, *, client: HttpClient, url: str, now: datetime)
             error = webhook_post(client, url, payload(alert, resolved=resolved))
             if error:
                 Alert.objects.filter(pk=alert.pk).update(last_send_error=f"{now.isoformat()}: {error}"[:2000])
-                logger.warning("alert not delivered",
-                               extra={"alert_id": alert.pk, "connection": alert.connection.name,
-                                      "kind": alert.kind, "resolve": resolved, "error": error})  # fmt: skip
+                logger.warning(
+                    "alert not delivered",
+                    extra={
+                        "alert_id": alert.pk,
+                        "connection": alert.connection.name,
+                        "kind": alert.kind,
+                        "resolve": resolved,
+                        "error": error,
+                    },
+                )
                 return sent, error
             field = "resolved_sent_at" if resolved else "opened_sent_at"
             setattr(alert, field, now)

@@ -40,8 +40,11 @@ def api_token_create(
             user.is_staff = True
         user.save()
         instance, token = AuthToken.objects.create(user=user, expiry=None)
-        TokenGrant.objects.create(token=instance, scopes=list(DEFAULT_SCOPES if scopes is None else scopes),
-                                  sources=list(DEFAULT_SOURCES if sources is None else sources))  # fmt: skip
+        TokenGrant.objects.create(
+            token=instance,
+            scopes=list(DEFAULT_SCOPES if scopes is None else scopes),
+            sources=list(DEFAULT_SOURCES if sources is None else sources),
+        )
     return str(token)
 
 
@@ -120,8 +123,10 @@ class ScopeDenied(PermissionDenied):
 
 
 def scope_denied_message(scope: str) -> str:
-    return (f"This token lacks the '{scope}' scope. Ask for a token that has it: "
-            f"manage.py create_api_token NAME --scope {scope} (or staff can edit its grant in the admin).")  # fmt: skip
+    return (
+        f"This token lacks the '{scope}' scope. Ask for a token that has it: "
+        f"manage.py create_api_token NAME --scope {scope} (or staff can edit its grant in the admin)."
+    )
 
 
 class HasScope(BasePermission):

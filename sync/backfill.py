@@ -133,8 +133,10 @@ def backfill_plan(*, source: str, target: str, object_type: str, since: datetime
     _check_usable("--from", origin, "inbound")
     objects = known_objects(origin)
     if objects is not None and object_type not in objects:
-        raise BackfillRefused(f"--object {object_type!r}: {origin.name} ({origin.kind}) has no such object; "
-                              f"use one of: {', '.join(objects)}")  # fmt: skip
+        raise BackfillRefused(
+            f"--object {object_type!r}: {origin.name} ({origin.kind}) has no such object; "
+            f"use one of: {', '.join(objects)}"
+        )
     return Plan(source, origin, destination, object_type, since, batch)
 
 
@@ -237,12 +239,27 @@ def _latest_events(plan: Plan, record_ids: Sequence[str]) -> list[SyncEvent]:
 def _replay(event: SyncEvent, target: str, event_id: str | None) -> EventInput:
     """The stored state again, to `target` only. occurred_at stays the original, so a replay is never
     newer than a later real change of the record."""
-    raw = {"operation": event.operation, "record_id": event.record_id, "object_type": event.object_type,
-           "source": SYSTEM_A, "targets": [target], "data": event.payload, "occurred_at": event.occurred_at.isoformat(),
-           "event_id": event_id}  # fmt: skip
-    return EventInput(operation=event.operation, record_id=event.record_id, object_type=event.object_type,
-                      source=SYSTEM_A, targets=[target], data=event.payload, occurred_at=event.occurred_at,
-                      event_id=event_id, raw=raw)  # fmt: skip
+    raw = {
+        "operation": event.operation,
+        "record_id": event.record_id,
+        "object_type": event.object_type,
+        "source": SYSTEM_A,
+        "targets": [target],
+        "data": event.payload,
+        "occurred_at": event.occurred_at.isoformat(),
+        "event_id": event_id,
+    }
+    return EventInput(
+        operation=event.operation,
+        record_id=event.record_id,
+        object_type=event.object_type,
+        source=SYSTEM_A,
+        targets=[target],
+        data=event.payload,
+        occurred_at=event.occurred_at,
+        event_id=event_id,
+        raw=raw,
+    )
 
 
 def run_prefix(run_pk: int) -> str:
@@ -336,8 +353,13 @@ def backfill_start(*, plan: Plan, restart: bool, owner: str, now: datetime | Non
         free = Q(state=RunState.FAILED) | Q(owner="") | Q(owner=owner) | Q(updated_at__lt=now - STALE_AFTER)
         claimed = BackfillRun.objects.filter(free, pk=latest.pk).exclude(state=RunState.DONE)
         if restart:
-            taken = claimed.update(state=RunState.FAILED, owner="", finished_at=now, updated_at=now,
-                                   last_error="abandoned: started over with --restart")  # fmt: skip
+            taken = claimed.update(
+                state=RunState.FAILED,
+                owner="",
+                finished_at=now,
+                updated_at=now,
+                last_error="abandoned: started over with --restart",
+            )
         else:
             taken = claimed.update(state=RunState.RUNNING, owner=owner, updated_at=now)
         if not taken:
@@ -350,9 +372,16 @@ def backfill_start(*, plan: Plan, restart: bool, owner: str, now: datetime | Non
             latest.refresh_from_db()
             return Started(latest, resumed=True, stopped_by=latest.last_error)
     total = plan_total(plan)
-    run = BackfillRun.objects.create(source=plan.source, target=plan.target.name, object_type=plan.object_type,
-                                     since=plan.since, owner=owner, total=total, started_at=now,
-                                     updated_at=now)  # fmt: skip
+    run = BackfillRun.objects.create(
+        source=plan.source,
+        target=plan.target.name,
+        object_type=plan.object_type,
+        since=plan.since,
+        owner=owner,
+        total=total,
+        started_at=now,
+        updated_at=now,
+    )
     return Started(run, resumed=False)
 
 
@@ -379,15 +408,22 @@ def backfill_run(*, run: BackfillRun, plan: Plan, progress: Callable[[int], obje
             _read_pages(run, plan, calls, base_calls, progress)
     except BaseException as exc:
         BackfillRun.objects.filter(pk=run.pk, owner=run.owner).update(
-            state=RunState.FAILED, owner="", api_calls=base_calls + calls.calls, updated_at=timezone.now(),
+            state=RunState.FAILED,
+            owner="",
+            api_calls=base_calls + calls.calls,
+            updated_at=timezone.now(),
             last_error=_stop_reason(run, exc),
-        )  # fmt: skip
+        )
         raise
     finished = timezone.now()
     BackfillRun.objects.filter(pk=run.pk, owner=run.owner).update(
-        state=RunState.DONE, owner="", finished_at=finished, updated_at=finished, api_calls=base_calls + calls.calls,
+        state=RunState.DONE,
+        owner="",
+        finished_at=finished,
+        updated_at=finished,
+        api_calls=base_calls + calls.calls,
         last_error="",
-    )  # fmt: skip
+    )
     run.refresh_from_db()
     logger.info("backfill done", extra={"run": run.pk, "processed": run.processed, "counts": run.counts})
     return run
@@ -405,8 +441,15 @@ def _replay_pages(
     while ids := _record_ids(plan, run.cursor, plan.batch):
         events = _latest_events(plan, ids)
         items = [_replay(e, plan.target.name, f"{run_prefix(run.pk)}{e.pk}") for e in events]
-        _page(run, plan, cursor=ids[-1], write=partial(_replay_write, items, run.pk), calls=calls,
-              base_calls=base_calls, progress=progress)  # fmt: skip
+        _page(
+            run,
+            plan,
+            cursor=ids[-1],
+            write=partial(_replay_write, items, run.pk),
+            calls=calls,
+            base_calls=base_calls,
+            progress=progress,
+        )
 
 
 def _replay_write(items: Sequence[EventInput], run_pk: int) -> tuple[int, Counter[str]]:
@@ -421,8 +464,14 @@ def _replay_write(items: Sequence[EventInput], run_pk: int) -> tuple[int, Counte
 def _capture_write(
     connection: Connection, connector: Connector, changes: Sequence[Change], plan: Plan, run_pk: int
 ) -> tuple[int, Counter[str]]:
-    counts = capture(connection=connection, connector=connector, changes=changes, now=timezone.now(),
-                     targets=[plan.target.name], id_prefix=run_prefix(run_pk))  # fmt: skip
+    counts = capture(
+        connection=connection,
+        connector=connector,
+        changes=changes,
+        now=timezone.now(),
+        targets=[plan.target.name],
+        id_prefix=run_prefix(run_pk),
+    )
     return counts["captured"] + counts["echo"], counts
 
 
@@ -438,17 +487,24 @@ def _read_pages(
             page = _patiently(partial(connector.changes, plan.object_type, cursor or None))
             changes = _since_filter(page.changes, plan.since)
             write = partial(_capture_write, connection, connector, changes, plan, run.pk)
-            _page(run, plan, cursor=page.cursor or "", write=write, calls=calls, base_calls=base_calls,
-                  progress=progress)  # fmt: skip
+            _page(
+                run, plan, cursor=page.cursor or "", write=write, calls=calls, base_calls=base_calls, progress=progress
+            )
             cursor = page.cursor or ""
             if not passes.more(page.changes, page.has_more):
                 return
 
 
 def _page(
-    run: BackfillRun, plan: Plan, *, cursor: str, write: Callable[[], tuple[int, Counter[str]]], calls: CallCounter,
-    base_calls: int, progress: Callable[[int], object],
-) -> None:  # fmt: skip
+    run: BackfillRun,
+    plan: Plan,
+    *,
+    cursor: str,
+    write: Callable[[], tuple[int, Counter[str]]],
+    calls: CallCounter,
+    base_calls: int,
+    progress: Callable[[int], object],
+) -> None:
     """One page: its events (and jobs), the Bulk claim and the checkpoint in one transaction; then the
     Bulk send."""
     owner = lease_owner()
@@ -509,8 +565,12 @@ def _patiently(call: Callable[[], T]) -> T:
 
 def _page_jobs(plan: Plan, run_pk: int, since: datetime) -> QuerySet[SyncJob]:
     """The target's due jobs this page's events just made or bumped."""
-    return SyncJob.objects.filter(target=plan.target, state__in=DUE_STATES, updated_at__gte=since,
-                                  last_event__idempotency_key__startswith=f"event:{run_prefix(run_pk)}")  # fmt: skip
+    return SyncJob.objects.filter(
+        target=plan.target,
+        state__in=DUE_STATES,
+        updated_at__gte=since,
+        last_event__idempotency_key__startswith=f"event:{run_prefix(run_pk)}",
+    )
 
 
 def prepared(jobs: Sequence[SyncJob]) -> list[Claimed]:
@@ -534,17 +594,20 @@ def _bulk_claim(plan: Plan, run_pk: int, owner: str, since: datetime) -> int:
     ids = [item.job.id for group in groups if len(group) >= BULK_MIN_GROUP for item in group]
     now = timezone.now()
     return SyncJob.objects.filter(id__in=ids, state__in=DUE_STATES).update(
-        state=JobState.IN_FLIGHT, lease_owner=owner, updated_at=now,
+        state=JobState.IN_FLIGHT,
+        lease_owner=owner,
+        updated_at=now,
         lease_expires_at=now + timedelta(seconds=settings.SYNC_LEASE_SECONDS),
-    )  # fmt: skip
+    )
 
 
 def _bulk_send(plan: Plan, run: BackfillRun, owner: str, calls: CallCounter) -> Counter[str]:
     """Send the claimed jobs as Bulk upserts, one job per object and field set; write their states, attempts
     and links with the engine's own outcomes_save. Stopped (Ctrl-C), the jobs go back to pending at once."""
     try:
-        jobs = list(SyncJob.objects.filter(lease_owner=owner, state=JobState.IN_FLIGHT)
-                    .select_related("target", "last_event"))  # fmt: skip
+        jobs = list(
+            SyncJob.objects.filter(lease_owner=owner, state=JobState.IN_FLIGHT).select_related("target", "last_event")
+        )
         items = prepared(jobs)
         outcomes: list[Outcome] = []
         rest = [item.job.id for item in items if not _bulkable(item)]
@@ -614,9 +677,13 @@ def _heartbeat(run: BackfillRun, owner: str) -> None:
 
 def backfill_job_states(run: BackfillRun) -> dict[str, int]:
     """The target's jobs whose latest event is one of this run's, by state."""
-    rows = (SyncJob.objects.filter(target__name=run.target,
-                                   last_event__idempotency_key__startswith=f"event:{run_prefix(run.pk)}")
-            .values("state").annotate(n=Count("id")))  # fmt: skip
+    rows = (
+        SyncJob.objects.filter(
+            target__name=run.target, last_event__idempotency_key__startswith=f"event:{run_prefix(run.pk)}"
+        )
+        .values("state")
+        .annotate(n=Count("id"))
+    )
     return {row["state"]: row["n"] for row in rows}
 
 
@@ -662,8 +729,11 @@ def _preview_reads(plan: Plan, preview: Preview, progress: Callable[[int], objec
     with calls.connected(connection) as connector:
         while True:
             page = _patiently(partial(connector.changes, plan.object_type, cursor or None))
-            fresh = [c for c in _since_filter(page.changes, plan.since)
-                     if (c.object_type, c.external_id, c.modified_at) not in seen]  # fmt: skip
+            fresh = [
+                c
+                for c in _since_filter(page.changes, plan.since)
+                if (c.object_type, c.external_id, c.modified_at) not in seen
+            ]
             seen.update((c.object_type, c.external_id, c.modified_at) for c in fresh)
             items, echoes = _as_captured(connection, connector, fresh, plan.target.name)
             preview.actions["echo"] += echoes
@@ -679,8 +749,10 @@ def _as_captured(
     connection: Connection, connector: Connector, changes: Sequence[Change], target: str
 ) -> tuple[list[EventInput], int]:
     """The events sync.inbound.capture would make of these changes, without writing: (events, echoes)."""
-    links = {(link.external_object, link.external_id): link for link in connection.links.filter(
-        external_id__in={change.external_id for change in changes})}  # fmt: skip
+    links = {
+        (link.external_object, link.external_id): link
+        for link in connection.links.filter(external_id__in={change.external_id for change in changes})
+    }
     items: list[EventInput] = []
     echoes = 0
     for change in changes:
@@ -695,9 +767,19 @@ def _as_captured(
             continue
         operation = "delete" if change.deleted else ("update" if link else "create")
         data = None if change.deleted else {k: v for k, v in view.fields.items() if link or v not in (None, "")}
-        items.append(EventInput(operation=operation, record_id=record_id, object_type=change.object_type,
-                                source=connection.name, targets=[target], data=data, occurred_at=change.modified_at,
-                                event_id=None, raw=None))  # fmt: skip
+        items.append(
+            EventInput(
+                operation=operation,
+                record_id=record_id,
+                object_type=change.object_type,
+                source=connection.name,
+                targets=[target],
+                data=data,
+                occurred_at=change.modified_at,
+                event_id=None,
+                raw=None,
+            )
+        )
     return items, echoes
 
 
@@ -719,11 +801,24 @@ def _classify(plan: Plan, items: Sequence[EventInput], preview: Preview) -> None
         if held is not None and item.occurred_at is not None and item.occurred_at < held:
             preview.actions["superseded"] += 1  # the target's job already holds a newer change: nothing sent
             continue
-        event = SyncEvent(operation=item.operation, object_type=item.object_type, record_id=item.record_id,
-                          source=item.source, payload=item.data, routing=route.decision,
-                          occurred_at=item.occurred_at or timezone.now())  # fmt: skip
-        jobs.append(SyncJob(target=plan.target, source=item.source, object_type=item.object_type,
-                            record_id=item.record_id, last_event=event))  # fmt: skip
+        event = SyncEvent(
+            operation=item.operation,
+            object_type=item.object_type,
+            record_id=item.record_id,
+            source=item.source,
+            payload=item.data,
+            routing=route.decision,
+            occurred_at=item.occurred_at or timezone.now(),
+        )
+        jobs.append(
+            SyncJob(
+                target=plan.target,
+                source=item.source,
+                object_type=item.object_type,
+                record_id=item.record_id,
+                last_event=event,
+            )
+        )
     for claimed in prepared(jobs):
         preview.actions[_action(claimed)] += 1
 

@@ -14,9 +14,21 @@ from django.conf import settings
 
 from sync.models import ConfigOverride
 
-KNOBS = ("batch_size", "flush_interval", "max_attempts", "rate_limit_calls", "rate_limit_window",
-         "breaker_failures", "breaker_cooldown", "quota_slow_down_percent", "poll_interval", "alert_lag_seconds",
-         "alert_failure_percent", "alert_failure_window", "alert_breaker_open_seconds")  # fmt: skip
+KNOBS = (
+    "batch_size",
+    "flush_interval",
+    "max_attempts",
+    "rate_limit_calls",
+    "rate_limit_window",
+    "breaker_failures",
+    "breaker_cooldown",
+    "quota_slow_down_percent",
+    "poll_interval",
+    "alert_lag_seconds",
+    "alert_failure_percent",
+    "alert_failure_window",
+    "alert_breaker_open_seconds",
+)
 CHECK_SECONDS = 1.0
 clock = time.monotonic  # swappable in tests
 _cache: dict[str, Any] = {"checked": float("-inf"), "rows": {}}
@@ -40,15 +52,21 @@ class EngineConfig:
 
 
 def _defaults() -> dict[str, int]:
-    return {"batch_size": settings.SYNC_BATCH_SIZE, "flush_interval": settings.SYNC_FLUSH_INTERVAL,
-            "max_attempts": settings.SYNC_MAX_ATTEMPTS, "rate_limit_calls": settings.SYNC_RATE_LIMIT_CALLS,
-            "rate_limit_window": settings.SYNC_RATE_LIMIT_WINDOW, "breaker_failures": settings.SYNC_BREAKER_FAILURES,
-            "breaker_cooldown": settings.SYNC_BREAKER_COOLDOWN,
-            "quota_slow_down_percent": settings.SYNC_QUOTA_SLOW_DOWN_PERCENT,
-            "poll_interval": settings.SYNC_POLL_INTERVAL, "alert_lag_seconds": settings.SYNC_ALERT_LAG_SECONDS,
-            "alert_failure_percent": settings.SYNC_ALERT_FAILURE_PERCENT,
-            "alert_failure_window": settings.SYNC_ALERT_FAILURE_WINDOW,
-            "alert_breaker_open_seconds": settings.SYNC_ALERT_BREAKER_OPEN_SECONDS}  # fmt: skip
+    return {
+        "batch_size": settings.SYNC_BATCH_SIZE,
+        "flush_interval": settings.SYNC_FLUSH_INTERVAL,
+        "max_attempts": settings.SYNC_MAX_ATTEMPTS,
+        "rate_limit_calls": settings.SYNC_RATE_LIMIT_CALLS,
+        "rate_limit_window": settings.SYNC_RATE_LIMIT_WINDOW,
+        "breaker_failures": settings.SYNC_BREAKER_FAILURES,
+        "breaker_cooldown": settings.SYNC_BREAKER_COOLDOWN,
+        "quota_slow_down_percent": settings.SYNC_QUOTA_SLOW_DOWN_PERCENT,
+        "poll_interval": settings.SYNC_POLL_INTERVAL,
+        "alert_lag_seconds": settings.SYNC_ALERT_LAG_SECONDS,
+        "alert_failure_percent": settings.SYNC_ALERT_FAILURE_PERCENT,
+        "alert_failure_window": settings.SYNC_ALERT_FAILURE_WINDOW,
+        "alert_breaker_open_seconds": settings.SYNC_ALERT_BREAKER_OPEN_SECONDS,
+    }
 
 
 def _rows() -> dict[int | None, dict[str, int]]:

@@ -11,12 +11,21 @@ from crms.models import Connection
 from sync import config
 from sync.models import ConfigOverride
 
-LIMITS = {"batch_size": (1, 10000), "flush_interval": (0, 3600), "max_attempts": (1, 100),
-          "rate_limit_calls": (0, 1_000_000), "rate_limit_window": (1, 86400),
-          "breaker_failures": (1, 1000), "breaker_cooldown": (1, 86400),
-          "quota_slow_down_percent": (1, 100), "poll_interval": (0, 86400), "alert_lag_seconds": (0, 604800),
-          "alert_failure_percent": (0, 100), "alert_failure_window": (60, 86400),
-          "alert_breaker_open_seconds": (0, 604800)}  # fmt: skip
+LIMITS = {
+    "batch_size": (1, 10000),
+    "flush_interval": (0, 3600),
+    "max_attempts": (1, 100),
+    "rate_limit_calls": (0, 1_000_000),
+    "rate_limit_window": (1, 86400),
+    "breaker_failures": (1, 1000),
+    "breaker_cooldown": (1, 86400),
+    "quota_slow_down_percent": (1, 100),
+    "poll_interval": (0, 86400),
+    "alert_lag_seconds": (0, 604800),
+    "alert_failure_percent": (0, 100),
+    "alert_failure_window": (60, 86400),
+    "alert_breaker_open_seconds": (0, 604800),
+}
 
 
 def override_errors(values: dict[str, Any]) -> dict[str, str]:

@@ -66,16 +66,24 @@ class Resolution:
 
     def release(self) -> None:
         for jobs in self.held:  # a held job keeps its state through an upsert: release it to the chosen state
-            jobs.filter(state=JobState.HELD).update(state=JobState.PENDING, last_error_code="",
-                                                    last_error_message="", updated_at=self.now)  # fmt: skip
+            jobs.filter(state=JobState.HELD).update(
+                state=JobState.PENDING, last_error_code="", last_error_message="", updated_at=self.now
+            )
         self.conflict.refresh_from_db()
-        logger.info("conflict resolved", extra={"conflict_id": self.conflict.pk, "record_id": self.conflict.record_id,
-                                                "resolved_by": self.conflict.resolved_by,
-                                                "note": self.conflict.note})  # fmt: skip
+        logger.info(
+            "conflict resolved",
+            extra={
+                "conflict_id": self.conflict.pk,
+                "record_id": self.conflict.record_id,
+                "resolved_by": self.conflict.resolved_by,
+                "note": self.conflict.note,
+            },
+        )
 
 
-def detect(checked: Sequence[tuple[SyncEvent, Route]], connections: dict[str, Connection],
-           now: datetime) -> list[Resolution]:  # fmt: skip
+def detect(
+    checked: Sequence[tuple[SyncEvent, Route]], connections: dict[str, Connection], now: datetime
+) -> list[Resolution]:
     """Judge every pair these new events form with a change still travelling the other way. Conflicts a policy
     decides come back as resolutions for the caller's ingest to store; held ones wait for a person."""
     system_a = connections.get(SYSTEM_A)
@@ -85,15 +93,20 @@ def detect(checked: Sequence[tuple[SyncEvent, Route]], connections: dict[str, Co
     return [resolution for resolution in judged if resolution is not None]
 
 
-def _pairs(checked: Sequence[tuple[SyncEvent, Route]], system_a: Connection,
-           connections: dict[str, Connection]) -> list[Pair]:  # fmt: skip
+def _pairs(
+    checked: Sequence[tuple[SyncEvent, Route]], system_a: Connection, connections: dict[str, Connection]
+) -> list[Pair]:
     from_a = [(e, r) for e, r in checked if e.source == SYSTEM_A and e.operation in ("create", "update") and r.targets]
-    from_crm = [(e, r) for e, r in checked
-                if e.source != SYSTEM_A and e.operation in ("create", "update") and system_a in r.targets]  # fmt: skip
+    from_crm = [
+        (e, r)
+        for e, r in checked
+        if e.source != SYSTEM_A and e.operation in ("create", "update") and system_a in r.targets
+    ]
     pairs: list[Pair] = []
     if from_a:
-        waiting = SyncJob.objects.filter(record_id__in={e.record_id for e, _ in from_a}, target=system_a,
-                                         state__in=UNSYNCED).select_related("last_event")  # fmt: skip
+        waiting = SyncJob.objects.filter(
+            record_id__in={e.record_id for e, _ in from_a}, target=system_a, state__in=UNSYNCED
+        ).select_related("last_event")
         by_key = {(job.record_id, job.source): job for job in waiting}
         for event, route in from_a:
             for target in route.targets:
@@ -149,8 +162,15 @@ def _judge(pair: Pair, system_a: Connection, now: datetime) -> Resolution | None
     return decide(conflict, choices, by=f"policy:{policy}", note=_note(choices), system_a=system_a, now=now)
 
 
-def _choose(policy: str, fallback: str, ours: dict[str, Any], a_changed: set[str], crm_changed: set[str],
-            contested: list[str], pair: Pair) -> dict[str, Side] | None:  # fmt: skip
+def _choose(
+    policy: str,
+    fallback: str,
+    ours: dict[str, Any],
+    a_changed: set[str],
+    crm_changed: set[str],
+    contested: list[str],
+    pair: Pair,
+) -> dict[str, Side] | None:
     """Which side each field System A writes is taken from; None: hold for a person."""
     if policy == "field_merge":
         if contested and fallback == "hold":
@@ -191,15 +211,31 @@ def _note(choices: dict[str, Side]) -> str:
     return "merged: " + ", ".join(f"{name} from {side}" for name, side in sorted(choices.items()))
 
 
-def _record(pair: Pair, link: RecordLink, policy: str, base: dict[str, Any], ours: dict[str, Any],
-            theirs: dict[str, Any], contested: list[str], now: datetime) -> SyncConflict:  # fmt: skip
+def _record(
+    pair: Pair,
+    link: RecordLink,
+    policy: str,
+    base: dict[str, Any],
+    ours: dict[str, Any],
+    theirs: dict[str, Any],
+    contested: list[str],
+    now: datetime,
+) -> SyncConflict:
     """One row per conflict. A record already held gets its open conflict refreshed with the newer changes."""
     values: dict[str, Any] = {
-        "object_type": pair.a_event.object_type, "external_object": link.external_object,
-        "external_id": link.external_id, "policy": policy, "base": base, "system_a_values": ours,
-        "crm_values": theirs, "fields": contested, "system_a_event": pair.a_event, "crm_event": pair.crm_event,
-        "system_a_occurred_at": pair.a_event.occurred_at, "crm_occurred_at": pair.crm_event.occurred_at,
-    }  # fmt: skip
+        "object_type": pair.a_event.object_type,
+        "external_object": link.external_object,
+        "external_id": link.external_id,
+        "policy": policy,
+        "base": base,
+        "system_a_values": ours,
+        "crm_values": theirs,
+        "fields": contested,
+        "system_a_event": pair.a_event,
+        "crm_event": pair.crm_event,
+        "system_a_occurred_at": pair.a_event.occurred_at,
+        "crm_occurred_at": pair.crm_event.occurred_at,
+    }
     open_row = SyncConflict.objects.select_for_update().filter(
         record_id=pair.record_id, connection=pair.crm, state=ConflictState.OPEN
     )
@@ -208,14 +244,22 @@ def _record(pair: Pair, link: RecordLink, policy: str, base: dict[str, Any], our
         return open_row.get()
     try:
         with transaction.atomic():
-            conflict = SyncConflict.objects.create(record_id=pair.record_id, connection=pair.crm, detected_at=now,
-                                                   **values)  # fmt: skip
+            conflict = SyncConflict.objects.create(
+                record_id=pair.record_id, connection=pair.crm, detected_at=now, **values
+            )
     except IntegrityError:  # another request opened it a moment ago
         open_row.update(**values)
         return open_row.get()
-    logger.info("conflict detected", extra={"conflict_id": conflict.pk, "record_id": pair.record_id,
-                                            "connection": pair.crm.name, "policy": policy,
-                                            "fields": contested})  # fmt: skip
+    logger.info(
+        "conflict detected",
+        extra={
+            "conflict_id": conflict.pk,
+            "record_id": pair.record_id,
+            "connection": pair.crm.name,
+            "policy": policy,
+            "fields": contested,
+        },
+    )
     return conflict
 
 
@@ -229,15 +273,27 @@ def _hold(conflict: SyncConflict, system_a: Connection) -> None:
     """Both directions wait for a person. A job already on its way finishes; the resolution overrides it."""
     for jobs in _jobs(conflict, system_a):
         jobs.filter(state__in=(JobState.PENDING, JobState.RETRYING, JobState.FAILED)).update(
-            state=JobState.HELD, lease_expires_at=None, lease_owner="", next_attempt_at=None,
-            last_error_code="CONFLICT_HELD", last_error_message=f"conflict {conflict.pk} waits for review",
-            last_error_permanent=None, updated_at=timezone.now(),
-        )  # fmt: skip
+            state=JobState.HELD,
+            lease_expires_at=None,
+            lease_owner="",
+            next_attempt_at=None,
+            last_error_code="CONFLICT_HELD",
+            last_error_message=f"conflict {conflict.pk} waits for review",
+            last_error_permanent=None,
+            updated_at=timezone.now(),
+        )
     logger.info("conflict held", extra={"conflict_id": conflict.pk, "record_id": conflict.record_id})
 
 
-def decide(conflict: SyncConflict, choices: dict[str, Side], *, by: str, note: str = "",
-           system_a: Connection | None = None, now: datetime | None = None) -> Resolution:  # fmt: skip
+def decide(
+    conflict: SyncConflict,
+    choices: dict[str, Side],
+    *,
+    by: str,
+    note: str = "",
+    system_a: Connection | None = None,
+    now: datetime | None = None,
+) -> Resolution:
     """A decision, each field System A writes taken from one side, so that both sides end with the same state.
 
     The CRM is to get the chosen values unless it already holds them; System A the chosen record (in the CRM's
@@ -249,8 +305,9 @@ def decide(conflict: SyncConflict, choices: dict[str, Side], *, by: str, note: s
     now = now or timezone.now()
     system_a = system_a or Connection.objects.get(name=SYSTEM_A)
     ours, theirs = dict(conflict.system_a_values), dict(conflict.crm_values)
-    chosen = {name: (ours[name] if choices.get(name, "crm") == "system_a" else theirs.get(name, ours[name]))
-              for name in ours}  # fmt: skip
+    chosen = {
+        name: (ours[name] if choices.get(name, "crm") == "system_a" else theirs.get(name, ours[name])) for name in ours
+    }
     full = {**theirs, **chosen}
     to_crm, to_a = _jobs(conflict, system_a)
     # The decision stands at the time of the newer of the two changes: a change older than that (a late
@@ -264,14 +321,16 @@ def decide(conflict: SyncConflict, choices: dict[str, Side], *, by: str, note: s
     if not crm_holds_it or to_crm.filter(state__in=ACTIVE).exists():
         items.append(_to_crm_event(conflict, chosen, when))
     else:
-        _settle(to_crm, conflict, f"conflict {conflict.pk}: {conflict.connection.name} already holds the chosen state",
-                when)  # fmt: skip
+        _settle(
+            to_crm, conflict, f"conflict {conflict.pk}: {conflict.connection.name} already holds the chosen state", when
+        )
     a_holds_it = all(choices.get(name) == "system_a" for name in chosen) and _crm_changed_only(conflict) <= set(ours)
     if a_holds_it and not to_a.filter(state__in=ACTIVE).exists():
         _settle(to_a, conflict, f"conflict {conflict.pk}: System A already holds the chosen state", crm_when)
     elif all(choices.get(name, "crm") == "crm" for name in chosen) and conflict.crm_event is not None:
-        to_a.filter(state=JobState.HELD).update(state=JobState.PENDING, last_error_code="", last_error_message="",
-                                                updated_at=now)  # fmt: skip
+        to_a.filter(state=JobState.HELD).update(
+            state=JobState.PENDING, last_error_code="", last_error_message="", updated_at=now
+        )
     else:
         items.append(_to_system_a_event(conflict, full, crm_when))
     SyncConflict.objects.filter(pk=conflict.pk).update(
@@ -291,32 +350,64 @@ def _settle(jobs: Any, conflict: SyncConflict, message: str, when: datetime) -> 
     the losing version replayed later (older than that) is superseded rather than sent."""
     decided = Greatest(F("last_occurred_at"), Value(when, output_field=DateTimeField()))
     jobs.filter(state__in=WAITING).update(
-        state=JobState.SKIPPED, lease_expires_at=None, lease_owner="", next_attempt_at=None, attempts=0,
-        last_error_code="CONFLICT_RESOLVED", last_error_message=message, last_error_permanent=None,
-        updated_at=timezone.now(), last_occurred_at=decided,
-    )  # fmt: skip
+        state=JobState.SKIPPED,
+        lease_expires_at=None,
+        lease_owner="",
+        next_attempt_at=None,
+        attempts=0,
+        last_error_code="CONFLICT_RESOLVED",
+        last_error_message=message,
+        last_error_permanent=None,
+        updated_at=timezone.now(),
+        last_occurred_at=decided,
+    )
 
 
 def _to_crm_event(conflict: SyncConflict, chosen: dict[str, Any], when: datetime) -> EventInput:
     source = conflict.system_a_event
-    routing = {"mode": "conflict", "conflict": conflict.pk, "targets": [conflict.connection.name],
-               "payloads": {conflict.connection.name: {"object": conflict.external_object, "fields": chosen,
-                                                       "rule": f"conflict {conflict.pk}"}}}  # fmt: skip
+    routing = {
+        "mode": "conflict",
+        "conflict": conflict.pk,
+        "targets": [conflict.connection.name],
+        "payloads": {
+            conflict.connection.name: {
+                "object": conflict.external_object,
+                "fields": chosen,
+                "rule": f"conflict {conflict.pk}",
+            }
+        },
+    }
     raw = {"conflict": conflict.pk, "to": conflict.connection.name, "fields": chosen}
-    return EventInput(operation="update", record_id=conflict.record_id, object_type=conflict.object_type,
-                      source=SYSTEM_A, targets=None, data=dict(source.payload or {}) if source else None,
-                      occurred_at=when, event_id=f"conflict:{conflict.pk}:crm",
-                      raw=raw, routing=routing)  # fmt: skip
+    return EventInput(
+        operation="update",
+        record_id=conflict.record_id,
+        object_type=conflict.object_type,
+        source=SYSTEM_A,
+        targets=None,
+        data=dict(source.payload or {}) if source else None,
+        occurred_at=when,
+        event_id=f"conflict:{conflict.pk}:crm",
+        raw=raw,
+        routing=routing,
+    )
 
 
 def _to_system_a_event(conflict: SyncConflict, full: dict[str, Any], when: datetime) -> EventInput:
     crm_event = conflict.crm_event
     object_type = crm_event.object_type if crm_event else conflict.external_object
     raw = {"conflict": conflict.pk, "to": SYSTEM_A, "fields": full}
-    return EventInput(operation="update", record_id=conflict.record_id, object_type=object_type,
-                      source=conflict.connection.name, targets=[SYSTEM_A], data=full, occurred_at=when,
-                      event_id=f"conflict:{conflict.pk}:system_a", raw=raw,
-                      conflict_resolution=True)  # fmt: skip
+    return EventInput(
+        operation="update",
+        record_id=conflict.record_id,
+        object_type=object_type,
+        source=conflict.connection.name,
+        targets=[SYSTEM_A],
+        data=full,
+        occurred_at=when,
+        event_id=f"conflict:{conflict.pk}:system_a",
+        raw=raw,
+        conflict_resolution=True,
+    )
 
 
 def _same(left: Any, right: Any) -> bool:

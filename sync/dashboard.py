@@ -67,20 +67,34 @@ def charts(figures: stats.Stats) -> dict[str, Any]:
     return {
         "per_minute": _stacked([f"{b['start']:%H:%M}" for b in minutes], minutes, "attempts per minute"),
         "per_hour": _stacked([f"{b['start']:%d %H:00}" for b in hours], hours, "attempts per hour"),
-        "lag": {"labels": names, "horizontal": True, "unit": "seconds the oldest due job has waited",
-                "datasets": [{"label": "lag (s)", "color": LAG, "data": [r["lag_seconds"] for r in figures["lag"]]}]},
-        "throttle": {"labels": [r["connection"] for r in figures["throttle"]], "horizontal": True, "max": 100,
-                     "unit": "% of the rate limit used in the current window (blank: unknown or no limit)",
-                     "datasets": [{"label": "% of limit", "color": THROTTLE,
-                                   "data": [r["percent"] for r in figures["throttle"]]}]},
-    }  # fmt: skip
+        "lag": {
+            "labels": names,
+            "horizontal": True,
+            "unit": "seconds the oldest due job has waited",
+            "datasets": [{"label": "lag (s)", "color": LAG, "data": [r["lag_seconds"] for r in figures["lag"]]}],
+        },
+        "throttle": {
+            "labels": [r["connection"] for r in figures["throttle"]],
+            "horizontal": True,
+            "max": 100,
+            "unit": "% of the rate limit used in the current window (blank: unknown or no limit)",
+            "datasets": [
+                {"label": "% of limit", "color": THROTTLE, "data": [r["percent"] for r in figures["throttle"]]}
+            ],
+        },
+    }
 
 
 def _stacked(labels: list[str], buckets: list[stats.Bucket], unit: str) -> dict[str, Any]:
-    return {"labels": labels, "stacked": True, "unit": unit, "datasets": [
-        {"label": "synced", "color": SYNCED, "data": [b["synced"] for b in buckets]},
-        {"label": "failed", "color": FAILED, "data": [b["failed"] for b in buckets]},
-    ]}  # fmt: skip
+    return {
+        "labels": labels,
+        "stacked": True,
+        "unit": unit,
+        "datasets": [
+            {"label": "synced", "color": SYNCED, "data": [b["synced"] for b in buckets]},
+            {"label": "failed", "color": FAILED, "data": [b["failed"] for b in buckets]},
+        ],
+    }
 
 
 @staff_member_required
@@ -98,9 +112,11 @@ def issues(request: HttpRequest) -> HttpResponse:
 def _group_view(group: stats.IssueGroup) -> dict[str, Any]:
     """The group as the template shows it: links and the payload as readable JSON."""
     failed = group["states"].get(JobState.FAILED, 0)
-    admin_list = reverse("admin:sync_syncjob_changelist") + "?" + urlencode(
-        {"last_error_code__exact": group["code"], **({"state__exact": JobState.FAILED} if failed else {})}
-    )  # fmt: skip
+    admin_list = (
+        reverse("admin:sync_syncjob_changelist")
+        + "?"
+        + urlencode({"last_error_code__exact": group["code"], **({"state__exact": JobState.FAILED} if failed else {})})
+    )
     return {**group, "failed": failed, "admin_list": admin_list, "jobs": [_job_view(job) for job in group["jobs"]]}
 
 

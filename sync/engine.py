@@ -94,9 +94,11 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
     for group in groups:
         while len(batches) < room:
             ids = list(
-                _due(connection.pk, now).filter(object_type=group["object_type"]).order_by("updated_at", "id")
+                _due(connection.pk, now)
+                .filter(object_type=group["object_type"])
+                .order_by("updated_at", "id")
                 .values_list("id", flat=True)[:size]
-            )  # fmt: skip
+            )
             ready = len(ids) >= size or force or group["oldest"] <= flush_before
             if not ids or not ready:
                 break
@@ -307,12 +309,19 @@ def jobs_prepare(jobs: Sequence[SyncJob]) -> list[Claimed]:
         return []
     links = _links(jobs)
     own = _system_a_ids(jobs) if jobs[0].target.kind == "system_a" else set()
-    return [_prepare(job, links.get(job.record_id, []), own_id=job.record_id if job.record_id in own else None)
-            for job in jobs]  # fmt: skip
+    return [
+        _prepare(job, links.get(job.record_id, []), own_id=job.record_id if job.record_id in own else None)
+        for job in jobs
+    ]
 
 
-def results_outcomes(connection: Connection, items: Sequence[Claimed], results: Sequence[PushResult],
-                     call_error: ConnectorError | None, duration_ms: int) -> list[Outcome]:  # fmt: skip
+def results_outcomes(
+    connection: Connection,
+    items: Sequence[Claimed],
+    results: Sequence[PushResult],
+    call_error: ConnectorError | None,
+    duration_ms: int,
+) -> list[Outcome]:
     """A call's results as job outcomes, the connection's health reported to its breaker on the way."""
     _breaker_report(connection, call_error or _connection_failure(results), timezone.now(), probe=False)
     return [_outcome(item, result, duration_ms) for item, result in zip(items, results, strict=True)]
@@ -350,8 +359,14 @@ def _prepare(job: SyncJob, links: Sequence[RecordLink], *, own_id: str | None = 
     link = _link_for(job, target_object, links)
     external_id = link.external_id if link else own_id
     if event is None:  # never guess: a missing event must not turn into a delete
-        return Claimed(job, link, None, ConnectorError("the event behind this job is gone; post the record again",
-                                                 code="EVENT_MISSING", permanent=True))  # fmt: skip
+        return Claimed(
+            job,
+            link,
+            None,
+            ConnectorError(
+                "the event behind this job is gone; post the record again", code="EVENT_MISSING", permanent=True
+            ),
+        )
     if event.operation == "delete":
         if (spec or {}).get("delete") == "soft_delete" and spec:
             marker = {spec["soft_delete_field"]: True}
@@ -365,9 +380,17 @@ def _prepare(job: SyncJob, links: Sequence[RecordLink], *, own_id: str | None = 
         return Claimed(job, link, None)
     missing = [] if external_id is not None else _missing_required(job.target, target_object, fields)
     if missing:
-        return Claimed(job, link, None, ConnectorError(
-            f"{', '.join(missing)} required to create a {target_object} in {job.target.name}; nothing was sent",
-            code="REQUIRED_FIELD_MISSING", permanent=True, fields=missing))  # fmt: skip
+        return Claimed(
+            job,
+            link,
+            None,
+            ConnectorError(
+                f"{', '.join(missing)} required to create a {target_object} in {job.target.name}; nothing was sent",
+                code="REQUIRED_FIELD_MISSING",
+                permanent=True,
+                fields=missing,
+            ),
+        )
     return Claimed(job, link, OutboundRecord(job.record_id, target_object, "upsert", fields, external_id))
 
 
@@ -395,8 +418,11 @@ def payload_hash(fields: dict[str, Any]) -> str:
 def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[Outcome]:
     gate, look_again = breaker_allow(connection, now)
     if gate is Gate.WAIT:  # the breaker is open: no call, the jobs wait without spending an attempt
-        error = NotSent("circuit breaker open: the connection is failing", code="BREAKER_OPEN",
-                               retry_after=(look_again - now).total_seconds() if look_again else None)  # fmt: skip
+        error = NotSent(
+            "circuit breaker open: the connection is failing",
+            code="BREAKER_OPEN",
+            retry_after=(look_again - now).total_seconds() if look_again else None,
+        )
         return [Outcome(item.job, JobState.RETRYING, error, counts=False) for item in items]
     records = [item.record for item in items if item.record is not None]
     started = timezone.now()
@@ -447,8 +473,9 @@ def _breaker_report(connection: Connection, error: ConnectorError | None, now: d
         if probe:
             breaker_release_probe(connection)
     elif not error.permanent or error.pause_connection or error.http_status in (401, 403):
-        breaker_failure(connection, reason=f"{error.code}: {error.message}", now=now, probe=probe,
-                        at_once=error.pause_connection)  # fmt: skip
+        breaker_failure(
+            connection, reason=f"{error.code}: {error.message}", now=now, probe=probe, at_once=error.pause_connection
+        )
     elif probe:
         breaker_success(connection, probe=True)  # it answered: the connection works, the request was wrong
 
@@ -466,9 +493,16 @@ def _outcome(item: Claimed, result: PushResult, duration_ms: int) -> Outcome:
     attempt = AttemptOutcome.ERROR if error else AttemptOutcome.SUCCESS
     if error is None:
         linked = item.record if item.record is not None and item.record.operation != "delete" else None
-        return Outcome(job, JobState.SYNCED, None, attempt=attempt, duration_ms=duration_ms, sent=linked,
-                       external_id=result.external_id or "",
-                       link_object_type=item.link.object_type if item.link else job.object_type)  # fmt: skip
+        return Outcome(
+            job,
+            JobState.SYNCED,
+            None,
+            attempt=attempt,
+            duration_ms=duration_ms,
+            sent=linked,
+            external_id=result.external_id or "",
+            link_object_type=item.link.object_type if item.link else job.object_type,
+        )
     if not_their_fault(error):  # handed back, not counted as an attempt
         return Outcome(job, JobState.RETRYING, error, counts=False, attempt=attempt, duration_ms=duration_ms)
     exhausted = job.attempts + 1 >= config.effective(job.target_id).max_attempts
@@ -507,7 +541,7 @@ def outcomes_save(outcomes: Sequence[Outcome], *, owner: str, now: datetime) -> 
             SyncJob.objects.select_for_update()
             .filter(id__in=[o.job.id for o in outcomes], state=JobState.IN_FLIGHT, lease_owner=owner)
             .values_list("id", "version")
-        )  # fmt: skip
+        )
         current = [o for o in outcomes if held.get(o.job.id) == o.job.version]
         superseded = [o.job.id for o in outcomes if o.job.id in held and held[o.job.id] != o.job.version]
         _states_save(current, now, finished)
@@ -522,46 +556,71 @@ def outcomes_save(outcomes: Sequence[Outcome], *, owner: str, now: datetime) -> 
         if state == JobState.RETRYING and outcome.counts and outcome.error is not None:
             RETRIES.labels(outcome.job.target.name, outcome.error.code).inc()
         event = outcome.job.last_event
-        logger.info("job state", extra={"job_id": outcome.job.id, "record_id": outcome.job.record_id,
-                                        "target_id": outcome.job.target_id, "state": state,
-                                        "version": outcome.job.version,
-                                        "request_id": event.request_id if event else None})  # fmt: skip
+        logger.info(
+            "job state",
+            extra={
+                "job_id": outcome.job.id,
+                "record_id": outcome.job.record_id,
+                "target_id": outcome.job.target_id,
+                "state": state,
+                "version": outcome.job.version,
+                "request_id": event.request_id if event else None,
+            },
+        )
     return states
 
 
 def _bases_save(outcomes: Sequence[Outcome], now: datetime) -> None:
     """A change from a CRM that reached its target is now what both sides agree on: it becomes that CRM
     link's last-synced values, the base the next conflict is judged against and echoes are compared with."""
-    changes = [o.job for o in outcomes if o.job.source != SYSTEM_A and o.job.last_event is not None
-               and o.job.last_event.operation in ("create", "update")]  # fmt: skip
+    changes = [
+        o.job
+        for o in outcomes
+        if o.job.source != SYSTEM_A
+        and o.job.last_event is not None
+        and o.job.last_event.operation in ("create", "update")
+    ]
     if not changes:
         return
     systems = dict(Connection.objects.filter(name__in={job.source for job in changes}).values_list("name", "id"))
     for job in changes:
         assert job.last_event is not None  # noqa: S101 - filtered above
         values = {k: v for k, v in (job.last_event.payload or {}).items() if v not in (None, "")}
-        RecordLink.objects.filter(record_id=job.record_id, system_id=systems.get(job.source),
-                                  external_object=job.object_type).update(
-            last_values=values, last_hash=payload_hash(values), synced_at=now)  # fmt: skip
+        RecordLink.objects.filter(
+            record_id=job.record_id, system_id=systems.get(job.source), external_object=job.object_type
+        ).update(last_values=values, last_hash=payload_hash(values), synced_at=now)
 
 
 def _attempt_row(outcome: Outcome, started: datetime, finished: datetime) -> SyncAttempt:
     error = outcome.error
     code, message = outcome.skip or ((error.code, error.message) if error else ("", ""))
     return SyncAttempt(
-        job=outcome.job, version=outcome.job.version, started_at=started, finished_at=finished,
-        outcome=outcome.attempt or "", http_status=error.http_status if error else None, error_code=code,
-        error_message=message, permanent=error.permanent if error else None, duration_ms=outcome.duration_ms,
-    )  # fmt: skip
+        job=outcome.job,
+        version=outcome.job.version,
+        started_at=started,
+        finished_at=finished,
+        outcome=outcome.attempt or "",
+        http_status=error.http_status if error else None,
+        error_code=code,
+        error_message=message,
+        permanent=error.permanent if error else None,
+        duration_ms=outcome.duration_ms,
+    )
 
 
 def _states_save(outcomes: Sequence[Outcome], now: datetime, finished: datetime) -> None:
     """One UPDATE for the synced jobs and one for the skipped (they share their values); one per
     job that failed or retries (each has its own backoff)."""
     clear: dict[str, Any] = {
-        "lease_expires_at": None, "lease_owner": "", "updated_at": finished, "attempts": 0, "next_attempt_at": None,
-        "last_error_code": "", "last_error_message": "", "last_error_permanent": None,
-    }  # fmt: skip
+        "lease_expires_at": None,
+        "lease_owner": "",
+        "updated_at": finished,
+        "attempts": 0,
+        "next_attempt_at": None,
+        "last_error_code": "",
+        "last_error_message": "",
+        "last_error_permanent": None,
+    }
     synced = [o.job.id for o in outcomes if o.state == JobState.SYNCED]
     skipped = [o.job.id for o in outcomes if o.state == JobState.SKIPPED]
     if synced:
@@ -574,12 +633,16 @@ def _states_save(outcomes: Sequence[Outcome], now: datetime, finished: datetime)
         job, error = outcome.job, outcome.error
         wait = retry_wait(error, job.attempts, counts=outcome.counts) if error is not None else 0.0
         SyncJob.objects.filter(id=job.id).update(
-            state=outcome.state, attempts=job.attempts + (1 if outcome.counts else 0),
+            state=outcome.state,
+            attempts=job.attempts + (1 if outcome.counts else 0),
             next_attempt_at=now + timedelta(seconds=wait) if outcome.state == JobState.RETRYING else None,
-            lease_expires_at=None, lease_owner="", updated_at=finished,
-            last_error_code=error.code if error else "", last_error_message=error.message if error else "",
+            lease_expires_at=None,
+            lease_owner="",
+            updated_at=finished,
+            last_error_code=error.code if error else "",
+            last_error_message=error.message if error else "",
             last_error_permanent=error.permanent if error else None,
-        )  # fmt: skip
+        )
 
 
 def _links_save(outcomes: Sequence[Outcome], now: datetime) -> None:
@@ -615,17 +678,25 @@ def _links_save(outcomes: Sequence[Outcome], now: datetime) -> None:
 def _link_row(outcome: Outcome, now: datetime) -> RecordLink:
     record = outcome.sent
     assert record is not None  # noqa: S101 - callers pass only sent records
-    return RecordLink(object_type=outcome.link_object_type or outcome.job.object_type, record_id=outcome.job.record_id,
-                      system_id=outcome.job.target_id, external_object=record.object_type,
-                      external_id=outcome.external_id, last_values=record.fields,
-                      last_hash=payload_hash(record.fields), synced_at=now)  # fmt: skip
+    return RecordLink(
+        object_type=outcome.link_object_type or outcome.job.object_type,
+        record_id=outcome.job.record_id,
+        system_id=outcome.job.target_id,
+        external_object=record.object_type,
+        external_id=outcome.external_id,
+        last_values=record.fields,
+        last_hash=payload_hash(record.fields),
+        synced_at=now,
+    )
 
 
 def _links_upsert(rows: Sequence[RecordLink]) -> None:
     RecordLink.objects.bulk_create(
-        rows, update_conflicts=True, unique_fields=["record_id", "object_type", "system"],
+        rows,
+        update_conflicts=True,
+        unique_fields=["record_id", "object_type", "system"],
         update_fields=["external_object", "external_id", "last_values", "last_hash", "synced_at"],
-    )  # fmt: skip
+    )
 
 
 def backoff_seconds(attempt: int, retry_after: float | None) -> float:

@@ -76,9 +76,14 @@ class PollResult:
 
 
 def poll(
-    *, connection: Connection, object_type: str, connector: Connector, max_pages: int | None = None,
-    owner: str, clock: Callable[[], datetime] = timezone.now,
-) -> PollResult:  # fmt: skip
+    *,
+    connection: Connection,
+    object_type: str,
+    connector: Connector,
+    max_pages: int | None = None,
+    owner: str,
+    clock: Callable[[], datetime] = timezone.now,
+) -> PollResult:
     """Read changes page by page until the connector has no more (or `max_pages`)."""
     row, _ = InboundCursor.objects.get_or_create(connection=connection, object_type=object_type)
     if CircuitBreaker.objects.filter(connection=connection).exclude(state=BreakerState.CLOSED).exists():
@@ -98,10 +103,15 @@ def poll(
             with transaction.atomic():
                 counts = capture(connection=connection, connector=connector, changes=page.changes, now=clock())
                 InboundCursor.objects.filter(pk=row.pk, lease_owner=owner).update(
-                    cursor=page.cursor or "", polled_at=clock(), pages=F("pages") + 1,
-                    captured=F("captured") + counts["captured"], lease_until=clock() + POLL_LEASE, last_error="",
-                    failures=0, retry_at=None,
-                )  # fmt: skip
+                    cursor=page.cursor or "",
+                    polled_at=clock(),
+                    pages=F("pages") + 1,
+                    captured=F("captured") + counts["captured"],
+                    lease_until=clock() + POLL_LEASE,
+                    last_error="",
+                    failures=0,
+                    retry_at=None,
+                )
             pages += 1
             totals.update(counts)
             if not page.has_more:
@@ -116,8 +126,9 @@ def poll(
     finally:
         InboundCursor.objects.filter(pk=row.pk, lease_owner=owner).update(lease_owner="", lease_until=None)
         final = InboundCursor.objects.values_list("cursor", flat=True).get(pk=row.pk)
-        logger.info("polled", extra={"connection": connection.name, "object_type": object_type, "pages": pages,
-                                     **dict(totals)})  # fmt: skip
+        logger.info(
+            "polled", extra={"connection": connection.name, "object_type": object_type, "pages": pages, **dict(totals)}
+        )
         request_id_var.reset(context)
     return PollResult(pages, dict(totals), final)
 
@@ -174,9 +185,14 @@ def polls_claim(*, now: datetime) -> list[tuple[int, str, str]]:
 
 
 def capture(
-    *, connection: Connection, connector: Connector, changes: Sequence[Change], now: datetime,
-    targets: list[str] | None = None, id_prefix: str = "",
-) -> Counter[str]:  # fmt: skip
+    *,
+    connection: Connection,
+    connector: Connector,
+    changes: Sequence[Change],
+    now: datetime,
+    targets: list[str] | None = None,
+    id_prefix: str = "",
+) -> Counter[str]:
     """Turn one page of changes into events (with their jobs) and links; our own writes read back are echoes.
 
     `targets` names the connections the events go to (None: the rules decide); `id_prefix` gives
@@ -186,14 +202,25 @@ def capture(
     items: list[EventInput] = []
     missing = next((c for c in changes if not c.external_id), None)
     if missing is not None:  # a record we could never link or update: refuse the page, keep the cursor
-        raise ConnectorError(f"a {missing.object_type} change from {connection.name} has no id: nothing in this "
-                             "page was captured", code="MISSING_KEY", permanent=True, fields=("id",))  # fmt: skip
+        raise ConnectorError(
+            f"a {missing.object_type} change from {connection.name} has no id: nothing in this page was captured",
+            code="MISSING_KEY",
+            permanent=True,
+            fields=("id",),
+        )
     ids = [id_prefix + _event_id(connection, change) for change in changes]
     last = {event_id: index for index, event_id in enumerate(ids)}
-    seen = set(SyncEvent.objects.filter(idempotency_key__in=[f"event:{i}" for i in ids])
-               .values_list("idempotency_key", flat=True))  # fmt: skip
-    links = {(link.external_object, link.external_id): link for link in RecordLink.objects.filter(
-        system=connection, external_id__in={change.external_id for change in changes})}  # fmt: skip
+    seen = set(
+        SyncEvent.objects.filter(idempotency_key__in=[f"event:{i}" for i in ids]).values_list(
+            "idempotency_key", flat=True
+        )
+    )
+    links = {
+        (link.external_object, link.external_id): link
+        for link in RecordLink.objects.filter(
+            system=connection, external_id__in={change.external_id for change in changes}
+        )
+    }
     for index, (change, event_id) in enumerate(zip(changes, ids, strict=True)):
         if f"event:{event_id}" in seen or last[event_id] != index:
             # The overlap window, a page read again after a crash, or a key repeated in this page
@@ -216,8 +243,19 @@ def capture(
             # no link yet, and one made here would claim the push's state was already synced.
             _link_save(connection, change, object_type, record_id, view, now)
         counts["echo" if echo else "captured"] += 1
-        items.append(_event(connection, change, object_type, record_id, view, event_id, echo,
-                            linked=link is not None, targets=targets))  # fmt: skip
+        items.append(
+            _event(
+                connection,
+                change,
+                object_type,
+                record_id,
+                view,
+                event_id,
+                echo,
+                linked=link is not None,
+                targets=targets,
+            )
+        )
     if items:
         # The webhook's request id, or the poll's own: the change's journey back to System A carries it.
         event_ingest(items=items, idempotency_key=None, is_batch=True, request_id=request_id_var.get())
@@ -300,23 +338,48 @@ def _link_save(
     they change only when a change has reached the other side (the engine writes them), so they stay
     the base a conflict is judged against while this change is on its way."""
     RecordLink.objects.get_or_create(
-        system=connection, external_object=change.object_type, external_id=change.external_id,
+        system=connection,
+        external_object=change.object_type,
+        external_id=change.external_id,
         defaults={"object_type": object_type, "record_id": record_id, "last_values": {}, "synced_at": None},
-    )  # fmt: skip
+    )
 
 
 def _event(
-    connection: Connection, change: Change, object_type: str, record_id: str, view: Inbound, event_id: str,
-    echo: str | None, *, linked: bool, targets: list[str] | None = None,
-) -> EventInput:  # fmt: skip
+    connection: Connection,
+    change: Change,
+    object_type: str,
+    record_id: str,
+    view: Inbound,
+    event_id: str,
+    echo: str | None,
+    *,
+    linked: bool,
+    targets: list[str] | None = None,
+) -> EventInput:
     operation = "delete" if change.deleted else ("update" if linked else "create")
     # A new record's empty fields are noise; in an update an empty field may be a value someone cleared.
     data = None if change.deleted else {k: v for k, v in view.fields.items() if linked or v not in (None, "")}
-    raw = {"operation": operation, "record_id": record_id, "object_type": object_type, "source": connection.name,
-           "data": data, "occurred_at": change.modified_at.isoformat()}  # fmt: skip
-    return EventInput(operation=operation, record_id=record_id, object_type=object_type, source=connection.name,
-                      targets=targets, data=data, occurred_at=change.modified_at, event_id=event_id, raw=raw,
-                      skip_reason=echo)  # fmt: skip
+    raw = {
+        "operation": operation,
+        "record_id": record_id,
+        "object_type": object_type,
+        "source": connection.name,
+        "data": data,
+        "occurred_at": change.modified_at.isoformat(),
+    }
+    return EventInput(
+        operation=operation,
+        record_id=record_id,
+        object_type=object_type,
+        source=connection.name,
+        targets=targets,
+        data=data,
+        occurred_at=change.modified_at,
+        event_id=event_id,
+        raw=raw,
+        skip_reason=echo,
+    )
 
 
 @dataclass(frozen=True)

@@ -165,8 +165,9 @@ class ConfigOverride(models.Model):
     """Live engine settings: one global row and at most one per connection (`scope` keeps it so)."""
 
     scope = models.CharField(max_length=80, unique=True, help_text='"global" or "connection:<name>"')
-    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, null=True, blank=True,
-                                   related_name="config_overrides")  # fmt: skip
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, null=True, blank=True, related_name="config_overrides"
+    )
     values = models.JSONField(default=dict, help_text='e.g. {"batch_size": 100, "flush_interval": 1}')
     updated_at = models.DateTimeField(auto_now=True)
     updated_by = models.CharField(max_length=150, blank=True)
@@ -439,9 +440,10 @@ class Alert(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["connection", "kind"], condition=models.Q(state="open"),
-                                    name="alert_one_open_per_kind"),
-        ]  # fmt: skip
+            models.UniqueConstraint(
+                fields=["connection", "kind"], condition=models.Q(state="open"), name="alert_one_open_per_kind"
+            ),
+        ]
         indexes = [models.Index(fields=["state", "-opened_at"], name="alert_state_idx")]
 
     def __str__(self) -> str:

@@ -108,13 +108,17 @@ def events_and_jobs_write(
     fresh_only = "WHERE NOT (SELECT hit FROM known)"
     ordered = sorted(rows.items())
     if not ordered:
-        sql = (f"WITH {known} INSERT INTO {SyncEvent._meta.db_table} ({columns}) "  # noqa: S608
-               f"SELECT * FROM unnest({casts}) {fresh_only}")  # fmt: skip
+        sql = (
+            f"WITH {known} INSERT INTO {SyncEvent._meta.db_table} ({columns}) "  # noqa: S608
+            f"SELECT * FROM unnest({casts}) {fresh_only}"
+        )
         with connection.cursor() as cursor:
             cursor.execute(sql, [records, *event_params])
             return {} if cursor.rowcount else None
-    sql = (f"WITH {known}, events AS (INSERT INTO {SyncEvent._meta.db_table} ({columns}) "  # noqa: S608
-           f"SELECT * FROM unnest({casts}) {fresh_only}) ")  # fmt: skip
+    sql = (
+        f"WITH {known}, events AS (INSERT INTO {SyncEvent._meta.db_table} ({columns}) "  # noqa: S608
+        f"SELECT * FROM unnest({casts}) {fresh_only}) "
+    )
     answers = _fetch(sql + _unnest_sql(fresh_only), [records, *event_params, *_unnest_params(ordered, now)])
     return _states(answers) if answers else None
 
@@ -128,8 +132,16 @@ def _states(answers: list[tuple[Any, ...]]) -> dict[JobKey, tuple[str, datetime]
         if timezone.is_naive(last_occurred_at):
             last_occurred_at = timezone.make_aware(last_occurred_at, UTC)
         states[(record_id, object_type, source, target_id)] = (state, last_occurred_at)
-        logger.info("job state", extra={"record_id": record_id, "object_type": object_type,
-                                        "target_id": target_id, "state": state, "version": version})  # fmt: skip
+        logger.info(
+            "job state",
+            extra={
+                "record_id": record_id,
+                "object_type": object_type,
+                "target_id": target_id,
+                "state": state,
+                "version": version,
+            },
+        )
     return states
 
 
@@ -153,8 +165,9 @@ def _unnest_sql(where: str = "") -> str:
 def _unnest_params(ordered: list[tuple[JobKey, tuple[int, SyncEvent]]], now: datetime) -> list[Any]:
     columns: list[list[Any]] = [[], [], [], [], [], [], []]
     for (record_id, object_type, source, target_id), (bumps, event) in ordered:
-        for column, value in zip(columns, (source, object_type, record_id, target_id, bumps, event.id,
-                                           event.occurred_at), strict=True):  # fmt: skip
+        for column, value in zip(
+            columns, (source, object_type, record_id, target_id, bumps, event.id, event.occurred_at), strict=True
+        ):
             column.append(value)
     return [now, now, *columns]
 
@@ -170,6 +183,15 @@ def _values_params(chunk: list[tuple[JobKey, tuple[int, SyncEvent]]], now: datet
     stamp = ops.adapt_datetimefield_value(now)
     params: list[Any] = []
     for (record_id, object_type, source, target_id), (bumps, event) in chunk:
-        params += [source, object_type, record_id, target_id, bumps, event_pk.get_db_prep_value(event.id, connection),
-                   ops.adapt_datetimefield_value(event.occurred_at), stamp, stamp]  # fmt: skip
+        params += [
+            source,
+            object_type,
+            record_id,
+            target_id,
+            bumps,
+            event_pk.get_db_prep_value(event.id, connection),
+            ops.adapt_datetimefield_value(event.occurred_at),
+            stamp,
+            stamp,
+        ]
     return params

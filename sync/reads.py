@@ -46,8 +46,15 @@ def _readable(connection: Connection) -> bool:
 
 def reads_plan(event: SyncEvent) -> list[RecordRead]:
     """One waiting row per system to read, written with the event so the status shows them at once."""
-    links = [link for link in RecordLink.objects.filter(record_id=event.record_id).select_related("system")
-             if link.system.name in event.routing.get("read_from", [])]  # fmt: skip
-    rows = [RecordRead(event=event, connection=link.system, external_object=link.external_object,
-                       external_id=link.external_id) for link in links]  # fmt: skip
+    links = [
+        link
+        for link in RecordLink.objects.filter(record_id=event.record_id).select_related("system")
+        if link.system.name in event.routing.get("read_from", [])
+    ]
+    rows = [
+        RecordRead(
+            event=event, connection=link.system, external_object=link.external_object, external_id=link.external_id
+        )
+        for link in links
+    ]
     return RecordRead.objects.bulk_create(rows, ignore_conflicts=True)

@@ -72,17 +72,25 @@ class Tally:
         return {action: self.counts[action] for action in ACTIONS}
 
     def as_report(self) -> dict[str, Any]:
-        report: dict[str, Any] = {"pages": self.pages, "records": self.records,
-                                  "samples": {action: self.ids.get(action, []) for action in ACTIONS}}  # fmt: skip
+        report: dict[str, Any] = {
+            "pages": self.pages,
+            "records": self.records,
+            "samples": {action: self.ids.get(action, []) for action in ACTIONS},
+        }
         if self.queued:
             report["capture"] = dict(sorted(self.queued.items()))  # captured / echo / already_captured
         return report
 
 
 def reconcile(
-    *, connection: Connection, object_type: str, dry_run: bool, clock: Clock = timezone.now,
-    samples: int = DEFAULT_SAMPLES, on_page: PageHook | None = None,
-) -> ReconcileRun:  # fmt: skip
+    *,
+    connection: Connection,
+    object_type: str,
+    dry_run: bool,
+    clock: Clock = timezone.now,
+    samples: int = DEFAULT_SAMPLES,
+    on_page: PageHook | None = None,
+) -> ReconcileRun:
     """Scan `object_type` in `connection`, compare it with the links, and queue what is missing.
 
     Returns the run: saved with its counts (state done) when queuing, unsaved when `dry_run`.
@@ -98,12 +106,22 @@ def reconcile(
         _sweep_links(run, connector, seen, tally, clock)
     except Exception as exc:
         _finish(run, tally, clock, error=connector.redact(f"{type(exc).__name__}: {exc}"))
-        logger.warning("reconcile failed", extra={"connection": connection.name, "object_type": object_type,
-                                                  "run": run.pk, "error": run.last_error})  # fmt: skip
+        logger.warning(
+            "reconcile failed",
+            extra={"connection": connection.name, "object_type": object_type, "run": run.pk, "error": run.last_error},
+        )
         raise
     _finish(run, tally, clock)
-    logger.info("reconciled", extra={"connection": connection.name, "object_type": object_type, "run": run.pk,
-                                     "dry_run": dry_run, **run.counts})  # fmt: skip
+    logger.info(
+        "reconciled",
+        extra={
+            "connection": connection.name,
+            "object_type": object_type,
+            "run": run.pk,
+            "dry_run": dry_run,
+            **run.counts,
+        },
+    )
     return run
 
 
@@ -145,8 +163,9 @@ def _scan(run: ReconcileRun, connector: Connector, tally: Tally, clock: Clock, o
 def _compare(run: ReconcileRun, connector: Connector, changes: Sequence[Change], tally: Tally) -> list[Change]:
     """The page's records that must be queued; every record is counted under one action."""
     connection = run.connection
-    found = RecordLink.objects.filter(system=connection, external_object=run.object_type,
-                                      external_id__in=[c.external_id for c in changes])  # fmt: skip
+    found = RecordLink.objects.filter(
+        system=connection, external_object=run.object_type, external_id__in=[c.external_id for c in changes]
+    )
     links = {link.external_id: link for link in found}
     wanted: list[tuple[Change, str, str]] = []  # (change, action, the record id its event would carry)
     for change in changes:
@@ -196,8 +215,9 @@ def _sweep_links(run: ReconcileRun, connector: Connector, seen: set[str], tally:
     Links made after the scan began are left out: their record may have been created after the
     page it would have been on was read.
     """
-    links = RecordLink.objects.filter(system=run.connection, external_object=run.object_type,
-                                      created_at__lt=run.started_at).order_by("pk")  # fmt: skip
+    links = RecordLink.objects.filter(
+        system=run.connection, external_object=run.object_type, created_at__lt=run.started_at
+    ).order_by("pk")
     after = 0
     while True:
         chunk = list(links.filter(pk__gt=after).values_list("pk", "external_id")[:LINK_CHUNK])
@@ -208,16 +228,21 @@ def _sweep_links(run: ReconcileRun, connector: Connector, seen: set[str], tally:
         if unseen:
             gone = _gone(run, connector, unseen, tally)
             now = clock()
-            deletes = [Change(run.object_type, external_id, fields={}, modified_at=now, deleted=True)
-                       for external_id in gone]  # fmt: skip
+            deletes = [
+                Change(run.object_type, external_id, fields={}, modified_at=now, deleted=True) for external_id in gone
+            ]
             _queue(run, connector, deletes, tally, clock)
 
 
 def _gone(run: ReconcileRun, connector: Connector, link_pks: Sequence[int], tally: Tally) -> list[str]:
     """The external ids, among these unseen links, that are really deleted and not known to be."""
     latest = SyncEvent.objects.filter(record_id=OuterRef("record_id")).order_by("-occurred_at", "-received_at")
-    rows = (RecordLink.objects.filter(pk__in=link_pks).annotate(latest=Subquery(latest.values("operation")[:1]))
-            .order_by("pk").values_list("external_id", "latest"))  # fmt: skip
+    rows = (
+        RecordLink.objects.filter(pk__in=link_pks)
+        .annotate(latest=Subquery(latest.values("operation")[:1]))
+        .order_by("pk")
+        .values_list("external_id", "latest")
+    )
     unknown: list[str] = []
     for external_id, operation in rows:
         if operation == "delete":
@@ -244,8 +269,15 @@ def _queue(run: ReconcileRun, connector: Connector, changes: Sequence[Change], t
         return
     with transaction.atomic():
         if changes:
-            tally.queued.update(capture(connection=run.connection, connector=connector, changes=changes,
-                                        now=clock(), id_prefix=f"reconcile:{run.pk}:"))  # fmt: skip
+            tally.queued.update(
+                capture(
+                    connection=run.connection,
+                    connector=connector,
+                    changes=changes,
+                    now=clock(),
+                    id_prefix=f"reconcile:{run.pk}:",
+                )
+            )
         ReconcileRun.objects.filter(pk=run.pk).update(counts=tally.as_counts(), report=tally.as_report())
 
 
@@ -285,6 +317,8 @@ def reconcile_all() -> dict[str, dict[str, int]]:
     totals = Counter[str]()
     for counts in done.values():
         totals.update(counts)
-    logger.info("reconcile_all", extra={"runs": len(done), "failed": failed, "skipped_breaker": skipped,
-                                        **{k: totals[k] for k in ACTIONS}})  # fmt: skip
+    logger.info(
+        "reconcile_all",
+        extra={"runs": len(done), "failed": failed, "skipped_breaker": skipped, **{k: totals[k] for k in ACTIONS}},
+    )
     return done

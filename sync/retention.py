@@ -67,8 +67,20 @@ SUPERSEDED_BY: dict[str, tuple[str, ...]] = {
 }
 
 # Every table a prune deletes from, in the order it reports them (RecordRead: with their events).
-LABELS = [model._meta.label for model in (SyncConflict, SyncAttempt, SyncEvent, RecordRead, ThrottleCall,
-                                          BreakerTransition, Alert, ReconcileRun, BackfillRun)]  # fmt: skip
+LABELS = [
+    model._meta.label
+    for model in (
+        SyncConflict,
+        SyncAttempt,
+        SyncEvent,
+        RecordRead,
+        ThrottleCall,
+        BreakerTransition,
+        Alert,
+        ReconcileRun,
+        BackfillRun,
+    )
+]
 
 Progress = Callable[[int], object]
 
@@ -96,23 +108,33 @@ def _days_setting(name: str, default: int) -> int:
 
 
 def prune(
-    *, now: datetime, older_than_days: int, dry_run: bool, batch_size: int = BATCH_SIZE,
+    *,
+    now: datetime,
+    older_than_days: int,
+    dry_run: bool,
+    batch_size: int = BATCH_SIZE,
     progress: Progress = lambda n: None,
-) -> dict[str, int]:  # fmt: skip
+) -> dict[str, int]:
     """Delete finished rows older than `older_than_days` (count them only, with `dry_run`); the counts per model.
 
     Each batch of at most `batch_size` rows is its own short transaction, so no table is locked for
     long and a run stopped half-way keeps what it did. Safe to run twice: a second run finds nothing
     left to delete. `progress` hears of the rows each batch deleted.
     """
-    return prune_run(now=now, older_than_days=older_than_days, dry_run=dry_run, batch_size=batch_size,
-                     progress=progress).counts  # fmt: skip
+    return prune_run(
+        now=now, older_than_days=older_than_days, dry_run=dry_run, batch_size=batch_size, progress=progress
+    ).counts
 
 
 def prune_run(
-    *, now: datetime, older_than_days: int, dry_run: bool, batch_size: int = BATCH_SIZE,
-    progress: Progress = lambda n: None, budget_seconds: float | None = None,
-) -> Pruned:  # fmt: skip
+    *,
+    now: datetime,
+    older_than_days: int,
+    dry_run: bool,
+    batch_size: int = BATCH_SIZE,
+    progress: Progress = lambda n: None,
+    budget_seconds: float | None = None,
+) -> Pruned:
     """`prune`, stopping between batches once `budget_seconds` have passed (then `finished` is False)."""
     if older_than_days < 1:
         raise ValueError(f"older_than_days must be at least 1, not {older_than_days}")
@@ -130,8 +152,10 @@ def prune_run(
         if not finished:
             break
     result = Pruned(dict(counts), finished)
-    logger.info("retention prune", extra={"dry_run": dry_run, "older_than_days": older_than_days,
-                                          "finished": finished, "counts": result.counts})  # fmt: skip
+    logger.info(
+        "retention prune",
+        extra={"dry_run": dry_run, "older_than_days": older_than_days, "finished": finished, "counts": result.counts},
+    )
     return result
 
 
@@ -143,8 +167,13 @@ def prune_scheduled() -> dict[str, int]:
     of the task timeout queues itself again at once, so a large backlog does not wait a day per slice.
     """
     budget = float(settings.Q_CLUSTER.get("timeout") or 60) * SCHEDULED_SHARE_OF_TIMEOUT
-    result = prune_run(now=timezone.now(), older_than_days=retention_days(), dry_run=False, batch_size=BATCH_SIZE,
-                       budget_seconds=budget)  # fmt: skip
+    result = prune_run(
+        now=timezone.now(),
+        older_than_days=retention_days(),
+        dry_run=False,
+        batch_size=BATCH_SIZE,
+        budget_seconds=budget,
+    )
     if not result.finished:
         async_task("sync.retention.prune_scheduled", task_name="sync-prune-continued")
     return result.counts
@@ -196,12 +225,16 @@ def _events(cutoff: datetime, window_start: datetime) -> QuerySet[SyncEvent]:
     event is gone fails with EVENT_MISSING, so it is never pruned, nor an event an open or
     recent conflict shows, nor a read whose result is still awaited.
     """
-    kept_conflicts = SyncConflict.objects.filter(~Q(state=ConflictState.RESOLVED) | Q(resolved_at__isnull=True)
-                                                 | Q(resolved_at__gte=cutoff))  # fmt: skip
+    kept_conflicts = SyncConflict.objects.filter(
+        ~Q(state=ConflictState.RESOLVED) | Q(resolved_at__isnull=True) | Q(resolved_at__gte=cutoff)
+    )
     later = SyncEvent.objects.filter(
-        record_id=OuterRef("record_id"), object_type=OuterRef("object_type"), source=OuterRef("source"),
-        occurred_at__gt=OuterRef("occurred_at"), received_at__gt=OuterRef("received_at"),
-    )  # fmt: skip
+        record_id=OuterRef("record_id"),
+        object_type=OuterRef("object_type"),
+        source=OuterRef("source"),
+        occurred_at__gt=OuterRef("occurred_at"),
+        received_at__gt=OuterRef("received_at"),
+    )
     superseded = Q()
     for operation, by in SUPERSEDED_BY.items():
         superseded |= Q(Exists(later.filter(operation__in=by)), operation=operation)
@@ -238,8 +271,9 @@ def _reconcile_runs(cutoff: datetime) -> QuerySet[ReconcileRun]:
     """Finished runs, except the latest of each connection's object: when it was last reconciled, and how."""
     newer = ReconcileRun.objects.filter(
         Q(started_at__gt=OuterRef("started_at")) | Q(started_at=OuterRef("started_at"), pk__gt=OuterRef("pk")),
-        connection=OuterRef("connection"), object_type=OuterRef("object_type"),
-    )  # fmt: skip
+        connection=OuterRef("connection"),
+        object_type=OuterRef("object_type"),
+    )
     return ReconcileRun.objects.filter(state__in=FINISHED_RUNS, finished_at__lt=cutoff).filter(Exists(newer))
 
 
@@ -251,8 +285,10 @@ def _backfill_runs(cutoff: datetime) -> QuerySet[BackfillRun]:
     """
     newer = BackfillRun.objects.filter(
         Q(started_at__gt=OuterRef("started_at")) | Q(started_at=OuterRef("started_at"), pk__gt=OuterRef("pk")),
-        source=OuterRef("source"), target=OuterRef("target"), object_type=OuterRef("object_type"),
-    )  # fmt: skip
+        source=OuterRef("source"),
+        target=OuterRef("target"),
+        object_type=OuterRef("object_type"),
+    )
     # `since` is part of a backfill's identity, and NULL never equals NULL in SQL: two cases.
     same_backfill = Q(Exists(newer.filter(since=OuterRef("since"))), since__isnull=False) | Q(
         Exists(newer.filter(since__isnull=True)), since__isnull=True
@@ -271,8 +307,9 @@ def _count(rows: QuerySet[Any]) -> dict[str, int]:
     return counts
 
 
-def _delete(rows: QuerySet[Any], batch_size: int, counts: Counter[str], progress: Progress,
-            deadline: float | None) -> bool:  # fmt: skip
+def _delete(
+    rows: QuerySet[Any], batch_size: int, counts: Counter[str], progress: Progress, deadline: float | None
+) -> bool:
     """Delete `rows` in batches, in primary key order; False if the deadline passed with rows left.
 
     Every run deletes at least one batch before it looks at the deadline, so a run that is queued

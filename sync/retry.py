@@ -20,12 +20,19 @@ RETRYABLE = (JobState.FAILED, JobState.RETRYING)
 
 
 def job_retry(
-    *, record_id: str, target: str | None = None, object_type: str | None = None, source: str | None = None,
+    *,
+    record_id: str,
+    target: str | None = None,
+    object_type: str | None = None,
+    source: str | None = None,
     actor: str,
-) -> list[SyncJob]:  # fmt: skip
+) -> list[SyncJob]:
     """Re-queue one record's failed and retrying jobs. 404: unknown record; 409: ambiguous or nothing to retry."""
-    scope = {"record_id": record_id, **({"object_type": object_type} if object_type else {}),
-             **({"source": source} if source else {})}  # fmt: skip
+    scope = {
+        "record_id": record_id,
+        **({"object_type": object_type} if object_type else {}),
+        **({"source": source} if source else {}),
+    }
     if not SyncEvent.objects.filter(**scope).exists():
         raise NotFound(f"No event was ever accepted for record '{record_id}' with these filters.")
     jobs = SyncJob.objects.filter(**scope)

@@ -39,37 +39,71 @@ def record_status(
         "links": [_link(link) for link in RecordLink.objects.filter(record_id=record_id).select_related("system")],
         "events": [_event(event, superseded=_superseded(event, events)) for event in events],
         "attempts": [_attempt(a) for a in attempts[:HISTORY_LIMIT]],
-        "conflicts": [_conflict(c) for c in SyncConflict.objects.filter(record_id=record_id)
-                      .select_related("connection").order_by("-detected_at")[:HISTORY_LIMIT]],
-        "reads": [_read(r) for r in RecordRead.objects.filter(event__record_id=record_id)
-                  .select_related("connection", "event").order_by("-event__received_at")[:HISTORY_LIMIT]],
-    }  # fmt: skip
+        "conflicts": [
+            _conflict(c)
+            for c in SyncConflict.objects.filter(record_id=record_id)
+            .select_related("connection")
+            .order_by("-detected_at")[:HISTORY_LIMIT]
+        ],
+        "reads": [
+            _read(r)
+            for r in RecordRead.objects.filter(event__record_id=record_id)
+            .select_related("connection", "event")
+            .order_by("-event__received_at")[:HISTORY_LIMIT]
+        ],
+    }
 
 
 def _superseded(event: SyncEvent, events: Sequence[SyncEvent]) -> bool:
     """Older than a change of the same record from the same system that had already arrived: never applied."""
-    return any(other.source == event.source and other.object_type == event.object_type
-               and other.received_at <= event.received_at and other.occurred_at > event.occurred_at
-               and other.pk != event.pk for other in events)  # fmt: skip
+    return any(
+        other.source == event.source
+        and other.object_type == event.object_type
+        and other.received_at <= event.received_at
+        and other.occurred_at > event.occurred_at
+        and other.pk != event.pk
+        for other in events
+    )
 
 
 def _link(link: RecordLink) -> dict[str, Any]:
-    return {"system": link.system.name, "external_object": link.external_object, "external_id": link.external_id,
-            "last_values": link.last_values, "synced_at": link.synced_at}  # fmt: skip
+    return {
+        "system": link.system.name,
+        "external_object": link.external_object,
+        "external_id": link.external_id,
+        "last_values": link.last_values,
+        "synced_at": link.synced_at,
+    }
 
 
 def _conflict(conflict: SyncConflict) -> dict[str, Any]:
-    return {"id": conflict.pk, "connection": conflict.connection.name, "state": conflict.state,
-            "policy": conflict.policy, "fields": conflict.fields, "base": conflict.base,
-            "system_a_values": conflict.system_a_values, "crm_values": conflict.crm_values,
-            "resolution": conflict.resolution, "resolved_by": conflict.resolved_by, "note": conflict.note,
-            "detected_at": conflict.detected_at, "resolved_at": conflict.resolved_at}  # fmt: skip
+    return {
+        "id": conflict.pk,
+        "connection": conflict.connection.name,
+        "state": conflict.state,
+        "policy": conflict.policy,
+        "fields": conflict.fields,
+        "base": conflict.base,
+        "system_a_values": conflict.system_a_values,
+        "crm_values": conflict.crm_values,
+        "resolution": conflict.resolution,
+        "resolved_by": conflict.resolved_by,
+        "note": conflict.note,
+        "detected_at": conflict.detected_at,
+        "resolved_at": conflict.resolved_at,
+    }
 
 
 def _read(read: RecordRead) -> dict[str, Any]:
-    return {"event_id": read.event_id, "system": read.connection.name, "external_object": read.external_object,
-            "external_id": read.external_id, "outcome": read.outcome or "waiting", "read_at": read.read_at,
-            "error": read.error}  # fmt: skip
+    return {
+        "event_id": read.event_id,
+        "system": read.connection.name,
+        "external_object": read.external_object,
+        "external_id": read.external_id,
+        "outcome": read.outcome or "waiting",
+        "read_at": read.read_at,
+        "error": read.error,
+    }
 
 
 def _job(job: SyncJob, external_id: str | None) -> dict[str, Any]:
@@ -163,9 +197,15 @@ def jobs_query(filters: dict[str, Any]) -> QuerySet[SyncJob]:
     jobs = SyncJob.objects.select_related("target", "target__breaker")
     if filters.get("state"):
         jobs = jobs.filter(state__in=sorted(filters["state"]))
-    for name, lookup in (("target", "target__name"), ("source", "source"), ("object_type", "object_type"),
-                         ("record_id", "record_id"), ("error_code", "last_error_code"),
-                         ("updated_after", "updated_at__gte"), ("updated_before", "updated_at__lt")):  # fmt: skip
+    for name, lookup in (
+        ("target", "target__name"),
+        ("source", "source"),
+        ("object_type", "object_type"),
+        ("record_id", "record_id"),
+        ("error_code", "last_error_code"),
+        ("updated_after", "updated_at__gte"),
+        ("updated_before", "updated_at__lt"),
+    ):
         if filters.get(name) not in (None, ""):
             jobs = jobs.filter(**{lookup: filters[name]})
     return jobs
@@ -173,8 +213,9 @@ def jobs_query(filters: dict[str, Any]) -> QuerySet[SyncJob]:
 
 def external_ids(jobs: Sequence[SyncJob]) -> dict[tuple[str, int], str]:
     """Each job's record id in its target, by (record id, target id), in one query."""
-    rows = RecordLink.objects.filter(record_id__in={job.record_id for job in jobs},
-                                     system_id__in={job.target_id for job in jobs})  # fmt: skip
+    rows = RecordLink.objects.filter(
+        record_id__in={job.record_id for job in jobs}, system_id__in={job.target_id for job in jobs}
+    )
     return {(link.record_id, link.system_id): link.external_id for link in rows}
 
 
@@ -188,8 +229,14 @@ def event_detail(event_id: Any) -> dict[str, Any] | None:
     if event is None:
         return None
     targets = list(event.routing.get("targets") or [])
-    jobs = SyncJob.objects.filter(record_id=event.record_id, object_type=event.object_type, source=event.source,
-                                  target__name__in=targets).select_related("target", "target__breaker")  # fmt: skip
+    jobs = SyncJob.objects.filter(
+        record_id=event.record_id, object_type=event.object_type, source=event.source, target__name__in=targets
+    ).select_related("target", "target__breaker")
     links = {link.system_id: link.external_id for link in RecordLink.objects.filter(record_id=event.record_id)}
-    return {**_event(event), "record_id": event.record_id, "payload": event.payload, "answer": event.response,
-            "jobs": [job_row(job, links.get(job.target_id)) for job in jobs.order_by("target__name")]}  # fmt: skip
+    return {
+        **_event(event),
+        "record_id": event.record_id,
+        "payload": event.payload,
+        "answer": event.response,
+        "jobs": [job_row(job, links.get(job.target_id)) for job in jobs.order_by("target__name")],
+    }

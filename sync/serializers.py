@@ -263,8 +263,9 @@ class ConfigOverrideInSerializer(StrictFieldsMixin, serializers.Serializer[dict[
     batch_size = serializers.IntegerField(required=False, allow_null=True, help_text="1-10000; null drops it")
     flush_interval = serializers.IntegerField(required=False, allow_null=True, help_text="seconds, 0-3600")
     max_attempts = serializers.IntegerField(required=False, allow_null=True, help_text="1-100")
-    rate_limit_calls = serializers.IntegerField(required=False, allow_null=True,
-                                                help_text="calls per window per quota owner; 0: no limit")  # fmt: skip
+    rate_limit_calls = serializers.IntegerField(
+        required=False, allow_null=True, help_text="calls per window per quota owner; 0: no limit"
+    )
     rate_limit_window = serializers.IntegerField(required=False, allow_null=True, help_text="seconds, 1-86400")
     breaker_failures = serializers.IntegerField(required=False, allow_null=True, help_text="1-1000")
     breaker_cooldown = serializers.IntegerField(required=False, allow_null=True, help_text="seconds, 1-86400")
@@ -335,8 +336,12 @@ class JobQuerySerializer(StrictFieldsMixin, serializers.Serializer[dict[str, Any
     error_code = serializers.CharField(required=False, max_length=64, help_text="e.g. REQUIRED_FIELD_MISSING")
     updated_after = serializers.DateTimeField(required=False, help_text="ISO-8601 with a zone")
     updated_before = serializers.DateTimeField(required=False)
-    order = serializers.ChoiceField(choices=["newest", "oldest"], required=False, default="newest",
-                                    help_text="By last change: newest first (default) or oldest first")  # fmt: skip
+    order = serializers.ChoiceField(
+        choices=["newest", "oldest"],
+        required=False,
+        default="newest",
+        help_text="By last change: newest first (default) or oldest first",
+    )
     cursor = serializers.CharField(required=False, help_text="From `next` or `previous` of the page before")
     limit = serializers.IntegerField(required=False, min_value=1, max_value=500, help_text="1-500, default 100")
 
@@ -368,8 +373,9 @@ class EventDetailSerializer(EventSummarySerializer):
 class JobCountsSerializer(serializers.Serializer[dict[str, Any]]):
     total = serializers.IntegerField()
     by_state = serializers.DictField(child=serializers.IntegerField(), help_text="Every state, zeros included")
-    by_target = serializers.DictField(child=serializers.DictField(child=serializers.IntegerField()),
-                                      help_text="connection -> state -> count")  # fmt: skip
+    by_target = serializers.DictField(
+        child=serializers.DictField(child=serializers.IntegerField()), help_text="connection -> state -> count"
+    )
 
 
 class BucketSerializer(serializers.Serializer[dict[str, Any]]):

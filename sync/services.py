@@ -139,8 +139,15 @@ def _resolutions_store(resolutions: Sequence[conflicts.Resolution], request_id: 
         resolution.release()
 
 
-def conflict_resolve(conflict: SyncConflict, choices: dict[str, conflicts.Side], *, by: str, note: str = "",
-                     system_a: Connection | None = None, now: datetime | None = None) -> SyncConflict:  # fmt: skip
+def conflict_resolve(
+    conflict: SyncConflict,
+    choices: dict[str, conflicts.Side],
+    *,
+    by: str,
+    note: str = "",
+    system_a: Connection | None = None,
+    now: datetime | None = None,
+) -> SyncConflict:
     """A person's decision on a conflict (the admin's review page): carried out, its events stored, in one
     transaction. Both sides end with the chosen state."""
     with transaction.atomic():
@@ -217,8 +224,11 @@ def _store(
     resolutions: list[conflicts.Resolution] = []
     if not one_statement:
         outbox.events_insert(events)
-        checked = [(event, routes[i]) for i, event in zip(fresh, events, strict=True)
-                   if items[i].routing is None and not items[i].conflict_resolution]  # fmt: skip
+        checked = [
+            (event, routes[i])
+            for i, event in zip(fresh, events, strict=True)
+            if items[i].routing is None and not items[i].conflict_resolution
+        ]
         resolutions = conflicts.detect(checked, connections, now)
         _reads_plan([e for e in events if e.operation == "read" and e.routing.get("read_from")])
     target_ids = sorted({c.pk for i in fresh for c in routes[i].targets})
@@ -247,9 +257,14 @@ def events_route(items: Sequence[EventInput], now: datetime) -> list[Route]:
 
 
 def _route_all(
-    items: Sequence[EventInput], fresh: list[int], connections: dict[str, Connection], is_batch: bool, now: datetime,
-    *, seen_before: bool = True,
-) -> dict[int, Route]:  # fmt: skip
+    items: Sequence[EventInput],
+    fresh: list[int],
+    connections: dict[str, Connection],
+    is_batch: bool,
+    now: datetime,
+    *,
+    seen_before: bool = True,
+) -> dict[int, Route]:
     """Rules decide when there are any; otherwise the foundation's default routing. Either way the
     requested targets are checked first, so a bad one is a 400 and not a silent skip."""
     rule_set = rule_set_current()
@@ -277,9 +292,15 @@ def _route_all(
             reason = f"the record was deleted (by {gone[1]} at {gone[0].isoformat()}); a later change never revives it"
             route = Route([], {"mode": "skipped", "targets": [], "reason": reason, "deleted_by": str(gone[2])})
         elif rule_set is not None and item.operation != "read" and not route.errors:
-            context = event_context(operation=item.operation, source=item.source, object_type=item.object_type,
-                                    record_id=item.record_id, data=item.data, occurred_at=item.occurred_at or now,
-                                    changed=changed.get(index, sorted(item.data or {})))  # fmt: skip
+            context = event_context(
+                operation=item.operation,
+                source=item.source,
+                object_type=item.object_type,
+                record_id=item.record_id,
+                data=item.data,
+                occurred_at=item.occurred_at or now,
+                changed=changed.get(index, sorted(item.data or {})),
+            )
             decision = decide(rule_set, context, connections, item.targets)
             route = Route(decision.targets, decision.routing)
         if item.source != "system_a" and item.source not in connections:
@@ -352,8 +373,15 @@ def _answer(event: SyncEvent, route: Route, states: dict[JobKey, tuple[str, date
     }
 
 
-def job_finish(*, job_id: int, version: int, succeeded: bool, error_code: str = "", error_message: str = "",
-               permanent: bool | None = None) -> str:  # fmt: skip
+def job_finish(
+    *,
+    job_id: int,
+    version: int,
+    succeeded: bool,
+    error_code: str = "",
+    error_message: str = "",
+    permanent: bool | None = None,
+) -> str:
     """Mark an in-flight job done, but only for the version the worker claimed.
 
     If an event arrived while the job was in flight, its version moved on: the job goes back

@@ -192,13 +192,14 @@ def _buckets(*, now: datetime, step: timedelta, count: int, trunc: type[TruncMin
         start = first + step * i
         buckets[start] = {"start": start, "synced": 0, "failed": 0}
     rows = (
-        SyncAttempt.objects.filter(finished_at__gte=first, finished_at__lte=now,
-                                   outcome__in=(AttemptOutcome.SUCCESS, AttemptOutcome.ERROR))
+        SyncAttempt.objects.filter(
+            finished_at__gte=first, finished_at__lte=now, outcome__in=(AttemptOutcome.SUCCESS, AttemptOutcome.ERROR)
+        )
         .annotate(bucket=trunc("finished_at", tzinfo=UTC))
         .values("bucket", "outcome")
         .annotate(n=Count("id"))
         .order_by()
-    )  # fmt: skip
+    )
     for row in rows:
         bucket = buckets.get(row["bucket"].astimezone(UTC))
         if bucket is not None:
@@ -221,10 +222,15 @@ def lag(*, now: datetime, connections: Sequence[Connection] | None = None) -> li
     for connection in connections:
         row = found.get(connection.pk)
         oldest = row["oldest"] if row else None
-        answer.append({
-            "connection": connection.name, "enabled": connection.enabled, "due": row["n"] if row else 0,
-            "lag_seconds": max(0.0, (now - oldest).total_seconds()) if oldest else 0.0, "oldest_due_since": oldest,
-        })  # fmt: skip
+        answer.append(
+            {
+                "connection": connection.name,
+                "enabled": connection.enabled,
+                "due": row["n"] if row else 0,
+                "lag_seconds": max(0.0, (now - oldest).total_seconds()) if oldest else 0.0,
+                "oldest_due_since": oldest,
+            }
+        )
     return answer
 
 
@@ -252,11 +258,18 @@ def _throttle_row(connection: Connection, everyone: Sequence[Connection]) -> Thr
     key = quota_key(connection)
     window = float(settings_now.rate_limit_window)
     return {
-        "connection": connection.name, "key": key, "limit": settings_now.rate_limit_calls,
+        "connection": connection.name,
+        "key": key,
+        "limit": settings_now.rate_limit_calls,
         "shared_with": [c.name for c in everyone if c.pk != connection.pk and quota_key(c) == key],
-        "window_seconds": window + margin(window), "used": None, "percent": None, "measured": "unknown",
-        "note": "", "hold_until": None, "cap": None,
-    }  # fmt: skip
+        "window_seconds": window + margin(window),
+        "used": None,
+        "percent": None,
+        "measured": "unknown",
+        "note": "",
+        "hold_until": None,
+        "cap": None,
+    }
 
 
 def _counted(row: ThrottleUse, used: int, measured: Literal["database", "redis"]) -> None:
@@ -276,16 +289,21 @@ def _read_database(rows: list[ThrottleUse], now: datetime) -> None:
     counts: dict[str, Any] = {}
     if rows:
         # No upper bound: a call in flight is counted at the latest it can arrive, after `now`.
-        windows = {f"n{i}": Count("id", filter=Q(key=row["key"], at__gt=now - timedelta(seconds=row["window_seconds"])))
-                   for i, row in enumerate(rows)}  # fmt: skip
+        windows = {
+            f"n{i}": Count("id", filter=Q(key=row["key"], at__gt=now - timedelta(seconds=row["window_seconds"])))
+            for i, row in enumerate(rows)
+        }
         counts = ThrottleCall.objects.filter(key__in=keys).aggregate(**windows)
     for i, row in enumerate(rows):
         target = limits.get(row["key"])
         if target is not None and target.hold_until is not None and target.hold_until > now:
             row["hold_until"] = target.hold_until
         if target is not None and target.cap_calls and target.cap_until is not None and target.cap_until > now:
-            row["cap"] = {"calls": target.cap_calls, "per_seconds": float(target.cap_seconds or row["window_seconds"]),
-                          "until": target.cap_until}  # fmt: skip
+            row["cap"] = {
+                "calls": target.cap_calls,
+                "per_seconds": float(target.cap_seconds or row["window_seconds"]),
+                "until": target.cap_until,
+            }
         _counted(row, int(counts.get(f"n{i}") or 0), "database")
 
 
@@ -331,12 +349,28 @@ def breakers(*, connections: Sequence[Connection] | None = None) -> list[Breaker
     for connection in connections:
         row = rows.get(connection.pk)
         if row is None:
-            answer.append({"connection": connection.name, "state": BreakerState.CLOSED, "failures": 0, "since": None,
-                           "opened_at": None, "last_error": ""})  # fmt: skip
+            answer.append(
+                {
+                    "connection": connection.name,
+                    "state": BreakerState.CLOSED,
+                    "failures": 0,
+                    "since": None,
+                    "opened_at": None,
+                    "last_error": "",
+                }
+            )
             continue
         since = row.changed if row.state == BreakerState.CLOSED else (row.left_closed or row.opened_at)
-        answer.append({"connection": connection.name, "state": row.state, "failures": row.failures, "since": since,
-                       "opened_at": row.opened_at, "last_error": row.last_error})  # fmt: skip
+        answer.append(
+            {
+                "connection": connection.name,
+                "state": row.state,
+                "failures": row.failures,
+                "since": since,
+                "opened_at": row.opened_at,
+                "last_error": row.last_error,
+            }
+        )
     return answer
 
 
@@ -349,10 +383,18 @@ def issue_groups(*, per_group: int = 50) -> list[IssueGroup]:
         n=Count("id"), since=Min("updated_at"), latest=Max("updated_at")
     )
     for row in summary.order_by():
-        group = groups.setdefault(row["last_error_code"], {
-            "code": row["last_error_code"], "count": 0, "states": {}, "targets": [], "since": row["since"],
-            "latest": row["latest"], "jobs": [],
-        })  # fmt: skip
+        group = groups.setdefault(
+            row["last_error_code"],
+            {
+                "code": row["last_error_code"],
+                "count": 0,
+                "states": {},
+                "targets": [],
+                "since": row["since"],
+                "latest": row["latest"],
+                "jobs": [],
+            },
+        )
         group["count"] += row["n"]
         group["states"][row["state"]] = group["states"].get(row["state"], 0) + row["n"]
         if row["target__name"] not in group["targets"]:
@@ -360,9 +402,11 @@ def issue_groups(*, per_group: int = 50) -> list[IssueGroup]:
         group["since"], group["latest"] = min(group["since"], row["since"]), max(group["latest"], row["latest"])
     rank = Window(RowNumber(), partition_by=[F("last_error_code")], order_by=[F("updated_at").asc(), F("id").asc()])
     jobs = list(
-        stuck.annotate(rank=rank).filter(rank__lte=per_group).select_related("target", "last_event")
+        stuck.annotate(rank=rank)
+        .filter(rank__lte=per_group)
+        .select_related("target", "last_event")
         .order_by("last_error_code", "updated_at", "id")
-    )  # fmt: skip
+    )
     conflicts = _open_conflicts([job for job in jobs if job.state == JobState.HELD])
     for job in jobs:
         if job.last_error_code in groups:  # a job that changed state between the two queries is left out
@@ -388,12 +432,22 @@ def _open_conflicts(held: Sequence[SyncJob]) -> dict[tuple[str, int], int]:
 def _issue_job(job: SyncJob, conflict_id: int | None) -> IssueJob:
     event = job.last_event
     return {
-        "id": job.pk, "record_id": job.record_id, "object_type": job.object_type, "source": job.source,
-        "target": job.target.name, "state": job.state, "operation": event.operation if event else None,
-        "attempts": job.attempts, "error_code": job.last_error_code, "error_message": job.last_error_message,
-        "permanent": job.last_error_permanent, "since": job.updated_at,
-        "received_at": event.received_at if event else None, "payload": payload_for(job), "conflict_id": conflict_id,
-    }  # fmt: skip
+        "id": job.pk,
+        "record_id": job.record_id,
+        "object_type": job.object_type,
+        "source": job.source,
+        "target": job.target.name,
+        "state": job.state,
+        "operation": event.operation if event else None,
+        "attempts": job.attempts,
+        "error_code": job.last_error_code,
+        "error_message": job.last_error_message,
+        "permanent": job.last_error_permanent,
+        "since": job.updated_at,
+        "received_at": event.received_at if event else None,
+        "payload": payload_for(job),
+        "conflict_id": conflict_id,
+    }
 
 
 def payload_for(job: SyncJob) -> Any:

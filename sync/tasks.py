@@ -42,8 +42,10 @@ def dispatch_tick(connection_id: int) -> int:
             async_task("sync.tasks.batch_send", job_ids, task_name=f"batch-{connection_id}")
         except Exception as exc:  # the broker is down: the batch goes back to pending, not to a lease wait
             engine.batch_release(job_ids)
-            logger.warning("broker unavailable; batch released",
-                           extra={"target_id": connection_id, "jobs": len(job_ids), "error": repr(exc)})  # fmt: skip
+            logger.warning(
+                "broker unavailable; batch released",
+                extra={"target_id": connection_id, "jobs": len(job_ids), "error": repr(exc)},
+            )
             continue
         queued += 1
     logger.info("dispatch tick", extra={"target_id": connection_id, "batches": queued})
@@ -90,13 +92,20 @@ def polls_dispatch() -> int:
     queued = 0
     for connection_id, object_type, owner in inbound.polls_claim(now=timezone.now()):
         try:
-            async_task("sync.tasks.poll_objects", connection_id, object_type, owner,
-                       task_name=f"poll-{connection_id}-{object_type}")  # fmt: skip
+            async_task(
+                "sync.tasks.poll_objects",
+                connection_id,
+                object_type,
+                owner,
+                task_name=f"poll-{connection_id}-{object_type}",
+            )
         except Exception as exc:  # the broker is down: give the claim back, look again next pass
-            InboundCursor.objects.filter(connection_id=connection_id, object_type=object_type,
-                                         lease_owner=owner).update(lease_owner="", lease_until=None)  # fmt: skip
-            logger.warning("broker unavailable; poll not queued", extra={"target_id": connection_id,
-                                                                         "error": repr(exc)})  # fmt: skip
+            InboundCursor.objects.filter(
+                connection_id=connection_id, object_type=object_type, lease_owner=owner
+            ).update(lease_owner="", lease_until=None)
+            logger.warning(
+                "broker unavailable; poll not queued", extra={"target_id": connection_id, "error": repr(exc)}
+            )
             continue
         queued += 1
     return queued
@@ -110,8 +119,9 @@ def poll_objects(connection_id: int, object_type: str, owner: str) -> dict[str, 
     connection = Connection.objects.filter(pk=connection_id, enabled=True).first()
     if connection is None:
         return {}
-    result = inbound.poll(connection=connection, object_type=object_type,
-                          connector=engine.throttled_connector(connection), owner=owner)  # fmt: skip
+    result = inbound.poll(
+        connection=connection, object_type=object_type, connector=engine.throttled_connector(connection), owner=owner
+    )
     return {"pages": result.pages, **result.counts}
 
 

@@ -217,8 +217,9 @@ class DatabaseThrottle:
 
     def cap(self, key: str, calls: int, per: float, seconds: float) -> None:
         until = self._now() + timedelta(seconds=seconds)
-        ThrottleLimit.objects.update_or_create(key=key, defaults={"cap_calls": calls, "cap_seconds": per,
-                                                                  "cap_until": until})  # fmt: skip
+        ThrottleLimit.objects.update_or_create(
+            key=key, defaults={"cap_calls": calls, "cap_seconds": per, "cap_until": until}
+        )
 
     def release(self, key: str) -> bool:
         return bool(ThrottleLimit.objects.filter(key=key, hold_until__gt=self._now()).update(hold_until=None))
@@ -269,8 +270,11 @@ class ThrottleUnavailable(NotSent):
     """The shared window cannot be read (Redis down): no call is made, and it is nobody's failure."""
 
     def __init__(self, error: Exception) -> None:
-        super().__init__(f"the throttle is unavailable ({type(error).__name__}); nothing was sent",
-                         code="THROTTLE_UNAVAILABLE", retry_after=5.0)  # fmt: skip
+        super().__init__(
+            f"the throttle is unavailable ({type(error).__name__}); nothing was sent",
+            code="THROTTLE_UNAVAILABLE",
+            retry_after=5.0,
+        )
 
 
 def quota_key(connection: Connection) -> str:
@@ -286,9 +290,13 @@ def quota_sharers(key: str) -> QuerySet[Connection]:
 
 
 def gate_for(
-    connection: Connection, *, limit: int, window: float, backend: Throttle | None = None,
+    connection: Connection,
+    *,
+    limit: int,
+    window: float,
+    backend: Throttle | None = None,
     sleep: Callable[[float], None] = time.sleep,
-) -> Callable[[], Callable[[], None]]:  # fmt: skip
+) -> Callable[[], Callable[[], None]]:
     """What the HTTP seam calls before every request of this connection (limit 0: only the target's own limits).
     It answers what the seam calls once the request is over, answered or not: the call then counts from then."""
     chosen = backend or throttle()
@@ -348,10 +356,15 @@ def obey(signal: QuotaSignal, *, window: float, share: float) -> Obey | None:
 
 
 def observer_for(
-    connection: Connection, *, window: float, share_percent: int, backend: Throttle | None = None,
-    clock: Callable[[], float] = time.time, on_spent: Callable[[float, str], None] | None = None,
+    connection: Connection,
+    *,
+    window: float,
+    share_percent: int,
+    backend: Throttle | None = None,
+    clock: Callable[[], float] = time.time,
+    on_spent: Callable[[float, str], None] | None = None,
     on_room: Callable[[], None] | None = None,
-) -> Callable[[requests.Response], None] | None:  # fmt: skip
+) -> Callable[[requests.Response], None] | None:
     """What the HTTP seam calls with every answer of this connection: the target's own limits.
 
     `on_spent(pause, reason)`: the allowance is spent with no known end (hold until a probe succeeds);
@@ -384,7 +397,9 @@ def observer_for(
         except Exception as exc:  # advisory: the next answer says it again
             logger.warning("could not store the target's limit", extra={"quota_key": key, "error": repr(exc)})
             return
-        logger.info("target limit obeyed", extra={"quota_key": key, "connection": connection.name,
-                                                  "hold_s": decision.hold, "cap": decision.cap})  # fmt: skip
+        logger.info(
+            "target limit obeyed",
+            extra={"quota_key": key, "connection": connection.name, "hold_s": decision.hold, "cap": decision.cap},
+        )
 
     return observe

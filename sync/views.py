@@ -107,8 +107,11 @@ def _check_grant(grant: Grant, items: list[dict[str, Any]], is_batch: bool) -> N
         prefix = f"[{index}]." if is_batch else ""
         if not grant.may_post_as(item["source"]):
             allowed = ", ".join(sorted(grant.sources)) or "none"
-            raise ScopeDenied(f"This token may not post events from '{item['source']}' (its sources: {allowed}). "
-                              "Ask for a token with --source for it.", field=f"{prefix}source")  # fmt: skip
+            raise ScopeDenied(
+                f"This token may not post events from '{item['source']}' (its sources: {allowed}). "
+                "Ask for a token with --source for it.",
+                field=f"{prefix}source",
+            )
         if item.get("targets") is not None and not grant.allows(TokenScope.EVENTS_TARGETS):
             raise ScopeDenied(scope_denied_message(TokenScope.EVENTS_TARGETS), field=f"{prefix}targets")
 
@@ -197,17 +200,22 @@ def _config_in_force() -> dict[str, Any]:
         effective[connection.name] = vars(config.effective(connection.pk))
     return {
         "defaults": vars(config.effective_defaults()),
-        "overrides": {scope: {"values": r.values, "updated_by": r.updated_by, "updated_at": r.updated_at}
-                      for scope, r in rows.items()},
+        "overrides": {
+            scope: {"values": r.values, "updated_by": r.updated_by, "updated_at": r.updated_at}
+            for scope, r in rows.items()
+        },
         "effective": effective,
-    }  # fmt: skip
+    }
 
 
 class ConfigOverrideViewSet(viewsets.ViewSet):
     permission_classes = [IsAdminUser]
 
-    @extend_schema(operation_id="sync_config_in_force", summary="The engine settings in force",
-                   responses={200: ConfigInForceSerializer, **errors(403)})  # fmt: skip
+    @extend_schema(
+        operation_id="sync_config_in_force",
+        summary="The engine settings in force",
+        responses={200: ConfigInForceSerializer, **errors(403)},
+    )
     def in_force(self, request: Request) -> Response:
         return Response(ConfigInForceSerializer(_config_in_force()).data)
 
@@ -268,11 +276,13 @@ class WebhookViewSet(viewsets.ViewSet):
     )
     def receive(self, request: Request, connection: str) -> Response:
         try:
-            result = inbound.webhook_receive(name=connection, body=request.body, headers=request.headers,
-                                             query=request.query_params.dict())  # fmt: skip
+            result = inbound.webhook_receive(
+                name=connection, body=request.body, headers=request.headers, query=request.query_params.dict()
+            )
         except WebhookRefused as exc:
-            logger.warning("webhook refused", extra={"connection": connection, "header": exc.header,
-                                                     "reason": exc.message})  # fmt: skip
+            logger.warning(
+                "webhook refused", extra={"connection": connection, "header": exc.header, "reason": exc.message}
+            )
             raise SignatureRefused from exc
         except NotFound as exc:
             logger.warning("webhook refused", extra={"connection": connection, "reason": str(exc.detail)})

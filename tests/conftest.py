@@ -166,11 +166,18 @@ def mock_salesforce(base_url: str, **extra: Any) -> Connection:
 
     org = f"{base_url}/mock/salesforce"
     return connection_save(
-        name="salesforce", kind="salesforce",
-        config={"login_url": org, "instance_url": org, "auth": "client_credentials",
-                "client_id": settings.MOCK_SALESFORCE_CLIENT_ID, "external_id_field": "RecordSync_Id__c"},
-        secrets={"client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET}, **extra,
-    )  # fmt: skip
+        name="salesforce",
+        kind="salesforce",
+        config={
+            "login_url": org,
+            "instance_url": org,
+            "auth": "client_credentials",
+            "client_id": settings.MOCK_SALESFORCE_CLIENT_ID,
+            "external_id_field": "RecordSync_Id__c",
+        },
+        secrets={"client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET},
+        **extra,
+    )
 
 
 def salesforce_minute_passes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,8 +197,12 @@ def mock_system_a(base_url: str) -> Connection:
     """A `system_a` connection to the mock System A served at `base_url` (a live server)."""
     from crms.services import connection_save
 
-    return connection_save(name="system_a", kind="system_a", config={"url": f"{base_url}/mock/system_a"},
-                           secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET})  # fmt: skip
+    return connection_save(
+        name="system_a",
+        kind="system_a",
+        config={"url": f"{base_url}/mock/system_a"},
+        secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET},
+    )
 
 
 @pytest.fixture

@@ -76,22 +76,37 @@ class DatabaseConnector(Connector):
                     "additionalProperties": False,
                     "required": ["table", "key", "id_column", "updated_at", "columns"],
                     "properties": {
-                        "table": {"type": "string", "pattern": QUALIFIED.pattern,
-                                  "description": "The table, or schema.table; used exactly as written (quoted)."},
-                        "key": {"type": "string", "pattern": IDENTIFIER.pattern,
-                                "description": "The column holding System A's record id; needs a unique index."},
-                        "id_column": {"type": "string", "pattern": IDENTIFIER.pattern,
-                                      "description": "The table's primary key (our external id); may equal key."},
-                        "updated_at": {"type": "string", "pattern": IDENTIFIER.pattern,
-                                       "description": "A timestamp column, set on each write; the change cursor."},
-                        "columns": {"type": "array", "uniqueItems": True,
-                                    "items": {"type": "string", "pattern": IDENTIFIER.pattern},
-                                    "description": "The columns records may write and reads return."},
+                        "table": {
+                            "type": "string",
+                            "pattern": QUALIFIED.pattern,
+                            "description": "The table, or schema.table; used exactly as written (quoted).",
+                        },
+                        "key": {
+                            "type": "string",
+                            "pattern": IDENTIFIER.pattern,
+                            "description": "The column holding System A's record id; needs a unique index.",
+                        },
+                        "id_column": {
+                            "type": "string",
+                            "pattern": IDENTIFIER.pattern,
+                            "description": "The table's primary key (our external id); may equal key.",
+                        },
+                        "updated_at": {
+                            "type": "string",
+                            "pattern": IDENTIFIER.pattern,
+                            "description": "A timestamp column, set on each write; the change cursor.",
+                        },
+                        "columns": {
+                            "type": "array",
+                            "uniqueItems": True,
+                            "items": {"type": "string", "pattern": IDENTIFIER.pattern},
+                            "description": "The columns records may write and reads return.",
+                        },
                     },
                 },
             },
         },
-    }  # fmt: skip
+    }
 
     clock: Callable[[], datetime] = partial(datetime.now, UTC)
     page_size = PAGE_SIZE  # rows a changes() page holds; the cursor is right at any size
@@ -186,8 +201,11 @@ class DatabaseConnector(Connector):
         tables: dict[str, dict[str, Any]] = self.config.get("tables", {})
         if object_type not in tables:
             known = ", ".join(sorted(tables)) or "none"
-            raise RecordRejected(f"no table is configured for {object_type!r} (configured: {known})",
-                                 code="UNKNOWN_OBJECT", permanent=True)  # fmt: skip
+            raise RecordRejected(
+                f"no table is configured for {object_type!r} (configured: {known})",
+                code="UNKNOWN_OBJECT",
+                permanent=True,
+            )
         return table_from_config(object_type, tables[object_type])
 
     @classmethod
@@ -204,8 +222,9 @@ class DatabaseConnector(Connector):
             return sqlite.connect(url.removeprefix("sqlite:///"), lock_timeout=self.lock_timeout)
         if url.startswith(("postgres://", "postgresql://")):
             return postgres.connect(url, password=self.secrets.get("password"), lock_timeout=self.lock_timeout)
-        raise ConnectorError("url must start with postgres://, postgresql:// or sqlite:///",
-                             code="invalid_config", permanent=True)  # fmt: skip
+        raise ConnectorError(
+            "url must start with postgres://, postgresql:// or sqlite:///", code="invalid_config", permanent=True
+        )
 
 
 _LOOPBACK = {"", "localhost", "127.0.0.1", "::1", "[::1]"}
@@ -239,8 +258,12 @@ def _same_file(a: str, b: str) -> bool:
 
 def _key(table: Table, record: OutboundRecord) -> str:
     if not record.record_id.strip():
-        raise RecordRejected(f"{record.object_type} record has no record_id for {table.key}",
-                             code="MISSING_KEY", permanent=True, fields=[table.key])  # fmt: skip
+        raise RecordRejected(
+            f"{record.object_type} record has no record_id for {table.key}",
+            code="MISSING_KEY",
+            permanent=True,
+            fields=[table.key],
+        )
     return record.record_id
 
 
@@ -296,8 +319,11 @@ def _as_datetime(value: Any, table: Table) -> datetime:
     try:
         return cursors.instant(value)
     except (ValueError, OverflowError, OSError) as exc:
-        raise ConnectorError(f"{table.label}.{table.updated_at} holds {value!r}, which is not a timestamp",
-                             code="invalid_timestamp", permanent=True) from exc  # fmt: skip
+        raise ConnectorError(
+            f"{table.label}.{table.updated_at} holds {value!r}, which is not a timestamp",
+            code="invalid_timestamp",
+            permanent=True,
+        ) from exc
 
 
 def _cursor_key(value: Any) -> Any:

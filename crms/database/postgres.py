@@ -24,8 +24,14 @@ Connection = psycopg.Connection[dict[str, Any]]
 def connect(url: str, *, password: str | None, lock_timeout: float) -> Iterator[PostgresDatabase]:
     extra: dict[str, Any] = {"password": password} if password else {}
     try:
-        conn = psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=CONNECT_TIMEOUT,
-                               application_name="recordsync", **extra)  # fmt: skip
+        conn = psycopg.connect(
+            url,
+            autocommit=True,
+            row_factory=dict_row,
+            connect_timeout=CONNECT_TIMEOUT,
+            application_name="recordsync",
+            **extra,
+        )
     except psycopg.Error as exc:
         # libpq gives no SQLSTATE before the session exists, so a refused login looks like a
         # refused socket: both are reported as connection errors and retried.
@@ -45,8 +51,12 @@ def classify(exc: psycopg.Error) -> tuple[str, bool]:
     state = exc.sqlstate or ""
     if state.startswith("08") or (isinstance(exc, psycopg.OperationalError) and not state):
         return "connection_error", False
-    transient = {"40001": "serialization_failure", "40P01": "deadlock", "55P03": "lock_timeout",
-                 "57014": "statement_timeout"}  # fmt: skip
+    transient = {
+        "40001": "serialization_failure",
+        "40P01": "deadlock",
+        "55P03": "lock_timeout",
+        "57014": "statement_timeout",
+    }
     if state in transient:
         return transient[state], False
     if state == "42501":

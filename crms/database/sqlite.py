@@ -101,9 +101,12 @@ class SqliteDatabase(Database):
         changing = [c for c in values if c != table.key]
         statement = _sql(
             "INSERT INTO {table} AS existing ({names}) VALUES ({marks}) ON CONFLICT ({key}) {action}",
-            table=_table(table), names=", ".join(map(quoted, names)), marks=_marks(names), key=quoted(table.key),
+            table=_table(table),
+            names=", ".join(map(quoted, names)),
+            marks=_marks(names),
+            key=quoted(table.key),
             action=_on_conflict(changing, table),
-        )  # fmt: skip
+        )
         written = self.conn.execute(statement, [*map(_bindable, values.values()), timestamp(now)]).rowcount
         if before is None:
             return "created", self._id_where(table, table.key, values[table.key])
@@ -119,8 +122,13 @@ class SqliteDatabase(Database):
     def rows_by_id(self, table: Table, ids: Sequence[Any]) -> list[dict[str, Any]]:
         if not ids:
             return []
-        statement = _sql("SELECT {names} FROM {table} WHERE {id} IN ({marks})", names=_names(table),
-                         table=_table(table), id=quoted(table.id_column), marks=_marks(ids))  # fmt: skip
+        statement = _sql(
+            "SELECT {names} FROM {table} WHERE {id} IN ({marks})",
+            names=_names(table),
+            table=_table(table),
+            id=quoted(table.id_column),
+            marks=_marks(ids),
+        )
         return [dict(row) for row in self.conn.execute(statement, list(ids))]
 
     def rows_after(self, table: Table, after: tuple[Any, Any] | None, limit: int) -> list[dict[str, Any]]:
@@ -128,8 +136,14 @@ class SqliteDatabase(Database):
         # A NULL time compares as unknown, so the pair comparison leaves those rows out too.
         stamp, row_id = f"{SORT_STAMP}({quoted(table.updated_at)})", quoted(table.id_column)
         where = f"{stamp} IS NOT NULL" if after is None else f"({stamp}, {row_id}) > (?, ?)"
-        statement = _sql("SELECT {names} FROM {table} WHERE {where} ORDER BY {stamp}, {id} LIMIT ?",
-                         names=_names(table), table=_table(table), where=where, stamp=stamp, id=row_id)  # fmt: skip
+        statement = _sql(
+            "SELECT {names} FROM {table} WHERE {where} ORDER BY {stamp}, {id} LIMIT ?",
+            names=_names(table),
+            table=_table(table),
+            where=where,
+            stamp=stamp,
+            id=row_id,
+        )
         # A cursor saved before sort_stamp held the row's own text: converted here, it means the same instant.
         bound = [] if after is None else [sort_stamp(after[0]), after[1]]
         return [dict(row) for row in self.conn.execute(statement, [*bound, limit])]
@@ -139,8 +153,10 @@ class SqliteDatabase(Database):
 
     def problems(self, table: Table) -> list[str]:
         schema, name = (table.name[0], table.name[1]) if len(table.name) == 2 else ("main", table.name[0])
-        columns = {row["name"]: row["pk"] for row in self.conn.execute("SELECT name, pk FROM pragma_table_info(?, ?)",
-                                                                          [name, schema])}  # fmt: skip
+        columns = {
+            row["name"]: row["pk"]
+            for row in self.conn.execute("SELECT name, pk FROM pragma_table_info(?, ?)", [name, schema])
+        }
         if not columns:
             return [f"table {table.label} does not exist"]
         problems = [f"table {table.label} has no column {c}" for c in table.required if c not in columns]
@@ -156,15 +172,21 @@ class SqliteDatabase(Database):
             'SELECT name FROM pragma_index_list(?, ?) WHERE "unique" = 1 AND partial = 0', [name, schema]
         ).fetchall()
         for index in indexes:
-            names = [row["name"] for row in self.conn.execute("SELECT name FROM pragma_index_info(?, ?)",
-                                                                [index["name"], schema])]  # fmt: skip
+            names = [
+                row["name"]
+                for row in self.conn.execute("SELECT name FROM pragma_index_info(?, ?)", [index["name"], schema])
+            ]
             if names == [key]:
                 return True
         return False
 
     def _id_where(self, table: Table, column: str, value: Any) -> Any | None:
-        statement = _sql("SELECT {id} FROM {table} WHERE {column} = ?", id=quoted(table.id_column),
-                         table=_table(table), column=quoted(column))  # fmt: skip
+        statement = _sql(
+            "SELECT {id} FROM {table} WHERE {column} = ?",
+            id=quoted(table.id_column),
+            table=_table(table),
+            column=quoted(column),
+        )
         row = self.conn.execute(statement, [value]).fetchone()
         return row[0] if row else None
 

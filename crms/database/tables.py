@@ -53,8 +53,9 @@ def table_from_config(object_type: str, raw: dict[str, Any]) -> Table:
     for part, value in [*single.items(), *(("columns", c) for c in columns)]:
         if not IDENTIFIER.fullmatch(value):
             raise _bad_identifier(object_type, part, value)
-    return Table(object_type, tuple(name.split(".")), single["key"], single["id_column"], single["updated_at"],
-                 tuple(columns))  # fmt: skip
+    return Table(
+        object_type, tuple(name.split(".")), single["key"], single["id_column"], single["updated_at"], tuple(columns)
+    )
 
 
 def _bad_identifier(object_type: str, part: str, value: str) -> RecordRejected:

@@ -89,16 +89,23 @@ class FlatFileConnector(Connector):
                     "required": ["file", "key", "columns"],
                     "properties": {
                         "file": {"type": "string", "pattern": FILE_NAME, "description": "A file name in the folder."},
-                        "key": {"type": "string", "minLength": 1, "not": {"const": UPDATED_AT},
-                                "description": "The column holding System A's record id."},
-                        "columns": {"type": "array", "uniqueItems": True,
-                                    "items": {"type": "string", "minLength": 1, "not": {"const": UPDATED_AT}},
-                                    "description": "The columns records may write."},
+                        "key": {
+                            "type": "string",
+                            "minLength": 1,
+                            "not": {"const": UPDATED_AT},
+                            "description": "The column holding System A's record id.",
+                        },
+                        "columns": {
+                            "type": "array",
+                            "uniqueItems": True,
+                            "items": {"type": "string", "minLength": 1, "not": {"const": UPDATED_AT}},
+                            "description": "The columns records may write.",
+                        },
                     },
                 },
             },
         },
-    }  # fmt: skip
+    }
 
     clock: Callable[[], datetime] = partial(datetime.now, UTC)
     page_size = PAGE_SIZE  # rows a changes() page holds; the cursor is right at any size
@@ -191,21 +198,28 @@ class FlatFileConnector(Connector):
         objects: dict[str, dict[str, Any]] = self.config.get("objects", {})
         if object_type not in objects:
             known = ", ".join(sorted(objects)) or "none"
-            raise RecordRejected(f"no file is configured for {object_type!r} (configured: {known})",
-                                 code="UNKNOWN_OBJECT", permanent=True)  # fmt: skip
+            raise RecordRejected(
+                f"no file is configured for {object_type!r} (configured: {known})",
+                code="UNKNOWN_OBJECT",
+                permanent=True,
+            )
         raw = objects[object_type]
         file, key, columns = str(raw.get("file", "")), str(raw.get("key", "")), [str(c) for c in raw.get("columns", [])]
         folder, fmt = str(self.config.get("folder", "")), FORMATS.get(str(self.config.get("format")))
         # Config reaches us validated by the schema; these are the checks a path must never skip.
         if not re.fullmatch(FILE_NAME, file) or not folder.startswith("/") or fmt is None:
-            raise RecordRejected(f"{object_type}: needs an absolute folder, a format (csv, jsonl) and a plain "
-                                 f"file name, not {file!r}", code="invalid_config", permanent=True)  # fmt: skip
+            raise RecordRejected(
+                f"{object_type}: needs an absolute folder, a format (csv, jsonl) and a plain file name, not {file!r}",
+                code="invalid_config",
+                permanent=True,
+            )
         outside = outside_roots(folder)
         if outside:
             raise RecordRejected(f"{object_type}: {outside}", code="invalid_config", permanent=True)
         if UPDATED_AT in (key, *columns) or not key:
-            raise RecordRejected(f"{object_type}: {UPDATED_AT} is ours and the key must be named",
-                                 code="invalid_config", permanent=True)  # fmt: skip
+            raise RecordRejected(
+                f"{object_type}: {UPDATED_AT} is ours and the key must be named", code="invalid_config", permanent=True
+            )
         return ObjectFile(object_type, Path(folder) / file, key, tuple(columns), fmt)
 
     def _load(self, spec: ObjectFile) -> Contents:
@@ -219,13 +233,15 @@ class FlatFileConnector(Connector):
         except OSError as exc:
             raise io_error(exc, spec.path) from exc
         except (InvalidFile, UnicodeDecodeError) as exc:
-            raise RecordRejected(f"{spec.path.name} does not parse: {exc}", code="invalid_file",
-                                 permanent=True) from exc  # fmt: skip
+            raise RecordRejected(
+                f"{spec.path.name} does not parse: {exc}", code="invalid_file", permanent=True
+            ) from exc
         by_key: dict[str, dict[str, Any]] = {}
         for number, row in enumerate(rows, start=1):
             if row.get(spec.key) in (None, ""):
-                raise RecordRejected(f"{spec.path.name} row {number} has no {spec.key}", code="invalid_file",
-                                     permanent=True)  # fmt: skip
+                raise RecordRejected(
+                    f"{spec.path.name} row {number} has no {spec.key}", code="invalid_file", permanent=True
+                )
             by_key[str(row[spec.key])] = row
         return Contents(header, by_key)
 
@@ -262,9 +278,13 @@ def _delete(contents: Contents, record: OutboundRecord, key: str) -> PushResult:
 
 def _key(spec: ObjectFile, record: OutboundRecord, value: str) -> str:
     if not value.strip():
-        raise RecordRejected(f"{record.object_type} record has no key: record_id is empty, and every row of "
-                             f"{spec.path.name} needs one in {spec.key}",
-                             code="MISSING_KEY", permanent=True, fields=[spec.key])  # fmt: skip
+        raise RecordRejected(
+            f"{record.object_type} record has no key: record_id is empty, and every row of "
+            f"{spec.path.name} needs one in {spec.key}",
+            code="MISSING_KEY",
+            permanent=True,
+            fields=[spec.key],
+        )
     return value
 
 
@@ -282,9 +302,13 @@ def _fields(spec: ObjectFile, record: OutboundRecord) -> dict[str, Any]:
     unknown = sorted(set(record.fields) - set(spec.columns))
     if unknown:
         listed = ", ".join(repr(name) for name in unknown)
-        raise RecordRejected(f"{'field' if len(unknown) == 1 else 'fields'} {listed} not among the columns "
-                             f"configured for {record.object_type} ({', '.join(spec.columns)})",
-                             code="INVALID_FIELD", permanent=True, fields=unknown)  # fmt: skip
+        raise RecordRejected(
+            f"{'field' if len(unknown) == 1 else 'fields'} {listed} not among the columns "
+            f"configured for {record.object_type} ({', '.join(spec.columns)})",
+            code="INVALID_FIELD",
+            permanent=True,
+            fields=unknown,
+        )
     values = {}
     for name, value in record.fields.items():
         try:
@@ -296,8 +320,9 @@ def _fields(spec: ObjectFile, record: OutboundRecord) -> dict[str, Any]:
 
 def _save(spec: ObjectFile, contents: Contents) -> None:
     header = list(dict.fromkeys([*contents.header, spec.key, *spec.columns, UPDATED_AT]))
-    write_atomically(spec.path, partial(spec.format.dump, header, contents.rows.values()),
-                     encoding=spec.format.encoding)  # fmt: skip
+    write_atomically(
+        spec.path, partial(spec.format.dump, header, contents.rows.values()), encoding=spec.format.encoding
+    )
 
 
 def _refused(record: OutboundRecord, error: ConnectorError) -> PushResult:
@@ -330,8 +355,11 @@ def _stamp(spec: ObjectFile, key: str, row: dict[str, Any]) -> datetime:
     try:
         moment = datetime.fromisoformat(str(raw))
     except ValueError:
-        raise RecordRejected(f"{spec.path.name}: row {key} has {UPDATED_AT} {raw!r}, which is not an ISO-8601 time",
-                             code="invalid_file", permanent=True) from None  # fmt: skip
+        raise RecordRejected(
+            f"{spec.path.name}: row {key} has {UPDATED_AT} {raw!r}, which is not an ISO-8601 time",
+            code="invalid_file",
+            permanent=True,
+        ) from None
     return cursors.as_utc(moment)
 
 
@@ -342,8 +370,9 @@ def _load_cursor(cursor: str | None) -> tuple[datetime, str] | None:
     try:
         return cursors.as_utc(datetime.fromisoformat(saved[0])), str(saved[1])
     except (ValueError, TypeError) as exc:
-        raise ConnectorError(f"not a cursor from this connector: {cursor!r}", code="invalid_cursor",
-                             permanent=True) from exc  # fmt: skip
+        raise ConnectorError(
+            f"not a cursor from this connector: {cursor!r}", code="invalid_cursor", permanent=True
+        ) from exc
 
 
 def _shared_files(objects: dict[str, dict[str, Any]]) -> list[str]:

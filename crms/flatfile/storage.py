@@ -39,8 +39,9 @@ def locked(path: Path, *, timeout: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise ConnectorError(f"{path.name} stayed locked by another writer for {timeout:g} s",
-                                         code="lock_timeout") from None  # fmt: skip
+                    raise ConnectorError(
+                        f"{path.name} stayed locked by another writer for {timeout:g} s", code="lock_timeout"
+                    ) from None
                 time.sleep(LOCK_POLL)
         try:
             yield

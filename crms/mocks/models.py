@@ -24,9 +24,11 @@ class MockRecord(models.Model):
             models.Index(fields=["system", "object", "modified_at"], name="mock_record_changed_idx"),
             # Salesforce indexes External ID fields; without this, every upsert scanned the table and
             # the mock, not the code under test, set the pace of the drain benchmark.
-            models.Index(Cast(KeyTextTransform("RecordSync_Id__c", "fields"), output_field=models.TextField()),
-                         name="mock_record_sf_extid_idx"),
-        ]  # fmt: skip
+            models.Index(
+                Cast(KeyTextTransform("RecordSync_Id__c", "fields"), output_field=models.TextField()),
+                name="mock_record_sf_extid_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.system}:{self.object}/{self.record_id}"

@@ -39,8 +39,14 @@ def mock_view(system: str, *, counted: bool = True, faults: bool = True) -> Call
                 time.sleep(min(fault.latency_ms, MAX_LATENCY_MS) / 1000)
             request.mock_fault = fault  # type: ignore[attr-defined]
             response = view(request, *args, **kwargs)
-            MockCall.objects.create(system=system, at=arrived, method=request.method or "", path=request.path[:512],
-                                    status=response.status_code, counted=counted)  # fmt: skip
+            MockCall.objects.create(
+                system=system,
+                at=arrived,
+                method=request.method or "",
+                path=request.path[:512],
+                status=response.status_code,
+                counted=counted,
+            )
             return response
 
         return wrapper

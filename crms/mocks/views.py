@@ -98,24 +98,28 @@ class MockCrmViewSet(viewsets.ViewSet):
         if kwargs.get("crm") not in STAFF_PUSH:
             raise NotFound(f"No mock for '{kwargs.get('crm')}'. Mocks: {', '.join(STAFF_PUSH)}.")
 
-    @extend_schema(operation_id="mock_push", request=PushSerializer,
-                   responses={200: PushedSerializer, **errors(400, 403, 404)})  # fmt: skip
+    @extend_schema(
+        operation_id="mock_push", request=PushSerializer, responses={200: PushedSerializer, **errors(400, 403, 404)}
+    )
     def push(self, request: Request, crm: str) -> Response:
         body = PushSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
-            stored = STAFF_PUSH[crm](body.validated_data["object"], body.validated_data["records"],
-                                     body.validated_data["delete"])  # fmt: skip
+            stored = STAFF_PUSH[crm](
+                body.validated_data["object"], body.validated_data["records"], body.validated_data["delete"]
+            )
         except ValueError as exc:
             raise ValidationError({"object": [str(exc)]}) from exc
         return Response({"results": stored})
 
     @extend_schema(
         operation_id="mock_records",
-        parameters=[OpenApiParameter("object", str, description="Only this object, e.g. Contact"),
-                    OpenApiParameter("limit", int, description="Page size, at most 1000")],
+        parameters=[
+            OpenApiParameter("object", str, description="Only this object, e.g. Contact"),
+            OpenApiParameter("limit", int, description="Page size, at most 1000"),
+        ],
         responses={200: RecordPageSerializer, **errors(403, 404)},
-    )  # fmt: skip
+    )
     def records(self, request: Request, crm: str) -> Response:
         rows = MockRecord.objects.filter(system=crm, deleted_at__isnull=True)
         if request.query_params.get("object"):
@@ -124,15 +128,21 @@ class MockCrmViewSet(viewsets.ViewSet):
         page = paginator.paginate_queryset(rows, request, view=self) or []
         return paginator.get_paginated_response([ROW_SHAPES[crm](r) for r in page])
 
-    @extend_schema(operation_id="mock_requests", parameters=[OpenApiParameter("limit", int)],
-                   responses={200: CallPageSerializer, **errors(403, 404)})  # fmt: skip
+    @extend_schema(
+        operation_id="mock_requests",
+        parameters=[OpenApiParameter("limit", int)],
+        responses={200: CallPageSerializer, **errors(403, 404)},
+    )
     def requests(self, request: Request, crm: str) -> Response:
         paginator = NewestFirst()
         page = paginator.paginate_queryset(MockCall.objects.filter(system=crm), request, view=self) or []
         return paginator.get_paginated_response(CallSerializer(page, many=True).data)
 
-    @extend_schema(operation_id="mock_faults_add", request=FaultSerializer,
-                   responses={201: FaultSerializer, **errors(400, 403, 404)})  # fmt: skip
+    @extend_schema(
+        operation_id="mock_faults_add",
+        request=FaultSerializer,
+        responses={201: FaultSerializer, **errors(400, 403, 404)},
+    )
     def faults_add(self, request: Request, crm: str) -> Response:
         body = FaultSerializer(data=request.data)
         body.is_valid(raise_exception=True)

@@ -43,8 +43,9 @@ def refresh(
 ) -> Token:
     """POST the refresh_token grant; a refusal is permanent and pauses the connection (re-authorise)."""
     try:
-        response = http.request("POST", token_url, data={**form, "grant_type": "refresh_token",
-                                                         "refresh_token": refresh_token})  # fmt: skip
+        response = http.request(
+            "POST", token_url, data={**form, "grant_type": "refresh_token", "refresh_token": refresh_token}
+        )
     except TransportError as exc:
         raise ConnectorError(str(exc), code=exc.code) from exc
     body = _json(response)

@@ -43,10 +43,17 @@ def _cell(value: Any) -> str:
 
 def bulk_start(api: Caller, object_type: str, records: Sequence[OutboundRecord]) -> str:
     key_field = api.config["external_id_field"]
-    job = api._call("POST", "/jobs/ingest", json_body={
-        "object": object_type, "externalIdFieldName": key_field, "contentType": "CSV",
-        "operation": "upsert", "lineEnding": "LF",
-    })  # fmt: skip
+    job = api._call(
+        "POST",
+        "/jobs/ingest",
+        json_body={
+            "object": object_type,
+            "externalIdFieldName": key_field,
+            "contentType": "CSV",
+            "operation": "upsert",
+            "lineEnding": "LF",
+        },
+    )
     job_id = str(job["id"])
     api.store.set(f"bulk:{job_id}", {"object": object_type, "record_ids": [r.record_id for r in records]})
     api._call_text("PUT", f"/jobs/ingest/{job_id}/batches", body=to_csv(records, key_field))
@@ -69,8 +76,9 @@ def bulk_poll(api: Caller, job_id: str) -> list[PushResult] | None:
     for row in _rows(api._call_text("GET", f"/jobs/ingest/{job_id}/failedResults/")):
         by_id[row[key_field]] = PushResult(row[key_field], "error", error=_row_error(row.get("sf__Error", "")))
     for row in _rows(api._call_text("GET", f"/jobs/ingest/{job_id}/unprocessedrecords/")):
-        by_id[row[key_field]] = PushResult(row[key_field], "error", error=ConnectorError(
-            f"not processed: job {info['state']}", code="UNPROCESSED"))  # fmt: skip
+        by_id[row[key_field]] = PushResult(
+            row[key_field], "error", error=ConnectorError(f"not processed: job {info['state']}", code="UNPROCESSED")
+        )
     missing = ConnectorError("missing from the job's results", code="UNPROCESSED")
     return [by_id.get(rid) or PushResult(rid, "error", error=missing) for rid in saved["record_ids"]]
 

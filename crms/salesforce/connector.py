@@ -41,8 +41,18 @@ DELETED_LOOKBACK = timedelta(days=14)
 COLLECTION_LIMIT = 200  # records per sObject Collections call (one API call each)
 BULK_THRESHOLD_DEFAULT = 2000  # records above which a backfill writes by Bulk API 2.0 jobs (config bulk_threshold)
 # Salesforce's own bookkeeping on every record: never synced as data.
-SYSTEM_FIELDS = frozenset({"Id", "attributes", "SystemModstamp", "LastModifiedById", "LastModifiedDate", "CreatedDate",
-                           "CreatedById", "IsDeleted"})  # fmt: skip
+SYSTEM_FIELDS = frozenset(
+    {
+        "Id",
+        "attributes",
+        "SystemModstamp",
+        "LastModifiedById",
+        "LastModifiedDate",
+        "CreatedDate",
+        "CreatedById",
+        "IsDeleted",
+    }
+)
 TOKEN_KEY = "oauth"  # noqa: S105 - the state-store key, not a secret
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CALL_OPTIONS = "client=recordsync"  # tags our writes so change events can be told apart
@@ -201,8 +211,12 @@ class SalesforceConnector(Connector):
         self, body: bytes, headers: Mapping[str, str], now: datetime, query: Mapping[str, str] | None = None
     ) -> list[Change]:
         """Outbound Messages (SOAP), proved by the token in the endpoint URL and the org id (outbound.py)."""
-        notifications = outbound.verify(secret=self.secrets.get("outbound_message_token"), query=query or {},
-                                        organization=self.config.get("organization_id"), body=body)  # fmt: skip
+        notifications = outbound.verify(
+            secret=self.secrets.get("outbound_message_token"),
+            query=query or {},
+            organization=self.config.get("organization_id"),
+            body=body,
+        )
         return outbound.changes(notifications)
 
     def webhook_answer(self, counts: Mapping[str, int]) -> tuple[str, bytes] | None:
@@ -263,10 +277,15 @@ class SalesforceConnector(Connector):
 
     def _update(self, object_type: str, part: Sequence[tuple[int, OutboundRecord]]) -> dict[int, PushResult]:
         key = self.config["external_id_field"]
-        records = [{"attributes": {"type": object_type}, "id": r.external_id, **r.fields, key: r.record_id}
-                   for _, r in part]  # fmt: skip
-        body = self._call("PATCH", "/composite/sobjects", json_body={"allOrNone": False, "records": records},
-                          headers={"Sforce-Call-Options": CALL_OPTIONS})  # fmt: skip
+        records = [
+            {"attributes": {"type": object_type}, "id": r.external_id, **r.fields, key: r.record_id} for _, r in part
+        ]
+        body = self._call(
+            "PATCH",
+            "/composite/sobjects",
+            json_body={"allOrNone": False, "records": records},
+            headers={"Sforce-Call-Options": CALL_OPTIONS},
+        )
         return {i: _update_result(r, row) for (i, r), row in zip(part, body, strict=True)}
 
     def _upsert_by_key(self, object_type: str, part: Sequence[tuple[int, OutboundRecord]]) -> dict[int, PushResult]:
@@ -288,8 +307,12 @@ class SalesforceConnector(Connector):
                 results[i] = PushResult(r.record_id, "unchanged")
         if linked:
             ids = ",".join(str(r.external_id) for _, r in linked)
-            body = self._call("DELETE", "/composite/sobjects", params={"ids": ids, "allOrNone": "false"},
-                              headers={"Sforce-Call-Options": CALL_OPTIONS})  # fmt: skip
+            body = self._call(
+                "DELETE",
+                "/composite/sobjects",
+                params={"ids": ids, "allOrNone": "false"},
+                headers={"Sforce-Call-Options": CALL_OPTIONS},
+            )
             for (i, r), row in zip(linked, body, strict=True):
                 results[i] = _delete_result(r, row)
         return results
@@ -380,8 +403,11 @@ class SalesforceConnector(Connector):
             form = {"grant_type": JWT_GRANT, "assertion": self._assertion()}
             url = f"{self.config['login_url']}/services/oauth2/token"
         else:
-            form = {"grant_type": "client_credentials", "client_id": self.config["client_id"],
-                    "client_secret": self.secrets.get("client_secret", "")}  # fmt: skip
+            form = {
+                "grant_type": "client_credentials",
+                "client_id": self.config["client_id"],
+                "client_secret": self.secrets.get("client_secret", ""),
+            }
             url = f"{self.config.get('instance_url') or self.config['login_url']}/services/oauth2/token"
         try:
             response = self.http.request("POST", url, data=form)
@@ -390,12 +416,19 @@ class SalesforceConnector(Connector):
         if response.status_code != 200:
             failure = errors.response_error(response)
             # A refused login will not fix itself: permanent, with Salesforce's reason.
-            raise ConnectorError(f"login refused: {failure.message}", code=failure.code or "invalid_grant",
-                                 permanent=response.status_code < 500, http_status=response.status_code)  # fmt: skip
+            raise ConnectorError(
+                f"login refused: {failure.message}",
+                code=failure.code or "invalid_grant",
+                permanent=response.status_code < 500,
+                http_status=response.status_code,
+            )
         body = response.json()
         # The identity URL ends with the integration user's id: polling tells our own writes by it.
-        return {"access_token": body["access_token"], "instance_url": body["instance_url"],
-                "user_id": str(body.get("id") or "").rstrip("/").rsplit("/", 1)[-1]}  # fmt: skip
+        return {
+            "access_token": body["access_token"],
+            "instance_url": body["instance_url"],
+            "user_id": str(body.get("id") or "").rstrip("/").rsplit("/", 1)[-1],
+        }
 
     def _assertion(self) -> str:
         claims = {

@@ -37,17 +37,22 @@ ACK = (
 def verify(*, secret: str | None, query: Mapping[str, str], organization: str | None, body: bytes) -> Element:
     """The parsed `notifications` element of a delivery that proves itself; WebhookRefused otherwise."""
     if not secret:
-        raise WebhookRefused("this connection takes no Outbound Messages: set its outbound_message_token and put "
-                             "?token=<it> in the endpoint URL in Salesforce", header=TOKEN_PARAM)  # fmt: skip
+        raise WebhookRefused(
+            "this connection takes no Outbound Messages: set its outbound_message_token and put "
+            "?token=<it> in the endpoint URL in Salesforce",
+            header=TOKEN_PARAM,
+        )
     if not hmac.compare_digest(query.get(TOKEN_PARAM, "").encode(), secret.encode()):
-        raise WebhookRefused("the token in the URL is missing or is not this connection's outbound_message_token",
-                             header=TOKEN_PARAM)  # fmt: skip
+        raise WebhookRefused(
+            "the token in the URL is missing or is not this connection's outbound_message_token", header=TOKEN_PARAM
+        )
     notifications = _notifications(body)
     sender = _text(notifications, "OrganizationId") or ""
     # Org ids come in 15- and 18-character forms; the first 15 are the id itself.
     if organization and sender[:15] != organization[:15]:
-        raise WebhookRefused(f"the message comes from org {sender or '(none)'}, not {organization}",
-                             header="OrganizationId")  # fmt: skip
+        raise WebhookRefused(
+            f"the message comes from org {sender or '(none)'}, not {organization}", header="OrganizationId"
+        )
     return notifications
 
 
@@ -65,8 +70,10 @@ def changes(notifications: Element) -> list[Change]:
             raise _bad(f"Notification[{index}].sObject needs its xsi:type and an Id")
         stamp = fields.get("SystemModstamp") or fields.get("LastModifiedDate")
         if not isinstance(stamp, str):
-            raise _bad(f"Notification[{index}].sObject has no SystemModstamp: add it to the message's fields, so a "
-                       "resent message is captured once")  # fmt: skip
+            raise _bad(
+                f"Notification[{index}].sObject has no SystemModstamp: add it to the message's fields, so a "
+                "resent message is captured once"
+            )
         found.append(Change(object_type, str(record_id), fields, _parse(stamp, index)))
     return found
 

@@ -83,8 +83,9 @@ class SystemAConnector(Connector):
     def changes(self, object_type: str, cursor: str | None) -> ChangePage:
         raise ConnectorError(
             "System A sends its changes to POST /v1/sync/; there is nothing to poll.",
-            code="NOT_SUPPORTED", permanent=True,
-        )  # fmt: skip
+            code="NOT_SUPPORTED",
+            permanent=True,
+        )
 
     def check(self) -> CheckResult:
         try:
@@ -96,8 +97,12 @@ class SystemAConnector(Connector):
         return CheckResult(response.status_code == 200, f"System A answered {response.status_code}")
 
     def _push_one(self, record: OutboundRecord) -> PushResult:
-        body = {"operation": record.operation, "id": record.external_id, "source_id": record.record_id,
-                "fields": record.fields}  # fmt: skip
+        body = {
+            "operation": record.operation,
+            "id": record.external_id,
+            "source_id": record.record_id,
+            "fields": record.fields,
+        }
         try:
             response = self._send("POST", f"/records/{record.object_type}", body)
             if record.operation == "delete" and response.status_code == 404:
@@ -122,8 +127,12 @@ class SystemAConnector(Connector):
         if body is not None:
             headers["Idempotency-Key"] = hashlib.sha256(f"{path}\n".encode() + raw).hexdigest()
         try:
-            return self.http.request(method, f"{self.config['url'].rstrip('/')}{path}", headers=headers,
-                                     data=raw if body is not None else None)  # fmt: skip
+            return self.http.request(
+                method,
+                f"{self.config['url'].rstrip('/')}{path}",
+                headers=headers,
+                data=raw if body is not None else None,
+            )
         except TransportError as exc:
             raise ConnectorError(str(exc), code=exc.code) from exc
 

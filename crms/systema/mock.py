@@ -26,8 +26,13 @@ def _error(status: int, code: str, message: str) -> JsonResponse:
 
 
 def _refusal(request: HttpRequest) -> HttpResponse | None:
-    ok = verify(settings.MOCK_SYSTEM_A_SIGNING_SECRET, request.headers.get(TIMESTAMP_HEADER, ""), request.body,
-                request.headers.get(SIGNATURE_HEADER, ""), now=timezone.now().timestamp())  # fmt: skip
+    ok = verify(
+        settings.MOCK_SYSTEM_A_SIGNING_SECRET,
+        request.headers.get(TIMESTAMP_HEADER, ""),
+        request.body,
+        request.headers.get(SIGNATURE_HEADER, ""),
+        now=timezone.now().timestamp(),
+    )
     if not ok:
         return _error(401, "bad_signature", "Signature or timestamp missing, wrong or older than 5 minutes")
     fault = request.mock_fault  # type: ignore[attr-defined]
@@ -83,8 +88,13 @@ def _apply(object_type: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]
         # An id we were given is System A's own (a record it posted to us): the mock keeps it, as the
         # real System A, which has that record, would; no id means a record new to System A.
         record_id = str(body.get("id") or f"A-{secrets.token_hex(6)}")
-        created = MockRecord.objects.create(system=SYSTEM, object=object_type, record_id=record_id,
-                                            fields=body.get("fields", {}), modified_by="recordsync")  # fmt: skip
+        created = MockRecord.objects.create(
+            system=SYSTEM,
+            object=object_type,
+            record_id=record_id,
+            fields=body.get("fields", {}),
+            modified_by="recordsync",
+        )
         return 201, {"id": created.record_id}
     existing.fields = {**existing.fields, **body.get("fields", {})}
     existing.modified_at = timezone.now()
@@ -97,16 +107,22 @@ def _live(object_type: str) -> Any:
 
 
 def as_row(record: MockRecord) -> dict[str, Any]:
-    return {"id": record.record_id, "object": record.object, **record.fields,
-            "modified_at": record.modified_at.isoformat()}  # fmt: skip
+    return {
+        "id": record.record_id,
+        "object": record.object,
+        **record.fields,
+        "modified_at": record.modified_at.isoformat(),
+    }
 
 
 def staff_push(object_type: str, rows: list[dict[str, Any]], delete: list[str]) -> list[dict[str, Any]]:
     """Change System A's records directly, as its own users would."""
     stored = []
     for row in rows:
-        _, body = _apply(object_type, {"operation": "upsert", "id": row.get("id"),
-                                            "fields": {k: v for k, v in row.items() if k != "id"}})  # fmt: skip
+        _, body = _apply(
+            object_type,
+            {"operation": "upsert", "id": row.get("id"), "fields": {k: v for k, v in row.items() if k != "id"}},
+        )
         stored.append(as_row(_live(object_type).get(record_id=body["id"])))
     for record_id in delete:
         _apply(object_type, {"operation": "delete", "id": record_id})

@@ -127,8 +127,15 @@ def busy_world(transactional_db: None) -> Iterator[World]:
     _attempts(synced, now)
     for i, (target, age) in enumerate([(outreach, 840), (outreach, 610), (sf, 45), (sf_eu, 20), (system_a, 12)]):
         job_with_event(target, f"c-{2000 + i}", JobState.PENDING, now - timedelta(seconds=age))
-    job_with_event(outreach, "c-2100", JobState.RETRYING, now - timedelta(minutes=9), next_attempt_at=now,
-                   last_error_code="HTTP_503", last_error_message="503 Service Unavailable")  # fmt: skip
+    job_with_event(
+        outreach,
+        "c-2100",
+        JobState.RETRYING,
+        now - timedelta(minutes=9),
+        next_attempt_at=now,
+        last_error_code="HTTP_503",
+        last_error_message="503 Service Unavailable",
+    )
     invalid = _failed_jobs(sf, outreach, now)
     conflict, held = _held_job(sf, now)
     _incidents(sf, outreach, now)
@@ -141,20 +148,34 @@ def _processes(now: datetime) -> None:
     """Two worker containers (one with a busy worker), the dispatcher, and a worker killed a minute ago."""
     from sync.models import ProcessBeat
 
-    rows = [("worker", "worker-7f9c", 41, "busy", 2, 9), ("worker", "worker-7f9c", 42, "idle", 1, None),
-            ("worker", "worker-b21a", 17, "idle", 3, None), ("dispatcher", "dispatch-5d0e", 8, "idle", 1, None),
-            ("worker", "worker-b21a", 18, "dead", 64, None)]  # fmt: skip
+    rows = [
+        ("worker", "worker-7f9c", 41, "busy", 2, 9),
+        ("worker", "worker-7f9c", 42, "idle", 1, None),
+        ("worker", "worker-b21a", 17, "idle", 3, None),
+        ("dispatcher", "dispatch-5d0e", 8, "idle", 1, None),
+        ("worker", "worker-b21a", 18, "dead", 64, None),
+    ]
     for role, host, pid, state, age, busy_for in rows:
-        ProcessBeat.objects.create(key=f"{host}:{pid}", role=role, host=host, pid=pid, state=state,
-                                   group=1 if role == "worker" else None, beat_at=now - timedelta(seconds=age),
-                                   task_started_at=now - timedelta(seconds=busy_for) if busy_for else None)  # fmt: skip
+        ProcessBeat.objects.create(
+            key=f"{host}:{pid}",
+            role=role,
+            host=host,
+            pid=pid,
+            state=state,
+            group=1 if role == "worker" else None,
+            beat_at=now - timedelta(seconds=age),
+            task_started_at=now - timedelta(seconds=busy_for) if busy_for else None,
+        )
 
 
 def _throttle_calls(calls: dict[Connection, int], *, limited: Connection) -> None:
     """600 calls a minute for everyone, 100 for `limited`; the calls taken through the throttle itself."""
     ConfigOverride.objects.create(scope="global", values={"rate_limit_calls": 600, "rate_limit_window": 60})
-    ConfigOverride.objects.create(scope=f"connection:{limited.name}", connection=limited,
-                                  values={"rate_limit_calls": 100, "rate_limit_window": 60})  # fmt: skip
+    ConfigOverride.objects.create(
+        scope=f"connection:{limited.name}",
+        connection=limited,
+        values={"rate_limit_calls": 100, "rate_limit_window": 60},
+    )
     config.forget()
     backend = throttle()
     for connection, count in calls.items():
@@ -165,58 +186,117 @@ def _throttle_calls(calls: dict[Connection, int], *, limited: Connection) -> Non
 def _failed_jobs(sf: Connection, outreach: Connection, now: datetime) -> list[SyncJob]:
     """Three refused for their data, two given up after a run of 503s, one missing a required field."""
     invalid = [
-        job_with_event(sf, f"c-{3000 + i}", JobState.FAILED, now - timedelta(minutes=95 - 20 * i), attempts=1,
-                       last_error_code="INVALID_EMAIL_ADDRESS", last_error_permanent=True,
-                       last_error_message=f"Email: invalid email address: {name}@@example.com",
-                       fields={"Email": f"{name}@@example.com", "FirstName": name.title(), "LastName": "Example"})
+        job_with_event(
+            sf,
+            f"c-{3000 + i}",
+            JobState.FAILED,
+            now - timedelta(minutes=95 - 20 * i),
+            attempts=1,
+            last_error_code="INVALID_EMAIL_ADDRESS",
+            last_error_permanent=True,
+            last_error_message=f"Email: invalid email address: {name}@@example.com",
+            fields={"Email": f"{name}@@example.com", "FirstName": name.title(), "LastName": "Example"},
+        )
         for i, name in enumerate(["ada", "grace", "edsger"])
-    ]  # fmt: skip
+    ]
     for i in range(2):
-        job_with_event(outreach, f"c-{3100 + i}", JobState.FAILED, now - timedelta(minutes=40 - i), attempts=8,
-                       last_error_code="HTTP_503", received_before=timedelta(minutes=38),
-                       last_error_message="503 Service Unavailable: gave up after 8 attempts",
-                       fields={"emails": [f"lin{i}@example.com"], "firstName": "Lin"})  # fmt: skip
-    job_with_event(outreach, "c-3200", JobState.FAILED, now - timedelta(minutes=3), attempts=1,
-                   last_error_code="REQUIRED_FIELD_MISSING", last_error_permanent=True,
-                   last_error_message="lastName required to create a prospect in outreach; nothing was sent",
-                   fields={"emails": ["nolast@example.com"]})  # fmt: skip
+        job_with_event(
+            outreach,
+            f"c-{3100 + i}",
+            JobState.FAILED,
+            now - timedelta(minutes=40 - i),
+            attempts=8,
+            last_error_code="HTTP_503",
+            received_before=timedelta(minutes=38),
+            last_error_message="503 Service Unavailable: gave up after 8 attempts",
+            fields={"emails": [f"lin{i}@example.com"], "firstName": "Lin"},
+        )
+    job_with_event(
+        outreach,
+        "c-3200",
+        JobState.FAILED,
+        now - timedelta(minutes=3),
+        attempts=1,
+        last_error_code="REQUIRED_FIELD_MISSING",
+        last_error_permanent=True,
+        last_error_message="lastName required to create a prospect in outreach; nothing was sent",
+        fields={"emails": ["nolast@example.com"]},
+    )
     return invalid
 
 
 def _held_job(sf: Connection, now: datetime) -> tuple[SyncConflict, SyncJob]:
     conflict = SyncConflict.objects.create(
-        record_id="c-4000", object_type="contact", connection=sf, external_object="Contact", external_id="003XX1",
-        policy="manual", fields=["Phone"], base={"Phone": "+44 20 7946 0000"},
-        system_a_values={"Phone": "+44 20 7946 0001"}, crm_values={"Phone": "+44 20 7946 0999"},
+        record_id="c-4000",
+        object_type="contact",
+        connection=sf,
+        external_object="Contact",
+        external_id="003XX1",
+        policy="manual",
+        fields=["Phone"],
+        base={"Phone": "+44 20 7946 0000"},
+        system_a_values={"Phone": "+44 20 7946 0001"},
+        crm_values={"Phone": "+44 20 7946 0999"},
         detected_at=now - timedelta(minutes=27),
-    )  # fmt: skip
-    held = job_with_event(sf, "c-4000", JobState.HELD, now - timedelta(minutes=27), last_error_code="CONFLICT_HELD",
-                          last_error_message=f"conflict {conflict.pk} waits for review",
-                          fields={"Phone": "+44 20 7946 0001"})  # fmt: skip
+    )
+    held = job_with_event(
+        sf,
+        "c-4000",
+        JobState.HELD,
+        now - timedelta(minutes=27),
+        last_error_code="CONFLICT_HELD",
+        last_error_message=f"conflict {conflict.pk} waits for review",
+        fields={"Phone": "+44 20 7946 0001"},
+    )
     return conflict, held
 
 
 def _incidents(sf: Connection, outreach: Connection, now: datetime) -> None:
     """Outreach down for 12 minutes (breaker open, two open alerts); salesforce recovered three hours ago."""
     opened = now - timedelta(minutes=12)
-    CircuitBreaker.objects.create(connection=outreach, state=BreakerState.OPEN, failures=5, opened_at=opened,
-                                  last_error="HTTP 503 from api.outreach.io: Service Unavailable")  # fmt: skip
+    CircuitBreaker.objects.create(
+        connection=outreach,
+        state=BreakerState.OPEN,
+        failures=5,
+        opened_at=opened,
+        last_error="HTTP 503 from api.outreach.io: Service Unavailable",
+    )
     CircuitBreaker.objects.create(connection=sf, state=BreakerState.CLOSED)
-    history = [(sf, now - timedelta(hours=3, minutes=5), "closed", "open"),
-               (sf, now - timedelta(hours=3), "half_open", "closed"), (outreach, opened, "closed", "open")]  # fmt: skip
+    history = [
+        (sf, now - timedelta(hours=3, minutes=5), "closed", "open"),
+        (sf, now - timedelta(hours=3), "half_open", "closed"),
+        (outreach, opened, "closed", "open"),
+    ]
     BreakerTransition.objects.bulk_create(
         BreakerTransition(connection=c, at=at, from_state=old, to_state=new) for c, at, old, new in history
     )
-    Alert.objects.create(connection=outreach, kind="breaker_open", value=720, threshold=300,
-                         opened_at=now - timedelta(minutes=7),
-                         message="outreach: the circuit breaker has been open for 12 min (threshold 5 min): "
-                         "HTTP 503 from api.outreach.io")  # fmt: skip
-    Alert.objects.create(connection=outreach, kind="lag", value=840, threshold=600,
-                         opened_at=now - timedelta(minutes=4),
-                         message="outreach: the oldest due job has waited 14 min (threshold 10 min)")  # fmt: skip
-    Alert.objects.create(connection=sf, kind="breaker_open", state="resolved", value=300, threshold=300,
-                         opened_at=now - timedelta(hours=3, minutes=5), resolved_at=now - timedelta(hours=3),
-                         message="salesforce: the circuit breaker was open for 5 min")  # fmt: skip
+    Alert.objects.create(
+        connection=outreach,
+        kind="breaker_open",
+        value=720,
+        threshold=300,
+        opened_at=now - timedelta(minutes=7),
+        message="outreach: the circuit breaker has been open for 12 min (threshold 5 min): "
+        "HTTP 503 from api.outreach.io",
+    )
+    Alert.objects.create(
+        connection=outreach,
+        kind="lag",
+        value=840,
+        threshold=600,
+        opened_at=now - timedelta(minutes=4),
+        message="outreach: the oldest due job has waited 14 min (threshold 10 min)",
+    )
+    Alert.objects.create(
+        connection=sf,
+        kind="breaker_open",
+        state="resolved",
+        value=300,
+        threshold=300,
+        opened_at=now - timedelta(hours=3, minutes=5),
+        resolved_at=now - timedelta(hours=3),
+        message="salesforce: the circuit breaker was open for 5 min",
+    )
 
 
 def _throttle_forget(connections: list[Connection]) -> None:

@@ -24,8 +24,15 @@ def salesforce() -> Connection:
 
 
 def _failed(target: Connection, record_id: str, code: str, *, state: str = JobState.FAILED) -> SyncJob:
-    return job_with_event(target, record_id, state, timezone.now() - timedelta(minutes=5), attempts=3,
-                          last_error_code=code, last_error_message=f"{code} for {record_id}")  # fmt: skip
+    return job_with_event(
+        target,
+        record_id,
+        state,
+        timezone.now() - timedelta(minutes=5),
+        attempts=3,
+        last_error_code=code,
+        last_error_message=f"{code} for {record_id}",
+    )
 
 
 @pytest.mark.parametrize("name", ["dashboard:overview", "dashboard:issues"])
@@ -107,8 +114,14 @@ def test_a_record_id_the_status_api_cannot_address_is_still_listed(
 
 def test_every_link_of_an_issue_opens_for_the_staff_user(admin_client: Client, salesforce: Connection) -> None:
     failed = _failed(salesforce, "c-1", "HTTP_400")
-    conflict = SyncConflict.objects.create(record_id="c-2", object_type="contact", connection=salesforce,
-                                           external_object="Contact", external_id="003X", policy="manual")  # fmt: skip
+    conflict = SyncConflict.objects.create(
+        record_id="c-2",
+        object_type="contact",
+        connection=salesforce,
+        external_object="Contact",
+        external_id="003X",
+        policy="manual",
+    )
     _failed(salesforce, "c-2", "CONFLICT_HELD", state=JobState.HELD)
     page = admin_client.get(reverse("dashboard:issues")).content.decode()
     links = [

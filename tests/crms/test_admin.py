@@ -16,8 +16,15 @@ ADD = "/admin/crms/connection/add/"
 
 
 def form(**changes: object) -> dict[str, object]:
-    return {"name": "sf", "kind": "salesforce", "enabled": "on", "quota_owner": "", "config": json.dumps(SF_CONFIG),
-            "new_secrets": "", **changes}  # fmt: skip
+    return {
+        "name": "sf",
+        "kind": "salesforce",
+        "enabled": "on",
+        "quota_owner": "",
+        "config": json.dumps(SF_CONFIG),
+        "new_secrets": "",
+        **changes,
+    }
 
 
 def test_a_connection_is_added_with_an_encrypted_secret(admin_client):
@@ -61,8 +68,11 @@ def test_the_check_action_reports_what_the_connector_found(admin_client):
         sf.post(
             token_url, status=400, json={"error": "invalid_client", "error_description": "invalid client credentials"}
         )
-        response = admin_client.post("/admin/crms/connection/", {"action": "check_connection",
-                                     "_selected_action": [Connection.objects.get().pk]}, follow=True)  # fmt: skip
+        response = admin_client.post(
+            "/admin/crms/connection/",
+            {"action": "check_connection", "_selected_action": [Connection.objects.get().pk]},
+            follow=True,
+        )
 
     # (the admin capitalises the first letter of a message)
     expected = '<li class="error">Sf: invalid_client: login refused: invalid client credentials</li>'

@@ -67,8 +67,9 @@ def test_a_bad_config_is_refused_naming_the_field():
 
 
 def test_secrets_are_encrypted_at_rest_and_never_stored_in_clear():
-    connection = connection_save(name="sf", kind="salesforce", config=SF_CONFIG,
-                                 secrets={"client_secret": "s3cr3t-value"})  # fmt: skip
+    connection = connection_save(
+        name="sf", kind="salesforce", config=SF_CONFIG, secrets={"client_secret": "s3cr3t-value"}
+    )
 
     raw = Connection.objects.values_list("secrets_encrypted", flat=True).get()
     assert "s3cr3t-value" not in raw
@@ -78,8 +79,9 @@ def test_secrets_are_encrypted_at_rest_and_never_stored_in_clear():
 
 def test_a_secret_can_be_a_reference_to_the_environment(monkeypatch):
     monkeypatch.setenv("CRM_SF_SECRET", "from-env")
-    connection = connection_save(name="sf", kind="salesforce", config=SF_CONFIG,
-                                 secrets={"client_secret": {"env": "CRM_SF_SECRET"}})  # fmt: skip
+    connection = connection_save(
+        name="sf", kind="salesforce", config=SF_CONFIG, secrets={"client_secret": {"env": "CRM_SF_SECRET"}}
+    )
 
     assert connector_for(connection).secrets == {"client_secret": "from-env"}
 
@@ -98,8 +100,9 @@ def test_a_secret_may_not_name_the_services_own_variables(monkeypatch, name):
 
 def test_a_reference_saved_before_the_allowlist_is_refused_when_read(monkeypatch, settings):
     monkeypatch.setenv("SECRET_KEY", "the service's own")
-    connection = connection_save(name="sf", kind="salesforce", config=SF_CONFIG,
-                                 secrets={"client_secret": {"env": "CRM_SF"}})  # fmt: skip
+    connection = connection_save(
+        name="sf", kind="salesforce", config=SF_CONFIG, secrets={"client_secret": {"env": "CRM_SF"}}
+    )
     connection.secrets_encrypted = secret_box.encrypt({"client_secret": {"env": "SECRET_KEY"}})  # an older row
 
     with pytest.raises(ImproperlyConfigured, match=r"\$SECRET_KEY is not a variable connections may read"):

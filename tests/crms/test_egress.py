@@ -21,12 +21,18 @@ def public_only(settings: Any) -> None:
 
 @pytest.mark.parametrize(
     ("url", "says"),
-    [("http://127.0.0.1:8000/mock", "a loopback address"), ("http://localhost/", "a loopback address"),
-     ("http://169.254.169.254/latest/meta-data/", "a link-local address (cloud metadata lives there)"),
-     ("http://10.1.2.3/", "a private address"), ("http://192.168.0.10/", "a private address"),
-     ("http://100.64.0.1/", "not a public address"), ("http://[::1]/", "a loopback address"),
-     ("http://[::ffff:127.0.0.1]/", "a loopback address"), ("http://0.0.0.0/", "the unspecified address")],
-)  # fmt: skip
+    [
+        ("http://127.0.0.1:8000/mock", "a loopback address"),
+        ("http://localhost/", "a loopback address"),
+        ("http://169.254.169.254/latest/meta-data/", "a link-local address (cloud metadata lives there)"),
+        ("http://10.1.2.3/", "a private address"),
+        ("http://192.168.0.10/", "a private address"),
+        ("http://100.64.0.1/", "not a public address"),
+        ("http://[::1]/", "a loopback address"),
+        ("http://[::ffff:127.0.0.1]/", "a loopback address"),
+        ("http://0.0.0.0/", "the unspecified address"),
+    ],
+)
 def test_calls_to_this_host_its_networks_and_cloud_metadata_are_refused(url: str, says: str) -> None:
     with pytest.raises(EgressRefused) as refused:
         HttpClient(connection_name="sf").request("GET", url)
@@ -110,8 +116,12 @@ def test_credentials_a_call_sent_are_taken_out_of_error_texts_kept_afterwards() 
 
     responses.post("https://93.184.216.34/token", status=400, body="bad client_secret=cs-0123456789")
     http = HttpClient(connection_name="sf")
-    http.request("POST", "https://93.184.216.34/token", headers={"Authorization": "Bearer at-abcdef123456"},
-                 data={"client_secret": "cs-0123456789", "grant_type": "client_credentials"})  # fmt: skip
+    http.request(
+        "POST",
+        "https://93.184.216.34/token",
+        headers={"Authorization": "Bearer at-abcdef123456"},
+        data={"client_secret": "cs-0123456789", "grant_type": "client_credentials"},
+    )
     errors = [ConnectorError("HTTP 400: bad client_secret=cs-0123456789 for Bearer at-abcdef123456; key pk-secret-1")]
 
     connector = SimpleNamespace(http=http, secrets={"private_key": "pk-secret-1"})

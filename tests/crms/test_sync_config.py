@@ -90,8 +90,11 @@ def test_rules_round_trip_with_the_connections(tmp_path, connections):
 
 
 def test_a_bad_rule_in_an_import_changes_nothing(tmp_path, connections):
-    document = {"version": 1, "connections": [], "rules": [{"name": "bad", "condition": "data.x ==",
-                                                             "targets": [{"target": "salesforce"}]}]}  # fmt: skip
+    document = {
+        "version": 1,
+        "connections": [],
+        "rules": [{"name": "bad", "condition": "data.x ==", "targets": [{"target": "salesforce"}]}],
+    }
     path = tmp_path / "c.json"
     path.write_text(json.dumps(document))
 

@@ -12,8 +12,7 @@ RIGHT = "right-password-for-tests-only"
 
 
 def attempt(client: Client, password: str, address: str = "203.0.113.7") -> int:
-    response = client.post("/admin/login/?next=/admin/", {"username": "ops", "password": password},
-                           REMOTE_ADDR=address)  # fmt: skip
+    response = client.post("/admin/login/?next=/admin/", {"username": "ops", "password": password}, REMOTE_ADDR=address)
     return int(response.status_code)
 
 

@@ -20,14 +20,18 @@ def audit() -> ModuleType:
 
 
 def test_a_known_vulnerability_fails_the_step(audit: ModuleType) -> None:
-    report = {"dependencies": [
-        {"name": "django", "version": "5.2.0", "vulns": [{"id": "PYSEC-2025-1", "fix_versions": ["5.2.1"]}]},
-        {"name": "six", "version": "1.17.0", "vulns": []},
-    ]}  # fmt: skip
+    report = {
+        "dependencies": [
+            {"name": "django", "version": "5.2.0", "vulns": [{"id": "PYSEC-2025-1", "fix_versions": ["5.2.1"]}]},
+            {"name": "six", "version": "1.17.0", "vulns": []},
+        ]
+    }
     code, lines = audit.verdict("osv", report)
     assert code == 1
-    assert lines == ["pip-audit: django 5.2.0: PYSEC-2025-1",
-                     "pip-audit (osv): 2 packages audited, 1 with known vulnerabilities"]  # fmt: skip
+    assert lines == [
+        "pip-audit: django 5.2.0: PYSEC-2025-1",
+        "pip-audit (osv): 2 packages audited, 1 with known vulnerabilities",
+    ]
 
 
 def test_a_clean_report_passes(audit: ModuleType) -> None:

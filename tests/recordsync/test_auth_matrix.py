@@ -25,8 +25,12 @@ STAFF_ONLY = re.compile(r"^/v1/(sync/rules|sync/config|sync/connections|crms/moc
 def routes() -> list[tuple[str, str]]:
     schema = SchemaGenerator().get_schema(request=None, public=True)  # type: ignore[no-untyped-call]
     paths = json.loads(OpenApiJsonRenderer().render(schema))["paths"]
-    return sorted((method.upper(), path) for path, methods in paths.items() for method in methods
-                  if path.startswith("/v1/") and method in ("get", "post", "put", "patch", "delete"))  # fmt: skip
+    return sorted(
+        (method.upper(), path)
+        for path, methods in paths.items()
+        for method in methods
+        if path.startswith("/v1/") and method in ("get", "post", "put", "patch", "delete")
+    )
 
 
 ROUTES = routes()

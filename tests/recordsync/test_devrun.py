@@ -133,8 +133,13 @@ def test_make_run_writes_its_own_random_secrets_for_the_mocks(tmp_path: Path) ->
         subprocess.run(make, check=True, capture_output=True)
         lines = (folder / ".env").read_text().splitlines()
         written.append(dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#")))
-    names = ["SECRET_KEY", "MOCK_SALESFORCE_CLIENT_SECRET", "MOCK_OUTREACH_CLIENT_SECRET",
-             "MOCK_OUTREACH_REFRESH_TOKEN", "MOCK_SYSTEM_A_SIGNING_SECRET"]  # fmt: skip
+    names = [
+        "SECRET_KEY",
+        "MOCK_SALESFORCE_CLIENT_SECRET",
+        "MOCK_OUTREACH_CLIENT_SECRET",
+        "MOCK_OUTREACH_REFRESH_TOKEN",
+        "MOCK_SYSTEM_A_SIGNING_SECRET",
+    ]
     for name in names:
         first, second = written[0][name], written[1][name]
         assert len(first) >= 40 and first != second, name

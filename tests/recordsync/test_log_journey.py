@@ -32,12 +32,19 @@ HOOK_SECRET = "hook-secret-never-logged"
 def outreach(live_server, settings) -> Connection:
     base = f"{live_server.url}/mock/outreach"
     return connection_save(
-        name="outreach", kind="outreach",
-        config={"client_id": settings.MOCK_OUTREACH_CLIENT_ID, "api_url": f"{base}/api/v2",
-                "token_url": f"{base}/oauth/token"},
-        secrets={"client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
-                 "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN, "webhook_secret": HOOK_SECRET},
-    )  # fmt: skip
+        name="outreach",
+        kind="outreach",
+        config={
+            "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
+            "api_url": f"{base}/api/v2",
+            "token_url": f"{base}/oauth/token",
+        },
+        secrets={
+            "client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
+            "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN,
+            "webhook_secret": HOOK_SECRET,
+        },
+    )
 
 
 def lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
@@ -50,11 +57,16 @@ def test_one_request_id_finds_the_whole_journey_of_a_record(caplog, live_server,
     caplog.set_level(logging.INFO)
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {api_token_create(username='platform')}")
-    body = {"operation": "create", "record_id": "c-1", "object_type": "Contact",
-            "data": {"LastName": "Lovelace", "Email": "ada@example.com"}}  # fmt: skip
+    body = {
+        "operation": "create",
+        "record_id": "c-1",
+        "object_type": "Contact",
+        "data": {"LastName": "Lovelace", "Email": "ada@example.com"},
+    }
 
-    answer = api.post("/v1/sync/", data=json.dumps(body), content_type="application/json",
-                      HTTP_X_REQUEST_ID="journey-42")  # fmt: skip
+    answer = api.post(
+        "/v1/sync/", data=json.dumps(body), content_type="application/json", HTTP_X_REQUEST_ID="journey-42"
+    )
     drain(salesforce)
 
     assert answer.status_code == 202 and answer["X-Request-ID"] == "journey-42"
@@ -80,8 +92,10 @@ def test_a_change_captured_back_carries_the_polls_id_through_its_own_journey(cap
     assert poll_id.startswith("poll-")
     journey = {line["message"] for line in lines(caplog) if poll_id in str(line.get("request_id") or "")}
     assert {"event accepted", "job state", "crm call", "polled"} <= journey
-    assert any(line["message"] == "crm call" and line["connection"] == "system_a" and
-               poll_id in str(line["request_id"]) for line in lines(caplog))  # fmt: skip
+    assert any(
+        line["message"] == "crm call" and line["connection"] == "system_a" and poll_id in str(line["request_id"])
+        for line in lines(caplog)
+    )
 
 
 def test_no_secret_or_token_ever_appears_in_a_log_line(caplog, live_server, settings, system_a, outreach):
@@ -90,28 +104,58 @@ def test_no_secret_or_token_ever_appears_in_a_log_line(caplog, live_server, sett
     token = api_token_create(username="platform")
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Token {token}")
-    MockRecord.objects.create(system="outreach", object=outreach_store.WEBHOOKS, record_id="1",
-                              fields={"resource": "*", "action": "*", "secret": HOOK_SECRET,
-                                      "url": f"{live_server.url}/v1/webhooks/outreach"})  # fmt: skip
+    MockRecord.objects.create(
+        system="outreach",
+        object=outreach_store.WEBHOOKS,
+        record_id="1",
+        fields={
+            "resource": "*",
+            "action": "*",
+            "secret": HOOK_SECRET,
+            "url": f"{live_server.url}/v1/webhooks/outreach",
+        },
+    )
 
-    body = {"operation": "create", "record_id": "c-1", "object_type": "contact",
-            "data": {"LastName": "Lovelace", "Email": "ada@example.com", "emails": ["ada@example.com"]}}  # fmt: skip
+    body = {
+        "operation": "create",
+        "record_id": "c-1",
+        "object_type": "contact",
+        "data": {"LastName": "Lovelace", "Email": "ada@example.com", "emails": ["ada@example.com"]},
+    }
     api.post("/v1/sync/", data=json.dumps(body), content_type="application/json")
     drain(salesforce)
     drain(outreach)
     mock_store.staff_push("Contact", [{"LastName": "Hopper"}], [])
     poll(connection=salesforce, object_type="Contact", connector=throttled_connector(salesforce), owner="t")
     drain(system_a)
-    delivery = json.dumps({"data": {"type": "prospect", "id": 9, "attributes": {
-        "updatedAt": "2026-11-25T10:00:00.000Z", "firstName": "Grace"}}, "meta": {}}).encode()  # fmt: skip
+    delivery = json.dumps(
+        {
+            "data": {
+                "type": "prospect",
+                "id": 9,
+                "attributes": {"updatedAt": "2026-11-25T10:00:00.000Z", "firstName": "Grace"},
+            },
+            "meta": {},
+        }
+    ).encode()
     signature = hmac.new(HOOK_SECRET.encode(), delivery, hashlib.sha256).hexdigest()
-    APIClient().post("/v1/webhooks/outreach", data=delivery, content_type="application/json",
-                     HTTP_OUTREACH_WEBHOOK_SIGNATURE=signature)  # fmt: skip
+    APIClient().post(
+        "/v1/webhooks/outreach",
+        data=delivery,
+        content_type="application/json",
+        HTTP_OUTREACH_WEBHOOK_SIGNATURE=signature,
+    )
 
     issued = [json.dumps(DatabaseStateStore(c).get("oauth") or {}) for c in (salesforce, outreach)]
-    secrets = [token, HOOK_SECRET, signature, settings.MOCK_SALESFORCE_CLIENT_SECRET,
-               settings.MOCK_OUTREACH_CLIENT_SECRET, settings.MOCK_OUTREACH_REFRESH_TOKEN,
-               settings.MOCK_SYSTEM_A_SIGNING_SECRET]  # fmt: skip
+    secrets = [
+        token,
+        HOOK_SECRET,
+        signature,
+        settings.MOCK_SALESFORCE_CLIENT_SECRET,
+        settings.MOCK_OUTREACH_CLIENT_SECRET,
+        settings.MOCK_OUTREACH_REFRESH_TOKEN,
+        settings.MOCK_SYSTEM_A_SIGNING_SECRET,
+    ]
     for stored in issued:  # the OAuth access (and rotated refresh) tokens the flow obtained
         secrets += [v for k, v in json.loads(stored).items() if "token" in k and isinstance(v, str)]
     logged = "\n".join(repr(line) for line in lines(caplog))

@@ -61,13 +61,20 @@ def test_production_answers_the_token_only_even_from_loopback(tmp_path):
 
 def test_counters_and_database_gauges_follow_what_happened(client, api, live_server):
     salesforce = mock_salesforce(live_server.url)
-    before = REGISTRY.get_sample_value("recordsync_events_accepted_total",
-                                       {"source": "system_a", "operation": "create"}) or 0  # fmt: skip
-    calls_before = REGISTRY.get_sample_value("recordsync_crm_calls_total",
-                                             {"connection": "salesforce", "outcome": "2xx"}) or 0  # fmt: skip
+    before = (
+        REGISTRY.get_sample_value("recordsync_events_accepted_total", {"source": "system_a", "operation": "create"})
+        or 0
+    )
+    calls_before = (
+        REGISTRY.get_sample_value("recordsync_crm_calls_total", {"connection": "salesforce", "outcome": "2xx"}) or 0
+    )
     for n in range(3):
-        body = {"operation": "create", "record_id": f"c-{n}", "object_type": "Contact",
-                "data": {"LastName": f"L{n}", "Email": f"c{n}@example.com"}}  # fmt: skip
+        body = {
+            "operation": "create",
+            "record_id": f"c-{n}",
+            "object_type": "Contact",
+            "data": {"LastName": f"L{n}", "Email": f"c{n}@example.com"},
+        }
         assert api.post("/v1/sync/", data=json.dumps(body), content_type="application/json").status_code == 202
     pending = scrape(client).content.decode()
     drain(salesforce)

@@ -17,9 +17,19 @@ ADD = "/admin/rules/rule/add/"
 
 def form(**changes: object) -> dict[str, object]:
     targets = json.dumps([{"target": "salesforce", "object": "Contact"}])
-    base = {"name": "vip", "enabled": "on", "order": 1, "description": "", "match_source": "",
-            "match_object_type": "contact", "match_operations": "[]", "condition": 'data.tier == "vip"',
-            "action": "sync", "reason": "", "targets": targets}  # fmt: skip
+    base = {
+        "name": "vip",
+        "enabled": "on",
+        "order": 1,
+        "description": "",
+        "match_source": "",
+        "match_object_type": "contact",
+        "match_operations": "[]",
+        "condition": 'data.tier == "vip"',
+        "action": "sync",
+        "reason": "",
+        "targets": targets,
+    }
     return {**base, **changes}
 
 
@@ -57,18 +67,35 @@ def test_an_unknown_target_field_is_named(admin_client, connections):
 def test_history_keeps_each_change_and_a_revert_bumps_the_version(admin_client, connections):
     rule_set_replace(specs=[SKIP_TEST_DELETES], actor="ops")
     rule = Rule.objects.get()
-    admin_client.post(f"/admin/rules/rule/{rule.pk}/change/", form(
-        name=rule.name, match_object_type="account", match_operations='["delete"]', action="skip", reason="changed",
-        condition=SKIP_TEST_DELETES["condition"], targets="[]", order=5))  # fmt: skip
+    admin_client.post(
+        f"/admin/rules/rule/{rule.pk}/change/",
+        form(
+            name=rule.name,
+            match_object_type="account",
+            match_operations='["delete"]',
+            action="skip",
+            reason="changed",
+            condition=SKIP_TEST_DELETES["condition"],
+            targets="[]",
+            order=5,
+        ),
+    )
     assert Rule.objects.get().reason == "changed"
     first = rule.history.order_by("history_date").first()
     assert first is not None
     version_before = rule_set_version()
 
     page = admin_client.get(f"/admin/rules/rule/{rule.pk}/history/{first.history_id}/")
-    original = form(name=rule.name, match_object_type="account", match_operations='["delete"]', action="skip",
-                    reason=SKIP_TEST_DELETES["reason"], condition=SKIP_TEST_DELETES["condition"], targets="[]",
-                    order=5)  # fmt: skip
+    original = form(
+        name=rule.name,
+        match_object_type="account",
+        match_operations='["delete"]',
+        action="skip",
+        reason=SKIP_TEST_DELETES["reason"],
+        condition=SKIP_TEST_DELETES["condition"],
+        targets="[]",
+        order=5,
+    )
     reverted = admin_client.post(page.wsgi_request.path, original)
 
     assert reverted.status_code == 302

@@ -16,9 +16,14 @@ pytestmark = pytest.mark.django_db
 
 
 def rule(condition: str, **extra: Any) -> dict[str, Any]:
-    return {"name": "slow", "match_object_type": "contact", "condition": condition, "action": "sync",
-            "targets": [{"target": "salesforce", "object": "Contact", "mapping": {"LastName": "data.last_name"}}],
-            **extra}  # fmt: skip
+    return {
+        "name": "slow",
+        "match_object_type": "contact",
+        "condition": condition,
+        "action": "sync",
+        "targets": [{"target": "salesforce", "object": "Contact", "mapping": {"LastName": "data.last_name"}}],
+        **extra,
+    }
 
 
 def ingest(api: Any, **data: Any) -> tuple[float, dict[str, Any]]:
@@ -64,8 +69,9 @@ def test_an_evaluation_past_its_budget_is_stopped_and_recorded(api, staff_api, c
     assert took < 2, took
     routing = answer["routing"]
     assert routing["targets"] == [] and routing["reason"] == "rule evaluation ran past its time budget"
-    assert routing["errors"] == [{"rule": "slow", "message": "evaluation took longer than 100 ms and was stopped; "
-                                                             "simplify this rule"}]  # fmt: skip
+    assert routing["errors"] == [
+        {"rule": "slow", "message": "evaluation took longer than 100 ms and was stopped; simplify this rule"}
+    ]
 
 
 def test_an_evaluation_within_its_budget_is_left_alone_and_nothing_fires_later():

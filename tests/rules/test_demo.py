@@ -32,11 +32,24 @@ def test_the_readmes_events_are_routed_by_the_demo_rules(api):
         result: dict[str, object] = response.json()
         return result
 
-    contact = post({"operation": "create", "record_id": "c-42", "object_type": "contact",
-                    "data": {"email": "Ada@Example.com", "first_name": "Ada"}})  # fmt: skip
+    contact = post(
+        {
+            "operation": "create",
+            "record_id": "c-42",
+            "object_type": "contact",
+            "data": {"email": "Ada@Example.com", "first_name": "Ada"},
+        }
+    )
     test_delete = post({"operation": "delete", "record_id": "test-1", "object_type": "account"})
-    inbound = post({"operation": "update", "record_id": "003XYZ", "object_type": "Contact", "source": "salesforce",
-                    "data": {"Email": "grace@example.com", "LastName": "Hopper"}})  # fmt: skip
+    inbound = post(
+        {
+            "operation": "update",
+            "record_id": "003XYZ",
+            "object_type": "Contact",
+            "source": "salesforce",
+            "data": {"Email": "grace@example.com", "LastName": "Hopper"},
+        }
+    )
 
     assert contact["routing"]["targets"] == ["salesforce", "outreach"]  # type: ignore[index]
     assert contact["routing"]["payloads"]["salesforce"]["fields"]["LastName"] == "Unknown"  # type: ignore[index]
@@ -48,10 +61,12 @@ def test_the_readmes_events_are_routed_by_the_demo_rules(api):
     }
     # FirstName was not in the change: it is left out, not sent as null.
     assert inbound["routing"]["payloads"]["system_a"]["fields"] == {  # type: ignore[index]
-        "email": "grace@example.com", "last_name": "Hopper",
-    }  # fmt: skip
-    update = post({"operation": "update", "record_id": "c-42", "object_type": "contact",
-                   "data": {"email": "ada@example.com"}})  # fmt: skip
+        "email": "grace@example.com",
+        "last_name": "Hopper",
+    }
+    update = post(
+        {"operation": "update", "record_id": "c-42", "object_type": "contact", "data": {"email": "ada@example.com"}}
+    )
     assert update["routing"]["payloads"]["salesforce"]["fields"] == {"Email": "ada@example.com"}  # type: ignore[index]
 
 

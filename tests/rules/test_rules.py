@@ -22,12 +22,18 @@ CONTACTS_WITH_EMAIL: dict[str, Any] = {
     "condition": "data.email != null",
     "action": "sync",
     "targets": [
-        {"target": "salesforce", "object": "Contact",
-         "mapping": {"Email": "$lower(data.email)", "LastName": "$coalesce(data.last_name, \"Unknown\")",
-                     "Description": "$join(\" \", [data.first_name, data.last_name])"}},
+        {
+            "target": "salesforce",
+            "object": "Contact",
+            "mapping": {
+                "Email": "$lower(data.email)",
+                "LastName": '$coalesce(data.last_name, "Unknown")',
+                "Description": '$join(" ", [data.first_name, data.last_name])',
+            },
+        },
         {"target": "outreach", "object": "prospect", "mapping": {"emails": "[$lower(data.email)]"}},
     ],
-}  # fmt: skip
+}
 SKIP_TEST_DELETES: dict[str, Any] = {
     "name": "skip-test-account-deletes",
     "order": 5,
@@ -40,8 +46,13 @@ SKIP_TEST_DELETES: dict[str, Any] = {
 
 
 def ingest(client: Any, **event: Any) -> dict[str, Any]:
-    body = {"operation": "create", "record_id": "c-1", "object_type": "contact",
-            "data": {"email": "Ada@Example.com", "first_name": "Ada", "last_name": "Lovelace"}, **event}  # fmt: skip
+    body = {
+        "operation": "create",
+        "record_id": "c-1",
+        "object_type": "contact",
+        "data": {"email": "Ada@Example.com", "first_name": "Ada", "last_name": "Lovelace"},
+        **event,
+    }
     response = client.post("/v1/sync/", data=json.dumps(body), content_type="application/json")
     assert response.status_code == 202, response.content
     answer: dict[str, Any] = response.json()
@@ -64,11 +75,18 @@ def test_a_matching_rule_routes_the_event_with_its_mapped_fields(api, demo_rules
     routing = answer["routing"]
     assert routing["mode"] == "rules" and routing["matched"] == ["contacts-with-email"]
     assert routing["payloads"]["salesforce"]["fields"] == {
-        "Email": "ada@example.com", "LastName": "Lovelace", "Description": "Ada Lovelace",
-    }  # fmt: skip
-    assert routing["payloads"]["outreach"] == {"object": "prospect", "fields": {"emails": ["ada@example.com"]},
-                                               "conflict": "last_writer_wins", "merge_fallback": "last_writer_wins",
-                                               "on_delete": "propagate", "rule": "contacts-with-email"}  # fmt: skip
+        "Email": "ada@example.com",
+        "LastName": "Lovelace",
+        "Description": "Ada Lovelace",
+    }
+    assert routing["payloads"]["outreach"] == {
+        "object": "prospect",
+        "fields": {"emails": ["ada@example.com"]},
+        "conflict": "last_writer_wins",
+        "merge_fallback": "last_writer_wins",
+        "on_delete": "propagate",
+        "rule": "contacts-with-email",
+    }
 
 
 def test_the_decision_is_shown_in_the_records_status(api, demo_rules):
@@ -102,9 +120,14 @@ def test_a_skip_rule_records_its_reason(api, demo_rules):
 
 
 def test_a_stop_rule_ends_evaluation(api, staff_api, connections):
-    stop = {"name": "vip-only-salesforce", "order": 1, "match_object_type": "contact",
-            "condition": 'data.tier == "vip"', "action": "stop",
-            "targets": [{"target": "salesforce", "object": "Contact"}]}  # fmt: skip
+    stop = {
+        "name": "vip-only-salesforce",
+        "order": 1,
+        "match_object_type": "contact",
+        "condition": 'data.tier == "vip"',
+        "action": "stop",
+        "targets": [{"target": "salesforce", "object": "Contact"}],
+    }
     put_rules(staff_api, stop, CONTACTS_WITH_EMAIL)
 
     vip = ingest(api, data={"email": "v@example.com", "tier": "vip"})
@@ -116,8 +139,12 @@ def test_a_stop_rule_ends_evaluation(api, staff_api, connections):
 
 
 def test_conditions_can_look_at_the_changed_fields(api, staff_api, connections):
-    rule = {"name": "email-changes", "condition": '"email" in changed', "action": "sync",
-            "targets": [{"target": "salesforce", "object": "Contact"}]}  # fmt: skip
+    rule = {
+        "name": "email-changes",
+        "condition": '"email" in changed',
+        "action": "sync",
+        "targets": [{"target": "salesforce", "object": "Contact"}],
+    }
     put_rules(staff_api, rule)
 
     first = ingest(api)
@@ -129,9 +156,14 @@ def test_conditions_can_look_at_the_changed_fields(api, staff_api, connections):
 
 
 def test_a_target_ignoring_deletes_is_skipped_with_the_reason(api, staff_api, connections):
-    rule = {"name": "no-deletes-to-outreach", "match_object_type": "contact",
-            "targets": [{"target": "outreach", "object": "prospect", "on_delete": "ignore"},
-                        {"target": "salesforce", "object": "Contact"}]}  # fmt: skip
+    rule = {
+        "name": "no-deletes-to-outreach",
+        "match_object_type": "contact",
+        "targets": [
+            {"target": "outreach", "object": "prospect", "on_delete": "ignore"},
+            {"target": "salesforce", "object": "Contact"},
+        ],
+    }
     put_rules(staff_api, rule)
 
     answer = ingest(api, operation="delete", data=None)
@@ -200,17 +232,26 @@ def test_rules_are_staff_only(api, connections):
         ({"condition": "data.email =="}, "rules[1].condition", "syntax error"),
         ({"condition": "opration == 'create'"}, "rules[1].condition", "did you mean 'operation'"),
         ({"targets": [{"target": "hubspot", "object": "contact"}]}, "rules[1].targets[0].target", "No connection"),
-        ({"targets": [{"target": "outreach", "object": "prospect", "mapping": {"Emails": "data.email"}}]},
-         "rules[1].targets[0].mapping.Emails", "Did you mean 'emails'"),
-        ({"targets": [{"target": "salesforce", "object": "Contact", "mapping": {"Email": "data.email +"}}]},
-         "rules[1].targets[0].mapping.Email", "syntax error"),
-        ({"match_source": "salesforce", "targets": [{"target": "salesforce", "object": "Contact"}]},
-         "rules[1].targets[0].target", "a loop"),
+        (
+            {"targets": [{"target": "outreach", "object": "prospect", "mapping": {"Emails": "data.email"}}]},
+            "rules[1].targets[0].mapping.Emails",
+            "Did you mean 'emails'",
+        ),
+        (
+            {"targets": [{"target": "salesforce", "object": "Contact", "mapping": {"Email": "data.email +"}}]},
+            "rules[1].targets[0].mapping.Email",
+            "syntax error",
+        ),
+        (
+            {"match_source": "salesforce", "targets": [{"target": "salesforce", "object": "Contact"}]},
+            "rules[1].targets[0].target",
+            "a loop",
+        ),
         ({"action": "explode"}, "rules[1].action", ""),
         ({"name": "skip-test-account-deletes"}, "rules[1].name", "names must be unique"),
         ({"condition": "data.x == " + "1 + " * 400 + "1"}, "rules[1].condition", "the limit is 1000"),
     ],
-)  # fmt: skip
+)
 def test_a_bad_rule_set_is_refused_whole_naming_the_rule_and_field(staff_api, demo_rules, change, field, says):
     version = staff_api.get("/v1/sync/rules").json()["version"]
 
@@ -258,16 +299,22 @@ def test_rule_set_replace_keeps_history(connections):
 
 def test_a_field_the_change_does_not_carry_is_left_out_but_an_explicit_null_is_sent(api, staff_api, connections):
     mapping = {"Email": "data.email", "FirstName": "data.first_name", "LeadSource": '"System A"'}
-    put_rules(staff_api, {"name": "contacts", "targets": [{"target": "salesforce", "object": "Contact",
-                                                           "mapping": mapping}]})  # fmt: skip
+    put_rules(
+        staff_api, {"name": "contacts", "targets": [{"target": "salesforce", "object": "Contact", "mapping": mapping}]}
+    )
 
     partial = ingest(api, operation="update", data={"email": "ada@example.com"})
     cleared = ingest(api, operation="update", data={"email": "ada@example.com", "first_name": None})
 
-    assert partial["routing"]["payloads"]["salesforce"]["fields"] == {"Email": "ada@example.com",
-                                                                      "LeadSource": "System A"}  # fmt: skip
-    assert cleared["routing"]["payloads"]["salesforce"]["fields"] == {"Email": "ada@example.com", "FirstName": None,
-                                                                      "LeadSource": "System A"}  # fmt: skip
+    assert partial["routing"]["payloads"]["salesforce"]["fields"] == {
+        "Email": "ada@example.com",
+        "LeadSource": "System A",
+    }
+    assert cleared["routing"]["payloads"]["salesforce"]["fields"] == {
+        "Email": "ada@example.com",
+        "FirstName": None,
+        "LeadSource": "System A",
+    }
 
 
 def test_a_condition_that_cannot_be_evaluated_on_an_event_is_recorded_not_a_500(api, staff_api, connections):

@@ -55,9 +55,13 @@ class Cluster:
         for name, args in (("qcluster", ["sync_cluster"]), ("dispatch", ["sync_dispatch", "--interval", "0.25"])):
             log = (self.logs / f"{name}.log").open("ab")
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, stdout=log, stderr=log,
+                [sys.executable, "manage.py", *args],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=log,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         return self
 
     def stop(self) -> None:

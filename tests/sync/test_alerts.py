@@ -34,8 +34,12 @@ from sync.models import Alert, AlertKind, AlertState, AttemptOutcome, SyncAttemp
 
 HOOK = "https://hooks.example.test/services/T0000/B0000/alerts"
 # Every kind on, at known values, whatever the environment says; each test changes what it needs.
-THRESHOLDS = {"alert_lag_seconds": 600, "alert_failure_percent": 50, "alert_failure_window": 900,
-              "alert_breaker_open_seconds": 300}  # fmt: skip
+THRESHOLDS = {
+    "alert_lag_seconds": 600,
+    "alert_failure_percent": 50,
+    "alert_failure_window": 900,
+    "alert_breaker_open_seconds": 300,
+}
 
 
 @pytest.fixture
@@ -102,16 +106,28 @@ def test_lag_over_the_threshold_opens_one_alert_logs_it_and_announces_it_once(ap
     assert record.levelno == logging.WARNING
     assert (record.connection, record.kind, record.value, record.threshold) == ("salesforce", "lag", 700.0, 600)
     # The shape docs/alerts.md shows: Slack's `text`, plus one attachment with the facts.
-    assert posted(hook) == [{
-        "text": "Record Sync: salesforce: the oldest due job has waited 11m 40s (threshold 10m)",
-        "attachments": [{
-            "color": "#d9534f",
-            "fields": [{"title": title, "value": value, "short": True} for title, value in (
-                ("Connection", "salesforce"), ("Alert", "lag"), ("State", "open"), ("Value", "11m 40s"),
-                ("Threshold", "10m"), ("Opened", now.isoformat()))],
-            "footer": f"recordsync alert {alert.pk}",
-        }],
-    }]  # fmt: skip
+    assert posted(hook) == [
+        {
+            "text": "Record Sync: salesforce: the oldest due job has waited 11m 40s (threshold 10m)",
+            "attachments": [
+                {
+                    "color": "#d9534f",
+                    "fields": [
+                        {"title": title, "value": value, "short": True}
+                        for title, value in (
+                            ("Connection", "salesforce"),
+                            ("Alert", "lag"),
+                            ("State", "open"),
+                            ("Value", "11m 40s"),
+                            ("Threshold", "10m"),
+                            ("Opened", now.isoformat()),
+                        )
+                    ],
+                    "footer": f"recordsync alert {alert.pk}",
+                }
+            ],
+        }
+    ]
 
 
 def test_a_second_check_while_still_over_updates_the_alert_and_sends_nothing_new(api, thresholds, hook):
@@ -145,8 +161,11 @@ def test_clearing_resolves_the_alert_and_sends_the_resolve_once_and_a_new_crossi
     alert = the_alert("salesforce")
     assert counts["resolved"] == 1
     assert (alert.state, alert.resolved_at, alert.resolved_sent_at, alert.value) == (
-        AlertState.RESOLVED, cleared, cleared, 0.0
-    )  # fmt: skip
+        AlertState.RESOLVED,
+        cleared,
+        cleared,
+        0.0,
+    )
     opening, resolve = posted(hook)
     assert resolve["text"] == ("Resolved: Record Sync: salesforce: lag alert after 5m: back to 0s (threshold 10m)")
     assert resolve["attachments"][0]["color"] != opening["attachments"][0]["color"]
@@ -362,8 +381,9 @@ def test_setting_a_webhook_later_announces_recent_incidents_but_not_long_cleared
 
 
 def test_a_per_connection_threshold_applies_to_that_connection_only(api, staff_api, thresholds, hook):
-    response = staff_api.post("/v1/sync/config-override", {"connection": "outreach", "alert_lag_seconds": 60},
-                              format="json")  # fmt: skip
+    response = staff_api.post(
+        "/v1/sync/config-override", {"connection": "outreach", "alert_lag_seconds": 60}, format="json"
+    )
     assert response.status_code == 200, response.content
     config.forget()
     ingest(api)
@@ -421,12 +441,21 @@ def test_a_second_checker_opening_the_same_alert_is_refused_by_the_constraint(th
 def test_the_dashboard_selectors_list_open_alerts_oldest_first_and_recent_ones_newest_first(thresholds):
     now = timezone.now()
     salesforce, outreach = thresholds["salesforce"], thresholds["outreach"]
-    old = Alert.objects.create(connection=salesforce, kind=AlertKind.LAG, value=1, threshold=1, message="m",
-                               opened_at=now - timedelta(hours=2))  # fmt: skip
-    done = Alert.objects.create(connection=salesforce, kind=AlertKind.FAILURES, value=1, threshold=1, message="m",
-                                state=AlertState.RESOLVED, opened_at=now - timedelta(hours=1))  # fmt: skip
-    new = Alert.objects.create(connection=outreach, kind=AlertKind.LAG, value=1, threshold=1, message="m",
-                               opened_at=now)  # fmt: skip
+    old = Alert.objects.create(
+        connection=salesforce, kind=AlertKind.LAG, value=1, threshold=1, message="m", opened_at=now - timedelta(hours=2)
+    )
+    done = Alert.objects.create(
+        connection=salesforce,
+        kind=AlertKind.FAILURES,
+        value=1,
+        threshold=1,
+        message="m",
+        state=AlertState.RESOLVED,
+        opened_at=now - timedelta(hours=1),
+    )
+    new = Alert.objects.create(
+        connection=outreach, kind=AlertKind.LAG, value=1, threshold=1, message="m", opened_at=now
+    )
 
     assert alerts_open() == [old, new]
     assert alerts_recent() == [new, done, old]
@@ -448,8 +477,11 @@ def test_the_every_minute_schedule_is_installed_by_the_migrations() -> None:
     row = Schedule.objects.get(name="sync-alerts")
 
     assert (row.func, row.schedule_type, row.minutes, row.repeats) == (
-        "sync.alerts.alerts_scheduled", Schedule.MINUTES, 1, -1
-    )  # fmt: skip
+        "sync.alerts.alerts_scheduled",
+        Schedule.MINUTES,
+        1,
+        -1,
+    )
     assert import_string(row.func) is alerts_scheduled
 
 
@@ -458,8 +490,9 @@ def test_the_every_minute_schedule_is_installed_by_the_migrations() -> None:
 def test_two_checks_delivering_at_once_announce_an_incident_once(connections, settings):
     settings.ALERT_WEBHOOK_URL = HOOK
     now = timezone.now()
-    Alert.objects.create(connection=connections["salesforce"], kind=AlertKind.LAG, value=700, threshold=600,
-                         message="lag", opened_at=now)  # fmt: skip
+    Alert.objects.create(
+        connection=connections["salesforce"], kind=AlertKind.LAG, value=700, threshold=600, message="lag", opened_at=now
+    )
 
     def slow_ok(request: Any) -> tuple[int, dict[str, str], str]:
         time.sleep(0.5)  # the second check arrives while the first is still sending

@@ -107,11 +107,16 @@ def test_a_backfill_from_system_a_replays_the_latest_state_of_each_record(api, l
     def at(hours_ago: int) -> str:
         return (timezone.now() - timedelta(hours=hours_ago)).isoformat()
 
-    post(api, [{**contact("c-1", Email="old@example.com"), "occurred_at": at(3)},
-               {**contact("c-1", "update", Email="new@example.com"), "occurred_at": at(2)},
-               contact("c-2"),
-               {**contact("c-3"), "occurred_at": at(3)},
-               {**contact("c-3", "delete"), "occurred_at": at(2)}])  # fmt: skip
+    post(
+        api,
+        [
+            {**contact("c-1", Email="old@example.com"), "occurred_at": at(3)},
+            {**contact("c-1", "update", Email="new@example.com"), "occurred_at": at(2)},
+            contact("c-2"),
+            {**contact("c-3"), "occurred_at": at(3)},
+            {**contact("c-3", "delete"), "occurred_at": at(2)},
+        ],
+    )
     salesforce = mock_salesforce(live_server.url)  # connected after the fact: nothing was sent to it
 
     out, err = backfill(*FROM_SYSTEM_A)
@@ -126,7 +131,10 @@ def test_a_backfill_from_system_a_replays_the_latest_state_of_each_record(api, l
         replay = replays[record_id]
         assert replay.idempotency_key == f"event:backfill:{run.pk}:{original.pk}"
         assert (replay.operation, replay.payload, replay.occurred_at) == (
-            original.operation, original.payload, original.occurred_at)  # fmt: skip
+            original.operation,
+            original.payload,
+            original.occurred_at,
+        )
     assert replays["c-1"].payload == {"LastName": "Last c-1", "Email": "new@example.com"}
     # Below the threshold the jobs wait for the engine, like any change.
     assert set(SyncJob.objects.filter(target=salesforce).values_list("state", flat=True)) == {JobState.PENDING}
@@ -229,8 +237,13 @@ def test_restart_starts_over_and_abandons_the_unfinished_run(api, live_server, m
 def test_a_run_held_by_a_live_process_is_refused_and_one_left_by_a_dead_process_is_resumed(api, live_server):
     post(api, contacts(2))
     mock_salesforce(live_server.url)
-    held = BackfillRun.objects.create(source="system_a", target="salesforce", object_type="Contact",
-                                      owner="sync_backfill-999-elsewhere", updated_at=timezone.now())  # fmt: skip
+    held = BackfillRun.objects.create(
+        source="system_a",
+        target="salesforce",
+        object_type="Contact",
+        owner="sync_backfill-999-elsewhere",
+        updated_at=timezone.now(),
+    )
 
     with pytest.raises(CommandError, match="running in sync_backfill-999-elsewhere"):
         backfill(*FROM_SYSTEM_A)
@@ -393,15 +406,22 @@ def test_since_limits_a_salesforce_backfill_to_the_instant(live_server, settings
 def test_since_limits_an_outreach_backfill(live_server, settings):
     base = f"{live_server.url}/mock/outreach"
     connection_save(
-        name="outreach", kind="outreach",
-        config={"client_id": settings.MOCK_OUTREACH_CLIENT_ID, "api_url": f"{base}/api/v2",
-                "token_url": f"{base}/oauth/token"},
-        secrets={"client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
-                 "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN},
-    )  # fmt: skip
+        name="outreach",
+        kind="outreach",
+        config={
+            "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
+            "api_url": f"{base}/api/v2",
+            "token_url": f"{base}/oauth/token",
+        },
+        secrets={
+            "client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
+            "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN,
+        },
+    )
     mock_system_a(live_server.url)
-    old, recent = (outreach_store.staff_push("prospect", [{"emails": [f"p{n}@example.com"]}], [])[0]["id"]
-                   for n in range(2))  # fmt: skip
+    old, recent = (
+        outreach_store.staff_push("prospect", [{"emails": [f"p{n}@example.com"]}], [])[0]["id"] for n in range(2)
+    )
     MockRecord.objects.filter(system="outreach", record_id=str(old)).update(
         modified_at=timezone.now() - timedelta(days=30)
     )
@@ -433,8 +453,13 @@ def test_a_dry_run_counts_each_action_and_writes_nothing(api, live_server):
     post(api, [contact("c-2", "update", Email="changed@example.com"), contact("c-3", "delete"), contact("c-4")])
 
     def snapshot() -> tuple[Any, ...]:
-        return (SyncEvent.objects.count(), list(SyncJob.objects.order_by("pk").values_list("state", "version")),
-                BackfillRun.objects.count(), RecordLink.objects.count(), MockCall.objects.count())  # fmt: skip
+        return (
+            SyncEvent.objects.count(),
+            list(SyncJob.objects.order_by("pk").values_list("state", "version")),
+            BackfillRun.objects.count(),
+            RecordLink.objects.count(),
+            MockCall.objects.count(),
+        )
 
     before = snapshot()
     out, _ = backfill(*FROM_SYSTEM_A, "--dry-run")
@@ -514,11 +539,16 @@ def test_bad_options_are_refused_naming_the_option(api, live_server, settings, a
 
 
 def test_a_connection_that_cannot_be_read_is_refused_as_a_source(settings, tmp_path):
-    connection_save(name="legacy_a", kind="system_a", config={"url": "http://127.0.0.1:9/"},
-                    secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET})  # fmt: skip
+    connection_save(
+        name="legacy_a",
+        kind="system_a",
+        config={"url": "http://127.0.0.1:9/"},
+        secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET},
+    )
     contacts = {"Contact": {"file": "contacts.csv", "key": "id", "columns": ["email"]}}
-    connection_save(name="warehouse", kind="flatfile",
-                    config={"folder": str(tmp_path), "format": "csv", "objects": contacts})  # fmt: skip
+    connection_save(
+        name="warehouse", kind="flatfile", config={"folder": str(tmp_path), "format": "csv", "objects": contacts}
+    )
 
     with pytest.raises(CommandError, match="--from 'legacy_a': a system_a connection cannot be read from"):
         backfill("--from", "legacy_a", "--to", "warehouse", "--object", "Contact")

@@ -24,16 +24,18 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def salesforce(live_server) -> Connection:
     connection = mock_salesforce(live_server.url)
-    config_override_set(values={"breaker_failures": 2, "breaker_cooldown": 30, "batch_size": 1},
-                        connection="salesforce", actor="test")  # fmt: skip
+    config_override_set(
+        values={"breaker_failures": 2, "breaker_cooldown": 30, "batch_size": 1}, connection="salesforce", actor="test"
+    )
     return connection
 
 
 def ingest(client: Any, record_id: str, **data: Any) -> None:
     body = {"operation": "create", "record_id": record_id, "object_type": "Contact", "data": {"LastName": "L", **data}}
     token = api_token_create(username="p")
-    response = client.post("/v1/sync/", data=json.dumps(body), content_type="application/json",
-                           HTTP_AUTHORIZATION=f"Token {token}")  # fmt: skip
+    response = client.post(
+        "/v1/sync/", data=json.dumps(body), content_type="application/json", HTTP_AUTHORIZATION=f"Token {token}"
+    )
     assert response.status_code == 202
 
 
@@ -110,8 +112,11 @@ def test_record_level_errors_never_open_it(client, salesforce, staff_api):
     run(salesforce, timezone.now())
     for record_id in ("a", "b", "c"):
         ingest(client, record_id)
-    staff_api.post("/v1/crms/mock/salesforce/faults", {"record_error": "FIELD_CUSTOM_VALIDATION_EXCEPTION", "calls": 3},
-                   format="json")  # fmt: skip
+    staff_api.post(
+        "/v1/crms/mock/salesforce/faults",
+        {"record_error": "FIELD_CUSTOM_VALIDATION_EXCEPTION", "calls": 3},
+        format="json",
+    )
 
     run(salesforce, timezone.now())
 

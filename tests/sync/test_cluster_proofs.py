@@ -68,9 +68,15 @@ def post(api: Any, events: list[dict[str, Any]]) -> int:
 
 
 def contacts(prefix: str, count: int, version: str = "v1") -> list[dict[str, Any]]:
-    return [{"operation": "create" if version == "v1" else "update", "record_id": f"{prefix}{n}",
-             "object_type": "Contact", "data": {"LastName": f"L{n}", "Email": f"{version}-{prefix}{n}@example.com"}}
-            for n in range(count)]  # fmt: skip
+    return [
+        {
+            "operation": "create" if version == "v1" else "update",
+            "record_id": f"{prefix}{n}",
+            "object_type": "Contact",
+            "data": {"LastName": f"L{n}", "Email": f"{version}-{prefix}{n}@example.com"},
+        }
+        for n in range(count)
+    ]
 
 
 def ingest(api: Any, events: list[dict[str, Any]]) -> None:
@@ -194,9 +200,27 @@ def _redis_start() -> None:
     host, port = _redis_address()
     Path("/var/lib/redis").mkdir(parents=True, exist_ok=True)
     Path("/var/log/redis").mkdir(parents=True, exist_ok=True)
-    subprocess.run([_tool("redis-server"), "--daemonize", "yes", "--bind", host, "-::1", "--port", port, "--save", "",
-                    "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        [
+            _tool("redis-server"),
+            "--daemonize",
+            "yes",
+            "--bind",
+            host,
+            "-::1",
+            "--port",
+            port,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/var/lib/redis",
+            "--logfile",
+            "/var/log/redis/ci.log",
+        ],
+        check=True,
+    )
     wait_for(_redis_up, seconds=30, what="Redis back up")
 
 
@@ -242,8 +266,11 @@ def test_redis_stopped_during_ingest_fails_no_request_and_the_jobs_drain_once_it
 
 def test_workers_together_never_exceed_n_calls_per_window_and_use_most_of_it(api, cluster, salesforce):
     limit, window = 16, 4
-    config_override_set(values={"batch_size": 5, "rate_limit_calls": limit, "rate_limit_window": window},
-                        connection="salesforce", actor="proof")  # fmt: skip
+    config_override_set(
+        values={"batch_size": 5, "rate_limit_calls": limit, "rate_limit_window": window},
+        connection="salesforce",
+        actor="proof",
+    )
     count = 400  # 80 Collections calls: about 20 s at 16 per 4 s
     ingest(api, contacts("t-", count))
     running = cluster()
@@ -269,8 +296,9 @@ def calls_during(moment: datetime, seconds: float) -> list[str]:
     """Calls that arrived while a pause starting at `moment` should hold. A call granted before the
     pause was heard may still land just after it (workers run at once): 0.25 s is left for those."""
     start, end = moment + timedelta(seconds=0.25), moment + timedelta(seconds=seconds - 0.1)
-    return [f"{c.at.isoformat()} {c.status}" for c in MockCall.objects.filter(system="salesforce", at__gt=start,
-                                                                              at__lt=end)]  # fmt: skip
+    return [
+        f"{c.at.isoformat()} {c.status}" for c in MockCall.objects.filter(system="salesforce", at__gt=start, at__lt=end)
+    ]
 
 
 def _fault_calls(status: int) -> list[MockCall]:
@@ -294,16 +322,20 @@ def test_a_429_burst_is_waited_out_by_every_worker_and_nothing_fails(api, cluste
 
 
 def test_a_5xx_burst_opens_the_breaker_then_one_probe_closes_it(api, cluster, salesforce):
-    config_override_set(values={"batch_size": 5, "breaker_failures": 3, "breaker_cooldown": 2},
-                        connection="salesforce", actor="proof")  # fmt: skip
+    config_override_set(
+        values={"batch_size": 5, "breaker_failures": 3, "breaker_cooldown": 2}, connection="salesforce", actor="proof"
+    )
     fault_add(system="salesforce", calls=4, seconds=None, status=503)
     ingest(api, contacts("f-", 60))
     running = cluster()
 
     wait_for(lambda: all_synced(60), seconds=90, what="all jobs synced", explain=explain(running))
 
-    path = list(BreakerTransition.objects.filter(connection=salesforce).order_by("at", "id")
-                .values_list("from_state", "to_state"))  # fmt: skip
+    path = list(
+        BreakerTransition.objects.filter(connection=salesforce)
+        .order_by("at", "id")
+        .values_list("from_state", "to_state")
+    )
     assert path[0] == ("closed", "open") and path[-1] == ("half_open", "closed"), path
     assert ("open", "half_open") in path
     opened = BreakerTransition.objects.filter(connection=salesforce, to_state="open").order_by("at").first()
@@ -330,8 +362,9 @@ def test_request_limit_exceeded_pauses_the_connection_then_it_resumes(api, clust
 
 
 def test_a_run_of_timeouts_is_retried_and_the_repeat_is_an_upsert_of_the_same_state(api, cluster, salesforce):
-    config_override_set(values={"batch_size": 10, "breaker_failures": 3, "breaker_cooldown": 2},
-                        connection="salesforce", actor="proof")  # fmt: skip
+    config_override_set(
+        values={"batch_size": 10, "breaker_failures": 3, "breaker_cooldown": 2}, connection="salesforce", actor="proof"
+    )
     fault_add(system="salesforce", calls=3, seconds=None, latency_ms=2500)
     ingest(api, contacts("o-", 40))
     running = cluster(CRM_HTTP_READ_TIMEOUT="1")
@@ -364,8 +397,12 @@ def test_sigterm_mid_batch_finishes_the_batch_or_hands_its_leases_back(api, clus
     fault_add(system="salesforce", calls=2, seconds=None, latency_ms=3000)  # two batches stay in flight 3 s
     ingest(api, contacts("s-", 40))
     running = cluster()
-    wait_for(lambda: SyncJob.objects.filter(state=JobState.IN_FLIGHT).exists(), seconds=30, what="a batch in flight",
-             explain=explain(running))  # fmt: skip
+    wait_for(
+        lambda: SyncJob.objects.filter(state=JobState.IN_FLIGHT).exists(),
+        seconds=30,
+        what="a batch in flight",
+        explain=explain(running),
+    )
     time.sleep(0.5)
     in_flight = set(SyncJob.objects.filter(state=JobState.IN_FLIGHT).values_list("id", flat=True))
 
@@ -381,8 +418,12 @@ def test_sigterm_mid_batch_finishes_the_batch_or_hands_its_leases_back(api, clus
     # Signalled all at once, stock django-q2's main process hung for good (its Event's notify_all() waited
     # for a sentinel that died mid-wait); the whole cluster exits now.
     main.wait(timeout=60)
-    wait_for(lambda: not any(_alive(pid) for pid in workers), seconds=10, what="every worker exited",
-             explain=explain(running))  # fmt: skip
+    wait_for(
+        lambda: not any(_alive(pid) for pid in workers),
+        seconds=10,
+        what="every worker exited",
+        explain=explain(running),
+    )
 
     stranded = SyncJob.objects.filter(id__in=in_flight, state__in=(JobState.IN_FLIGHT, JobState.QUEUED))
     assert not stranded.exists(), explain(running)()
@@ -404,8 +445,12 @@ def test_a_call_cut_off_by_sigterm_never_lands_after_a_newer_state(api, cluster,
     wait_for(lambda: all_synced(10), seconds=60, what="the creates synced", explain=explain(first))
     fault_add(system="salesforce", calls=1, seconds=None, latency_ms=4000)  # the next call lands 4 s late
     ingest(api, contacts("f-", 10, version="v2"))
-    wait_for(lambda: SyncJob.objects.filter(state=JobState.IN_FLIGHT).exists(), seconds=30,
-             what="the v2 batch in flight", explain=explain(first))  # fmt: skip
+    wait_for(
+        lambda: SyncJob.objects.filter(state=JobState.IN_FLIGHT).exists(),
+        seconds=30,
+        what="the v2 batch in flight",
+        explain=explain(first),
+    )
     time.sleep(0.5)
     first.procs["dispatch"].send_signal(signal.SIGTERM)
     workers = first.workers()

@@ -23,18 +23,21 @@ def override(client: Any, **body: Any) -> Any:
 def test_it_shows_the_defaults_and_what_each_connection_uses(staff_api, connections, settings):
     body = staff_api.get(URL).json()
 
-    assert body["defaults"] == {"batch_size": settings.SYNC_BATCH_SIZE, "flush_interval": settings.SYNC_FLUSH_INTERVAL,
-                                "max_attempts": settings.SYNC_MAX_ATTEMPTS,
-                                "rate_limit_calls": settings.SYNC_RATE_LIMIT_CALLS,
-                                "rate_limit_window": settings.SYNC_RATE_LIMIT_WINDOW,
-                                "breaker_failures": settings.SYNC_BREAKER_FAILURES,
-                                "breaker_cooldown": settings.SYNC_BREAKER_COOLDOWN,
-                                "quota_slow_down_percent": settings.SYNC_QUOTA_SLOW_DOWN_PERCENT,
-                                "poll_interval": settings.SYNC_POLL_INTERVAL,
-                                "alert_lag_seconds": settings.SYNC_ALERT_LAG_SECONDS,
-                                "alert_failure_percent": settings.SYNC_ALERT_FAILURE_PERCENT,
-                                "alert_failure_window": settings.SYNC_ALERT_FAILURE_WINDOW,
-                                "alert_breaker_open_seconds": settings.SYNC_ALERT_BREAKER_OPEN_SECONDS}  # fmt: skip
+    assert body["defaults"] == {
+        "batch_size": settings.SYNC_BATCH_SIZE,
+        "flush_interval": settings.SYNC_FLUSH_INTERVAL,
+        "max_attempts": settings.SYNC_MAX_ATTEMPTS,
+        "rate_limit_calls": settings.SYNC_RATE_LIMIT_CALLS,
+        "rate_limit_window": settings.SYNC_RATE_LIMIT_WINDOW,
+        "breaker_failures": settings.SYNC_BREAKER_FAILURES,
+        "breaker_cooldown": settings.SYNC_BREAKER_COOLDOWN,
+        "quota_slow_down_percent": settings.SYNC_QUOTA_SLOW_DOWN_PERCENT,
+        "poll_interval": settings.SYNC_POLL_INTERVAL,
+        "alert_lag_seconds": settings.SYNC_ALERT_LAG_SECONDS,
+        "alert_failure_percent": settings.SYNC_ALERT_FAILURE_PERCENT,
+        "alert_failure_window": settings.SYNC_ALERT_FAILURE_WINDOW,
+        "alert_breaker_open_seconds": settings.SYNC_ALERT_BREAKER_OPEN_SECONDS,
+    }
     assert set(body["effective"]) == {"global", "outreach", "salesforce", "system_a"}
     assert body["overrides"] == {}
 
@@ -43,13 +46,21 @@ def test_a_global_then_a_connection_override_apply_in_that_order_and_record_who(
     override(staff_api, batch_size=50, flush_interval=5)
     body = override(staff_api, connection="salesforce", batch_size=10).json()
 
-    assert body["effective"]["salesforce"] == {"batch_size": 10, "flush_interval": 5, "max_attempts": 8,
-                                               "rate_limit_calls": 0, "rate_limit_window": 1,
-                                               "breaker_failures": 5, "breaker_cooldown": 30,
-                                               "quota_slow_down_percent": 90, "poll_interval": 60,
-                                               "alert_lag_seconds": 600, "alert_failure_percent": 50,
-                                               "alert_failure_window": 900,
-                                               "alert_breaker_open_seconds": 300}  # fmt: skip
+    assert body["effective"]["salesforce"] == {
+        "batch_size": 10,
+        "flush_interval": 5,
+        "max_attempts": 8,
+        "rate_limit_calls": 0,
+        "rate_limit_window": 1,
+        "breaker_failures": 5,
+        "breaker_cooldown": 30,
+        "quota_slow_down_percent": 90,
+        "poll_interval": 60,
+        "alert_lag_seconds": 600,
+        "alert_failure_percent": 50,
+        "alert_failure_window": 900,
+        "alert_breaker_open_seconds": 300,
+    }
     assert body["effective"]["outreach"]["batch_size"] == 50
     assert body["overrides"]["connection:salesforce"]["updated_by"] == "ops"
     assert body["overrides"]["global"]["values"] == {"batch_size": 50, "flush_interval": 5}
@@ -65,10 +76,15 @@ def test_null_drops_an_override(staff_api, connections, settings):
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"batch_size": 0}, "batch_size"), ({"flush_interval": -1}, "flush_interval"),
-     ({"max_attempts": "many"}, "max_attempts"), ({"connection": "nope", "batch_size": 5}, "connection"),
-     ({"rate_limit": 5}, "rate_limit"), ({}, "batch_size")],
-)  # fmt: skip
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"flush_interval": -1}, "flush_interval"),
+        ({"max_attempts": "many"}, "max_attempts"),
+        ({"connection": "nope", "batch_size": 5}, "connection"),
+        ({"rate_limit": 5}, "rate_limit"),
+        ({}, "batch_size"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_field_and_change_nothing(staff_api, connections, body, field):
     response = override(staff_api, **body)
 
@@ -86,8 +102,13 @@ def test_a_running_dispatcher_uses_a_new_batch_size_within_a_second(api, staff_a
     now = [500.0]
     monkeypatch.setattr(config, "clock", lambda: now[0])
     for i in range(5):
-        body = {"operation": "create", "record_id": f"c-{i}", "object_type": "contact", "data": {"email": "a@b.c"},
-                "targets": ["salesforce"]}  # fmt: skip
+        body = {
+            "operation": "create",
+            "record_id": f"c-{i}",
+            "object_type": "contact",
+            "data": {"email": "a@b.c"},
+            "targets": ["salesforce"],
+        }
         api.post("/v1/sync/", data=json.dumps(body), content_type="application/json")
     salesforce = connections["salesforce"]
     config.effective(salesforce.pk)  # this process has read the settings

@@ -32,8 +32,12 @@ def client_(client) -> Any:
 
 
 def ingest(client: Any, record_id: str = "c-1", operation: str = "create", **data: Any) -> None:
-    body = {"operation": operation, "record_id": record_id, "object_type": "Contact",
-            "data": {"LastName": "Lovelace", "Email": "ada@example.com", **data}}  # fmt: skip
+    body = {
+        "operation": operation,
+        "record_id": record_id,
+        "object_type": "Contact",
+        "data": {"LastName": "Lovelace", "Email": "ada@example.com", **data},
+    }
     if operation == "delete":
         body.pop("data")
     response = client.post("/v1/sync/", data=json.dumps(body), content_type="application/json")
@@ -99,8 +103,11 @@ def test_a_transient_error_retries_later_with_backoff(client_, salesforce, staff
 
     job = SyncJob.objects.get(record_id="c-2")
     assert (job.state, job.attempts, job.last_error_code, job.last_error_permanent) == (
-        JobState.RETRYING, 1, "SERVER_UNAVAILABLE", False,
-    )  # fmt: skip
+        JobState.RETRYING,
+        1,
+        "SERVER_UNAVAILABLE",
+        False,
+    )
     assert job.next_attempt_at is not None and job.next_attempt_at >= now + timedelta(seconds=30)
     assert engine.batches_claim(connection=salesforce, now=now + timedelta(seconds=5), force=True) == []
 
@@ -163,9 +170,13 @@ def test_only_a_quota_answer_may_hold_a_job_longer_than_the_backoff_cap():
 
 
 def test_a_permanent_error_fails_the_job_with_the_reason(client_, salesforce):
-    response = client_.post("/v1/sync/", data=json.dumps({"operation": "create", "record_id": "c-9",
-                            "object_type": "Contact", "data": {"Email": "x@example.com"}}),
-                            content_type="application/json")  # fmt: skip
+    response = client_.post(
+        "/v1/sync/",
+        data=json.dumps(
+            {"operation": "create", "record_id": "c-9", "object_type": "Contact", "data": {"Email": "x@example.com"}}
+        ),
+        content_type="application/json",
+    )
     assert response.status_code == 202
 
     drain(salesforce)

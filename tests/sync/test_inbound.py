@@ -32,8 +32,9 @@ def salesforce(live_server) -> Connection:
 
 
 def poll_contacts(connection: Connection, **kwargs: Any) -> PollResult:
-    return poll(connection=connection, object_type="Contact", connector=throttled_connector(connection),
-                owner="test", **kwargs)  # fmt: skip
+    return poll(
+        connection=connection, object_type="Contact", connector=throttled_connector(connection), owner="test", **kwargs
+    )
 
 
 def crm_edit(**fields: Any) -> str:
@@ -43,8 +44,12 @@ def crm_edit(**fields: Any) -> str:
 
 
 def post(api: Any, record_id: str, **data: Any) -> None:
-    body = {"operation": "create", "record_id": record_id, "object_type": "Contact",
-            "data": {"LastName": "Lovelace", **data}}  # fmt: skip
+    body = {
+        "operation": "create",
+        "record_id": record_id,
+        "object_type": "Contact",
+        "data": {"LastName": "Lovelace", **data},
+    }
     assert api.post("/v1/sync/", data=json.dumps(body), content_type="application/json").status_code == 202
 
 
@@ -92,8 +97,14 @@ def test_our_own_write_read_back_is_an_echo_routed_nowhere(api, salesforce, syst
 
 
 def test_an_echo_is_found_by_the_values_too_when_the_last_modifier_is_unknown(salesforce):
-    link = RecordLink(object_type="Contact", record_id="c-1", system=salesforce, external_object="Contact",
-                      external_id="003X", last_values={"LastName": "Lovelace", "Email": "ada@example.com"})  # fmt: skip
+    link = RecordLink(
+        object_type="Contact",
+        record_id="c-1",
+        system=salesforce,
+        external_object="Contact",
+        external_id="003X",
+        last_values={"LastName": "Lovelace", "Email": "ada@example.com"},
+    )
     same = Inbound("c-1", {"LastName": "Lovelace", "Email": "ada@example.com", "Title": None})
     edited = Inbound("c-1", {"LastName": "Lovelace", "Email": "ada@example.com", "Title": "Countess"})
 
@@ -159,8 +170,12 @@ def test_an_interrupted_poll_resumes_from_the_page_it_stopped_on(salesforce, set
 
 def test_a_second_poller_leaves_a_held_cursor_alone(salesforce):
     crm_edit(LastName="L")
-    InboundCursor.objects.create(connection=salesforce, object_type="Contact", lease_owner="other",
-                                 lease_until=timezone.now() + inbound.POLL_LEASE)  # fmt: skip
+    InboundCursor.objects.create(
+        connection=salesforce,
+        object_type="Contact",
+        lease_owner="other",
+        lease_until=timezone.now() + inbound.POLL_LEASE,
+    )
 
     result = poll_contacts(salesforce)
 
@@ -169,8 +184,9 @@ def test_a_second_poller_leaves_a_held_cursor_alone(salesforce):
 
 def test_a_cursor_in_the_far_future_reads_nothing(salesforce):
     crm_edit(LastName="L")
-    InboundCursor.objects.create(connection=salesforce, object_type="Contact",
-                                 cursor=json.dumps({"since": "2999-01-01T00:00:00Z"}))  # fmt: skip
+    InboundCursor.objects.create(
+        connection=salesforce, object_type="Contact", cursor=json.dumps({"since": "2999-01-01T00:00:00Z"})
+    )
 
     result = poll_contacts(salesforce)
 
@@ -201,8 +217,9 @@ def test_due_polls_are_claimed_once_then_wait_for_the_interval(salesforce, syste
     assert sorted(obj for _, obj, _ in first) == ["Account", "Contact", "Lead"]  # System A is not readable
     assert again == []
     (_, object_type, owner) = next(c for c in first if c[1] == "Contact")
-    result = poll(connection=salesforce, object_type=object_type, connector=throttled_connector(salesforce),
-                  owner=owner)  # fmt: skip
+    result = poll(
+        connection=salesforce, object_type=object_type, connector=throttled_connector(salesforce), owner=owner
+    )
     assert not result.skipped  # the task runs under the dispatcher's claim
     assert [c[1] for c in inbound.polls_claim(now=timezone.now() + timedelta(seconds=59))] == []
     assert "Contact" in [c[1] for c in inbound.polls_claim(now=timezone.now() + timedelta(seconds=61 + 300))]
@@ -307,13 +324,22 @@ def test_system_a_naming_the_object_otherwise_still_updates_the_crm_record_it_ca
 
     sf_id = crm_edit(LastName="Hopper", Email="grace@example.com")
     poll_contacts(salesforce)
-    rule = {"name": "contacts", "order": 10, "match_source": "system_a", "match_object_type": "contact",
-            "action": "sync", "targets": [{"target": "salesforce", "object": "Contact",
-                                           "mapping": {"LastName": "data.last_name"}}]}  # fmt: skip
+    rule = {
+        "name": "contacts",
+        "order": 10,
+        "match_source": "system_a",
+        "match_object_type": "contact",
+        "action": "sync",
+        "targets": [{"target": "salesforce", "object": "Contact", "mapping": {"LastName": "data.last_name"}}],
+    }
     rule_set_replace(specs=[rule], actor="test")
     rule_set_forget()  # this process looks at the rule-set version at most once a second
-    body = {"operation": "update", "record_id": f"salesforce-{sf_id}", "object_type": "contact",
-            "data": {"last_name": "Hopper-Murray"}}  # fmt: skip
+    body = {
+        "operation": "update",
+        "record_id": f"salesforce-{sf_id}",
+        "object_type": "contact",
+        "data": {"last_name": "Hopper-Murray"},
+    }
     assert api.post("/v1/sync/", data=json.dumps(body), content_type="application/json").status_code == 202
 
     drained = drain(salesforce)
@@ -366,8 +392,12 @@ def test_a_hundred_alternating_edits_on_both_sides_make_no_ping_pong(api, salesf
     before = {"salesforce": writes("salesforce"), "system_a": writes("system_a")}
     for n in range(1, 101):
         if n % 2:  # an edit in System A
-            body = {"operation": "update", "record_id": "c-1", "object_type": "Contact",
-                    "data": {"LastName": "Lovelace", "Email": f"v{n}@example.com"}}  # fmt: skip
+            body = {
+                "operation": "update",
+                "record_id": "c-1",
+                "object_type": "Contact",
+                "data": {"LastName": "Lovelace", "Email": f"v{n}@example.com"},
+            }
             assert api.post("/v1/sync/", data=json.dumps(body), content_type="application/json").status_code == 202
         else:  # an edit in Salesforce
             crm_edit(Id=sf_id, Phone=f"+1 555 {n:04d}")

@@ -100,8 +100,9 @@ def test_an_older_change_arriving_late_does_not_become_the_jobs_latest(api, conn
     now = timezone.now()
     newer = post(api, {**event, "occurred_at": now.isoformat(), "data": {"email": "new@example.com"}})
     SyncJob.objects.update(state=JobState.SYNCED)
-    late = post(api, {**event, "occurred_at": (now - timedelta(hours=1)).isoformat(),
-                      "data": {"email": "old@example.com"}})  # fmt: skip
+    late = post(
+        api, {**event, "occurred_at": (now - timedelta(hours=1)).isoformat(), "data": {"email": "old@example.com"}}
+    )
 
     job = SyncJob.objects.get(target__name="salesforce")
     assert str(job.last_event_id) == newer.json()["event_id"]

@@ -63,10 +63,22 @@ def test_a_permanent_error_fails_the_job_and_a_transient_one_retries(api, connec
     salesforce = SyncJob.objects.get(target__name="salesforce")
     outreach = SyncJob.objects.get(target__name="outreach")
 
-    services.job_finish(job_id=salesforce.pk, version=claim(salesforce), succeeded=False,
-                        error_code="INVALID_FIELD", error_message="No such column", permanent=True)  # fmt: skip
-    services.job_finish(job_id=outreach.pk, version=claim(outreach), succeeded=False,
-                        error_code="http_503", error_message="Service Unavailable", permanent=False)  # fmt: skip
+    services.job_finish(
+        job_id=salesforce.pk,
+        version=claim(salesforce),
+        succeeded=False,
+        error_code="INVALID_FIELD",
+        error_message="No such column",
+        permanent=True,
+    )
+    services.job_finish(
+        job_id=outreach.pk,
+        version=claim(outreach),
+        succeeded=False,
+        error_code="http_503",
+        error_message="Service Unavailable",
+        permanent=False,
+    )
 
     assert SyncJob.objects.get(pk=salesforce.pk).state == JobState.FAILED
     assert SyncJob.objects.get(pk=outreach.pk).state == JobState.RETRYING
@@ -75,8 +87,14 @@ def test_a_permanent_error_fails_the_job_and_a_transient_one_retries(api, connec
 def test_a_new_change_reopens_a_failed_job_with_its_error_cleared(api, connections):
     ingest(api)
     job = SyncJob.objects.get(target__name="salesforce")
-    services.job_finish(job_id=job.pk, version=claim(job), succeeded=False, error_code="INVALID_FIELD",
-                        error_message="bad", permanent=True)  # fmt: skip
+    services.job_finish(
+        job_id=job.pk,
+        version=claim(job),
+        succeeded=False,
+        error_code="INVALID_FIELD",
+        error_message="bad",
+        permanent=True,
+    )
 
     ingest(api, email="fixed@example.com")
 
@@ -96,8 +114,9 @@ def test_accepted_events_queue_a_dispatch_nudge_after_commit(api, connections, d
     broker.purge_queue()
 
 
-def test_the_request_succeeds_when_the_broker_is_down(api, connections, monkeypatch, caplog,
-                                                      django_capture_on_commit_callbacks):  # fmt: skip
+def test_the_request_succeeds_when_the_broker_is_down(
+    api, connections, monkeypatch, caplog, django_capture_on_commit_callbacks
+):
     def broker_down(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("broker unreachable")
 

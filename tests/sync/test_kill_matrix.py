@@ -229,8 +229,9 @@ class Progress:
         for n, (kind, at) in enumerate(kills):
             until = kills[n + 1][1] if n + 1 < len(kills) else float("inf")
             # A stall under way when the process died counts for it too.
-            longest = max((length for start, length in self.stalls() if start < until and start + length >= at),
-                          default=0.0)  # fmt: skip
+            longest = max(
+                (length for start, length in self.stalls() if start < until and start + length >= at), default=0.0
+            )
             lines.append(f"  {kind:<12} longest stall {longest:5.1f} s")
         return "\n".join(lines)
 
@@ -273,8 +274,13 @@ def drain_start(stack: Stack, live_server: Any) -> str:
     return token
 
 
-def judged(what: str, progress: Progress, stack: Stack, capsys: pytest.CaptureFixture[str],
-           kills: list[tuple[str, float]] | None = None) -> None:  # fmt: skip
+def judged(
+    what: str,
+    progress: Progress,
+    stack: Stack,
+    capsys: pytest.CaptureFixture[str],
+    kills: list[tuple[str, float]] | None = None,
+) -> None:
     lost, twice, stale = tally(RECORDS, UPDATED)
     stall, through = progress.longest_stall()
     report = f"{what}; lost {lost}, created twice {twice}, stale {stale}, longest stall {stall:.1f} s"

@@ -24,8 +24,12 @@ ORG = "00D5e000000KQ2eEAG"
 @pytest.fixture
 def salesforce(live_server) -> Connection:
     connection = mock_salesforce(live_server.url)
-    return connection_save(name="salesforce", kind="salesforce", config={**connection.config, "organization_id": ORG},
-                           secrets={"outbound_message_token": TOKEN})  # fmt: skip
+    return connection_save(
+        name="salesforce",
+        kind="salesforce",
+        config={**connection.config, "organization_id": ORG},
+        secrets={"outbound_message_token": TOKEN},
+    )
 
 
 def message(org: str = ORG, stamp: str | None = "2026-11-25T10:00:00.000Z", **fields: str) -> bytes:

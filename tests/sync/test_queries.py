@@ -15,8 +15,13 @@ pytestmark = pytest.mark.django_db
 
 
 def post(api: Any, record_id: str, **extra: Any) -> dict[str, Any]:
-    body = {"operation": "create", "record_id": record_id, "object_type": "contact",
-            "data": {"email": f"{record_id}@example.com"}, **extra}  # fmt: skip
+    body = {
+        "operation": "create",
+        "record_id": record_id,
+        "object_type": "contact",
+        "data": {"email": f"{record_id}@example.com"},
+        **extra,
+    }
     response = api.post("/v1/sync/", data=json.dumps(body), content_type="application/json")
     assert response.status_code == 202
     answer: dict[str, Any] = response.json()
@@ -71,10 +76,15 @@ def test_jobs_filter_by_time_range(api, connections):
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [({"state": "stuck"}, "state"), ({"limit": 0}, "limit"), ({"updated_after": "yesterday"}, "updated_after"),
-     ({"stat": "failed"}, "stat"), ({"order": "random"}, "order"),
-     ({"updated_after": "2026-11-25T10:00:00Z", "updated_before": "2026-11-25T09:00:00Z"}, "updated_before")],
-)  # fmt: skip
+    [
+        ({"state": "stuck"}, "state"),
+        ({"limit": 0}, "limit"),
+        ({"updated_after": "yesterday"}, "updated_after"),
+        ({"stat": "failed"}, "stat"),
+        ({"order": "random"}, "order"),
+        ({"updated_after": "2026-11-25T10:00:00Z", "updated_before": "2026-11-25T09:00:00Z"}, "updated_before"),
+    ],
+)
 def test_a_bad_filter_is_a_400_naming_it(api, connections, query, field):
     response = api.get("/v1/sync/jobs", query)
 

@@ -43,12 +43,18 @@ def outreach_connection(base_url: str, settings: Any, refresh_token: str | None 
     """No webhook is registered in the mock: like a lost delivery, a deletion reaches us by no other way."""
     base = f"{base_url}/mock/outreach"
     return connection_save(
-        name="outreach", kind="outreach",
-        config={"client_id": settings.MOCK_OUTREACH_CLIENT_ID, "api_url": f"{base}/api/v2",
-                "token_url": f"{base}/oauth/token"},
-        secrets={"client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
-                 "refresh_token": refresh_token or settings.MOCK_OUTREACH_REFRESH_TOKEN},
-    )  # fmt: skip
+        name="outreach",
+        kind="outreach",
+        config={
+            "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
+            "api_url": f"{base}/api/v2",
+            "token_url": f"{base}/oauth/token",
+        },
+        secrets={
+            "client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
+            "refresh_token": refresh_token or settings.MOCK_OUTREACH_REFRESH_TOKEN,
+        },
+    )
 
 
 @pytest.fixture
@@ -76,14 +82,19 @@ def prospect_add(**attributes: Any) -> str:
 
 
 def poll_all(connection: Connection, object_type: str) -> dict[str, int]:
-    result = poll(connection=connection, object_type=object_type, connector=throttled_connector(connection),
-                  owner="test")  # fmt: skip
+    result = poll(
+        connection=connection, object_type=object_type, connector=throttled_connector(connection), owner="test"
+    )
     return result.counts
 
 
 def rows() -> dict[str, int]:
-    return {"events": SyncEvent.objects.count(), "jobs": SyncJob.objects.count(),
-            "runs": ReconcileRun.objects.count(), "links": RecordLink.objects.count()}  # fmt: skip
+    return {
+        "events": SyncEvent.objects.count(),
+        "jobs": SyncJob.objects.count(),
+        "runs": ReconcileRun.objects.count(),
+        "links": RecordLink.objects.count(),
+    }
 
 
 def queued(action_counts: dict[str, int]) -> dict[str, int]:
@@ -126,7 +137,10 @@ def test_an_outreach_prospect_deleted_in_the_crm_is_found_and_the_delete_reaches
 
     assert polled.get("captured", 0) == 0  # polling by updatedAt never shows a deletion
     assert (run.state, queued(run.counts), run.counts["unchanged"]) == (
-        "done", {"creates": 0, "updates": 0, "deletes": 1}, 1)  # fmt: skip
+        "done",
+        {"creates": 0, "updates": 0, "deletes": 1},
+        1,
+    )
     assert run.report["samples"]["deletes"] == [gone] and run.report["samples"]["unchanged"] == [keep]
     event = SyncEvent.objects.get(source="outreach", operation="delete")
     assert (event.record_id, event.object_type) == (f"outreach-{gone}", "prospect")
@@ -161,8 +175,12 @@ def test_crm_records_never_captured_are_queued_as_creates_reading_page_by_page(
     sf_ids = [sf_edit(LastName=f"L{n}", Email=f"l{n}@example.com") for n in range(5)]
     pages: list[tuple[int, int]] = []
 
-    run = reconcile(connection=salesforce, object_type="Contact", dry_run=False,
-                    on_page=lambda page, seen: pages.append((page, seen)))  # fmt: skip
+    run = reconcile(
+        connection=salesforce,
+        object_type="Contact",
+        dry_run=False,
+        on_page=lambda page, seen: pages.append((page, seen)),
+    )
 
     assert pages == [(1, 2), (2, 4), (3, 5)]
     assert queued(run.counts) == {"creates": 5, "updates": 0, "deletes": 0}
@@ -314,8 +332,9 @@ def test_the_command_dry_run_prints_a_table_and_the_real_run_queues_it_once(
     run = ReconcileRun.objects.order_by("started_at").first()
     assert run is not None and f"salesforce Contact (run {run.pk}, queued)" in real
     assert "capture: captured 3" in real
-    assert [line.split()[:2] for line in again.splitlines() if line.split()[:1] in (["creates"], ["updates"],
-            ["deletes"])] == [["creates", "0"], ["updates", "0"], ["deletes", "0"]]  # fmt: skip
+    assert [
+        line.split()[:2] for line in again.splitlines() if line.split()[:1] in (["creates"], ["updates"], ["deletes"])
+    ] == [["creates", "0"], ["updates", "0"], ["deletes", "0"]]
 
 
 def test_the_command_covers_every_readable_object_by_default(salesforce: Connection, system_a: Connection) -> None:
@@ -381,8 +400,12 @@ def test_records_system_a_wrote_to_both_crms_reconcile_as_unchanged(
     api: Any, salesforce: Connection, outreach: Connection, system_a: Connection
 ) -> None:
     demo_rules()
-    body = {"operation": "create", "record_id": "c-42", "object_type": "contact",
-            "data": {"email": "Ada@Example.com", "first_name": "Ada", "last_name": "Lovelace"}}  # fmt: skip
+    body = {
+        "operation": "create",
+        "record_id": "c-42",
+        "object_type": "contact",
+        "data": {"email": "Ada@Example.com", "first_name": "Ada", "last_name": "Lovelace"},
+    }
     assert api.post("/v1/sync/", data=json.dumps(body), content_type="application/json").status_code == 202
     assert drain(salesforce).get("synced") == 1 and drain(outreach).get("synced") == 1
 

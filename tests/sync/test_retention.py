@@ -52,10 +52,16 @@ OLD = timedelta(days=40)  # past the default 30 days of retention and the 7 of t
 START = timezone.now() - timedelta(hours=6)  # every change happened after this, a minute apart per step
 
 
-def post(api: Any, operation: str = "update", record_id: str = "c-1", *, step: int, key: str | None = None,
-         **extra: Any) -> dict[str, Any]:  # fmt: skip
-    body: dict[str, Any] = {"operation": operation, "record_id": record_id, "object_type": "contact",
-                            "occurred_at": (START + timedelta(minutes=step)).isoformat(), **extra}  # fmt: skip
+def post(
+    api: Any, operation: str = "update", record_id: str = "c-1", *, step: int, key: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "operation": operation,
+        "record_id": record_id,
+        "object_type": "contact",
+        "occurred_at": (START + timedelta(minutes=step)).isoformat(),
+        **extra,
+    }
     if operation in ("create", "update") and "data" not in body:
         body["data"] = {"email": f"{record_id}-{step}@example.com"}
     headers = {"HTTP_IDEMPOTENCY_KEY": key} if key else {}
@@ -91,8 +97,10 @@ def row_counts() -> dict[str, int]:
 
 
 def attempts_for(job: SyncJob, started: list[datetime]) -> list[int]:
-    rows = [SyncAttempt(job=job, version=job.version, started_at=at, finished_at=at, outcome=AttemptOutcome.SUCCESS)
-            for at in started]  # fmt: skip
+    rows = [
+        SyncAttempt(job=job, version=job.version, started_at=at, finished_at=at, outcome=AttemptOutcome.SUCCESS)
+        for at in started
+    ]
     return [row.pk for row in SyncAttempt.objects.bulk_create(rows)]
 
 
@@ -123,8 +131,7 @@ def test_events_younger_than_the_age_stay(api, connections):
     assert prune(days=10)["sync.SyncEvent"] == 2
 
 
-def test_events_inside_the_idempotency_window_stay_and_a_repeat_still_gets_its_first_answer(api, connections,
-                                                                                          settings):  # fmt: skip
+def test_events_inside_the_idempotency_window_stay_and_a_repeat_still_gets_its_first_answer(api, connections, settings):
     settings.SYNC_IDEMPOTENCY_WINDOW_DAYS = 7
     first = post(api, "create", step=0, key="k-0")
     post(api, step=1)
@@ -134,9 +141,20 @@ def test_events_inside_the_idempotency_window_stay_and_a_repeat_still_gets_its_f
 
     assert prune(days=1)["sync.SyncEvent"] == 0  # older than the age, but inside the window
 
-    repeat = api.post("/v1/sync/", content_type="application/json", HTTP_IDEMPOTENCY_KEY="k-0", data=json.dumps(
-        {"operation": "create", "record_id": "c-1", "object_type": "contact",
-         "occurred_at": START.isoformat(), "data": {"email": "c-1-0@example.com"}}))  # fmt: skip
+    repeat = api.post(
+        "/v1/sync/",
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="k-0",
+        data=json.dumps(
+            {
+                "operation": "create",
+                "record_id": "c-1",
+                "object_type": "contact",
+                "occurred_at": START.isoformat(),
+                "data": {"email": "c-1-0@example.com"},
+            }
+        ),
+    )
     assert repeat.headers["Idempotent-Replayed"] == "true" and repeat.json() == first
     age(timedelta(days=5))
     assert prune(days=1)["sync.SyncEvent"] == 2  # 8 days: past the window
@@ -235,18 +253,27 @@ def test_each_records_latest_event_and_latest_change_are_the_same_after_a_prune(
 
 
 def test_events_of_an_open_or_recent_conflict_stay_and_of_an_old_resolved_one_go(api, connections):
-    steps = {name: (post(api, "create", name, step=0), post(api, "update", name, step=1), post(api, step=2,
-             record_id=name)) for name in ("open", "recent", "old")}  # fmt: skip
+    steps = {
+        name: (post(api, "create", name, step=0), post(api, "update", name, step=1), post(api, step=2, record_id=name))
+        for name in ("open", "recent", "old")
+    }
     age(OLD)
     finish()
     now = timezone.now()
     for name, resolved_at in (("open", None), ("recent", now - timedelta(days=2)), ("old", now - OLD)):
         SyncConflict.objects.create(
-            record_id=name, object_type="contact", connection=connections["salesforce"], external_object="Contact",
-            external_id=f"003{name}", policy="hold", detected_at=now - OLD, resolved_at=resolved_at,
+            record_id=name,
+            object_type="contact",
+            connection=connections["salesforce"],
+            external_object="Contact",
+            external_id=f"003{name}",
+            policy="hold",
+            detected_at=now - OLD,
+            resolved_at=resolved_at,
             state=ConflictState.RESOLVED if resolved_at else ConflictState.OPEN,
-            system_a_event_id=event_of(steps[name][0]), crm_event_id=event_of(steps[name][1]),
-        )  # fmt: skip
+            system_a_event_id=event_of(steps[name][0]),
+            crm_event_id=event_of(steps[name][1]),
+        )
 
     counts = prune()
 
@@ -261,8 +288,13 @@ def test_a_read_still_waiting_for_its_result_stays_and_a_done_one_goes_with_its_
     waiting, done = post(api, "read", step=0), post(api, "read", step=1)
     post(api, "read", step=2)
     for answer, outcome in ((waiting, ""), (done, "captured")):
-        RecordRead.objects.create(event_id=event_of(answer), connection=connections["salesforce"],
-                                  external_object="Contact", external_id="003x", outcome=outcome)  # fmt: skip
+        RecordRead.objects.create(
+            event_id=event_of(answer),
+            connection=connections["salesforce"],
+            external_object="Contact",
+            external_id="003x",
+            outcome=outcome,
+        )
     age(OLD)
 
     planned = prune(dry_run=True)
@@ -276,11 +308,18 @@ def test_a_read_still_waiting_for_its_result_stays_and_a_done_one_goes_with_its_
 # --- attempts and the other tables ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("state", "left"), [
-    (JobState.SYNCED, 1), (JobState.SKIPPED, 1),  # the job's latest attempt: the one status shows
-    (JobState.FAILED, 3), (JobState.HELD, 3), (JobState.RETRYING, 3), (JobState.PENDING, 3),
-    (JobState.IN_FLIGHT, 3),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("state", "left"),
+    [
+        (JobState.SYNCED, 1),
+        (JobState.SKIPPED, 1),  # the job's latest attempt: the one status shows
+        (JobState.FAILED, 3),
+        (JobState.HELD, 3),
+        (JobState.RETRYING, 3),
+        (JobState.PENDING, 3),
+        (JobState.IN_FLIGHT, 3),
+    ],
+)
 def test_old_attempts_go_only_when_their_job_is_done(api, connections, state, left):
     post(api, "create", step=0)
     old_job, recent_job = SyncJob.objects.get(target__name="salesforce"), SyncJob.objects.get(target__name="outreach")
@@ -305,11 +344,18 @@ def test_record_links_cursors_and_jobs_are_never_pruned(api, connections):
     age(OLD)
     finish()
     long_ago = timezone.now() - timedelta(days=3650)
-    RecordLink.objects.create(object_type="contact", record_id="c-1", system=connections["salesforce"],
-                              external_object="Contact", external_id="003A", synced_at=long_ago,
-                              created_at=long_ago)  # fmt: skip
-    InboundCursor.objects.create(connection=connections["salesforce"], object_type="Contact", cursor="x",
-                                 polled_at=long_ago)  # fmt: skip
+    RecordLink.objects.create(
+        object_type="contact",
+        record_id="c-1",
+        system=connections["salesforce"],
+        external_object="Contact",
+        external_id="003A",
+        synced_at=long_ago,
+        created_at=long_ago,
+    )
+    InboundCursor.objects.create(
+        connection=connections["salesforce"], object_type="Contact", cursor="x", polled_at=long_ago
+    )
     SyncJob.objects.update(created_at=long_ago, updated_at=long_ago, synced_at=long_ago)
 
     prune(days=1)
@@ -331,8 +377,9 @@ def test_throttle_calls_go_after_a_day_or_after_a_targets_own_longer_cap(connect
 def test_breaker_history_goes_except_each_connections_latest_change(connections):
     now = timezone.now()
     for name, days in (("salesforce", 50), ("salesforce", 45), ("outreach", 60), ("outreach", 3)):
-        BreakerTransition.objects.create(connection=connections[name], at=now - timedelta(days=days),
-                                         from_state="closed", to_state="open")  # fmt: skip
+        BreakerTransition.objects.create(
+            connection=connections[name], at=now - timedelta(days=days), from_state="closed", to_state="open"
+        )
 
     assert prune()["sync.BreakerTransition"] == 2
     remaining = {(t.connection.name, (now - t.at).days) for t in BreakerTransition.objects.all()}
@@ -341,12 +388,22 @@ def test_breaker_history_goes_except_each_connections_latest_change(connections)
 
 def test_resolved_alerts_go_after_the_age_and_open_ones_never(connections):
     now = timezone.now()
-    rows = [("salesforce", AlertKind.LAG, AlertState.RESOLVED, OLD), ("salesforce", AlertKind.FAILURES,
-            AlertState.RESOLVED, timedelta(days=5)), ("outreach", AlertKind.LAG, AlertState.OPEN, None)]  # fmt: skip
+    rows = [
+        ("salesforce", AlertKind.LAG, AlertState.RESOLVED, OLD),
+        ("salesforce", AlertKind.FAILURES, AlertState.RESOLVED, timedelta(days=5)),
+        ("outreach", AlertKind.LAG, AlertState.OPEN, None),
+    ]
     for name, kind, state, resolved in rows:
-        Alert.objects.create(connection=connections[name], kind=kind, state=state, value=1, threshold=1,
-                             message="m", opened_at=now - timedelta(days=90),
-                             resolved_at=now - resolved if resolved else None)  # fmt: skip
+        Alert.objects.create(
+            connection=connections[name],
+            kind=kind,
+            state=state,
+            value=1,
+            threshold=1,
+            message="m",
+            opened_at=now - timedelta(days=90),
+            resolved_at=now - resolved if resolved else None,
+        )
 
     assert prune()["sync.Alert"] == 1
     assert set(Alert.objects.values_list("kind", "state")) == {("failures", "resolved"), ("lag", "open")}
@@ -357,10 +414,16 @@ def test_finished_reconcile_runs_go_except_the_latest_and_a_running_one_stays(co
     sf = connections["salesforce"]
     for days, state in ((60, RunState.DONE), (50, RunState.FAILED), (45, RunState.RUNNING), (40, RunState.DONE)):
         at = now - timedelta(days=days)
-        ReconcileRun.objects.create(connection=sf, object_type="Contact", state=state, started_at=at,
-                                    finished_at=None if state == RunState.RUNNING else at)  # fmt: skip
-    ReconcileRun.objects.create(connection=sf, object_type="Account", state=RunState.DONE,
-                                started_at=now - OLD, finished_at=now - OLD)  # fmt: skip
+        ReconcileRun.objects.create(
+            connection=sf,
+            object_type="Contact",
+            state=state,
+            started_at=at,
+            finished_at=None if state == RunState.RUNNING else at,
+        )
+    ReconcileRun.objects.create(
+        connection=sf, object_type="Account", state=RunState.DONE, started_at=now - OLD, finished_at=now - OLD
+    )
 
     assert prune()["sync.ReconcileRun"] == 2
     left = {(r.object_type, r.state, (now - r.started_at).days) for r in ReconcileRun.objects.all()}
@@ -373,9 +436,16 @@ def test_finished_backfill_runs_go_but_never_the_latest_of_a_backfill_nor_a_runn
 
     def run(days: int, state: str, *, target: str = "salesforce", since_: datetime | None = None) -> int:
         started = now - timedelta(days=days)
-        return BackfillRun.objects.create(source="system_a", target=target, object_type="contact", since=since_,
-                                          state=state, started_at=started, updated_at=started,
-                                          finished_at=None if state == RunState.RUNNING else started).pk  # fmt: skip
+        return BackfillRun.objects.create(
+            source="system_a",
+            target=target,
+            object_type="contact",
+            since=since_,
+            state=state,
+            started_at=started,
+            updated_at=started,
+            finished_at=None if state == RunState.RUNNING else started,
+        ).pk
 
     gone = [run(90, RunState.DONE), run(80, RunState.FAILED)]
     latest_failed = run(70, RunState.FAILED)  # the checkpoint `sync_backfill` resumes
@@ -404,8 +474,13 @@ def history(api: Any, connections: dict[str, Connection]) -> None:
     done = post(api, "read", "c-2", step=7)
     post(api, "read", "c-2", step=8)
     for answer, outcome in ((waiting, ""), (done, "echo")):
-        RecordRead.objects.create(event_id=event_of(answer), connection=connections["outreach"],
-                                  external_object="prospect", external_id="1", outcome=outcome)  # fmt: skip
+        RecordRead.objects.create(
+            event_id=event_of(answer),
+            connection=connections["outreach"],
+            external_object="prospect",
+            external_id="1",
+            outcome=outcome,
+        )
     age(OLD)
     finish()
     finish(JobState.FAILED, record_id="c-2", target__name="salesforce")
@@ -414,11 +489,16 @@ def history(api: Any, connections: dict[str, Connection]) -> None:
         attempts_for(job, [now - timedelta(days=days) for days in (50, 45, 41)])
     for days in (50, 41):
         ThrottleCall.objects.create(key="salesforce", at=now - timedelta(days=days))
-        BreakerTransition.objects.create(connection=connections["salesforce"], at=now - timedelta(days=days),
-                                         from_state="closed", to_state="open")  # fmt: skip
-        ReconcileRun.objects.create(connection=connections["salesforce"], object_type="Contact",
-                                    state=RunState.DONE, started_at=now - timedelta(days=days),
-                                    finished_at=now - timedelta(days=days))  # fmt: skip
+        BreakerTransition.objects.create(
+            connection=connections["salesforce"], at=now - timedelta(days=days), from_state="closed", to_state="open"
+        )
+        ReconcileRun.objects.create(
+            connection=connections["salesforce"],
+            object_type="Contact",
+            state=RunState.DONE,
+            started_at=now - timedelta(days=days),
+            finished_at=now - timedelta(days=days),
+        )
         BackfillRun.objects.create(
             source="system_a",
             target="salesforce",
@@ -427,11 +507,25 @@ def history(api: Any, connections: dict[str, Connection]) -> None:
             started_at=now - timedelta(days=days),
             finished_at=now - timedelta(days=days),
         )
-    Alert.objects.create(connection=connections["salesforce"], kind=AlertKind.LAG, state=AlertState.RESOLVED,
-                         value=1, threshold=1, message="m", resolved_at=now - OLD)  # fmt: skip
-    SyncConflict.objects.create(record_id="c-1", object_type="contact", connection=connections["salesforce"],
-                                external_object="Contact", external_id="003", policy="hold",
-                                state=ConflictState.RESOLVED, resolved_at=now - OLD)  # fmt: skip
+    Alert.objects.create(
+        connection=connections["salesforce"],
+        kind=AlertKind.LAG,
+        state=AlertState.RESOLVED,
+        value=1,
+        threshold=1,
+        message="m",
+        resolved_at=now - OLD,
+    )
+    SyncConflict.objects.create(
+        record_id="c-1",
+        object_type="contact",
+        connection=connections["salesforce"],
+        external_object="Contact",
+        external_id="003",
+        policy="hold",
+        state=ConflictState.RESOLVED,
+        resolved_at=now - OLD,
+    )
 
 
 def test_a_dry_run_writes_nothing_and_counts_exactly_what_the_run_then_deletes(history):
@@ -469,8 +563,7 @@ def test_a_run_out_of_time_stops_between_batches_and_the_next_carries_on(history
     monkeypatch.setattr(retention, "clock", lambda: float(next(ticks)))
     planned = prune(dry_run=True)
 
-    first = retention.prune_run(now=timezone.now(), older_than_days=30, dry_run=False, batch_size=3,
-                                budget_seconds=5)  # fmt: skip
+    first = retention.prune_run(now=timezone.now(), older_than_days=30, dry_run=False, batch_size=3, budget_seconds=5)
 
     assert not first.finished and 0 < sum(first.counts.values()) <= 3
     rest = prune()
@@ -533,8 +626,9 @@ def test_the_command_dry_run_prints_the_counts_and_changes_nothing(history):
     output = command("--dry-run")
 
     assert row_counts() == before
-    assert table(output) == {label: (before[label], planned[label], before[label] - planned[label])
-                             for label in retention.LABELS}  # fmt: skip
+    assert table(output) == {
+        label: (before[label], planned[label], before[label] - planned[label]) for label in retention.LABELS
+    }
     assert f"would prune {sum(planned.values())} row(s) older than 30 day(s)" in output
 
 
@@ -554,10 +648,16 @@ def test_the_command_older_than_narrows_what_goes(history):
     assert table(command("--dry-run", "--older-than", "35"))["sync.SyncEvent"][1] > 0
 
 
-@pytest.mark.parametrize(("args", "named"), [
-    (("--older-than", "soon"), "--older-than"), (("--older-than", "0"), "--older-than"),
-    (("--batch", "-5"), "--batch"), (("--batch", "1000000"), "--batch"), (("--batch", "1.5"), "--batch"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--older-than", "soon"), "--older-than"),
+        (("--older-than", "0"), "--older-than"),
+        (("--batch", "-5"), "--batch"),
+        (("--batch", "1000000"), "--batch"),
+        (("--batch", "1.5"), "--batch"),
+    ],
+)
 def test_the_command_refuses_bad_input_naming_the_option(args, named):
     with pytest.raises(CommandError, match=named):
         command(*args)
@@ -603,16 +703,33 @@ def changes_ingest(steps: range) -> None:
     """Each of RETENTION_MEASURE_RECORDS records changed once per step, through event_ingest in lists of 500,
     each change sent to both targets and synced at the first try (one attempt per job)."""
     for step in steps:
-        items = [EventInput(operation="create" if step == 0 else "update", record_id=f"c-{n}", object_type="contact",
-                            source="system_a", targets=None, occurred_at=START + timedelta(minutes=step),
-                            data={"email": f"c-{n}-{step}@example.com", "first_name": "Ada" * 20},
-                            event_id=None, raw={"n": n, "step": step})
-                 for n in range(MEASURE_RECORDS)]  # fmt: skip
+        items = [
+            EventInput(
+                operation="create" if step == 0 else "update",
+                record_id=f"c-{n}",
+                object_type="contact",
+                source="system_a",
+                targets=None,
+                occurred_at=START + timedelta(minutes=step),
+                data={"email": f"c-{n}-{step}@example.com", "first_name": "Ada" * 20},
+                event_id=None,
+                raw={"n": n, "step": step},
+            )
+            for n in range(MEASURE_RECORDS)
+        ]
         for first in range(0, len(items), 500):
             event_ingest(items=items[first : first + 500], idempotency_key=None, is_batch=True, request_id="m")
-        SyncAttempt.objects.bulk_create(SyncAttempt(job=job, version=job.version, started_at=timezone.now(),
-                                                    outcome=AttemptOutcome.SUCCESS, http_status=200, duration_ms=120)
-                                        for job in SyncJob.objects.all())  # fmt: skip
+        SyncAttempt.objects.bulk_create(
+            SyncAttempt(
+                job=job,
+                version=job.version,
+                started_at=timezone.now(),
+                outcome=AttemptOutcome.SUCCESS,
+                http_status=200,
+                duration_ms=120,
+            )
+            for job in SyncJob.objects.all()
+        )
         finish()
 
 
@@ -659,8 +776,10 @@ def test_a_prune_leaves_one_event_per_record_and_one_attempt_per_job(connections
     for label in ("sync.SyncEvent", "sync.SyncAttempt", "(database)"):
         assert stages["after FULL"][label] < stages["before"][label]
     with capsys.disabled():
-        print(f"\n{db.vendor}: {MEASURE_RECORDS} records x {MEASURE_CHANGES} changes; {sum(deleted.values())} rows "
-              f"pruned in {seconds:.2f} s")  # fmt: skip
+        print(
+            f"\n{db.vendor}: {MEASURE_RECORDS} records x {MEASURE_CHANGES} changes; {sum(deleted.values())} rows "
+            f"pruned in {seconds:.2f} s"
+        )
         print(f"{'':<18} {'rows before':>12} {'rows after':>11}" + "".join(f" {stage:>14}" for stage in stages))
         for label in [*MEASURED, "(database)"]:
             counted = f"{rows_before[label]:>12} {rows[label]:>11}" if label in rows else " " * 24

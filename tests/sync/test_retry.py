@@ -95,11 +95,13 @@ def test_the_command_retries_by_filter_and_a_dry_run_changes_nothing(api, connec
     assert SyncJob.objects.filter(state=JobState.FAILED).count() == 3
 
     out = StringIO()
-    call_command("sync_retry", "--error-code", "UNABLE_TO_LOCK_ROW", "--target", "salesforce", stdout=out,
-                 stderr=StringIO())  # fmt: skip
+    call_command(
+        "sync_retry", "--error-code", "UNABLE_TO_LOCK_ROW", "--target", "salesforce", stdout=out, stderr=StringIO()
+    )
     again = StringIO()
-    call_command("sync_retry", "--error-code", "UNABLE_TO_LOCK_ROW", "--target", "salesforce", stdout=again,
-                 stderr=StringIO())  # fmt: skip
+    call_command(
+        "sync_retry", "--error-code", "UNABLE_TO_LOCK_ROW", "--target", "salesforce", stdout=again, stderr=StringIO()
+    )
 
     assert out.getvalue().strip() == "retried 1 job(s)"
     assert again.getvalue().strip() == "retried 0 job(s)"
@@ -117,8 +119,9 @@ def test_the_admin_action_retries_the_selected_jobs(api, connections, admin_clie
     fail()
     job = SyncJob.objects.get(target__name="salesforce")
 
-    response = admin_client.post("/admin/sync/syncjob/", {"action": "retry_jobs", "_selected_action": [job.pk]},
-                                 follow=True)  # fmt: skip
+    response = admin_client.post(
+        "/admin/sync/syncjob/", {"action": "retry_jobs", "_selected_action": [job.pk]}, follow=True
+    )
 
     assert "1 job(s) sent back to pending" in response.content.decode()
     job.refresh_from_db()

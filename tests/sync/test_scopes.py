@@ -21,9 +21,13 @@ pytestmark = pytest.mark.django_db
 
 # The review's request, word for word: a non-staff token posing as Salesforce, naming System A, raw fields.
 SPOOF = {
-    "operation": "create", "record_id": "sec-spoof-1", "object_type": "contact", "source": "salesforce",
-    "targets": ["system_a"], "data": {"email": "spoof@example.com", "first_name": "Mallory", "anything_at_all": "x"},
-}  # fmt: skip
+    "operation": "create",
+    "record_id": "sec-spoof-1",
+    "object_type": "contact",
+    "source": "salesforce",
+    "targets": ["system_a"],
+    "data": {"email": "spoof@example.com", "first_name": "Mallory", "anything_at_all": "x"},
+}
 
 
 def client_with(**grant: Any) -> APIClient:
@@ -88,11 +92,15 @@ def test_named_targets_go_through_the_rules_and_raw_fields_never_reach_a_crm_unm
 
 @pytest.mark.parametrize(
     ("method", "path", "scope"),
-    [("post", "/v1/sync/", TokenScope.EVENTS_WRITE), ("get", "/v1/sync/status/c-1", TokenScope.STATUS_READ),
-     ("get", "/v1/sync/jobs", TokenScope.STATUS_READ),
-     ("get", "/v1/sync/events/00000000-0000-0000-0000-000000000000", TokenScope.STATUS_READ),
-     ("post", "/v1/sync/retry/c-1", TokenScope.RETRY), ("get", "/v1/sync/stats", TokenScope.STATS_READ)],
-)  # fmt: skip
+    [
+        ("post", "/v1/sync/", TokenScope.EVENTS_WRITE),
+        ("get", "/v1/sync/status/c-1", TokenScope.STATUS_READ),
+        ("get", "/v1/sync/jobs", TokenScope.STATUS_READ),
+        ("get", "/v1/sync/events/00000000-0000-0000-0000-000000000000", TokenScope.STATUS_READ),
+        ("post", "/v1/sync/retry/c-1", TokenScope.RETRY),
+        ("get", "/v1/sync/stats", TokenScope.STATS_READ),
+    ],
+)
 def test_each_endpoint_needs_its_scope(connections, method, path, scope):
     others = [s for s in TokenScope.values if s != scope]
     body = {"data": "{}", "content_type": "application/json"} if method == "post" else {}
@@ -125,8 +133,17 @@ def test_a_token_without_a_grant_may_do_nothing(connections, django_user_model):
 
 def test_create_api_token_sets_the_grant_and_refuses_an_unknown_scope():
     out = StringIO()
-    call_command("create_api_token", "crm-relay", "--scope", "events:write", "--source", "salesforce",
-                 "--source", "outreach", stdout=out)  # fmt: skip
+    call_command(
+        "create_api_token",
+        "crm-relay",
+        "--scope",
+        "events:write",
+        "--source",
+        "salesforce",
+        "--source",
+        "outreach",
+        stdout=out,
+    )
 
     grant = TokenGrant.objects.get(token__user__username="crm-relay")
     assert (grant.scopes, grant.sources) == (["events:write"], ["salesforce", "outreach"])

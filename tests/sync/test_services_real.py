@@ -91,8 +91,10 @@ def test_concurrent_lists_touching_the_same_records_all_land():
     # Every job holds its record's newest change. Each request stamps its events when it runs, so a
     # request that commits after a newer one brings older changes: those are superseded (stored,
     # never applied) and do not bump the version; every other event does.
-    newest = {row["record_id"]: row["latest"] for row in
-              SyncEvent.objects.values("record_id").annotate(latest=Max("occurred_at"))}  # fmt: skip
+    newest = {
+        row["record_id"]: row["latest"]
+        for row in SyncEvent.objects.values("record_id").annotate(latest=Max("occurred_at"))
+    }
     jobs = list(SyncJob.objects.select_related("last_event"))
     assert len(jobs) == 100
     assert all(job.last_event is not None and job.last_event.occurred_at == newest[job.record_id] for job in jobs)

@@ -42,17 +42,30 @@ def _event(
     record_id: str, *, payload: dict[str, Any] | None = None, routing: dict[str, Any] | None = None
 ) -> SyncEvent:
     return SyncEvent.objects.create(
-        idempotency_key=uuid.uuid4().hex, request_hash="0" * 64, source="system_a", operation="update",
-        object_type="contact", record_id=record_id, payload=payload, occurred_at=NOW - timedelta(hours=1),
-        received_at=NOW - timedelta(hours=1), routing=routing or {},
-    )  # fmt: skip
+        idempotency_key=uuid.uuid4().hex,
+        request_hash="0" * 64,
+        source="system_a",
+        operation="update",
+        object_type="contact",
+        record_id=record_id,
+        payload=payload,
+        occurred_at=NOW - timedelta(hours=1),
+        received_at=NOW - timedelta(hours=1),
+        routing=routing or {},
+    )
 
 
 def _job(target: Connection, record_id: str, state: str, *, age: float = 0.0, **fields: Any) -> SyncJob:
     return SyncJob.objects.create(
-        source=fields.pop("source", "system_a"), object_type="contact", record_id=record_id, target=target,
-        state=state, last_occurred_at=NOW, updated_at=NOW - timedelta(seconds=age), **fields,
-    )  # fmt: skip
+        source=fields.pop("source", "system_a"),
+        object_type="contact",
+        record_id=record_id,
+        target=target,
+        state=state,
+        last_occurred_at=NOW,
+        updated_at=NOW - timedelta(seconds=age),
+        **fields,
+    )
 
 
 def _attempts(job: SyncJob, *finished: tuple[datetime | None, str]) -> None:
@@ -126,11 +139,21 @@ def test_lag_is_the_age_of_each_connections_oldest_due_job() -> None:
 
     by_name = {row["connection"]: row for row in stats.lag(now=NOW)}
 
-    assert by_name["sf"] == {"connection": "sf", "enabled": True, "due": 2, "lag_seconds": 90.0,
-                             "oldest_due_since": NOW - timedelta(seconds=90)}  # fmt: skip
+    assert by_name["sf"] == {
+        "connection": "sf",
+        "enabled": True,
+        "due": 2,
+        "lag_seconds": 90.0,
+        "oldest_due_since": NOW - timedelta(seconds=90),
+    }
     assert by_name["outreach"]["lag_seconds"] == 12.5 and by_name["outreach"]["due"] == 1
-    assert by_name[quiet.name] == {"connection": "quiet", "enabled": True, "due": 0, "lag_seconds": 0.0,
-                                   "oldest_due_since": None}  # fmt: skip
+    assert by_name[quiet.name] == {
+        "connection": "quiet",
+        "enabled": True,
+        "due": 0,
+        "lag_seconds": 0.0,
+        "oldest_due_since": None,
+    }
     assert by_name["off"]["enabled"] is False and by_name["off"]["lag_seconds"] == 4000.0
     # The whole queue's lag (what the dispatcher reports) is the worst enabled connection's.
     enabled = [row for row in by_name.values() if row["enabled"]]
@@ -158,22 +181,38 @@ def test_throttle_use_counts_the_database_windows_calls_per_quota_owner(limited:
     throttle.clock = lambda: (NOW - timedelta(seconds=5)).timestamp()
     for _ in range(2):
         assert throttle.acquire("org-1", 10, 60.01) == 0.0  # the throttle itself records the calls
-    ThrottleCall.objects.bulk_create([
-        ThrottleCall(key="org-1", at=NOW - timedelta(seconds=60.005)),  # inside the enforced window (60 s + 10 ms)
-        ThrottleCall(key="org-1", at=NOW - timedelta(seconds=60.02)),  # gone from it
-        ThrottleCall(key="org-1", at=NOW + timedelta(seconds=1), ticket="t"),  # in flight: at the latest it arrives
-        ThrottleCall(key="connection:outreach", at=NOW - timedelta(seconds=1)),
-    ])  # fmt: skip
+    ThrottleCall.objects.bulk_create(
+        [
+            ThrottleCall(key="org-1", at=NOW - timedelta(seconds=60.005)),  # inside the enforced window (60 s + 10 ms)
+            ThrottleCall(key="org-1", at=NOW - timedelta(seconds=60.02)),  # gone from it
+            ThrottleCall(key="org-1", at=NOW + timedelta(seconds=1), ticket="t"),  # in flight: at the latest it arrives
+            ThrottleCall(key="connection:outreach", at=NOW - timedelta(seconds=1)),
+        ]
+    )
     ThrottleLimit.objects.create(key="org-1", hold_until=NOW - timedelta(seconds=1))  # a hold already over
-    ThrottleLimit.objects.create(key="connection:outreach", hold_until=NOW + timedelta(seconds=30), cap_calls=5,
-                                 cap_seconds=60, cap_until=NOW + timedelta(seconds=45))  # fmt: skip
+    ThrottleLimit.objects.create(
+        key="connection:outreach",
+        hold_until=NOW + timedelta(seconds=30),
+        cap_calls=5,
+        cap_seconds=60,
+        cap_until=NOW + timedelta(seconds=45),
+    )
 
     by_name = {row["connection"]: row for row in stats.throttle_use(now=NOW, backend="database")}
 
     assert by_name["sf"] == {
-        "connection": "sf", "key": "org-1", "shared_with": ["sf-eu"], "limit": 10, "window_seconds": 60.01,
-        "used": 4, "percent": 40.0, "measured": "database", "note": "", "hold_until": None, "cap": None,
-    }  # fmt: skip
+        "connection": "sf",
+        "key": "org-1",
+        "shared_with": ["sf-eu"],
+        "limit": 10,
+        "window_seconds": 60.01,
+        "used": 4,
+        "percent": 40.0,
+        "measured": "database",
+        "note": "",
+        "hold_until": None,
+        "cap": None,
+    }
     assert by_name["sf-eu"]["used"] == 4 and by_name["sf-eu"]["shared_with"] == ["sf"]
     assert by_name["outreach"]["used"] == 1 and by_name["outreach"]["percent"] == 10.0
     assert by_name["outreach"]["hold_until"] == NOW + timedelta(seconds=30)
@@ -230,11 +269,21 @@ def test_throttle_use_is_unknown_when_redis_cannot_be_read(
 def test_breakers_show_each_state_and_since_when() -> None:
     _connection("fresh")
     down, healed = _connection("down"), _connection("healed")
-    CircuitBreaker.objects.create(connection=down, state=BreakerState.OPEN, failures=7, last_error="503 Unavailable",
-                                  opened_at=NOW - timedelta(seconds=60))  # fmt: skip
+    CircuitBreaker.objects.create(
+        connection=down,
+        state=BreakerState.OPEN,
+        failures=7,
+        last_error="503 Unavailable",
+        opened_at=NOW - timedelta(seconds=60),
+    )
     CircuitBreaker.objects.create(connection=healed, state=BreakerState.CLOSED)
-    history = [(down, 600, "closed", "open"), (down, 300, "open", "half_open"), (down, 60, "half_open", "open"),
-               (healed, 900, "closed", "open"), (healed, 100, "half_open", "closed")]  # fmt: skip
+    history = [
+        (down, 600, "closed", "open"),
+        (down, 300, "open", "half_open"),
+        (down, 60, "half_open", "open"),
+        (healed, 900, "closed", "open"),
+        (healed, 100, "half_open", "closed"),
+    ]
     BreakerTransition.objects.bulk_create(
         BreakerTransition(connection=c, at=NOW - timedelta(seconds=ago), from_state=old, to_state=new)
         for c, ago, old, new in history
@@ -242,12 +291,23 @@ def test_breakers_show_each_state_and_since_when() -> None:
 
     by_name = {row["connection"]: row for row in stats.breakers()}
 
-    assert by_name["fresh"] == {"connection": "fresh", "state": "closed", "failures": 0, "since": None,
-                                "opened_at": None, "last_error": ""}  # fmt: skip
+    assert by_name["fresh"] == {
+        "connection": "fresh",
+        "state": "closed",
+        "failures": 0,
+        "since": None,
+        "opened_at": None,
+        "last_error": "",
+    }
     # Down since it first left closed, though each failed probe moved opened_at.
-    assert by_name["down"] == {"connection": "down", "state": "open", "failures": 7,
-                               "since": NOW - timedelta(seconds=600), "opened_at": NOW - timedelta(seconds=60),
-                               "last_error": "503 Unavailable"}  # fmt: skip
+    assert by_name["down"] == {
+        "connection": "down",
+        "state": "open",
+        "failures": 7,
+        "since": NOW - timedelta(seconds=600),
+        "opened_at": NOW - timedelta(seconds=60),
+        "last_error": "503 Unavailable",
+    }
     assert by_name["healed"]["state"] == "closed" and by_name["healed"]["since"] == NOW - timedelta(seconds=100)
 
 
@@ -258,11 +318,26 @@ def test_issue_groups_list_failed_and_held_jobs_by_error_with_the_payload_and_th
     routed = _event("c-1", payload={"email": "ada@example.com"}, routing={"payloads": {"sf": sf_payload}})
     plain = _event("c-2", payload={"email": "bob@example.com"})
     for record, target, age, event in [("c-1", sf, 300, routed), ("c-2", sf, 100, plain), ("c-3", outreach, 200, None)]:
-        _job(target, record, JobState.FAILED, age=age, last_event=event, attempts=5, last_error_code="HTTP_400",
-             last_error_message=f"{record} refused", last_error_permanent=True)  # fmt: skip
+        _job(
+            target,
+            record,
+            JobState.FAILED,
+            age=age,
+            last_event=event,
+            attempts=5,
+            last_error_code="HTTP_400",
+            last_error_message=f"{record} refused",
+            last_error_permanent=True,
+        )
     _job(sf, "c-4", JobState.FAILED, age=50, last_error_code="REQUIRED_FIELD_MISSING", last_error_message="LastName")
-    conflict = SyncConflict.objects.create(record_id="c-5", object_type="contact", connection=outreach,
-                                           external_object="prospect", external_id="p-5", policy="manual")  # fmt: skip
+    conflict = SyncConflict.objects.create(
+        record_id="c-5",
+        object_type="contact",
+        connection=outreach,
+        external_object="prospect",
+        external_id="p-5",
+        policy="manual",
+    )
     _job(outreach, "c-5", JobState.HELD, age=40, last_error_code="CONFLICT_HELD", last_error_message="waits")
     _job(system_a, "c-5", JobState.HELD, age=40, source="outreach", last_error_code="CONFLICT_HELD")
     _job(sf, "c-6", JobState.RETRYING, age=999, last_error_code="HTTP_503")  # still being retried: not an issue
@@ -270,8 +345,11 @@ def test_issue_groups_list_failed_and_held_jobs_by_error_with_the_payload_and_th
 
     groups = stats.issue_groups(per_group=2)
 
-    assert [(g["code"], g["count"]) for g in groups] == [("HTTP_400", 3), ("CONFLICT_HELD", 2),
-                                                         ("REQUIRED_FIELD_MISSING", 1)]  # fmt: skip
+    assert [(g["code"], g["count"]) for g in groups] == [
+        ("HTTP_400", 3),
+        ("CONFLICT_HELD", 2),
+        ("REQUIRED_FIELD_MISSING", 1),
+    ]
     refused = groups[0]
     assert refused["states"] == {"failed": 3} and refused["targets"] == ["outreach", "sf"]
     assert refused["since"] == NOW - timedelta(seconds=300) and refused["latest"] == NOW - timedelta(seconds=100)
@@ -290,13 +368,20 @@ def _busy_world(prefix: str, connections: int) -> None:
     """Connections with jobs in every state (some failed, some held), attempts, throttle calls, breakers."""
     for n in range(connections):
         target = _connection(f"{prefix}{n}", quota_owner="shared" if n % 2 else "")
-        ConfigOverride.objects.create(scope=f"connection:{target.name}", connection=target,
-                                      values={"rate_limit_calls": 5})  # fmt: skip
+        ConfigOverride.objects.create(
+            scope=f"connection:{target.name}", connection=target, values={"rate_limit_calls": 5}
+        )
         CircuitBreaker.objects.create(connection=target, state=BreakerState.OPEN, opened_at=NOW)
         BreakerTransition.objects.create(connection=target, at=NOW, from_state="closed", to_state="open")
         ThrottleCall.objects.create(key=f"connection:{target.name}", at=NOW)
-        SyncConflict.objects.create(record_id=f"{prefix}{n}-held", object_type="contact", connection=target,
-                                    external_object="x", external_id=f"x{n}", policy="manual")  # fmt: skip
+        SyncConflict.objects.create(
+            record_id=f"{prefix}{n}-held",
+            object_type="contact",
+            connection=target,
+            external_object="x",
+            external_id=f"x{n}",
+            policy="manual",
+        )
         for i, state in enumerate(JobState.values):
             record = f"{prefix}{n}-{state}"
             job = _job(target, record, state, age=i, last_event=_event(record), last_error_code=f"E{i % 3}")

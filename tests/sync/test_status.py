@@ -76,17 +76,29 @@ def test_it_shows_errors_attempts_and_the_external_id(api, connections):
     ingest(api)
     job = SyncJob.objects.get(target__name="salesforce")
     SyncJob.objects.filter(pk=job.pk).update(
-        state=JobState.RETRYING, attempts=1, last_error_code="UNABLE_TO_LOCK_ROW", last_error_message="locked",
+        state=JobState.RETRYING,
+        attempts=1,
+        last_error_code="UNABLE_TO_LOCK_ROW",
+        last_error_message="locked",
         last_error_permanent=False,
-    )  # fmt: skip
+    )
     SyncAttempt.objects.create(
-        job=job, version=1, finished_at=timezone.now(), outcome=AttemptOutcome.ERROR, http_status=400,
-        error_code="UNABLE_TO_LOCK_ROW", error_message="locked", duration_ms=12,
-    )  # fmt: skip
+        job=job,
+        version=1,
+        finished_at=timezone.now(),
+        outcome=AttemptOutcome.ERROR,
+        http_status=400,
+        error_code="UNABLE_TO_LOCK_ROW",
+        error_message="locked",
+        duration_ms=12,
+    )
     RecordLink.objects.create(
-        object_type="contact", record_id="c-1", system=connections["salesforce"], external_object="Contact",
+        object_type="contact",
+        record_id="c-1",
+        system=connections["salesforce"],
+        external_object="Contact",
         external_id="003000000000001AAA",
-    )  # fmt: skip
+    )
 
     body = api.get("/v1/sync/status/c-1").json()
 

@@ -176,10 +176,15 @@ def test_a_throttled_batch_is_handed_back_without_counting_an_attempt(live_serve
     config_override_set(values={"rate_limit_calls": 2, "rate_limit_window": 60}, connection="salesforce", actor="t")
     token = api_token_create(username="p")
     for record_id in ("a", "b"):
-        body: dict[str, Any] = {"operation": "create", "record_id": record_id, "object_type": "Contact",
-                                "data": {"LastName": "L"}}  # fmt: skip
-        client.post("/v1/sync/", data=json.dumps(body), content_type="application/json",
-                    HTTP_AUTHORIZATION=f"Token {token}")  # fmt: skip
+        body: dict[str, Any] = {
+            "operation": "create",
+            "record_id": record_id,
+            "object_type": "Contact",
+            "data": {"LastName": "L"},
+        }
+        client.post(
+            "/v1/sync/", data=json.dumps(body), content_type="application/json", HTTP_AUTHORIZATION=f"Token {token}"
+        )
     settings.SYNC_BATCH_SIZE = 1
 
     for job_ids in engine.batches_claim(connection=salesforce, now=timezone.now(), force=True):

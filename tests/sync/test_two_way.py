@@ -56,8 +56,9 @@ def post(api: Any, operation: str, occurred_at: datetime | None = None, **data: 
 
 def synced_both_ways(api: Any, salesforce: Connection, system_a: Connection) -> str:
     """c-1 created in System A, written to Salesforce, read back (an echo): the base both sides share."""
-    post(api, "create", timezone.now() - timedelta(hours=2), LastName="Lovelace", Email="v0@example.com",
-         Phone="+1 000")  # fmt: skip
+    post(
+        api, "create", timezone.now() - timedelta(hours=2), LastName="Lovelace", Email="v0@example.com", Phone="+1 000"
+    )
     drain(salesforce)
     drain(system_a)
     assert poll_contacts(salesforce).counts == {"echo": 1}
@@ -74,8 +75,9 @@ def in_system_a(record_id: str = "c-1") -> dict[str, Any]:
 
 
 def sf_writes() -> int:
-    return MockCall.objects.filter(system="salesforce", method__in=["PATCH", "POST"], status__lt=300,
-                                   path__contains="composite").count()  # fmt: skip
+    return MockCall.objects.filter(
+        system="salesforce", method__in=["PATCH", "POST"], status__lt=300, path__contains="composite"
+    ).count()
 
 
 # --- conflicts --------------------------------------------------------------------------------------
@@ -209,8 +211,10 @@ def test_a_held_conflict_waits_then_a_person_picks_per_field_in_the_admin(api, a
     body = page.content.decode()
     assert "a@example.com" in body and "crm@example.com" in body and "v0@example.com" in body
 
-    answer = admin_client.post(f"/admin/sync/syncconflict/{conflict.pk}/resolve/",
-                               {"Email": "system_a", "Phone": "crm", "LastName": "crm", "per_field": "1"})  # fmt: skip
+    answer = admin_client.post(
+        f"/admin/sync/syncconflict/{conflict.pk}/resolve/",
+        {"Email": "system_a", "Phone": "crm", "LastName": "crm", "per_field": "1"},
+    )
     drain(salesforce)
     drain(system_a)
 
@@ -375,10 +379,29 @@ def test_a_backfill_after_a_conflict_never_brings_back_the_losing_version(api, l
     writes = sf_writes()
 
     dry = StringIO()
-    call_command("sync_backfill", "--from", "system_a", "--to", "salesforce", "--object", "Contact", "--dry-run",
-                 stdout=dry, stderr=StringIO())  # fmt: skip
-    call_command("sync_backfill", "--from", "system_a", "--to", "salesforce", "--object", "Contact",
-                 stdout=StringIO(), stderr=StringIO())  # fmt: skip
+    call_command(
+        "sync_backfill",
+        "--from",
+        "system_a",
+        "--to",
+        "salesforce",
+        "--object",
+        "Contact",
+        "--dry-run",
+        stdout=dry,
+        stderr=StringIO(),
+    )
+    call_command(
+        "sync_backfill",
+        "--from",
+        "system_a",
+        "--to",
+        "salesforce",
+        "--object",
+        "Contact",
+        stdout=StringIO(),
+        stderr=StringIO(),
+    )
     drain(salesforce)
 
     assert "superseded    1" in dry.getvalue()

@@ -26,16 +26,26 @@ SECRET = "hook-secret-for-tests"
 def outreach(live_server, settings) -> Connection:
     base = f"{live_server.url}/mock/outreach"
     connection = connection_save(
-        name="outreach", kind="outreach",
-        config={"client_id": settings.MOCK_OUTREACH_CLIENT_ID, "api_url": f"{base}/api/v2",
-                "token_url": f"{base}/oauth/token"},
-        secrets={"client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
-                 "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN, "webhook_secret": SECRET},
-    )  # fmt: skip
+        name="outreach",
+        kind="outreach",
+        config={
+            "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
+            "api_url": f"{base}/api/v2",
+            "token_url": f"{base}/oauth/token",
+        },
+        secrets={
+            "client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
+            "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN,
+            "webhook_secret": SECRET,
+        },
+    )
     # The webhook as registered in Outreach (POST /api/v2/webhooks): every resource and action.
-    MockRecord.objects.create(system="outreach", object=mock_store.WEBHOOKS, record_id="1",
-                              fields={"resource": "*", "action": "*", "secret": SECRET,
-                                      "url": f"{live_server.url}/v1/webhooks/outreach"})  # fmt: skip
+    MockRecord.objects.create(
+        system="outreach",
+        object=mock_store.WEBHOOKS,
+        record_id="1",
+        fields={"resource": "*", "action": "*", "secret": SECRET, "url": f"{live_server.url}/v1/webhooks/outreach"},
+    )
     return connection
 
 
@@ -100,8 +110,9 @@ def test_unknown_connections_bad_bodies_and_connections_without_webhooks_are_ref
 
 
 def test_a_prospect_created_in_outreach_reaches_system_a_by_webhook(outreach, system_a):
-    (row,) = mock_store.staff_push("prospect", [{"firstName": "Grace", "lastName": "Hopper",
-                                                 "emails": ["grace@example.com"]}], [])  # fmt: skip
+    (row,) = mock_store.staff_push(
+        "prospect", [{"firstName": "Grace", "lastName": "Hopper", "emails": ["grace@example.com"]}], []
+    )
 
     drained = drain(system_a)
 
@@ -114,8 +125,12 @@ def test_a_prospect_created_in_outreach_reaches_system_a_by_webhook(outreach, sy
 
 
 def test_the_delivery_our_own_write_causes_is_an_echo_even_before_the_write_returns(api, outreach, system_a):
-    body = {"operation": "create", "record_id": "c-1", "object_type": "prospect",
-            "data": {"firstName": "Ada", "lastName": "Lovelace", "emails": ["ada@example.com"]}}  # fmt: skip
+    body = {
+        "operation": "create",
+        "record_id": "c-1",
+        "object_type": "prospect",
+        "data": {"firstName": "Ada", "lastName": "Lovelace", "emails": ["ada@example.com"]},
+    }
     assert api.post("/v1/sync/", data=json.dumps(body), content_type="application/json").status_code == 202
     SyncJob.objects.filter(target=system_a).delete()
 

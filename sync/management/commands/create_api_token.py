@@ -17,19 +17,29 @@ class Command(BaseCommand):
         parser.add_argument("username")
         parser.add_argument("--staff", action="store_true", help="Make the user staff (rules, config, admin).")
         parser.add_argument(
-            "--scope", action="append", choices=TokenScope.values, dest="scopes",
+            "--scope",
+            action="append",
+            choices=TokenScope.values,
+            dest="scopes",
             help=f"What the token may do; repeat for several (default: {', '.join(DEFAULT_SCOPES)}).",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--source", action="append", dest="sources",
+            "--source",
+            action="append",
+            dest="sources",
             help=f"A `source` its events may carry; repeat for several, {ANY_SOURCE!r} for any "
             f"(default: {', '.join(DEFAULT_SOURCES)}).",
-        )  # fmt: skip
+        )
 
     def handle(
-        self, *args: Any, username: str, staff: bool, scopes: list[str] | None, sources: list[str] | None,
+        self,
+        *args: Any,
+        username: str,
+        staff: bool,
+        scopes: list[str] | None,
+        sources: list[str] | None,
         **options: Any,
-    ) -> None:  # fmt: skip
+    ) -> None:
         try:
             token = api_token_create(username=username, staff=staff, scopes=scopes, sources=sources)
         except ValueError as exc:

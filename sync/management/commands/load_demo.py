@@ -68,11 +68,16 @@ def _outreach_webhook_register() -> bool:
     hooks = MockRecord.objects.filter(system="outreach", object=outreach_store.WEBHOOKS, deleted_at__isnull=True)
     if any(hook.fields.get("url") == url for hook in hooks):
         return False
-    next_id = max((int(h.record_id) for h in MockRecord.objects.filter(system="outreach") if h.record_id.isdigit()),
-                  default=0) + 1  # fmt: skip
+    next_id = (
+        max(
+            (int(h.record_id) for h in MockRecord.objects.filter(system="outreach") if h.record_id.isdigit()), default=0
+        )
+        + 1
+    )
     registration = {"resource": "*", "action": "*", "url": url, "secret": _demo_webhook_secret()}
-    MockRecord.objects.create(system="outreach", object=outreach_store.WEBHOOKS, record_id=str(next_id),
-                              fields=registration)  # fmt: skip
+    MockRecord.objects.create(
+        system="outreach", object=outreach_store.WEBHOOKS, record_id=str(next_id), fields=registration
+    )
     return True
 
 

@@ -28,8 +28,9 @@ class Command(BaseCommand):
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             raise CommandError("PROMETHEUS_MULTIPROC_DIR is not set: the workers' counts would be invisible here")
         # Database gauges are the web's to serve: one source for them, whatever is scraped.
-        server, thread = start_http_server(options["port"], options["address"],
-                                           registry=registry_for_scrape(with_database=False))  # fmt: skip
+        server, thread = start_http_server(
+            options["port"], options["address"], registry=registry_for_scrape(with_database=False)
+        )
         self.stdout.write(f"serving worker metrics on {options['address']}:{options['port']}/metrics")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -43,9 +43,12 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--from", dest="source", required=True,
-                            help="system_a (replay the latest state it sent of each record) or a connection to read, "
-                                 "e.g. salesforce")  # fmt: skip
+        parser.add_argument(
+            "--from",
+            dest="source",
+            required=True,
+            help="system_a (replay the latest state it sent of each record) or a connection to read, e.g. salesforce",
+        )
         parser.add_argument("--to", dest="target", required=True, help="The connection to send the records to")
         parser.add_argument(
             "--object",
@@ -53,19 +56,29 @@ class Command(BaseCommand):
             required=True,
             help="The object, as the source names it (System A: e.g. contact; Salesforce: Contact)",
         )
-        parser.add_argument("--since", help="Only records changed since this date (UTC) or ISO-8601 time, "
-                                            "e.g. 2026-11-01 or 2026-11-01T09:00:00Z")  # fmt: skip
+        parser.add_argument(
+            "--since",
+            help="Only records changed since this date (UTC) or ISO-8601 time, e.g. 2026-11-01 or 2026-11-01T09:00:00Z",
+        )
         parser.add_argument("--dry-run", action="store_true", help="Count what would be sent; write nothing")
         parser.add_argument("--restart", action="store_true", help="Start over instead of resuming an unfinished run")
-        parser.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                            help=f"Records per page and checkpoint (System A) and per Bulk job (default "
-                                 f"{DEFAULT_BATCH}); a CRM source pages as its API does")  # fmt: skip
+        parser.add_argument(
+            "--batch",
+            type=int,
+            default=DEFAULT_BATCH,
+            help=f"Records per page and checkpoint (System A) and per Bulk job (default "
+            f"{DEFAULT_BATCH}); a CRM source pages as its API does",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            plan = backfill_plan(source=options["source"], target=options["target"],
-                                 object_type=options["object_type"], since=since_parse(options["since"]),
-                                 batch=options["batch"])  # fmt: skip
+            plan = backfill_plan(
+                source=options["source"],
+                target=options["target"],
+                object_type=options["object_type"],
+                since=since_parse(options["since"]),
+                batch=options["batch"],
+            )
             if options["dry_run"]:
                 self._preview(plan)
                 return
@@ -75,27 +88,41 @@ class Command(BaseCommand):
         run = started.run
         if started.resumed:
             where = f"after record {run.cursor}" if plan.source_connection is None else "from its saved cursor"
-            self.stdout.write(f"resuming run {run.pk} {where}: {run.processed} record(s) done"
-                              f"{f' (last stop: {started.stopped_by})' if started.stopped_by else ''}")  # fmt: skip
-        with tqdm(total=run.total, initial=run.processed, unit="record", file=self.stderr,
-                  desc=f"{plan.source} → {plan.target.name} {plan.object_type}") as progress:  # fmt: skip
+            self.stdout.write(
+                f"resuming run {run.pk} {where}: {run.processed} record(s) done"
+                f"{f' (last stop: {started.stopped_by})' if started.stopped_by else ''}"
+            )
+        with tqdm(
+            total=run.total,
+            initial=run.processed,
+            unit="record",
+            file=self.stderr,
+            desc=f"{plan.source} → {plan.target.name} {plan.object_type}",
+        ) as progress:
             try:
                 backfill_run(run=run, plan=plan, progress=progress.update)
             except KeyboardInterrupt:
-                raise CommandError(f"interrupted: run {run.pk} stopped after {run.processed} record(s); "
-                                   "run the same command again to resume", returncode=130) from None  # fmt: skip
+                raise CommandError(
+                    f"interrupted: run {run.pk} stopped after {run.processed} record(s); "
+                    "run the same command again to resume",
+                    returncode=130,
+                ) from None
             except (ConnectorError, RunLost) as exc:
-                raise CommandError(f"run {run.pk} stopped after {run.processed} record(s): {exc}; "
-                                   "run the same command again to resume") from exc  # fmt: skip
+                raise CommandError(
+                    f"run {run.pk} stopped after {run.processed} record(s): {exc}; run the same command again to resume"
+                ) from exc
         self._summary(run, plan)
 
     def _preview(self, plan: Plan) -> None:
-        with tqdm(total=plan_total(plan), unit="record", file=self.stderr,
-                  desc=f"dry run {plan.source} → {plan.target.name}") as progress:  # fmt: skip
+        with tqdm(
+            total=plan_total(plan), unit="record", file=self.stderr, desc=f"dry run {plan.source} → {plan.target.name}"
+        ) as progress:
             preview = backfill_preview(plan=plan, progress=progress.update)
         since = f" changed since {plan.since.isoformat()}" if plan.since else ""
-        self.stdout.write(f"dry run, nothing written: {preview.records} {plan.object_type} record(s){since} "
-                          f"from {plan.source} to {plan.target.name}")  # fmt: skip
+        self.stdout.write(
+            f"dry run, nothing written: {preview.records} {plan.object_type} record(s){since} "
+            f"from {plan.source} to {plan.target.name}"
+        )
         extra = sorted(name for name in preview.actions if name not in ACTIONS)
         for name in (*ACTIONS, *extra):
             self.stdout.write(f"  {name:<13} {preview.actions[name]}{_meaning(name)}")
@@ -103,12 +130,16 @@ class Command(BaseCommand):
 
     def _summary(self, run: BackfillRun, plan: Plan) -> None:
         counts = ", ".join(f"{name} {count}" for name, count in sorted(run.counts.items()) if count) or "nothing"
-        self.stdout.write(f"run {run.pk} done: {run.processed} record(s) of {plan.object_type} from {plan.source} "
-                          f"to {plan.target.name}: {counts}")  # fmt: skip
+        self.stdout.write(
+            f"run {run.pk} done: {run.processed} record(s) of {plan.object_type} from {plan.source} "
+            f"to {plan.target.name}: {counts}"
+        )
         states = backfill_job_states(run)
         jobs = ", ".join(f"{state} {count}" for state, count in sorted(states.items())) or "none"
-        self.stdout.write(f"jobs in {plan.target.name} now: {jobs}"
-                          f"{' (pending ones are sent by the engine)' if states.get('pending') else ''}")  # fmt: skip
+        self.stdout.write(
+            f"jobs in {plan.target.name} now: {jobs}"
+            f"{' (pending ones are sent by the engine)' if states.get('pending') else ''}"
+        )
         self.stdout.write(f"API calls made by this backfill: {run.api_calls}")
 
 
@@ -135,7 +166,9 @@ def _pushes(plan: Plan, preview: Preview) -> str:
         return rest
     writer = bulk_writer(plan.target)
     label = writer.bulk_label() if writer else "bulk"
-    bulk = (f"about {preview.bulk_jobs * BULK_CALLS_PER_JOB} for {preview.bulk_jobs} {label} job(s) of up to "
-            f"{plan.batch} records for the creates ({preview.records} records is above bulk_threshold "
-            f"{bulk_threshold(plan.target)})")  # fmt: skip
+    bulk = (
+        f"about {preview.bulk_jobs * BULK_CALLS_PER_JOB} for {preview.bulk_jobs} {label} job(s) of up to "
+        f"{plan.batch} records for the creates ({preview.records} records is above bulk_threshold "
+        f"{bulk_threshold(plan.target)})"
+    )
     return f"{bulk}, and {rest} for the rest"

@@ -36,13 +36,18 @@ def lag_metric_log() -> dict[str, Any]:
     fields = {
         "_aws": {
             "Timestamp": int(time.time() * 1000),
-            "CloudWatchMetrics": [{
-                "Namespace": "RecordSync", "Dimensions": [["Service"]],
-                "Metrics": [{"Name": "QueueLagSeconds", "Unit": "Seconds"}, {"Name": "DueJobs", "Unit": "Count"}],
-            }],
+            "CloudWatchMetrics": [
+                {
+                    "Namespace": "RecordSync",
+                    "Dimensions": [["Service"]],
+                    "Metrics": [{"Name": "QueueLagSeconds", "Unit": "Seconds"}, {"Name": "DueJobs", "Unit": "Count"}],
+                }
+            ],
         },
-        "Service": service, "QueueLagSeconds": round(lag, 3), "DueJobs": due,
-    }  # fmt: skip
+        "Service": service,
+        "QueueLagSeconds": round(lag, 3),
+        "DueJobs": due,
+    }
     metrics_logger.info("queue lag", extra=fields)
     return fields
 

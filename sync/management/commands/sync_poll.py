@@ -25,8 +25,9 @@ class Command(BaseCommand):
         parser.add_argument("--object", dest="object_type", help="Only this object, as the connection names it")
         parser.add_argument("--pages", type=int, default=None, help="Stop after this many pages per object")
 
-    def handle(self, *args: Any, connection: str | None, object_type: str | None, pages: int | None,
-               **options: Any) -> None:  # fmt: skip
+    def handle(
+        self, *args: Any, connection: str | None, object_type: str | None, pages: int | None, **options: Any
+    ) -> None:
         connections = Connection.objects.filter(enabled=True).order_by("name")
         if connection:
             connections = connections.filter(name=connection)
@@ -37,8 +38,13 @@ class Command(BaseCommand):
             objects = [object_type] if object_type else readable_objects(target)
             for name in objects:
                 with tqdm(desc=f"{target.name} {name}", unit="page", file=self.stderr) as progress:
-                    result = poll(connection=target, object_type=name, connector=throttled_connector(target),
-                                  max_pages=pages, owner=owner)  # fmt: skip
+                    result = poll(
+                        connection=target,
+                        object_type=name,
+                        connector=throttled_connector(target),
+                        max_pages=pages,
+                        owner=owner,
+                    )
                     progress.update(result.pages)
                 counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "no changes"
                 self.stdout.write(f"{target.name} {name}: {result.skipped or f'{result.pages} page(s), {counts}'}")

@@ -24,10 +24,16 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="Count what would be deleted; delete nothing")
-        parser.add_argument("--older-than", metavar="DAYS",
-                            help="Prune rows older than this many days (default: SYNC_RETENTION_DAYS, 30)")  # fmt: skip
-        parser.add_argument("--batch", metavar="N", help=f"Rows per delete, each its own short transaction "
-                                                          f"(default {retention.BATCH_SIZE})")  # fmt: skip
+        parser.add_argument(
+            "--older-than",
+            metavar="DAYS",
+            help="Prune rows older than this many days (default: SYNC_RETENTION_DAYS, 30)",
+        )
+        parser.add_argument(
+            "--batch",
+            metavar="N",
+            help=f"Rows per delete, each its own short transaction (default {retention.BATCH_SIZE})",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         days = _whole_number("--older-than", options["older_than"], retention.retention_days(), maximum=None)
@@ -37,13 +43,15 @@ class Command(BaseCommand):
         planned = retention.prune(now=now, older_than_days=days, dry_run=True, batch_size=batch)
         if options["dry_run"]:
             self._table(before, planned, dry_run=True)
-            self.stdout.write(f"would prune {sum(planned.values())} row(s) older than {days} day(s); "
-                              "nothing changed (--dry-run)")  # fmt: skip
+            self.stdout.write(
+                f"would prune {sum(planned.values())} row(s) older than {days} day(s); nothing changed (--dry-run)"
+            )
             return
         total = sum(planned.values())
         with tqdm(total=total, unit="row", disable=total == 0, file=self.stderr) as progress:
-            pruned = retention.prune(now=now, older_than_days=days, dry_run=False, batch_size=batch,
-                                     progress=progress.update)  # fmt: skip
+            pruned = retention.prune(
+                now=now, older_than_days=days, dry_run=False, batch_size=batch, progress=progress.update
+            )
         self._table(before, pruned, dry_run=False)
         self.stdout.write(f"pruned {sum(pruned.values())} row(s) older than {days} day(s)")
 

@@ -27,8 +27,9 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Report what would be queued; write nothing")
         parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="Sample ids shown per action")
 
-    def handle(self, *args: Any, connection: str | None, object_type: str | None, dry_run: bool, samples: int,
-               **options: Any) -> None:  # fmt: skip
+    def handle(
+        self, *args: Any, connection: str | None, object_type: str | None, dry_run: bool, samples: int, **options: Any
+    ) -> None:
         if samples < 0:
             raise CommandError("--samples: must be 0 or more")
         failed: list[str] = []
@@ -44,8 +45,9 @@ class Command(BaseCommand):
                     bar.set_postfix(records=records)
 
                 try:
-                    run = reconcile(connection=target, object_type=name, dry_run=dry_run, samples=samples,
-                                    on_page=advance)  # fmt: skip
+                    run = reconcile(
+                        connection=target, object_type=name, dry_run=dry_run, samples=samples, on_page=advance
+                    )
                 except Exception as exc:
                     failed.append(label)
                     self.stdout.write(f"{label}: failed: {type(exc).__name__}: {exc}")
@@ -67,8 +69,10 @@ def _pairs(connection: str | None, object_type: str | None) -> list[tuple[Connec
     pairs = [(c, name) for c in connections for name in readable_objects(c) if object_type in (None, name)]
     if object_type and not pairs:
         known = sorted({name for c in connections for name in readable_objects(c)})
-        raise CommandError(f"--object: {object_type!r} is not read from {connection or 'any connection'}; "
-                           f"known: {', '.join(known) or 'none'}")  # fmt: skip
+        raise CommandError(
+            f"--object: {object_type!r} is not read from {connection or 'any connection'}; "
+            f"known: {', '.join(known) or 'none'}"
+        )
     return pairs
 
 

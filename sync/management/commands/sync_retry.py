@@ -27,8 +27,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         since = _parse_since(options["since"])
-        jobs = retry_candidates(target=options["target"], object_type=options["object_type"],
-                                error_code=options["error_code"], since=since)  # fmt: skip
+        jobs = retry_candidates(
+            target=options["target"], object_type=options["object_type"], error_code=options["error_code"], since=since
+        )
         total = jobs.count()
         if options["dry_run"]:
             for code, count in _by_error(jobs):

@@ -121,8 +121,12 @@ class PostgresExternal(External):
 def postgres_server() -> dict[str, Any]:
     """Where the suite's own PostgreSQL is: DATABASE_URL only finds the server, the test makes its own database."""
     default = settings.DATABASES["default"]
-    return {"host": default.get("HOST") or "127.0.0.1", "port": int(default.get("PORT") or 5432),
-            "user": default.get("USER") or "postgres", "password": default.get("PASSWORD") or ""}  # fmt: skip
+    return {
+        "host": default.get("HOST") or "127.0.0.1",
+        "port": int(default.get("PORT") or 5432),
+        "user": default.get("USER") or "postgres",
+        "password": default.get("PASSWORD") or "",
+    }
 
 
 @contextmanager
@@ -243,11 +247,13 @@ def test_pushing_the_same_values_again_is_unchanged_and_keeps_updated_at(connect
 
 
 def test_a_field_outside_the_columns_is_refused_and_the_rest_of_the_batch_is_written(connector, external):
-    results = connector.push([
-        upsert("c-1", email="ada@example.com"),
-        upsert("c-2", email="grace@example.com", nickname="Amazing Grace"),
-        upsert("c-3", email="alan@example.com"),
-    ])  # fmt: skip
+    results = connector.push(
+        [
+            upsert("c-1", email="ada@example.com"),
+            upsert("c-2", email="grace@example.com", nickname="Amazing Grace"),
+            upsert("c-3", email="alan@example.com"),
+        ]
+    )
 
     assert [r.outcome for r in results] == ["created", "error", "created"]
     error = results[1].error
@@ -272,11 +278,13 @@ def test_a_record_for_an_object_without_a_table_is_refused(connector):
 
 
 def test_duplicate_keys_in_one_batch_end_with_the_last_value(connector, external):
-    results = connector.push([
-        upsert("c-1", email="first@example.com", age=1),
-        upsert("c-2", email="other@example.com"),
-        upsert("c-1", email="last@example.com", age=3),
-    ])  # fmt: skip
+    results = connector.push(
+        [
+            upsert("c-1", email="first@example.com", age=1),
+            upsert("c-2", email="other@example.com"),
+            upsert("c-1", email="last@example.com", age=3),
+        ]
+    )
 
     assert outcomes(results) == [("created", "1"), ("created", "2"), ("updated", "1")]
     assert contacts(external) == [("c-1", "last@example.com", None, 3), ("c-2", "other@example.com", None, None)]
@@ -347,8 +355,9 @@ def test_a_delete_with_an_external_id_removes_that_row(connector, external):
 
 def test_deleting_a_row_that_is_not_there_is_unchanged(connector):
     assert outcomes(connector.push([delete("c-9"), delete("c-8", external_id="98")])) == [
-        ("unchanged", None), ("unchanged", "98"),
-    ]  # fmt: skip
+        ("unchanged", None),
+        ("unchanged", "98"),
+    ]
 
 
 # --- push: the call as a whole --------------------------------------------------------------------
@@ -446,8 +455,10 @@ def test_rows_written_by_others_are_listed_with_their_own_timestamp(connector, e
     (change,) = everything(connector, "Company")
 
     assert (change.external_id, change.fields, change.modified_at) == (
-        "acme", {"code": "acme", "name": "Acme"}, datetime(2026, 11, 1, 8, 30, tzinfo=UTC),
-    )  # fmt: skip
+        "acme",
+        {"code": "acme", "name": "Acme"},
+        datetime(2026, 11, 1, 8, 30, tzinfo=UTC),
+    )
 
 
 def test_a_cursor_that_is_not_ours_is_a_permanent_error(connector):
@@ -529,13 +540,17 @@ def test_the_config_schema_is_a_json_schema_that_accepts_a_documented_config():
     ("config", "path"),
     [
         ({"url": "mysql://db/crm", "tables": {"Contact": CONTACTS}}, ["url"]),
-        ({"url": "sqlite:////tmp/x.sqlite3", "tables": {"Contact": CONTACTS | {"key": "id; --"}}},
-         ["tables", "Contact", "key"]),
-        ({"url": "sqlite:////tmp/x.sqlite3", "tables": {"Contact": CONTACTS | {"colour": "red"}}},
-         ["tables", "Contact"]),
+        (
+            {"url": "sqlite:////tmp/x.sqlite3", "tables": {"Contact": CONTACTS | {"key": "id; --"}}},
+            ["tables", "Contact", "key"],
+        ),
+        (
+            {"url": "sqlite:////tmp/x.sqlite3", "tables": {"Contact": CONTACTS | {"colour": "red"}}},
+            ["tables", "Contact"],
+        ),
         ({"url": "sqlite:////tmp/x.sqlite3", "tables": {}, "password": "hunter2"}, []),
     ],
-)  # fmt: skip
+)
 def test_the_config_schema_refuses_bad_urls_names_and_unknown_keys(config, path):
     errors = list(Draft202012Validator(DatabaseConnector.config_schema).iter_errors(config))
 
@@ -545,5 +560,6 @@ def test_the_config_schema_refuses_bad_urls_names_and_unknown_keys(config, path)
 def test_the_schema_lists_password_as_the_only_secret():
     assert DatabaseConnector.schema()["secrets"] == ["password"]
     assert (DatabaseConnector.capabilities.batch_size, DatabaseConnector.capabilities.directions) == (
-        500, ("outbound", "inbound"),
-    )  # fmt: skip
+        500,
+        ("outbound", "inbound"),
+    )

@@ -150,8 +150,9 @@ def test_a_known_key_updates_its_row_keeps_other_columns_and_moves_updated_at(co
     assert outcomes(results) == [("updated", "c-1")]
     rows = rows_in(contacts_file)
     assert [(r["record_id"], r["email"], r.get("first_name")) for r in rows] == [
-        ("c-1", "ada@lovelace.org", "Ada"), ("c-2", "g@example.com", rows[1].get("first_name")),
-    ]  # fmt: skip
+        ("c-1", "ada@lovelace.org", "Ada"),
+        ("c-2", "g@example.com", rows[1].get("first_name")),
+    ]
     assert [r["_updated_at"] for r in rows] == ["2026-11-02T10:01:00.000000+00:00", STAMP0]
 
 
@@ -169,8 +170,13 @@ def test_the_same_values_again_are_unchanged_and_the_file_is_not_rewritten(conne
 def test_duplicate_keys_in_one_batch_end_with_the_last_value(connector, folder, fmt):
     results = connector.push(singer_records("duplicate_records.singer"))
 
-    assert outcomes(results) == [("created", "1"), ("created", "2"), ("updated", "1"), ("updated", "2"),
-                                 ("updated", "1")]  # fmt: skip
+    assert outcomes(results) == [
+        ("created", "1"),
+        ("created", "2"),
+        ("updated", "1"),
+        ("updated", "2"),
+        ("updated", "1"),
+    ]
     metric = (lambda v: str(v)) if fmt == "csv" else (lambda v: v)
     assert connector.read("Metric", ["1", "2"]) == {
         "1": {"id": "1", "metric": metric(100)},
@@ -194,10 +200,12 @@ def test_a_record_without_a_key_is_refused_with_a_clear_permanent_error(connecto
 
 
 def test_a_field_outside_the_columns_is_refused_and_the_rest_are_written(connector, contacts_file):
-    results = connector.push([
-        upsert("c-1", email="ada@example.com"),
-        upsert("c-2", email="grace@example.com", nickname="Amazing Grace", rank="RADM"),
-    ])  # fmt: skip
+    results = connector.push(
+        [
+            upsert("c-1", email="ada@example.com"),
+            upsert("c-2", email="grace@example.com", nickname="Amazing Grace", rank="RADM"),
+        ]
+    )
 
     assert [r.outcome for r in results] == ["created", "error"]
     error = results[1].error
@@ -226,8 +234,9 @@ def test_csv_keeps_every_value_as_text(folder, clock):
 
     connector.push([upsert("c-1", email=None, first_name="Ada", age=36)])
 
-    assert connector.read("Contact", ["c-1"]) == {"c-1": {"record_id": "c-1", "email": "", "first_name": "Ada",
-                                                          "age": "36"}}  # fmt: skip
+    assert connector.read("Contact", ["c-1"]) == {
+        "c-1": {"record_id": "c-1", "email": "", "first_name": "Ada", "age": "36"}
+    }
     assert outcomes(connector.push([upsert("c-1", age="36", email="")])) == [("unchanged", "c-1")]
 
 
@@ -404,8 +413,9 @@ def test_rows_added_by_hand_without_updated_at_are_listed_first(connector, conta
     changes = connector.changes("Contact", None).changes
 
     assert [(c.external_id, c.modified_at) for c in changes] == [
-        ("hand-made", datetime(1970, 1, 1, tzinfo=UTC)), ("c-1", T0),
-    ]  # fmt: skip
+        ("hand-made", datetime(1970, 1, 1, tzinfo=UTC)),
+        ("c-1", T0),
+    ]
 
 
 def test_a_cursor_that_is_not_ours_is_a_permanent_error(connector):
@@ -421,16 +431,25 @@ def test_a_cursor_that_is_not_ours_is_a_permanent_error(connector):
 @pytest.mark.parametrize(
     ("fmt", "text", "problem"),
     [
-        ("csv", "record_id,email\nc-1,a@example.com,extra\n",
-         "contacts.csv does not parse: contacts.csv line 2 has more values than the header has columns"),
+        (
+            "csv",
+            "record_id,email\nc-1,a@example.com,extra\n",
+            "contacts.csv does not parse: contacts.csv line 2 has more values than the header has columns",
+        ),
         ("csv", "email\na@example.com\n", "contacts.csv row 1 has no record_id"),
-        ("jsonl", '{"record_id": "c-1"}\n{"record_id": \n',
-         "contacts.jsonl does not parse: contacts.jsonl line 2 column 15 is not JSON: Expecting value"),
+        (
+            "jsonl",
+            '{"record_id": "c-1"}\n{"record_id": \n',
+            "contacts.jsonl does not parse: contacts.jsonl line 2 column 15 is not JSON: Expecting value",
+        ),
         ("jsonl", '["c-1"]\n', "contacts.jsonl does not parse: contacts.jsonl line 1 is not a JSON object"),
-        ("jsonl", '{"record_id": "c-1", "_updated_at": "last week"}\n',
-         "contacts.jsonl: row c-1 has _updated_at 'last week', which is not an ISO-8601 time"),
+        (
+            "jsonl",
+            '{"record_id": "c-1", "_updated_at": "last week"}\n',
+            "contacts.jsonl: row c-1 has _updated_at 'last week', which is not an ISO-8601 time",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_file_that_does_not_parse_is_refused_and_left_alone(folder, clock, fmt, text, problem):
     connector = make_connector(folder, fmt)
     (folder / f"contacts.{fmt}").write_text(text)
@@ -506,14 +525,20 @@ def test_the_config_schema_is_a_json_schema_that_accepts_a_documented_config():
     [
         ({"folder": "exports"}, ["folder"]),
         ({"format": "xlsx"}, ["format"]),
-        ({"objects": {"Contact": {"file": "../etc/passwd", "key": "id", "columns": []}}},
-         ["objects", "Contact", "file"]),
-        ({"objects": {"Contact": {"file": "contacts.csv.lock", "key": "id", "columns": []}}},
-         ["objects", "Contact", "file"]),
-        ({"objects": {"Contact": {"file": "c.csv", "key": "id", "columns": ["_updated_at"]}}},
-         ["objects", "Contact", "columns", 0]),
+        (
+            {"objects": {"Contact": {"file": "../etc/passwd", "key": "id", "columns": []}}},
+            ["objects", "Contact", "file"],
+        ),
+        (
+            {"objects": {"Contact": {"file": "contacts.csv.lock", "key": "id", "columns": []}}},
+            ["objects", "Contact", "file"],
+        ),
+        (
+            {"objects": {"Contact": {"file": "c.csv", "key": "id", "columns": ["_updated_at"]}}},
+            ["objects", "Contact", "columns", 0],
+        ),
     ],
-)  # fmt: skip
+)
 def test_the_config_schema_refuses_relative_folders_paths_and_our_own_column(change, path):
     config = {"folder": "/srv/exports", "format": "csv", "objects": {}} | change
 

@@ -46,9 +46,15 @@ AIRBYTE = {
     )
 }
 EMAIL_TAKEN = {  # the wording public connectors match on; see fixtures/SOURCE.md
-    "errors": [{"id": "validationError", "source": {"pointer": "/data"}, "title": "Validation Error",
-                "detail": "Contacts email hash has already been taken."}]
-}  # fmt: skip
+    "errors": [
+        {
+            "id": "validationError",
+            "source": {"pointer": "/data"},
+            "title": "Validation Error",
+            "detail": "Contacts email hash has already been taken.",
+        }
+    ]
+}
 
 
 def json5_block(text: str) -> Any:
@@ -107,8 +113,15 @@ def page(*rows: dict[str, Any], next_link: str | None = None) -> dict[str, Any]:
 
 
 def not_found(kind: str, id: int) -> dict[str, Any]:
-    return {"errors": [{"id": "resourceNotFound", "title": "Resource Not Found",
-                        "detail": f"Could not find '{kind}' with ID '{id}'."}]}  # fmt: skip
+    return {
+        "errors": [
+            {
+                "id": "resourceNotFound",
+                "title": "Resource Not Found",
+                "detail": f"Could not find '{kind}' with ID '{id}'.",
+            }
+        ]
+    }
 
 
 # --- the connector and a fake Outreach ------------------------------------------------------------
@@ -129,9 +142,20 @@ def grant(clock: Clock, delay: float = 0.0) -> Callable[[Any], tuple[int, dict[s
     def answer(request: Any) -> tuple[int, dict[str, str], str]:
         time.sleep(delay)
         n = next(issued)
-        return 200, {}, json.dumps({"access_token": f"access-{n}", "token_type": "bearer", "expires_in": 7200,
-                                    "refresh_token": f"refresh-{n}", "scope": "prospects.all accounts.all",
-                                    "created_at": int(clock())})  # fmt: skip
+        return (
+            200,
+            {},
+            json.dumps(
+                {
+                    "access_token": f"access-{n}",
+                    "token_type": "bearer",
+                    "expires_in": 7200,
+                    "refresh_token": f"refresh-{n}",
+                    "scope": "prospects.all accounts.all",
+                    "created_at": int(clock()),
+                }
+            ),
+        )
 
     return answer
 
@@ -210,11 +234,15 @@ def test_the_first_call_refreshes_with_the_secret_token_and_stores_the_rotated_o
 
     assert connector.read("prospect", ["1"])["1"]["emails"] == ["<redacted>@zazmic.com"]
 
-    assert grants(outreach) == [{
-        "client_id": ["app-id"], "client_secret": ["app-secret"],
-        "redirect_uri": ["https://sync.example.com/oauth/outreach"],
-        "grant_type": ["refresh_token"], "refresh_token": ["initial-refresh"],
-    }]  # fmt: skip
+    assert grants(outreach) == [
+        {
+            "client_id": ["app-id"],
+            "client_secret": ["app-secret"],
+            "redirect_uri": ["https://sync.example.com/oauth/outreach"],
+            "grant_type": ["refresh_token"],
+            "refresh_token": ["initial-refresh"],
+        }
+    ]
     assert api_calls(outreach)[0].request.headers["Authorization"] == "Bearer access-1"
     stored = connector.store.get("oauth")
     assert (stored["access_token"], stored["refresh_token"], stored["expires_at"]) == (
@@ -251,8 +279,11 @@ def test_a_401_refreshes_once_and_retries(connector, outreach):
 
 
 def test_a_token_refused_after_a_refresh_is_permanent_and_pauses_the_connection(connector, outreach):
-    outreach.get(f"{API}/prospects", status=401, json={"errors": [
-        {"id": "unauthorized", "title": "Unauthorized", "detail": "The access token was revoked."}]})  # fmt: skip
+    outreach.get(
+        f"{API}/prospects",
+        status=401,
+        json={"errors": [{"id": "unauthorized", "title": "Unauthorized", "detail": "The access token was revoked."}]},
+    )
 
     with pytest.raises(ConnectorError) as raised:
         connector.read("prospect", ["1"])
@@ -331,8 +362,9 @@ def test_a_prospect_found_by_email_is_patched(connector, outreach):
     assert (result.outcome, result.external_id, result.error) == ("updated", "42", None)
     lookup, patch = api_calls(outreach)
     assert query(lookup) == {"filter[emails]": ["ada@example.com"], "page[size]": ["2"], "count": ["false"]}
-    assert sent(patch) == {"data": {"type": "prospect", "id": 42,
-                                    "attributes": {"emails": ["ada@example.com"], "firstName": "Ada"}}}  # fmt: skip
+    assert sent(patch) == {
+        "data": {"type": "prospect", "id": 42, "attributes": {"emails": ["ada@example.com"], "firstName": "Ada"}}
+    }
 
 
 def test_a_prospect_no_one_has_is_created_with_its_email_as_a_list(connector, outreach):
@@ -343,8 +375,9 @@ def test_a_prospect_no_one_has_is_created_with_its_email_as_a_list(connector, ou
 
     assert (result.outcome, result.external_id) == ("created", "43")
     _, post = api_calls(outreach)
-    assert sent(post) == {"data": {"type": "prospect",
-                                   "attributes": {"emails": ["ada@example.com"], "lastName": "Lovelace"}}}  # fmt: skip
+    assert sent(post) == {
+        "data": {"type": "prospect", "attributes": {"emails": ["ada@example.com"], "lastName": "Lovelace"}}
+    }
 
 
 def test_a_linked_prospect_is_patched_without_a_lookup(connector, outreach):
@@ -434,20 +467,33 @@ def test_deletes_use_the_link_and_count_a_missing_record_as_deleted(connector, o
     outreach.delete(f"{API}/prospects/42", status=204)
     outreach.delete(f"{API}/prospects/43", status=404, json=not_found("prospect", 43))
 
-    results = connector.push([
-        OutboundRecord("c-1", "prospect", "delete", external_id="42"),
-        OutboundRecord("c-2", "prospect", "delete"),
-        OutboundRecord("c-3", "prospect", "delete", external_id="43"),
-    ])  # fmt: skip
+    results = connector.push(
+        [
+            OutboundRecord("c-1", "prospect", "delete", external_id="42"),
+            OutboundRecord("c-2", "prospect", "delete"),
+            OutboundRecord("c-3", "prospect", "delete", external_id="43"),
+        ]
+    )
 
     assert [(r.outcome, r.external_id) for r in results] == [("deleted", "42"), ("unchanged", None), ("deleted", "43")]
     assert [c.request.url for c in api_calls(outreach)] == [f"{API}/prospects/42", f"{API}/prospects/43"]
 
 
 def test_a_422_names_the_field_from_its_source_pointer_and_the_batch_goes_on(connector, outreach):
-    outreach.patch(f"{API}/prospects/42", status=422, json={"errors": [{
-        "id": "validationError", "title": "Validation Error", "detail": "Emails is invalid.",
-        "source": {"pointer": "/data/attributes/emails/0"}}]})  # fmt: skip
+    outreach.patch(
+        f"{API}/prospects/42",
+        status=422,
+        json={
+            "errors": [
+                {
+                    "id": "validationError",
+                    "title": "Validation Error",
+                    "detail": "Emails is invalid.",
+                    "source": {"pointer": "/data/attributes/emails/0"},
+                }
+            ]
+        },
+    )
     outreach.patch(f"{API}/prospects/43", json={"data": resource("prospect", id=43)})
 
     results = connector.push([upsert("c-1", "42"), upsert("c-2", "43")])
@@ -470,8 +516,12 @@ def test_a_422_names_the_field_from_its_source_pointer_and_the_batch_goes_on(con
     ],
 )
 def test_a_429_waits_until_the_reset_and_the_rest_of_the_batch_is_not_sent(connector, outreach, headers, retry_after):
-    outreach.patch(f"{API}/prospects/42", status=429, headers=headers, json={"errors": [
-        {"id": "rateLimitExceeded", "title": "Rate Limit Exceeded", "detail": "Too many requests."}]})  # fmt: skip
+    outreach.patch(
+        f"{API}/prospects/42",
+        status=429,
+        headers=headers,
+        json={"errors": [{"id": "rateLimitExceeded", "title": "Rate Limit Exceeded", "detail": "Too many requests."}]},
+    )
 
     first, second = connector.push([upsert("c-1", "42"), upsert("c-2", "43")])
 
@@ -575,8 +625,10 @@ def stamped(id: int, updated_at: str) -> dict[str, Any]:
 def test_a_links_next_to_another_host_is_not_followed_with_the_token(connector, outreach, clock):
     """Issue 15: the bearer token went to whatever host links.next named."""
     clock.now = T0 + 200 * 86400
-    outreach.get(f"{API}/prospects", json=page(stamped(1, "2024-03-01T10:00:00.000Z"),
-                                               next_link="https://collector.example.net/steal?page=2"))  # fmt: skip
+    outreach.get(
+        f"{API}/prospects",
+        json=page(stamped(1, "2024-03-01T10:00:00.000Z"), next_link="https://collector.example.net/steal?page=2"),
+    )
 
     with pytest.raises(ConnectorError) as refused:
         connector.changes("prospect", None)
@@ -587,14 +639,17 @@ def test_a_links_next_to_another_host_is_not_followed_with_the_token(connector, 
 
 def test_changes_follow_links_next_and_resume_from_the_newest_row_not_the_last(connector, outreach, clock):
     clock.now = T0 + 200 * 86400  # 2024-06-01: every row below is settled (poll_cursor.SETTLE_SECONDS)
-    next_link = (f"{API}/prospects?count=false&filter%5BupdatedAt%5D=1970-01-01T00%3A00%3A00.000Z..inf"
-                 "&page%5Bafter%5D=eyJpZCI6MX0&page%5Bsize%5D=1000&sort=updatedAt")  # fmt: skip
+    next_link = (
+        f"{API}/prospects?count=false&filter%5BupdatedAt%5D=1970-01-01T00%3A00%3A00.000Z..inf"
+        "&page%5Bafter%5D=eyJpZCI6MX0&page%5Bsize%5D=1000&sort=updatedAt"
+    )
     unsorted = [stamped(3, "2024-03-03T10:00:00.000Z"), stamped(1, "2024-03-01T10:00:00.000Z")]
     outreach.get(f"{API}/prospects", json=page(*unsorted, next_link=next_link))
     outreach.get(f"{API}/prospects", json=page(stamped(2, "2024-03-02T10:00:00.000Z")))
     # The next pass: the filter is inclusive, so row 3 comes back with a new row 4.
-    outreach.get(f"{API}/prospects", json=page(stamped(3, "2024-03-03T10:00:00.000Z"),
-                                               stamped(4, "2024-03-04T10:00:00.000Z")))  # fmt: skip
+    outreach.get(
+        f"{API}/prospects", json=page(stamped(3, "2024-03-03T10:00:00.000Z"), stamped(4, "2024-03-04T10:00:00.000Z"))
+    )
 
     first = connector.changes("prospect", None)
     second = connector.changes("prospect", first.cursor)
@@ -607,8 +662,12 @@ def test_changes_follow_links_next_and_resume_from_the_newest_row_not_the_last(c
     assert first.changes[0].fields["emails"] == ["<redacted>@zazmic.com"]
     assert first.changes[0].fields["custom1"] == "custom 1"
     calls = api_calls(outreach)
-    assert query(calls[0]) == {"filter[updatedAt]": ["1970-01-01T00:00:00.000Z..inf"], "sort": ["updatedAt"],
-                               "page[size]": ["1000"], "count": ["false"]}  # fmt: skip
+    assert query(calls[0]) == {
+        "filter[updatedAt]": ["1970-01-01T00:00:00.000Z..inf"],
+        "sort": ["updatedAt"],
+        "page[size]": ["1000"],
+        "count": ["false"],
+    }
     assert calls[1].request.url == next_link
     assert query(calls[2])["filter[updatedAt]"] == ["2024-03-03T10:00:00.000Z..inf"]  # the max, not the last row's
     assert json.loads(third.cursor or "{}")["since"] == "2024-03-04T10:00:00.000Z"
@@ -677,8 +736,15 @@ def test_read_asks_for_ids_a_hundred_at_a_time(connector, outreach):
 
 
 def test_check_reports_the_rate_limit(connector, outreach):
-    outreach.get(API, json={}, headers={"X-RateLimit-Limit": "10000", "X-RateLimit-Remaining": "9998, 19990",
-                                        "X-RateLimit-Reset": "1700003600"})  # fmt: skip
+    outreach.get(
+        API,
+        json={},
+        headers={
+            "X-RateLimit-Limit": "10000",
+            "X-RateLimit-Remaining": "9998, 19990",
+            "X-RateLimit-Reset": "1700003600",
+        },
+    )
 
     result = connector.check()
 
@@ -689,8 +755,13 @@ def test_check_reports_the_rate_limit(connector, outreach):
 def test_check_fails_when_outreach_will_not_filter_on_the_custom_match_key(connection, clock, outreach):
     connector = make_connector(connection, clock, objects={"company": {"resource": "account", "match_key": "custom7"}})
     outreach.get(API, json={})
-    outreach.get(f"{API}/accounts", status=400, json={"errors": [
-        {"id": "badFilter", "title": "Bad Filter", "detail": "custom7 is not a filterable attribute."}]})  # fmt: skip
+    outreach.get(
+        f"{API}/accounts",
+        status=400,
+        json={
+            "errors": [{"id": "badFilter", "title": "Bad Filter", "detail": "custom7 is not a filterable attribute."}]
+        },
+    )
 
     result = connector.check()
 

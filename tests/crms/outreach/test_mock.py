@@ -77,8 +77,11 @@ def test_a_new_prospect_is_created_then_found_by_email_and_updated(connector):
 
 
 def test_a_prospect_a_user_already_made_is_matched_not_duplicated(connector, staff_api):
-    staff_api.post("/v1/crms/mock/outreach/push", {"object": "prospect",
-                   "records": [{"emails": ["ADA@example.com"], "firstName": "A"}]}, format="json")  # fmt: skip
+    staff_api.post(
+        "/v1/crms/mock/outreach/push",
+        {"object": "prospect", "records": [{"emails": ["ADA@example.com"], "firstName": "A"}]},
+        format="json",
+    )
 
     (result,) = connector.push([prospect("c-1", "ada@example.com")])
 
@@ -150,8 +153,11 @@ def test_the_hourly_cap_answers_429_with_the_reset_and_the_connector_waits(conne
 
 def test_changes_page_through_links_next(connector, staff_api, monkeypatch):
     monkeypatch.setattr(outreach_module, "PAGE_SIZE", 2)
-    staff_api.post("/v1/crms/mock/outreach/push", {"object": "prospect", "records": [
-        {"emails": [f"p{i}@example.com"]} for i in range(5)]}, format="json")  # fmt: skip
+    staff_api.post(
+        "/v1/crms/mock/outreach/push",
+        {"object": "prospect", "records": [{"emails": [f"p{i}@example.com"]} for i in range(5)]},
+        format="json",
+    )
 
     pages = [connector.changes("prospect", None)]
     while pages[-1].has_more:
@@ -163,8 +169,9 @@ def test_changes_page_through_links_next(connector, staff_api, monkeypatch):
 
 
 def test_a_502_page_is_asked_again_smaller(connector, staff_api):
-    staff_api.post("/v1/crms/mock/outreach/push", {"object": "prospect", "records": [
-        {"emails": ["p@example.com"]}]}, format="json")  # fmt: skip
+    staff_api.post(
+        "/v1/crms/mock/outreach/push", {"object": "prospect", "records": [{"emails": ["p@example.com"]}]}, format="json"
+    )
     connector.push([prospect("c-9", "z@example.com")])  # log in before the fault is armed
     staff_api.post("/v1/crms/mock/outreach/faults", {"status": 502, "calls": 1}, format="json")
 
@@ -198,8 +205,17 @@ def test_check_passes_and_reports_the_rate_limit(connector):
 
 def test_webhooks_are_called_back_signed_on_every_change(connector, base, live_server):
     headers = {**bearer(connector), "Content-Type": "application/vnd.api+json"}
-    hook = {"data": {"type": "webhook", "attributes": {"url": "https://receiver.invalid/hooks", "resource": "prospect",
-                                                       "action": "*", "secret": "hook-secret"}}}  # fmt: skip
+    hook = {
+        "data": {
+            "type": "webhook",
+            "attributes": {
+                "url": "https://receiver.invalid/hooks",
+                "resource": "prospect",
+                "action": "*",
+                "secret": "hook-secret",
+            },
+        }
+    }
     assert requests.post(f"{base}/api/v2/webhooks", json=hook, headers=headers, timeout=10).status_code == 201
 
     with responses.RequestsMock() as receiver:

@@ -126,24 +126,44 @@ def test_a_refused_login_is_permanent_and_says_why(connector):
 
 def test_it_upserts_through_collections_keyed_on_the_external_id_field(connector, sf):
     created = fixture("restforce_composite_sobjects_success_response.json")[0] | {"created": True}
-    sf.patch(f"{API}/composite/sobjects/Contact/{KEY_FIELD}", json=[
-        created,
-        {"id": "003B", "success": True, "errors": [], "created": False},
-        {"id": None, "success": False, "errors": [{"statusCode": "REQUIRED_FIELD_MISSING",
-                                                    "message": "Required fields are missing: [LastName]",
-                                                    "fields": ["LastName"]}]},
-    ])  # fmt: skip
+    sf.patch(
+        f"{API}/composite/sobjects/Contact/{KEY_FIELD}",
+        json=[
+            created,
+            {"id": "003B", "success": True, "errors": [], "created": False},
+            {
+                "id": None,
+                "success": False,
+                "errors": [
+                    {
+                        "statusCode": "REQUIRED_FIELD_MISSING",
+                        "message": "Required fields are missing: [LastName]",
+                        "fields": ["LastName"],
+                    }
+                ],
+            },
+        ],
+    )
 
-    results = connector.push([upsert("c-1", Email="a@example.com"), upsert("c-2", Email="b@example.com"),
-                              upsert("c-3", Email="c@example.com")])  # fmt: skip
+    results = connector.push(
+        [
+            upsert("c-1", Email="a@example.com"),
+            upsert("c-2", Email="b@example.com"),
+            upsert("c-3", Email="c@example.com"),
+        ]
+    )
 
     assert [(r.record_id, r.outcome, r.external_id) for r in results] == [
-        ("c-1", "created", "some_id"), ("c-2", "updated", "003B"), ("c-3", "error", None),
-    ]  # fmt: skip
+        ("c-1", "created", "some_id"),
+        ("c-2", "updated", "003B"),
+        ("c-3", "error", None),
+    ]
     assert results[2].error is not None
     assert (results[2].error.code, results[2].error.permanent, results[2].error.fields) == (
-        "REQUIRED_FIELD_MISSING", True, ("LastName",),
-    )  # fmt: skip
+        "REQUIRED_FIELD_MISSING",
+        True,
+        ("LastName",),
+    )
     call = sf.calls[-1]
     assert call.request.headers["Sforce-Call-Options"] == "client=recordsync"
     body = sent_body(call)
@@ -153,23 +173,31 @@ def test_it_upserts_through_collections_keyed_on_the_external_id_field(connector
 
 def test_a_linked_record_is_updated_by_its_salesforce_id_and_stamped_with_system_as_id(connector, sf):
     sf.patch(f"{API}/composite/sobjects", json=fixture("restforce_composite_sobjects_success_response.json"))
-    sf.patch(f"{API}/composite/sobjects/Contact/{KEY_FIELD}", json=[{"id": "003N", "success": True, "errors": [],
-                                                                     "created": True}])  # fmt: skip
+    sf.patch(
+        f"{API}/composite/sobjects/Contact/{KEY_FIELD}",
+        json=[{"id": "003N", "success": True, "errors": [], "created": True}],
+    )
     linked = OutboundRecord("sf-1", "Contact", "upsert", {"LastName": "Hopper"}, "some_id")
 
     results = connector.push([linked, upsert("c-2", LastName="New")])
 
-    assert [(r.record_id, r.outcome, r.external_id) for r in results] == [("sf-1", "updated", "some_id"),
-                                                                           ("c-2", "created", "003N")]  # fmt: skip
+    assert [(r.record_id, r.outcome, r.external_id) for r in results] == [
+        ("sf-1", "updated", "some_id"),
+        ("c-2", "created", "003N"),
+    ]
     update = next(c for c in sf.calls if c.request.url.endswith("/composite/sobjects"))
-    assert sent_body(update)["records"] == [{"attributes": {"type": "Contact"}, "id": "some_id",
-                                             "LastName": "Hopper", KEY_FIELD: "sf-1"}]  # fmt: skip
+    assert sent_body(update)["records"] == [
+        {"attributes": {"type": "Contact"}, "id": "some_id", "LastName": "Hopper", KEY_FIELD: "sf-1"}
+    ]
 
 
 def test_a_locked_row_is_a_retryable_record_error(connector, sf):
-    sf.patch(f"{API}/composite/sobjects/Contact/{KEY_FIELD}", json=[
-        {"id": None, "success": False, "errors": [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "locked"}]},
-    ])  # fmt: skip
+    sf.patch(
+        f"{API}/composite/sobjects/Contact/{KEY_FIELD}",
+        json=[
+            {"id": None, "success": False, "errors": [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "locked"}]},
+        ],
+    )
 
     (result,) = connector.push([upsert("c-1", Email="a@example.com")])
 
@@ -194,10 +222,12 @@ def test_more_than_200_records_go_in_several_calls(connector, sf):
 def test_a_delete_uses_the_linked_salesforce_id_and_skips_unlinked_records(connector, sf):
     sf.delete(f"{API}/composite/sobjects", json=fixture("restforce_composite_sobjects_destroy_success_response.json"))
 
-    results = connector.push([
-        OutboundRecord("c-1", "Contact", "delete", external_id="Foo"),
-        OutboundRecord("c-2", "Contact", "delete"),
-    ])  # fmt: skip
+    results = connector.push(
+        [
+            OutboundRecord("c-1", "Contact", "delete", external_id="Foo"),
+            OutboundRecord("c-2", "Contact", "delete"),
+        ]
+    )
 
     assert [(r.outcome, r.external_id) for r in results] == [("deleted", "Foo"), ("unchanged", None)]
     call = next(c for c in sf.calls if c.request.method == "DELETE")
@@ -205,9 +235,12 @@ def test_a_delete_uses_the_linked_salesforce_id_and_skips_unlinked_records(conne
 
 
 def test_deleting_a_record_already_deleted_counts_as_done(connector, sf):
-    sf.delete(f"{API}/composite/sobjects", json=[
-        {"id": "Foo", "success": False, "errors": [{"statusCode": "ENTITY_IS_DELETED", "message": "deleted"}]},
-    ])  # fmt: skip
+    sf.delete(
+        f"{API}/composite/sobjects",
+        json=[
+            {"id": "Foo", "success": False, "errors": [{"statusCode": "ENTITY_IS_DELETED", "message": "deleted"}]},
+        ],
+    )
 
     (result,) = connector.push([OutboundRecord("c-1", "Contact", "delete", external_id="Foo")])
 
@@ -222,13 +255,23 @@ def test_deleting_a_record_already_deleted_counts_as_done(connector, sf):
     [
         (300, fixture("restforce_upsert_multiple_error_response.json"), "MULTIPLE_RECORDS", True, False),
         (400, fixture("restforce_write_error_response.json"), "INVALID_FIELD", True, False),
-        (403, [{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}],
-         "REQUEST_LIMIT_EXCEEDED", False, True),
-        (503, [{"message": "Server unavailable", "errorCode": "SERVER_UNAVAILABLE"}],
-         "SERVER_UNAVAILABLE", False, False),
+        (
+            403,
+            [{"message": "TotalRequests Limit exceeded.", "errorCode": "REQUEST_LIMIT_EXCEEDED"}],
+            "REQUEST_LIMIT_EXCEEDED",
+            False,
+            True,
+        ),
+        (
+            503,
+            [{"message": "Server unavailable", "errorCode": "SERVER_UNAVAILABLE"}],
+            "SERVER_UNAVAILABLE",
+            False,
+            False,
+        ),
         (500, {"unexpected": True}, "HTTP_500", False, False),
     ],
-)  # fmt: skip
+)
 def test_call_level_errors_are_classified(connector, sf, status, body, code, permanent, pause):
     sf.patch(f"{API}/composite/sobjects/Contact/{KEY_FIELD}", status=status, json=body)
 
@@ -302,8 +345,15 @@ def test_changes_follow_next_records_url_then_read_deletions(connector, sf):
 
 def test_a_query_that_hits_its_limit_moves_on_from_the_newest_second_instead_of_overlapping(connector, sf):
     """2,000 changes inside the two-second overlap: re-reading it would return the same 2,000 for ever."""
-    rows = [{"attributes": {"type": "Contact"}, "Id": f"003{n:015d}", "LastName": f"L{n}",
-             "SystemModstamp": f"2026-11-02T10:00:0{n % 2}.{n % 1000:03d}+0000"} for n in range(2000)]  # fmt: skip
+    rows = [
+        {
+            "attributes": {"type": "Contact"},
+            "Id": f"003{n:015d}",
+            "LastName": f"L{n}",
+            "SystemModstamp": f"2026-11-02T10:00:0{n % 2}.{n % 1000:03d}+0000",
+        }
+        for n in range(2000)
+    ]
     sf.get(f"{API}/query", json={"totalSize": 2000, "done": True, "records": rows})
     sf.get(f"{API}/sobjects/Contact/deleted/", json={"deletedRecords": [], "latestDateCovered": "2026-11-02T10:00:00Z"})
 

@@ -78,8 +78,12 @@ def test_a_repeat_after_a_crash_is_an_idempotent_upsert_not_a_second_record(conn
 def test_the_mock_refuses_more_than_200_records_in_one_call_and_the_connector_splits(connector, org):
     token = connector._token(force=False)["access_token"]
     too_many = {"allOrNone": False, "records": [{"LastName": "x", KEY: f"c-{i}"} for i in range(201)]}
-    direct = requests.patch(f"{org}/services/data/v62.0/composite/sobjects/Contact/{KEY}", json=too_many,
-                            headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+    direct = requests.patch(
+        f"{org}/services/data/v62.0/composite/sobjects/Contact/{KEY}",
+        json=too_many,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
 
     results = connector.push([contact(f"c-{i}") for i in range(250)])
 
@@ -130,15 +134,20 @@ def test_the_daily_cap_answers_403_request_limit_exceeded_and_pauses_the_connect
         connector.push([contact("c-4")])
 
     assert (raised.value.code, raised.value.pause_connection, raised.value.http_status) == (
-        "REQUEST_LIMIT_EXCEEDED", True, 403,
-    )  # fmt: skip
+        "REQUEST_LIMIT_EXCEEDED",
+        True,
+        403,
+    )
 
 
 @pytest.mark.parametrize(
     ("injected", "code", "retry_after"),
-    [({"status": 503}, "SERVER_UNAVAILABLE", None), ({"status": 500}, "UNKNOWN_EXCEPTION", None),
-     ({"status": 429, "retry_after": 7}, "REQUEST_LIMIT_EXCEEDED", 7.0)],
-)  # fmt: skip
+    [
+        ({"status": 503}, "SERVER_UNAVAILABLE", None),
+        ({"status": 500}, "UNKNOWN_EXCEPTION", None),
+        ({"status": 429, "retry_after": 7}, "REQUEST_LIMIT_EXCEEDED", 7.0),
+    ],
+)
 def test_injected_server_errors_are_transient_and_pass(connector, staff_api, injected, code, retry_after):
     fault(staff_api, calls=1, **injected)
 
