@@ -9,21 +9,9 @@ from django.db.models import F
 from rest_framework.exceptions import ValidationError
 
 from rules.models import Rule, RuleSetVersion
-from rules.validation import rule_set_errors
+from rules.validation import RULE_FIELDS, rule_set_errors
 
-FIELDS = (
-    "name",
-    "enabled",
-    "order",
-    "description",
-    "match_source",
-    "match_object_type",
-    "match_operations",
-    "condition",
-    "action",
-    "reason",
-    "targets",
-)
+FIELDS = RULE_FIELDS
 
 
 def rule_as_spec(rule: Rule) -> dict[str, Any]:

@@ -16,7 +16,8 @@ MAX_MAPPED_FIELDS = 200
 OPERATIONS = {"create", "read", "update", "delete"}
 ACTIONS = {"sync", "skip", "stop"}
 FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
-KNOWN_KEYS = {
+# The keys of a rule spec: a rule row's fields, as the admin, the API and sync_config exports write them.
+RULE_FIELDS = (
     "name",
     "enabled",
     "order",
@@ -28,7 +29,8 @@ KNOWN_KEYS = {
     "action",
     "reason",
     "targets",
-}
+)
+KNOWN_KEYS = frozenset(RULE_FIELDS)
 TARGET_KEYS = {"target", "object", "mapping", "conflict", "merge_fallback", "on_delete", "soft_delete_field"}
 
 

@@ -180,6 +180,29 @@ def mock_salesforce(base_url: str, **extra: Any) -> Connection:
     )
 
 
+def mock_outreach(base_url: str, *, webhook_secret: str | None = None, refresh_token: str | None = None) -> Connection:
+    """An `outreach` connection to the mock Outreach served at `base_url` (a live server)."""
+    from crms.services import connection_save
+
+    base = f"{base_url}/mock/outreach"
+    secrets = {
+        "client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
+        "refresh_token": refresh_token or settings.MOCK_OUTREACH_REFRESH_TOKEN,
+    }
+    if webhook_secret is not None:
+        secrets["webhook_secret"] = webhook_secret
+    return connection_save(
+        name="outreach",
+        kind="outreach",
+        config={
+            "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
+            "api_url": f"{base}/api/v2",
+            "token_url": f"{base}/oauth/token",
+        },
+        secrets=secrets,
+    )
+
+
 def salesforce_minute_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     """getDeleted covers only whole minutes that are over: move the mock org's and the connector's
     clocks a minute on instead of waiting for it."""

@@ -16,12 +16,11 @@ from crms.mocks.models import MockRecord
 from crms.models import Connection
 from crms.outreach import mock_store as outreach_store
 from crms.salesforce import mock_store
-from crms.services import connection_save
 from crms.state import DatabaseStateStore
 from sync.auth import api_token_create
 from sync.engine import throttled_connector
 from sync.inbound import poll
-from tests.conftest import drain, mock_salesforce
+from tests.conftest import drain, mock_outreach, mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,21 +29,7 @@ HOOK_SECRET = "hook-secret-never-logged"
 
 @pytest.fixture
 def outreach(live_server, settings) -> Connection:
-    base = f"{live_server.url}/mock/outreach"
-    return connection_save(
-        name="outreach",
-        kind="outreach",
-        config={
-            "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
-            "api_url": f"{base}/api/v2",
-            "token_url": f"{base}/oauth/token",
-        },
-        secrets={
-            "client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
-            "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN,
-            "webhook_secret": HOOK_SECRET,
-        },
-    )
+    return mock_outreach(live_server.url, webhook_secret=HOOK_SECRET)
 
 
 def lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from sync import inbound
 from sync.backfill import since_cursor
 from sync.models import AttemptOutcome, BackfillRun, JobState, RecordLink, SyncAttempt, SyncEvent, SyncJob
 from sync.services import event_ingest
-from tests.conftest import drain, mock_salesforce, mock_system_a
+from tests.conftest import drain, mock_outreach, mock_salesforce, mock_system_a
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -404,20 +404,7 @@ def test_since_limits_a_salesforce_backfill_to_the_instant(live_server, settings
 
 
 def test_since_limits_an_outreach_backfill(live_server, settings):
-    base = f"{live_server.url}/mock/outreach"
-    connection_save(
-        name="outreach",
-        kind="outreach",
-        config={
-            "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
-            "api_url": f"{base}/api/v2",
-            "token_url": f"{base}/oauth/token",
-        },
-        secrets={
-            "client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
-            "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN,
-        },
-    )
+    mock_outreach(live_server.url)
     mock_system_a(live_server.url)
     old, recent = (
         outreach_store.staff_push("prospect", [{"emails": [f"p{n}@example.com"]}], [])[0]["id"] for n in range(2)

@@ -43,7 +43,7 @@ from sync import inbound
 from sync.engine import throttled_connector
 from sync.inbound import PollResult
 from sync.models import InboundCursor, RecordLink, SyncEvent
-from tests.conftest import SchemaCheckedClient, drain, mock_salesforce
+from tests.conftest import SchemaCheckedClient, drain, mock_outreach, mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -254,21 +254,7 @@ def salesforce_crm(live_server: LiveServer) -> SalesforceCrm:
 
 
 def outreach_crm(live_server: LiveServer, settings: Any) -> OutreachCrm:
-    base = f"{live_server.url}/mock/outreach"
-    connection = connection_save(
-        name="outreach",
-        kind="outreach",
-        config={
-            "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
-            "api_url": f"{base}/api/v2",
-            "token_url": f"{base}/oauth/token",
-        },
-        secrets={
-            "client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
-            "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN,
-            "webhook_secret": WEBHOOK_SECRET,
-        },
-    )
+    connection = mock_outreach(live_server.url, webhook_secret=WEBHOOK_SECRET)
     return OutreachCrm(connection)
 
 

@@ -23,13 +23,12 @@ from crms.models import Connection
 from crms.outreach import connector as outreach_connector
 from crms.outreach import mock_store as outreach_store
 from crms.salesforce import mock_store as salesforce_store
-from crms.services import connection_save
 from sync import reconcile as reconcile_module
 from sync.engine import throttled_connector
 from sync.inbound import poll
 from sync.models import CircuitBreaker, ReconcileRun, RecordLink, SyncEvent, SyncJob
 from sync.reconcile import reconcile, reconcile_all
-from tests.conftest import drain, mock_salesforce
+from tests.conftest import drain, mock_outreach, mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,20 +40,7 @@ def salesforce(live_server: Any) -> Connection:
 
 def outreach_connection(base_url: str, settings: Any, refresh_token: str | None = None) -> Connection:
     """No webhook is registered in the mock: like a lost delivery, a deletion reaches us by no other way."""
-    base = f"{base_url}/mock/outreach"
-    return connection_save(
-        name="outreach",
-        kind="outreach",
-        config={
-            "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
-            "api_url": f"{base}/api/v2",
-            "token_url": f"{base}/oauth/token",
-        },
-        secrets={
-            "client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
-            "refresh_token": refresh_token or settings.MOCK_OUTREACH_REFRESH_TOKEN,
-        },
-    )
+    return mock_outreach(base_url, refresh_token=refresh_token)
 
 
 @pytest.fixture

@@ -13,9 +13,8 @@ import pytest
 from crms.mocks.models import MockRecord
 from crms.models import Connection
 from crms.outreach import mock_store
-from crms.services import connection_save
 from sync.models import JobState, RecordLink, SyncEvent, SyncJob
-from tests.conftest import drain, mock_salesforce
+from tests.conftest import drain, mock_outreach, mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,21 +23,7 @@ SECRET = "hook-secret-for-tests"
 
 @pytest.fixture
 def outreach(live_server, settings) -> Connection:
-    base = f"{live_server.url}/mock/outreach"
-    connection = connection_save(
-        name="outreach",
-        kind="outreach",
-        config={
-            "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
-            "api_url": f"{base}/api/v2",
-            "token_url": f"{base}/oauth/token",
-        },
-        secrets={
-            "client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
-            "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN,
-            "webhook_secret": SECRET,
-        },
-    )
+    connection = mock_outreach(live_server.url, webhook_secret=SECRET)
     # The webhook as registered in Outreach (POST /api/v2/webhooks): every resource and action.
     MockRecord.objects.create(
         system="outreach",
