@@ -25,7 +25,7 @@ from rules.selectors import rule_set_current
 from sync import conflicts, dispatch, outbox, reads
 from sync.contracts import SYSTEM_A
 from sync.contracts import EventInput as EventInput  # its old home, for one release (CHANGELOG)
-from sync.models import JobState, SyncConflict, SyncEvent, SyncJob
+from sync.models import JobState, SyncConflict, SyncEvent
 from sync.outbox import JobKey
 from sync.routing import Route, route_event
 from sync.selectors import changed_fields
@@ -371,38 +371,3 @@ def _answer(event: SyncEvent, route: Route, states: dict[JobKey, tuple[str, date
         "routing": route.decision,
         "status_url": f"/v1/sync/status/{quote(event.record_id, safe='')}?{query}",
     }
-
-
-def job_finish(
-    *,
-    job_id: int,
-    version: int,
-    succeeded: bool,
-    error_code: str = "",
-    error_message: str = "",
-    permanent: bool | None = None,
-) -> str:
-    """Mark an in-flight job done, but only for the version the worker claimed.
-
-    If an event arrived while the job was in flight, its version moved on: the job goes back
-    to pending so the newer state is sent, instead of being marked synced and lost.
-    """
-    now = timezone.now()
-    done_state = JobState.SYNCED if succeeded else (JobState.FAILED if permanent else JobState.RETRYING)
-    finished = SyncJob.objects.filter(id=job_id, version=version, state=JobState.IN_FLIGHT).update(
-        state=done_state,
-        lease_expires_at=None,
-        updated_at=now,
-        synced_at=now if succeeded else None,
-        last_error_code=error_code,
-        last_error_message=error_message,
-        last_error_permanent=permanent,
-    )
-    if finished:
-        logger.info("job state", extra={"job_id": job_id, "state": done_state, "version": version})
-        return done_state
-    SyncJob.objects.filter(id=job_id, state=JobState.IN_FLIGHT).update(
-        state=JobState.PENDING, lease_expires_at=None, updated_at=now
-    )
-    logger.info("job state", extra={"job_id": job_id, "state": JobState.PENDING, "reason": "newer version arrived"})
-    return JobState.PENDING
