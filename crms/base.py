@@ -219,6 +219,8 @@ class Connector(ABC):
     capabilities: ClassVar[Capabilities]
     config_schema: ClassVar[dict[str, Any]]  # JSON Schema of the non-secret config
     secret_fields: ClassVar[tuple[str, ...]] = ()
+    # The dotted path of the package's local mock (a crms.mocks.declare.Mock), or "" for none.
+    mock: ClassVar[str] = ""
 
     def __init__(self, *, config: dict[str, Any], secrets: dict[str, str], http: HttpClient, store: StateStore) -> None:
         self.config = config

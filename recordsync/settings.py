@@ -300,17 +300,7 @@ CRM_HTTP_CONNECT_TIMEOUT = env_int("CRM_HTTP_CONNECT_TIMEOUT", 5, minimum=1)
 CRM_HTTP_READ_TIMEOUT = env_int("CRM_HTTP_READ_TIMEOUT", 30, minimum=1)
 # The longest wait between two probes of an org that answered 403 REQUEST_LIMIT_EXCEEDED.
 SALESFORCE_LIMIT_PAUSE_SECONDS = env_int("SALESFORCE_LIMIT_PAUSE_SECONDS", 900, minimum=1)
-MOCK_SALESFORCE_CLIENT_ID = env_str("MOCK_SALESFORCE_CLIENT_ID", "recordsync-mock")
-MOCK_SALESFORCE_CLIENT_SECRET = env_str("MOCK_SALESFORCE_CLIENT_SECRET", "mock-only-secret")
-MOCK_SALESFORCE_DAILY_LIMIT = env_int("MOCK_SALESFORCE_DAILY_LIMIT", 15000, minimum=1)
-MOCK_SALESFORCE_QUERY_PAGE = env_int("MOCK_SALESFORCE_QUERY_PAGE", 2000, minimum=1)
-# The connected app's certificate (PEM, or its public key) that JWT bearer assertions must be signed for.
-MOCK_SALESFORCE_JWT_CERTIFICATE = env_str("MOCK_SALESFORCE_JWT_CERTIFICATE", "")
-MOCK_OUTREACH_CLIENT_ID = env_str("MOCK_OUTREACH_CLIENT_ID", "recordsync-mock")
-MOCK_OUTREACH_CLIENT_SECRET = env_str("MOCK_OUTREACH_CLIENT_SECRET", "mock-only-secret")
-MOCK_OUTREACH_REFRESH_TOKEN = env_str("MOCK_OUTREACH_REFRESH_TOKEN", "mock-only-first-refresh-token")
-MOCK_OUTREACH_HOURLY_LIMIT = env_int("MOCK_OUTREACH_HOURLY_LIMIT", 10000, minimum=1)
-MOCK_SYSTEM_A_SIGNING_SECRET = env_str("MOCK_SYSTEM_A_SIGNING_SECRET", "mock-only-signing-secret")
+# Each mock CRM's own settings (MOCK_SALESFORCE_*, MOCK_OUTREACH_*, ...) are read beside it: crms/*/mock.py.
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -27,10 +27,8 @@ urlpatterns = [
     path("v1/sync/", include("sync.urls")),
     path("v1/crms/", include("crms.urls")),
     path("v1/webhooks/<str:connection>", WebhookViewSet.as_view({"post": "receive"}), name="webhook-receive"),
-    # The local mock CRMs; every view answers 404 unless MOCK_CRMS_ENABLED.
-    path("mock/salesforce/", include("crms.salesforce.mock_urls")),
-    path("mock/system_a/", include("crms.systema.mock_urls")),
-    path("mock/outreach/", include("crms.outreach.mock_urls")),
+    # The local mock CRMs, one per package that declares one; every view answers 404 unless MOCK_CRMS_ENABLED.
+    path("mock/", include("crms.mocks.urls")),
 ]
 
 handler400 = "recordsync.errors.handler400"

@@ -22,6 +22,9 @@ from pytest_django.fixtures import validate_django_db
 from rest_framework.test import APIClient
 
 from crms.models import Connection
+from crms.outreach import mock as outreach_mock
+from crms.salesforce import mock as salesforce_mock
+from crms.systema import mock as system_a_mock
 from sync.auth import ANY_SOURCE, api_token_create
 from sync.models import TokenScope
 
@@ -172,10 +175,10 @@ def mock_salesforce(base_url: str, **extra: Any) -> Connection:
             "login_url": org,
             "instance_url": org,
             "auth": "client_credentials",
-            "client_id": settings.MOCK_SALESFORCE_CLIENT_ID,
+            "client_id": salesforce_mock.app_client_id(),
             "external_id_field": "RecordSync_Id__c",
         },
-        secrets={"client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET},
+        secrets={"client_secret": salesforce_mock.app_client_secret()},
         **extra,
     )
 
@@ -186,8 +189,8 @@ def mock_outreach(base_url: str, *, webhook_secret: str | None = None, refresh_t
 
     base = f"{base_url}/mock/outreach"
     secrets = {
-        "client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
-        "refresh_token": refresh_token or settings.MOCK_OUTREACH_REFRESH_TOKEN,
+        "client_secret": outreach_mock.app_client_secret(),
+        "refresh_token": refresh_token or outreach_mock.first_refresh_token(),
     }
     if webhook_secret is not None:
         secrets["webhook_secret"] = webhook_secret
@@ -195,7 +198,7 @@ def mock_outreach(base_url: str, *, webhook_secret: str | None = None, refresh_t
         name="outreach",
         kind="outreach",
         config={
-            "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
+            "client_id": outreach_mock.app_client_id(),
             "api_url": f"{base}/api/v2",
             "token_url": f"{base}/oauth/token",
         },
@@ -224,7 +227,7 @@ def mock_system_a(base_url: str) -> Connection:
         name="system_a",
         kind="system_a",
         config={"url": f"{base_url}/mock/system_a"},
-        secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET},
+        secrets={"signing_secret": system_a_mock.signing_secret()},
     )
 
 

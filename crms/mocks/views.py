@@ -14,22 +14,9 @@ from rest_framework.response import Response
 
 from crms.mocks.models import MockCall, MockFault, MockRecord
 from crms.mocks.runtime import fault_add
-from crms.outreach import mock_store as outreach_store
-from crms.salesforce import mock_store as salesforce_store
-from crms.systema import mock as system_a_mock
+from crms.registry import mocks
 from recordsync.openapi import errors
 from recordsync.pagination import Cursor
-
-STAFF_PUSH = {
-    "salesforce": salesforce_store.staff_push,
-    "outreach": outreach_store.staff_push,
-    "system_a": system_a_mock.staff_push,
-}
-ROW_SHAPES = {
-    "salesforce": salesforce_store.as_row,
-    "outreach": outreach_store.as_row,
-    "system_a": system_a_mock.as_row,
-}
 
 
 class NewestFirst(Cursor):
@@ -95,8 +82,8 @@ class MockCrmViewSet(viewsets.ViewSet):
         super().initial(request, *args, **kwargs)
         if not settings.MOCK_CRMS_ENABLED:
             raise NotFound("The mock CRMs are off (MOCK_CRMS_ENABLED).")
-        if kwargs.get("crm") not in STAFF_PUSH:
-            raise NotFound(f"No mock for '{kwargs.get('crm')}'. Mocks: {', '.join(STAFF_PUSH)}.")
+        if kwargs.get("crm") not in mocks():
+            raise NotFound(f"No mock for '{kwargs.get('crm')}'. Mocks: {', '.join(mocks())}.")
 
     @extend_schema(
         operation_id="mock_push", request=PushSerializer, responses={200: PushedSerializer, **errors(400, 403, 404)}
@@ -105,7 +92,7 @@ class MockCrmViewSet(viewsets.ViewSet):
         body = PushSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         try:
-            stored = STAFF_PUSH[crm](
+            stored = mocks()[crm].staff_push(
                 body.validated_data["object"], body.validated_data["records"], body.validated_data["delete"]
             )
         except ValueError as exc:
@@ -126,7 +113,7 @@ class MockCrmViewSet(viewsets.ViewSet):
             rows = rows.filter(object=request.query_params["object"])
         paginator = NewestFirst()
         page = paginator.paginate_queryset(rows, request, view=self) or []
-        return paginator.get_paginated_response([ROW_SHAPES[crm](r) for r in page])
+        return paginator.get_paginated_response([mocks()[crm].as_row(r) for r in page])
 
     @extend_schema(
         operation_id="mock_requests",

@@ -72,6 +72,7 @@ FIELDS_SCHEMA = {
 
 class OutreachConnector(Connector):
     kind = "outreach"
+    mock = "crms.outreach.mock_entry.MOCK"
     label = "Outreach"
     secret_fields = ("client_secret", "refresh_token", "webhook_secret")
     capabilities = Capabilities(

@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.utils import timezone
 
+from crms.mocks.declare import mock_setting, mock_setting_int
 from crms.mocks.models import MockCall, MockFault, MockToken
 from crms.mocks.runtime import mock_view
 from crms.outreach import mock_query, mock_schema
@@ -59,6 +59,25 @@ def _base(request: HttpRequest) -> str:
     return request.build_absolute_uri("/mock/outreach/api/v2")
 
 
+# The mock's own settings (environment, or a Django setting of the same name in tests); `make run`
+# writes random ones to .env.
+def app_client_id() -> str:
+    return mock_setting("MOCK_OUTREACH_CLIENT_ID", "recordsync-mock")
+
+
+def app_client_secret() -> str:
+    return mock_setting("MOCK_OUTREACH_CLIENT_SECRET", "mock-only-secret")
+
+
+def first_refresh_token() -> str:
+    """The seed of the refresh-token chain, as if an operator had linked the account elsewhere."""
+    return mock_setting("MOCK_OUTREACH_REFRESH_TOKEN", "mock-only-first-refresh-token")
+
+
+def hourly_limit() -> int:
+    return mock_setting_int("MOCK_OUTREACH_HOURLY_LIMIT", 10000)
+
+
 # --- OAuth --------------------------------------------------------------------------------------
 
 
@@ -70,7 +89,7 @@ def authorize(request: HttpRequest) -> HttpResponse:
     """
     query = request.GET
     client_id, redirect_uri, state = query.get("client_id", ""), query.get("redirect_uri", ""), query.get("state")
-    if client_id != settings.MOCK_OUTREACH_CLIENT_ID:
+    if client_id != app_client_id():
         return _oauth_error(400, "invalid_client", "client_id is not a registered application")
     where = urlsplit(redirect_uri)
     if where.scheme not in ("http", "https") or not where.netloc or where.fragment:
@@ -97,10 +116,7 @@ def _redirect(uri: str, extra: dict[str, str | None]) -> HttpResponseRedirect:
 def token(request: HttpRequest) -> HttpResponse:
     form = request.POST
     client_id = form.get("client_id", "")
-    if (client_id, form.get("client_secret")) != (
-        settings.MOCK_OUTREACH_CLIENT_ID,
-        settings.MOCK_OUTREACH_CLIENT_SECRET,
-    ):
+    if (client_id, form.get("client_secret")) != (app_client_id(), app_client_secret()):
         return _oauth_error(401, "invalid_client", "Client authentication failed")
     grant = form.get("grant_type")
     if grant == "refresh_token":
@@ -130,7 +146,7 @@ def _spend_refresh(candidate: str) -> bool:
     if not candidate:
         return False
     now = timezone.now()
-    if candidate == settings.MOCK_OUTREACH_REFRESH_TOKEN:  # the chain's seed, never issued by us
+    if candidate == first_refresh_token():  # the chain's seed, never issued by us
         try:
             with transaction.atomic():
                 MockToken.objects.create(system=USED_REFRESH, token=candidate, expires_at=now)
@@ -206,7 +222,7 @@ def _seconds_to_reset() -> int:
 
 
 def _rate_headers(response: HttpResponse, used: int, *, two_numbers: bool) -> None:
-    limit = int(settings.MOCK_OUTREACH_HOURLY_LIMIT)
+    limit = hourly_limit()
     remaining = str(max(limit - used, 0))
     if two_numbers:  # the second figure: an allowance twice the user's (the org's, as reported), same usage
         remaining = f"{remaining}, {max(2 * limit - used, 0)}"
@@ -221,7 +237,7 @@ def _refusal(request: HttpRequest, used: int, fault: MockFault | None) -> HttpRe
         return _errors(
             401, "unauthorizedOauthToken", "Unauthorized OAuth Token", "The OAuth token provided is invalid or expired."
         )
-    if used > int(settings.MOCK_OUTREACH_HOURLY_LIMIT):
+    if used > hourly_limit():
         response = _errors(
             429, "rateLimitExceeded", "Rate Limit Exceeded", "You have exceeded your permitted rate limit"
         )

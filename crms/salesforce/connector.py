@@ -69,6 +69,7 @@ DEFAULT_FIELDS = {
 
 class SalesforceConnector(Connector):
     kind = "salesforce"
+    mock = "crms.salesforce.mock_entry.MOCK"
     label = "Salesforce"
     secret_fields = ("private_key", "client_secret", "outbound_message_token")
     capabilities = Capabilities(

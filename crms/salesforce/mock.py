@@ -20,10 +20,10 @@ from typing import Any
 
 import jwt
 from cryptography import x509
-from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
+from crms.mocks.declare import mock_setting, mock_setting_int
 from crms.mocks.models import MockQueryLocator, MockRecord, MockToken
 from crms.mocks.runtime import calls_in_window, mock_view
 from crms.salesforce import mock_store as store
@@ -37,6 +37,23 @@ LOCATOR_LIFETIME = timedelta(minutes=15)
 LOOKBACK_DAYS = {"updated": 30, "deleted": 15}  # how far back getUpdated / getDeleted reach
 VERSIONS = [("Summer '24", "61.0"), ("Winter '25", "62.0"), ("Spring '25", "63.0"), ("Summer '25", "64.0")]
 LOGIN_AUDIENCES = ("https://login.salesforce.com", "https://test.salesforce.com")
+
+
+# The mock's own settings (environment, or a Django setting of the same name in tests); `make run`
+# writes random client secrets to .env.
+def app_client_id() -> str:
+    return mock_setting("MOCK_SALESFORCE_CLIENT_ID", "recordsync-mock")
+
+
+def app_client_secret() -> str:
+    return mock_setting("MOCK_SALESFORCE_CLIENT_SECRET", "mock-only-secret")
+
+
+def jwt_certificate() -> str:
+    """The connected app's certificate (PEM) for the JWT bearer flow; none uploaded by default."""
+    return mock_setting("MOCK_SALESFORCE_JWT_CERTIFICATE", "")
+
+
 # /limits: the org's allocations; DailyApiRequests is the one the mock counts.
 LIMITS = {
     "ConcurrentAsyncGetReportInstances": 200,
@@ -82,7 +99,7 @@ def refused(exc: store.RequestRefused | store.RecordRefused | SoqlError, status:
 
 
 def _limit() -> int:
-    return int(settings.MOCK_SALESFORCE_DAILY_LIMIT)
+    return mock_setting_int("MOCK_SALESFORCE_DAILY_LIMIT", 15000)
 
 
 def api(handler: Handler) -> Handler:
@@ -203,7 +220,7 @@ def _client_credentials_problem(request: HttpRequest) -> str:
         except (binascii.Error, UnicodeDecodeError):
             return "invalid_client"
         client = (user, password)
-    expected = (settings.MOCK_SALESFORCE_CLIENT_ID, settings.MOCK_SALESFORCE_CLIENT_SECRET)
+    expected = (app_client_id(), app_client_secret())
     if client[0] != expected[0]:
         return "invalid_client"
     given = str(client[1] or "").encode("utf-8", "surrogateescape")  # bytes: non-ASCII is a mismatch, not a 500
@@ -225,7 +242,7 @@ def _assertion_problem(assertion: str, request: HttpRequest) -> str:
         )
     except jwt.PyJWTError:
         return "invalid assertion"
-    if claims["iss"] != settings.MOCK_SALESFORCE_CLIENT_ID:
+    if claims["iss"] != app_client_id():
         return "invalid_client"
     audiences = (*LOGIN_AUDIENCES, request.build_absolute_uri("/mock/salesforce"))
     if str(claims["aud"]).rstrip("/") not in audiences:
@@ -238,7 +255,7 @@ def _assertion_problem(assertion: str, request: HttpRequest) -> str:
 
 
 def _certificate_key() -> Any:
-    pem = str(settings.MOCK_SALESFORCE_JWT_CERTIFICATE or "").strip().encode()
+    pem = jwt_certificate().strip().encode()
     if not pem:
         return None
     if b"CERTIFICATE" in pem:
@@ -313,7 +330,7 @@ def _rows(object_type: str, include_deleted: bool) -> list[MockRecord]:
 
 def _batch_size(request: HttpRequest) -> int:
     """`Sforce-Query-Options: batchSize=n` (200 to 2,000: a request, not a guarantee) or the org's default."""
-    default = int(settings.MOCK_SALESFORCE_QUERY_PAGE)
+    default = mock_setting_int("MOCK_SALESFORCE_QUERY_PAGE", 2000)
     header = request.headers.get("Sforce-Query-Options", "")
     options = {name.strip(): value.strip() for name, _, value in (p.partition("=") for p in header.split(","))}
     try:

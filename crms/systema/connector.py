@@ -33,6 +33,7 @@ from crms.systema.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 
 class SystemAConnector(Connector):
     kind = "system_a"
+    mock = "crms.systema.mock_entry.MOCK"
     label = "System A (HTTP webhook)"
     secret_fields = ("signing_secret",)
     capabilities = Capabilities(

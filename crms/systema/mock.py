@@ -8,11 +8,11 @@ import json
 import secrets
 from typing import Any
 
-from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
+from crms.mocks.declare import mock_setting
 from crms.mocks.models import MockRecord
 from crms.mocks.runtime import mock_view
 from crms.systema.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
@@ -21,13 +21,18 @@ SYSTEM = "system_a"
 IDEMPOTENCY_TTL = 24 * 3600
 
 
+def signing_secret() -> str:
+    """The secret the mock System A and the service share (environment, or a Django setting in tests)."""
+    return mock_setting("MOCK_SYSTEM_A_SIGNING_SECRET", "mock-only-signing-secret")
+
+
 def _error(status: int, code: str, message: str) -> JsonResponse:
     return JsonResponse({"error": {"code": code, "message": message}}, status=status)
 
 
 def _refusal(request: HttpRequest) -> HttpResponse | None:
     ok = verify(
-        settings.MOCK_SYSTEM_A_SIGNING_SECRET,
+        signing_secret(),
         request.headers.get(TIMESTAMP_HEADER, ""),
         request.body,
         request.headers.get(SIGNATURE_HEADER, ""),

@@ -14,9 +14,12 @@ from rest_framework.test import APIClient
 
 from crms.mocks.models import MockRecord
 from crms.models import Connection
+from crms.outreach import mock as outreach_mock
 from crms.outreach import mock_store as outreach_store
+from crms.salesforce import mock as salesforce_mock
 from crms.salesforce import mock_store
 from crms.state import DatabaseStateStore
+from crms.systema import mock as system_a_mock
 from sync.auth import api_token_create
 from sync.engine import throttled_connector
 from sync.inbound import poll
@@ -136,10 +139,10 @@ def test_no_secret_or_token_ever_appears_in_a_log_line(caplog, live_server, sett
         token,
         HOOK_SECRET,
         signature,
-        settings.MOCK_SALESFORCE_CLIENT_SECRET,
-        settings.MOCK_OUTREACH_CLIENT_SECRET,
-        settings.MOCK_OUTREACH_REFRESH_TOKEN,
-        settings.MOCK_SYSTEM_A_SIGNING_SECRET,
+        salesforce_mock.app_client_secret(),
+        outreach_mock.app_client_secret(),
+        outreach_mock.first_refresh_token(),
+        system_a_mock.signing_secret(),
     ]
     for stored in issued:  # the OAuth access (and rotated refresh) tokens the flow obtained
         secrets += [v for k, v in json.loads(stored).items() if "token" in k and isinstance(v, str)]

@@ -22,6 +22,7 @@ from crms.models import Connection
 from crms.outreach import mock_store as outreach_store
 from crms.salesforce import mock_store as salesforce_store
 from crms.services import connection_save
+from crms.systema import mock as system_a_mock
 from sync import backfill as backfill_module
 from sync import inbound
 from sync.backfill import since_cursor
@@ -530,7 +531,7 @@ def test_a_connection_that_cannot_be_read_is_refused_as_a_source(settings, tmp_p
         name="legacy_a",
         kind="system_a",
         config={"url": "http://127.0.0.1:9/"},
-        secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET},
+        secrets={"signing_secret": system_a_mock.signing_secret()},
     )
     contacts = {"Contact": {"file": "contacts.csv", "key": "id", "columns": ["email"]}}
     connection_save(

@@ -39,6 +39,7 @@ from crms.outreach import mock_store as outreach_store
 from crms.salesforce import mock_store as salesforce_store
 from crms.salesforce.soql import soql_datetime
 from crms.services import connection_save
+from crms.systema import mock as system_a_mock
 from sync import inbound
 from sync.engine import throttled_connector
 from sync.inbound import PollResult
@@ -279,7 +280,7 @@ def system_a(live_server: LiveServer, settings: Any) -> Connection:
         name="system_a",
         kind="system_a",
         config={"url": f"{live_server.url}/mock/system_a"},
-        secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET},
+        secrets={"signing_secret": system_a_mock.signing_secret()},
     )
 
 

@@ -16,6 +16,7 @@ from django.utils import timezone
 from crms.base import ConnectorError, Inbound
 from crms.mocks.models import MockRecord
 from crms.models import Connection
+from crms.salesforce import mock as salesforce_mock
 from crms.salesforce import mock_store
 from sync import inbound
 from sync.engine import throttled_connector
@@ -418,7 +419,7 @@ def test_a_hundred_alternating_edits_on_both_sides_make_no_ping_pong(api, salesf
 def test_a_failed_poll_keeps_no_credential_its_error_body_echoed(salesforce, staff_api, settings):
     """Issue 15: an error body that echoes the request's credentials lands in the cursor's last_error (read by
     any token through /v1/sync/stats and the admin) without them, as push errors already were."""
-    secret = settings.MOCK_SALESFORCE_CLIENT_SECRET
+    secret = salesforce_mock.app_client_secret()
     fault = {"status": 503, "calls": 1, "code": "SERVER_UNAVAILABLE", "message": f"echo: client_secret={secret}"}
     assert staff_api.post("/v1/crms/mock/salesforce/faults", fault, format="json").status_code in (200, 201)
 

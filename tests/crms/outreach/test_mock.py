@@ -18,6 +18,7 @@ from crms.http import HttpClient
 from crms.mocks.models import MockRecord, MockToken
 from crms.models import Connection
 from crms.outreach import connector as outreach_module
+from crms.outreach import mock as outreach_mock
 from crms.outreach.connector import OutreachConnector
 from crms.state import DatabaseStateStore
 from tests.crms.outreach import contract
@@ -33,13 +34,13 @@ def base(live_server) -> str:
 def make_connector(base: str, settings: Any, name: str = "outreach") -> OutreachConnector:
     return OutreachConnector(
         config={
-            "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
+            "client_id": outreach_mock.app_client_id(),
             "api_url": f"{base}/api/v2",
             "token_url": f"{base}/oauth/token",
         },
         secrets={
-            "client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET,
-            "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN,
+            "client_secret": outreach_mock.app_client_secret(),
+            "refresh_token": outreach_mock.first_refresh_token(),
         },
         http=HttpClient(connection_name=name),
         store=DatabaseStateStore(Connection.objects.create(name=name, kind="outreach")),

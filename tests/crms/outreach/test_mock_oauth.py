@@ -12,6 +12,7 @@ from django.test import Client
 from django.utils import timezone
 
 from crms.mocks.models import MockToken
+from crms.outreach import mock as outreach_mock
 
 TOKEN = "/mock/outreach/oauth/token"
 AUTHORIZE = "/mock/outreach/oauth/authorize"
@@ -25,7 +26,7 @@ def oauth(db: None, settings: Any) -> Client:
 
 
 def grant(client: Client, settings: Any, **form: str) -> Any:
-    app = {"client_id": settings.MOCK_OUTREACH_CLIENT_ID, "client_secret": settings.MOCK_OUTREACH_CLIENT_SECRET}
+    app = {"client_id": outreach_mock.app_client_id(), "client_secret": outreach_mock.app_client_secret()}
     return client.post(TOKEN, {**app, **form})
 
 
@@ -35,7 +36,7 @@ def refresh(client: Client, settings: Any, token: str) -> Any:
 
 def authorize(client: Client, settings: Any, **query: str) -> Any:
     asked = {
-        "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
+        "client_id": outreach_mock.app_client_id(),
         "redirect_uri": REDIRECT,
         "response_type": "code",
         "scope": "prospects.all accounts.read",
@@ -57,7 +58,7 @@ def code_for(client: Client, settings: Any) -> str:
 
 
 def test_a_chain_of_fifty_refreshes_each_succeeds_and_returns_a_new_refresh_token(oauth, settings):
-    token = settings.MOCK_OUTREACH_REFRESH_TOKEN
+    token = outreach_mock.first_refresh_token()
     seen = {token}
 
     for _ in range(50):
@@ -71,7 +72,7 @@ def test_a_chain_of_fifty_refreshes_each_succeeds_and_returns_a_new_refresh_toke
 
 
 def test_every_spent_refresh_token_of_a_chain_is_refused_with_invalid_grant(oauth, settings):
-    chain = [settings.MOCK_OUTREACH_REFRESH_TOKEN]
+    chain = [outreach_mock.first_refresh_token()]
     for _ in range(3):
         chain.append(refresh(oauth, settings, chain[-1]).json()["refresh_token"])
 
@@ -82,7 +83,7 @@ def test_every_spent_refresh_token_of_a_chain_is_refused_with_invalid_grant(oaut
 
 
 def test_an_expired_or_unknown_refresh_token_is_refused(oauth, settings):
-    current = refresh(oauth, settings, settings.MOCK_OUTREACH_REFRESH_TOKEN).json()["refresh_token"]
+    current = refresh(oauth, settings, outreach_mock.first_refresh_token()).json()["refresh_token"]
     MockToken.objects.filter(token=current).update(expires_at=timezone.now() - timedelta(seconds=1))
 
     for token in (current, "never-issued", ""):
@@ -94,10 +95,10 @@ def test_a_wrong_client_secret_is_401_invalid_client(oauth, settings):
     answer = oauth.post(
         TOKEN,
         {
-            "client_id": settings.MOCK_OUTREACH_CLIENT_ID,
+            "client_id": outreach_mock.app_client_id(),
             "client_secret": "guess",
             "grant_type": "refresh_token",
-            "refresh_token": settings.MOCK_OUTREACH_REFRESH_TOKEN,
+            "refresh_token": outreach_mock.first_refresh_token(),
         },
     )
 

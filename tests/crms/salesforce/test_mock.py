@@ -12,6 +12,7 @@ from crms.base import ConnectorError, OutboundRecord
 from crms.http import HttpClient
 from crms.mocks.models import MockQueryLocator, MockRecord
 from crms.models import Connection
+from crms.salesforce import mock as salesforce_mock
 from crms.salesforce import mock_store
 from crms.salesforce.connector import SalesforceConnector
 from crms.salesforce.mock_store import matching
@@ -34,9 +35,9 @@ def connector(org, settings) -> SalesforceConnector:
             "instance_url": org,
             "auth": "client_credentials",
             "external_id_field": KEY,
-            "client_id": settings.MOCK_SALESFORCE_CLIENT_ID,
+            "client_id": salesforce_mock.app_client_id(),
         },
-        secrets={"client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET},
+        secrets={"client_secret": salesforce_mock.app_client_secret()},
         http=HttpClient(connection_name="sf-mock"),
         store=DatabaseStateStore(Connection.objects.create(name="sf-mock", kind="salesforce")),
     )

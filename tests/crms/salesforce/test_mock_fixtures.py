@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 
+from crms.salesforce import mock as salesforce_mock
 from crms.salesforce.soql import soql_datetime
 from tests.conftest import salesforce_minute_passes
 
@@ -54,8 +55,8 @@ def org(live_server: Any, settings: Any) -> dict[str, Any]:
     base = f"{live_server.url}/mock/salesforce"
     form = {
         "grant_type": "client_credentials",
-        "client_id": settings.MOCK_SALESFORCE_CLIENT_ID,
-        "client_secret": settings.MOCK_SALESFORCE_CLIENT_SECRET,
+        "client_id": salesforce_mock.app_client_id(),
+        "client_secret": salesforce_mock.app_client_secret(),
     }
     login = requests.post(f"{base}/services/oauth2/token", data=form, timeout=10)
     headers = {"Authorization": f"Bearer {login.json()['access_token']}"}

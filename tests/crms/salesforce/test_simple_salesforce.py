@@ -29,6 +29,7 @@ from simple_salesforce.exceptions import (
 )
 
 from crms.mocks.models import MockRecord
+from crms.salesforce import mock as salesforce_mock
 from crms.salesforce import mock_store
 from crms.salesforce.mock_schema import normal_id, to_18
 
@@ -75,8 +76,8 @@ def session(live_server: Any) -> requests.Session:
 def sf(session: requests.Session, settings: Any) -> Salesforce:
     """Client credentials with HTTP Basic, as simple-salesforce sends them to a My Domain."""
     return Salesforce(
-        consumer_key=settings.MOCK_SALESFORCE_CLIENT_ID,
-        consumer_secret=settings.MOCK_SALESFORCE_CLIENT_SECRET,
+        consumer_key=salesforce_mock.app_client_id(),
+        consumer_secret=salesforce_mock.app_client_secret(),
         domain="mockorg.my",
         session=session,
         version="62.0",
@@ -119,7 +120,7 @@ def test_client_credentials_by_http_basic_log_in_and_the_usage_header_is_parsed(
 def test_wrong_client_credentials_are_refused(session, settings):
     with pytest.raises(SalesforceAuthenticationFailed):
         Salesforce(
-            consumer_key=settings.MOCK_SALESFORCE_CLIENT_ID,
+            consumer_key=salesforce_mock.app_client_id(),
             consumer_secret="wrong",
             domain="mockorg.my",
             session=session,
@@ -132,7 +133,7 @@ def test_a_jwt_signed_for_the_uploaded_certificate_logs_in_with_exp_as_a_string(
 
     sf: Any = Salesforce(
         username="integration@example.com",
-        consumer_key=settings.MOCK_SALESFORCE_CLIENT_ID,
+        consumer_key=salesforce_mock.app_client_id(),
         privatekey=pem(key),
         session=session,
         version="62.0",
@@ -148,7 +149,7 @@ def test_a_jwt_signed_by_another_key_is_refused(session, settings):
     with pytest.raises(SalesforceAuthenticationFailed) as refused:
         Salesforce(
             username="integration@example.com",
-            consumer_key=settings.MOCK_SALESFORCE_CLIENT_ID,
+            consumer_key=salesforce_mock.app_client_id(),
             privatekey=pem(stranger),
             session=session,
         )

@@ -12,6 +12,7 @@ from crms.http import HttpClient
 from crms.mocks.models import MockCall, MockRecord
 from crms.models import Connection
 from crms.state import DatabaseStateStore
+from crms.systema import mock as system_a_mock
 from crms.systema.connector import SystemAConnector
 from crms.systema.signing import sign, verify
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def connector(live_server, settings) -> SystemAConnector:
     return SystemAConnector(
         config={"url": f"{live_server.url}/mock/system_a"},
-        secrets={"signing_secret": settings.MOCK_SYSTEM_A_SIGNING_SECRET},
+        secrets={"signing_secret": system_a_mock.signing_secret()},
         http=HttpClient(connection_name="system_a"),
         store=DatabaseStateStore(Connection.objects.create(name="system_a", kind="system_a")),
     )
