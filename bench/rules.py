@@ -328,7 +328,7 @@ def _event_call(
             occurred_at=datetime.now(UTC),
             changed=sorted(data),
         )
-        return decide(rule_set, context, connections, None).routing
+        return dict(decide(rule_set, context, connections, None).routing)
 
     return call
 

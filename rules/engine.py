@@ -12,6 +12,7 @@ from django.conf import settings
 
 from crms.models import Connection
 from rules.bounds import OverBudget, budget
+from rules.contracts import Routing, RuleError, Skip
 from rules.expressions import ExpressionError, Fields, compile_expression, evaluate, evaluate_field, plain
 
 CONFLICT_POLICIES = ("last_writer_wins", "system_a_wins", "crm_wins", "field_merge", "hold")
@@ -59,7 +60,7 @@ class RuleSet:
 @dataclass
 class Decision:
     targets: list[Connection] = field(default_factory=list)
-    routing: dict[str, Any] = field(default_factory=dict)
+    routing: Routing = field(default_factory=lambda: Routing(mode="rules", targets=[]))
 
 
 def compile_rules(version: int, specs: Iterable[dict[str, Any]]) -> RuleSet:
@@ -154,7 +155,7 @@ def _decide(
     at: list[str],
 ) -> Decision:
     matched: list[str] = []
-    errors: list[dict[str, str]] = []
+    errors: list[RuleError] = []
     chosen: dict[str, tuple[TargetSpec | None, str]] = {}
     skipped: dict[str, dict[str, str]] = {}
     skip_all: dict[str, str] | None = None
@@ -183,7 +184,7 @@ def _decide(
     return _finish(rule_set, event, connections, matched, errors, chosen, skipped, skip_all, at)
 
 
-def _holds(rule: CompiledRule, event: dict[str, Any], errors: list[dict[str, str]]) -> bool:
+def _holds(rule: CompiledRule, event: dict[str, Any], errors: list[RuleError]) -> bool:
     if rule.condition is None:
         return True
     try:
@@ -198,7 +199,7 @@ def _finish(
     event: dict[str, Any],
     connections: dict[str, Connection],
     matched: list[str],
-    errors: list[dict[str, str]],
+    errors: list[RuleError],
     chosen: dict[str, tuple[TargetSpec | None, str]],
     skipped: dict[str, dict[str, str]],
     skip_all: dict[str, str] | None,
@@ -206,7 +207,7 @@ def _finish(
 ) -> Decision:
     decision = Decision()
     payloads: dict[str, Any] = {}
-    skips: list[dict[str, str]] = []
+    skips: list[Skip] = []
     for name, (spec, rule_name) in chosen.items():
         at[0] = rule_name
         why = skip_all or skipped.get(name) or _unusable(name, event, connections)
@@ -214,7 +215,7 @@ def _finish(
         if why is None:
             payload, why = _payload(spec, event, rule_name)
         if why is not None:
-            skips.append({"target": name, **why})
+            skips.append(_skip(name, why))
             continue
         decision.targets.append(connections[name])
         payloads[name] = payload
@@ -233,6 +234,13 @@ def _finish(
     elif not decision.targets:
         decision.routing["reason"] = "every target was skipped" if skips else "the matching rules name no target"
     return decision
+
+
+def _skip(target: str, why: dict[str, str]) -> Skip:
+    skip: Skip = {"target": target, "reason": why["reason"]}
+    if "rule" in why:
+        skip["rule"] = why["rule"]
+    return skip
 
 
 def _unusable(name: str, event: dict[str, Any], connections: dict[str, Connection]) -> dict[str, str] | None:

@@ -32,9 +32,9 @@ from django.utils import timezone
 from crms.base import BulkWriter, Change, Connector, ConnectorError, PushResult
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
+from sync import transitions
 from sync.contracts import SYSTEM_A, EventInput
 from sync.engine import (
-    DUE_STATES,
     Claimed,
     Outcome,
     batch_size_for,
@@ -567,7 +567,7 @@ def _page_jobs(plan: Plan, run_pk: int, since: datetime) -> QuerySet[SyncJob]:
     """The target's due jobs this page's events just made or bumped."""
     return SyncJob.objects.filter(
         target=plan.target,
-        state__in=DUE_STATES,
+        state__in=transitions.DUE,
         updated_at__gte=since,
         last_event__idempotency_key__startswith=f"event:{run_prefix(run_pk)}",
     )
@@ -593,11 +593,9 @@ def _bulk_claim(plan: Plan, run_pk: int, owner: str, since: datetime) -> int:
     groups = _bulk_groups([item for item in prepared(jobs) if _bulkable(item)])
     ids = [item.job.id for group in groups if len(group) >= BULK_MIN_GROUP for item in group]
     now = timezone.now()
-    return SyncJob.objects.filter(id__in=ids, state__in=DUE_STATES).update(
-        state=JobState.IN_FLIGHT,
-        lease_owner=owner,
-        updated_at=now,
-        lease_expires_at=now + timedelta(seconds=settings.SYNC_LEASE_SECONDS),
+    due = SyncJob.objects.filter(id__in=ids, state__in=transitions.DUE)
+    return transitions.start(
+        due, owner=owner, lease_until=now + timedelta(seconds=settings.SYNC_LEASE_SECONDS), now=now
     )
 
 
@@ -612,9 +610,7 @@ def _bulk_send(plan: Plan, run: BackfillRun, owner: str, calls: CallCounter) -> 
         outcomes: list[Outcome] = []
         rest = [item.job.id for item in items if not _bulkable(item)]
         if rest:  # changed since the claim: the engine sends them
-            SyncJob.objects.filter(id__in=rest, lease_owner=owner).update(
-                state=JobState.PENDING, lease_owner="", lease_expires_at=None, updated_at=timezone.now()
-            )
+            transitions.to_pending(SyncJob.objects.filter(id__in=rest, lease_owner=owner), now=timezone.now())
         with calls.connected(plan.target) as connector:
             if not isinstance(connector, BulkWriter):
                 raise TypeError(f"{plan.target.name} ({plan.target.kind}) writes no bulk jobs")

@@ -21,12 +21,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from django.db import IntegrityError, transaction
-from django.db.models import DateTimeField, F, QuerySet, Value
-from django.db.models.functions import Greatest
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from crms.models import Connection
 from recordsync.metrics import CONFLICTS
+from rules.contracts import Routing, target_payload
+from sync import transitions
 from sync.contracts import SYSTEM_A, EventInput
 from sync.models import ConflictState, JobState, RecordLink, SyncConflict, SyncEvent, SyncJob
 
@@ -38,8 +39,7 @@ logger = logging.getLogger("recordsync.conflicts")
 POLICIES = ("last_writer_wins", "system_a_wins", "crm_wins", "field_merge", "hold")
 FALLBACKS = ("last_writer_wins", "system_a_wins", "crm_wins", "hold")
 UNSYNCED = (JobState.PENDING, JobState.RETRYING, JobState.QUEUED, JobState.IN_FLIGHT, JobState.HELD)
-ACTIVE = (JobState.QUEUED, JobState.IN_FLIGHT)
-WAITING = (JobState.PENDING, JobState.RETRYING, JobState.HELD, JobState.FAILED)
+ACTIVE = transitions.LEASED
 
 Side = Literal["system_a", "crm"]
 
@@ -66,9 +66,7 @@ class Resolution:
 
     def release(self) -> None:
         for jobs in self.held:  # a held job keeps its state through an upsert: release it to the chosen state
-            jobs.filter(state=JobState.HELD).update(
-                state=JobState.PENDING, last_error_code="", last_error_message="", updated_at=self.now
-            )
+            transitions.unhold(jobs, now=self.now)
         self.conflict.refresh_from_db()
         logger.info(
             "conflict resolved",
@@ -130,12 +128,12 @@ def _pairs(
 
 def a_values_for(pair: Pair) -> dict[str, Any]:
     """System A's change as it would be written to the CRM: the rule's mapped payload, else the data as sent."""
-    spec = (pair.a_event.routing.get("payloads") or {}).get(pair.crm.name)
-    return dict((spec or {}).get("fields") or {}) if spec else dict(pair.a_event.payload or {})
+    spec = target_payload(pair.a_event.routing, pair.crm.name)
+    return dict(spec.get("fields") or {}) if spec else dict(pair.a_event.payload or {})
 
 
 def _spec(pair: Pair) -> dict[str, Any]:
-    return dict((pair.a_event.routing.get("payloads") or {}).get(pair.crm.name) or {})
+    return dict(target_payload(pair.a_event.routing, pair.crm.name) or {})
 
 
 def _judge(pair: Pair, system_a: Connection, now: datetime) -> Resolution | None:
@@ -272,15 +270,8 @@ def _jobs(conflict: SyncConflict, system_a: Connection) -> tuple[QuerySet[SyncJo
 def _hold(conflict: SyncConflict, system_a: Connection) -> None:
     """Both directions wait for a person. A job already on its way finishes; the resolution overrides it."""
     for jobs in _jobs(conflict, system_a):
-        jobs.filter(state__in=(JobState.PENDING, JobState.RETRYING, JobState.FAILED)).update(
-            state=JobState.HELD,
-            lease_expires_at=None,
-            lease_owner="",
-            next_attempt_at=None,
-            last_error_code="CONFLICT_HELD",
-            last_error_message=f"conflict {conflict.pk} waits for review",
-            last_error_permanent=None,
-            updated_at=timezone.now(),
+        transitions.hold(
+            jobs, code="CONFLICT_HELD", message=f"conflict {conflict.pk} waits for review", now=timezone.now()
         )
     logger.info("conflict held", extra={"conflict_id": conflict.pk, "record_id": conflict.record_id})
 
@@ -328,9 +319,7 @@ def decide(
     if a_holds_it and not to_a.filter(state__in=ACTIVE).exists():
         _settle(to_a, conflict, f"conflict {conflict.pk}: System A already holds the chosen state", crm_when)
     elif all(choices.get(name, "crm") == "crm" for name in chosen) and conflict.crm_event is not None:
-        to_a.filter(state=JobState.HELD).update(
-            state=JobState.PENDING, last_error_code="", last_error_message="", updated_at=now
-        )
+        transitions.unhold(to_a, now=now)
     else:
         items.append(_to_system_a_event(conflict, full, crm_when))
     SyncConflict.objects.filter(pk=conflict.pk).update(
@@ -345,27 +334,14 @@ def _crm_changed_only(conflict: SyncConflict) -> set[str]:
     return {name for name, value in conflict.crm_values.items() if not _same(value, base.get(name))}
 
 
-def _settle(jobs: Any, conflict: SyncConflict, message: str, when: datetime) -> None:
-    """The side already holds the decision: its waiting job is skipped, and holds the decision's time, so
-    the losing version replayed later (older than that) is superseded rather than sent."""
-    decided = Greatest(F("last_occurred_at"), Value(when, output_field=DateTimeField()))
-    jobs.filter(state__in=WAITING).update(
-        state=JobState.SKIPPED,
-        lease_expires_at=None,
-        lease_owner="",
-        next_attempt_at=None,
-        attempts=0,
-        last_error_code="CONFLICT_RESOLVED",
-        last_error_message=message,
-        last_error_permanent=None,
-        updated_at=timezone.now(),
-        last_occurred_at=decided,
-    )
+def _settle(jobs: QuerySet[SyncJob], conflict: SyncConflict, message: str, when: datetime) -> None:
+    """The side already holds the decision: its waiting job is skipped (transitions.settle)."""
+    transitions.settle(jobs, code="CONFLICT_RESOLVED", message=message, decided_at=when, now=timezone.now())
 
 
 def _to_crm_event(conflict: SyncConflict, chosen: dict[str, Any], when: datetime) -> EventInput:
     source = conflict.system_a_event
-    routing = {
+    routing: Routing = {
         "mode": "conflict",
         "conflict": conflict.pk,
         "targets": [conflict.connection.name],

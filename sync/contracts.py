@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from rules.contracts import Routing
+
 # The connection name of the internal system every CRM syncs with (docs/system-a.md).
 SYSTEM_A = "system_a"
 
@@ -27,5 +29,5 @@ class EventInput:
     event_id: str | None
     raw: Any  # the item exactly as sent, hashed to tell a replay from a reused key
     skip_reason: str | None = None  # recorded, routed nowhere (an inbound echo of our own write)
-    routing: dict[str, Any] | None = None  # decided already (a conflict's resolution): the rules are not asked
+    routing: Routing | None = None  # decided already (a conflict's resolution): the rules are not asked
     conflict_resolution: bool = False  # carries a conflict's decision: not judged again

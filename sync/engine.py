@@ -34,7 +34,8 @@ from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from recordsync.logging import request_id_var
 from recordsync.metrics import RETRIES
-from sync import config, holds, liveness
+from rules.contracts import target_payload
+from sync import config, holds, liveness, transitions
 from sync.breaker import Gate, breaker_allow, breaker_failure, breaker_release_probe, breaker_success
 from sync.contracts import SYSTEM_A
 from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncEvent, SyncJob
@@ -42,7 +43,6 @@ from sync.throttle import gate_for, recheck_seconds, throttle
 
 logger = logging.getLogger("recordsync.engine")
 
-DUE_STATES = (JobState.PENDING, JobState.RETRYING)
 # After an interrupted call's timeouts, this much more before its jobs may be sent again.
 FENCE_MARGIN_SECONDS = 5
 TAKEN = "take"  # in the lease owner of queued jobs a worker took from the broker (batch_taken)
@@ -70,7 +70,7 @@ def batch_size_for(connection: Connection) -> int:
 
 def _due(connection_id: int, now: datetime) -> Any:
     return (
-        SyncJob.objects.filter(target_id=connection_id, state__in=DUE_STATES)
+        SyncJob.objects.filter(target_id=connection_id, state__in=transitions.DUE)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .filter(Q(fence_until__isnull=True) | Q(fence_until__lte=now))
     )
@@ -104,10 +104,8 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
                 break
             lease = now + timedelta(seconds=settings.SYNC_LEASE_SECONDS)
             owner = lease_owner()
-            claimed = (
-                _due(connection.pk, now)
-                .filter(id__in=ids)
-                .update(state=JobState.QUEUED, lease_expires_at=lease, lease_owner=owner, updated_at=now)
+            claimed = transitions.claim(
+                _due(connection.pk, now).filter(id__in=ids), owner=owner, lease_until=lease, now=now
             )
             if claimed:
                 batches.append(list(SyncJob.objects.filter(lease_owner=owner).values_list("id", flat=True)))
@@ -118,8 +116,8 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
 
 def leases_expire(*, now: datetime) -> int:
     """Queued or in-flight jobs whose lease ran out (a killed worker, a lost task) go back to pending."""
-    return SyncJob.objects.filter(state__in=(JobState.QUEUED, JobState.IN_FLIGHT), lease_expires_at__lt=now).update(
-        state=JobState.PENDING, lease_expires_at=None, lease_owner="", updated_at=now
+    return transitions.to_pending(
+        SyncJob.objects.filter(state__in=transitions.LEASED, lease_expires_at__lt=now), now=now
     )
 
 
@@ -144,8 +142,8 @@ def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[st
     now = now or timezone.now()
     owner = lease_owner()
     lease = now + timedelta(seconds=settings.SYNC_LEASE_SECONDS)
-    taken = SyncJob.objects.filter(id__in=job_ids, state=JobState.QUEUED).update(
-        state=JobState.IN_FLIGHT, lease_owner=owner, lease_expires_at=lease, updated_at=now
+    taken = transitions.start(
+        SyncJob.objects.filter(id__in=job_ids, state=JobState.QUEUED), owner=owner, lease_until=lease, now=now
     )
     if not taken:
         return {"claimed": 0}
@@ -211,25 +209,25 @@ def leases_reap(*, now: datetime) -> int:
     pending now instead of at lease expiry: in flight, fenced, since a call it had out may still land;
     queued (a dispatcher killed between its claim and queuing the task, a worker killed after taking the
     task), at once: no call was made, and a task that does turn up finds nothing left to claim."""
-    held = SyncJob.objects.filter(state__in=(JobState.QUEUED, JobState.IN_FLIGHT))
+    held = SyncJob.objects.filter(state__in=transitions.LEASED)
     owners = set(held.exclude(lease_owner="").values_list("lease_owner", flat=True))
     holders = {owner: lease_holder(owner) for owner in owners}
     dead = liveness.dead_among({h for h in holders.values() if h}, now=now)
-    back = {"state": JobState.PENDING, "lease_expires_at": None, "lease_owner": "", "updated_at": now}
     reaped = 0
     for owner, holder in holders.items():
         if holder not in dead:
             continue
-        reaped += SyncJob.objects.filter(lease_owner=owner, state=JobState.QUEUED).update(**back)
+        reaped += transitions.to_pending(SyncJob.objects.filter(lease_owner=owner, state=JobState.QUEUED), now=now)
         # A call may have begun up to one beat after the holder was last seen alive.
         fence = call_fence(dead[holder].timestamp() + liveness.BEAT_SECONDS)
-        reaped += SyncJob.objects.filter(lease_owner=owner, state=JobState.IN_FLIGHT).update(**back, fence_until=fence)
+        in_flight = SyncJob.objects.filter(lease_owner=owner, state=JobState.IN_FLIGHT)
+        reaped += transitions.to_pending(in_flight, now=now, fence_until=fence)
     # A claim whose task no worker has taken for longer than any batch ahead of it can take: the task is
     # lost (a Redis task popped by a worker killed at that moment). A task that does still turn up finds
     # nothing left to claim, so nothing is sent twice.
     waited = settings.CRM_HTTP_CONNECT_TIMEOUT + settings.CRM_HTTP_READ_TIMEOUT + QUEUED_GRACE_SECONDS
     lost = SyncJob.objects.filter(state=JobState.QUEUED, updated_at__lt=now - timedelta(seconds=waited))
-    return reaped + lost.exclude(lease_owner__contains=TAKEN).update(**back)
+    return reaped + transitions.to_pending(lost.exclude(lease_owner__contains=TAKEN), now=now)
 
 
 def outstanding_limit(*, now: datetime) -> int:
@@ -241,13 +239,8 @@ def outstanding_limit(*, now: datetime) -> int:
 
 def leases_release(*, owner: str, fence_until: datetime | None = None) -> int:
     """Jobs still in flight under this lease go back to pending at once (not sent again before `fence_until`)."""
-    return SyncJob.objects.filter(lease_owner=owner, state__in=(JobState.QUEUED, JobState.IN_FLIGHT)).update(
-        state=JobState.PENDING,
-        lease_expires_at=None,
-        lease_owner="",
-        updated_at=timezone.now(),
-        fence_until=fence_until,
-    )
+    leased = SyncJob.objects.filter(lease_owner=owner, state__in=transitions.LEASED)
+    return transitions.to_pending(leased, now=timezone.now(), fence_until=fence_until)
 
 
 def _release_when_back(owner: str, fence: datetime | None, *, until: datetime) -> int:
@@ -274,9 +267,7 @@ def call_fence(started: float | None) -> datetime | None:
 
 def batch_release(job_ids: Sequence[int]) -> int:
     """A claimed batch whose task could not be queued (the broker is down) goes back to pending."""
-    return SyncJob.objects.filter(id__in=job_ids, state=JobState.QUEUED).update(
-        state=JobState.PENDING, lease_expires_at=None, lease_owner="", updated_at=timezone.now()
-    )
+    return transitions.to_pending(SyncJob.objects.filter(id__in=job_ids, state=JobState.QUEUED), now=timezone.now())
 
 
 def _run(owner: str, now: datetime) -> dict[str, int]:
@@ -354,8 +345,8 @@ def _link_for(job: SyncJob, target_object: str, links: Sequence[RecordLink]) -> 
 
 def _prepare(job: SyncJob, links: Sequence[RecordLink], *, own_id: str | None = None) -> Claimed:
     event = job.last_event
-    spec = (event.routing.get("payloads") or {}).get(job.target.name) if event else None
-    target_object = (spec or {}).get("object") or job.object_type
+    spec = target_payload(event.routing, job.target.name) if event else None
+    target_object = (spec["object"] if spec else "") or job.object_type
     link = _link_for(job, target_object, links)
     external_id = link.external_id if link else own_id
     if event is None:  # never guess: a missing event must not turn into a delete
@@ -368,13 +359,13 @@ def _prepare(job: SyncJob, links: Sequence[RecordLink], *, own_id: str | None = 
             ),
         )
     if event.operation == "delete":
-        if (spec or {}).get("delete") == "soft_delete" and spec:
+        if spec and spec.get("delete") == "soft_delete":
             marker = {spec["soft_delete_field"]: True}
             return Claimed(job, link, OutboundRecord(job.record_id, target_object, "upsert", marker, external_id))
         if external_id is None:  # created and deleted before it was ever sent, or never synced: nothing to undo
             return Claimed(job, link, None, skip=("never_synced", "the target never received this record"))
         return Claimed(job, link, OutboundRecord(job.record_id, target_object, "delete", {}, external_id))
-    fields = (spec or {}).get("fields") if spec else event.payload
+    fields = spec.get("fields") if spec else event.payload
     fields = dict(fields or {})
     if link is not None and _holds(link.last_values, fields):
         return Claimed(job, link, None)
@@ -547,9 +538,7 @@ def outcomes_save(outcomes: Sequence[Outcome], *, owner: str, now: datetime) -> 
         _states_save(current, now, finished)
         _bases_save([o for o in current if o.state == JobState.SYNCED], now)
         if superseded:
-            SyncJob.objects.filter(id__in=superseded).update(
-                state=JobState.PENDING, lease_expires_at=None, lease_owner="", updated_at=finished
-            )
+            transitions.to_pending(SyncJob.objects.filter(id__in=superseded), now=finished)
     final = {o.job.id: o.state for o in current} | dict.fromkeys(superseded, JobState.PENDING)
     states = [final.get(o.job.id, "lost_lease") for o in outcomes]
     for outcome, state in zip(outcomes, states, strict=True):
@@ -611,37 +600,24 @@ def _attempt_row(outcome: Outcome, started: datetime, finished: datetime) -> Syn
 def _states_save(outcomes: Sequence[Outcome], now: datetime, finished: datetime) -> None:
     """One UPDATE for the synced jobs and one for the skipped (they share their values); one per
     job that failed or retries (each has its own backoff)."""
-    clear: dict[str, Any] = {
-        "lease_expires_at": None,
-        "lease_owner": "",
-        "updated_at": finished,
-        "attempts": 0,
-        "next_attempt_at": None,
-        "last_error_code": "",
-        "last_error_message": "",
-        "last_error_permanent": None,
-    }
     synced = [o.job.id for o in outcomes if o.state == JobState.SYNCED]
     skipped = [o.job.id for o in outcomes if o.state == JobState.SKIPPED]
     if synced:
-        SyncJob.objects.filter(id__in=synced).update(state=JobState.SYNCED, synced_at=now, **clear)
+        transitions.finish_synced(SyncJob.objects.filter(id__in=synced), now=now, finished=finished)
     if skipped:
-        SyncJob.objects.filter(id__in=skipped).update(state=JobState.SKIPPED, **clear)
+        transitions.finish_skipped(SyncJob.objects.filter(id__in=skipped), finished=finished)
     for outcome in outcomes:
         if outcome.state in (JobState.SYNCED, JobState.SKIPPED):
             continue
         job, error = outcome.job, outcome.error
         wait = retry_wait(error, job.attempts, counts=outcome.counts) if error is not None else 0.0
-        SyncJob.objects.filter(id=job.id).update(
+        transitions.finish_unsent(
+            SyncJob.objects.filter(id=job.id),
             state=outcome.state,
             attempts=job.attempts + (1 if outcome.counts else 0),
             next_attempt_at=now + timedelta(seconds=wait) if outcome.state == JobState.RETRYING else None,
-            lease_expires_at=None,
-            lease_owner="",
-            updated_at=finished,
-            last_error_code=error.code if error else "",
-            last_error_message=error.message if error else "",
-            last_error_permanent=error.permanent if error else None,
+            error=(error.code, error.message, error.permanent) if error else ("", "", None),
+            finished=finished,
         )
 
 

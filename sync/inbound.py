@@ -35,6 +35,7 @@ from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from recordsync.logging import request_id_var
 from recordsync.metrics import ECHOES
+from rules.contracts import target_payload
 from sync import config
 from sync.contracts import EventInput
 from sync.engine import throttled_connector
@@ -323,8 +324,8 @@ def _sending(job: SyncJob, connection: Connection) -> dict[str, Any]:
     event = job.last_event
     if event is None:
         return {}
-    spec = (event.routing.get("payloads") or {}).get(connection.name)
-    return dict((spec or {}).get("fields") or {}) if spec else dict(event.payload or {})
+    spec = target_payload(event.routing, connection.name)
+    return dict(spec.get("fields") or {}) if spec else dict(event.payload or {})
 
 
 def _same(left: Any, right: Any) -> bool:

@@ -3,8 +3,9 @@
 Both are written per database. PostgreSQL gets COPY for large event batches and one
 `unnest()`-fed upsert (ten array parameters instead of thousands of placeholders, which psycopg
 would re-scan on every call); SQLite gets multi-row VALUES. The ORM cannot express the upsert's
-"version = version + 1, keep in_flight/held", and its bulk insert spends most of a 500-event
-request building parameter lists (docs/BENCHMARKS.md).
+"version = version + 1, keep in_flight/held", and its bulk insert spends most of a 500-event request
+building parameter lists (docs/BENCHMARKS.md). The upsert's SQL is the arrival transition of
+transitions.py, which owns every change of a job's state; this module binds its parameters.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
+from sync import transitions
 from sync.models import SyncEvent, SyncJob
 
 logger = logging.getLogger("recordsync.sync")
@@ -26,31 +28,6 @@ COPY_FROM = 20  # events per request from which COPY beats INSERT
 SQLITE_CHUNK = 500
 
 _TABLE = SyncJob._meta.db_table
-_COLUMNS = (
-    "source, object_type, record_id, target_id, state, attempts, version, last_event_id, last_occurred_at, "
-    "created_at, updated_at, last_error_code, last_error_message, lease_owner"
-)
-# A job in flight or held for review keeps its state (and its attempts and error) with a higher
-# version: the worker's conditional finish then sends it back to pending. Any other job reopens,
-# unless the event is older than the state the job already holds: an older change arriving late
-# changes nothing (the caller reports it superseded, from the returned last_event_id).
-_KEEP = f"{_TABLE}.state IN ('in_flight', 'held')"
-_NEWER = f"excluded.last_occurred_at >= {_TABLE}.last_occurred_at"
-_STAY = f"({_KEEP} OR NOT ({_NEWER}))"
-_ON_CONFLICT = f"""
-    ON CONFLICT (record_id, object_type, source, target_id) DO UPDATE SET
-        version = CASE WHEN {_NEWER} THEN {_TABLE}.version + excluded.version ELSE {_TABLE}.version END,
-        state = CASE WHEN {_STAY} THEN {_TABLE}.state ELSE 'pending' END,
-        attempts = CASE WHEN {_STAY} THEN {_TABLE}.attempts ELSE 0 END,
-        next_attempt_at = CASE WHEN {_STAY} THEN {_TABLE}.next_attempt_at ELSE NULL END,
-        last_error_code = CASE WHEN {_STAY} THEN {_TABLE}.last_error_code ELSE '' END,
-        last_error_message = CASE WHEN {_STAY} THEN {_TABLE}.last_error_message ELSE '' END,
-        lease_owner = CASE WHEN {_STAY} THEN {_TABLE}.lease_owner ELSE '' END,
-        last_event_id = CASE WHEN {_NEWER} THEN excluded.last_event_id ELSE {_TABLE}.last_event_id END,
-        last_occurred_at = CASE WHEN {_NEWER} THEN excluded.last_occurred_at ELSE {_TABLE}.last_occurred_at END,
-        updated_at = CASE WHEN {_NEWER} THEN excluded.updated_at ELSE {_TABLE}.updated_at END
-    RETURNING record_id, object_type, source, target_id, state, version, last_occurred_at
-"""
 
 
 def events_insert(events: Sequence[SyncEvent]) -> None:
@@ -75,12 +52,12 @@ def jobs_upsert(rows: dict[JobKey, tuple[int, SyncEvent]], now: datetime) -> dic
     """Insert or bump one job per key (`bumps` events each, pointing at the latest); returns each job's state."""
     ordered = sorted(rows.items())  # one lock order for every writer: concurrent batches never deadlock
     if connection.vendor == "postgresql":
-        answers = _fetch(_unnest_sql(), _unnest_params(ordered, now))
+        answers = _fetch(transitions.arrival_unnest_sql(), _unnest_params(ordered, now))
     else:
         answers = []
         for start in range(0, len(ordered), SQLITE_CHUNK):
             chunk = ordered[start : start + SQLITE_CHUNK]
-            answers += _fetch(_values_sql(len(chunk)), _values_params(chunk, now))
+            answers += _fetch(transitions.arrival_values_sql(len(chunk)), _values_params(chunk, now))
     return _states(answers)
 
 
@@ -119,7 +96,9 @@ def events_and_jobs_write(
         f"WITH {known}, events AS (INSERT INTO {SyncEvent._meta.db_table} ({columns}) "  # noqa: S608
         f"SELECT * FROM unnest({casts}) {fresh_only}) "
     )
-    answers = _fetch(sql + _unnest_sql(fresh_only), [records, *event_params, *_unnest_params(ordered, now)])
+    answers = _fetch(
+        sql + transitions.arrival_unnest_sql(fresh_only), [records, *event_params, *_unnest_params(ordered, now)]
+    )
     return _states(answers) if answers else None
 
 
@@ -151,17 +130,6 @@ def _fetch(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall())
 
 
-def _unnest_sql(where: str = "") -> str:
-    return f"""
-        INSERT INTO {_TABLE} ({_COLUMNS})
-        SELECT s, o, r, t, 'pending', 0, v, e, oc, %s, %s, '', '', ''
-        FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::uuid[], %s::timestamptz[])
-             AS u(s, o, r, t, v, e, oc)
-        {where}
-        {_ON_CONFLICT}
-    """  # noqa: S608 - names from the model, values bound as parameters
-
-
 def _unnest_params(ordered: list[tuple[JobKey, tuple[int, SyncEvent]]], now: datetime) -> list[Any]:
     columns: list[list[Any]] = [[], [], [], [], [], [], []]
     for (record_id, object_type, source, target_id), (bumps, event) in ordered:
@@ -170,11 +138,6 @@ def _unnest_params(ordered: list[tuple[JobKey, tuple[int, SyncEvent]]], now: dat
         ):
             column.append(value)
     return [now, now, *columns]
-
-
-def _values_sql(count: int) -> str:
-    values = ", ".join(["(%s, %s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, '', '', '')"] * count)
-    return f"INSERT INTO {_TABLE} ({_COLUMNS}) VALUES {values} {_ON_CONFLICT}"  # noqa: S608
 
 
 def _values_params(chunk: list[tuple[JobKey, tuple[int, SyncEvent]]], now: datetime) -> list[Any]:

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
+from rules.contracts import Routing
 from sync.models import RecordLink, RecordRead, SyncEvent
 
 logger = logging.getLogger("recordsync.reads")
 
 
-def read_routing(record_id: str, links: Sequence[RecordLink]) -> dict[str, Any]:
+def read_routing(record_id: str, links: Sequence[RecordLink]) -> Routing:
     """The routing a read event is stored with: the systems it will read, or why there are none."""
     systems = sorted({link.system.name for link in links if _readable(link.system)})
-    routing: dict[str, Any] = {"mode": "read", "targets": [], "read_from": systems}
+    routing: Routing = {"mode": "read", "targets": [], "read_from": systems}
     if not systems:
         routing["reason"] = f"record {record_id} has no link to a system that can be read: nothing to refresh"
     return routing

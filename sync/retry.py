@@ -12,11 +12,10 @@ from django.utils import timezone
 from rest_framework.exceptions import NotFound
 
 from recordsync.errors import Conflict
-from sync import dispatch
+from sync import dispatch, transitions
 from sync.models import JobState, SyncEvent, SyncJob
 
 logger = logging.getLogger("recordsync.sync")
-RETRYABLE = (JobState.FAILED, JobState.RETRYING)
 
 
 def job_retry(
@@ -54,10 +53,8 @@ def jobs_retry(*, jobs: QuerySet[SyncJob], actor: str, now: datetime | None = No
     """The state change itself, conditional on the state, so a second call retries nothing twice."""
     now = now or timezone.now()
     with transaction.atomic():
-        ids = list(jobs.filter(state__in=RETRYABLE).values_list("id", flat=True))
-        changed = SyncJob.objects.filter(id__in=ids, state__in=RETRYABLE).update(
-            state=JobState.PENDING, attempts=0, next_attempt_at=None, updated_at=now
-        )
+        ids = list(jobs.filter(state__in=transitions.RETRYABLE).values_list("id", flat=True))
+        changed = transitions.retry(SyncJob.objects.filter(id__in=ids), now=now)
         retried = list(SyncJob.objects.filter(id__in=ids, state=JobState.PENDING).select_related("target"))
         targets = sorted({job.target_id for job in retried})
         transaction.on_commit(lambda: dispatch.nudge(targets))
@@ -68,7 +65,7 @@ def jobs_retry(*, jobs: QuerySet[SyncJob], actor: str, now: datetime | None = No
 def retry_candidates(
     *, target: str | None, object_type: str | None, error_code: str | None, since: datetime | None
 ) -> QuerySet[SyncJob]:
-    jobs = SyncJob.objects.filter(state__in=RETRYABLE)
+    jobs = SyncJob.objects.filter(state__in=transitions.RETRYABLE)
     if target:
         jobs = jobs.filter(target__name=target)
     if object_type:

@@ -6,15 +6,15 @@ The decision is stored with the event, so "why did this go there?" always has an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from crms.models import Connection
+from rules.contracts import Routing
 
 
 @dataclass(frozen=True)
 class Route:
     targets: list[Connection]
-    decision: dict[str, Any]
+    decision: Routing
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -27,7 +27,7 @@ def route_event(
     if requested is not None:
         return _explicit(source, requested, connections)
     targets = [c for name, c in sorted(connections.items()) if c.enabled and name != source]
-    decision: dict[str, Any] = {"mode": "default", "targets": [c.name for c in targets]}
+    decision: Routing = {"mode": "default", "targets": [c.name for c in targets]}
     if not targets:
         decision["reason"] = "no enabled connection other than the source"
     return Route(targets, decision)

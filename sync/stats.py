@@ -19,7 +19,8 @@ from django.utils import timezone
 from django_redis import get_redis_connection
 
 from crms.models import Connection
-from sync import config
+from rules.contracts import target_payload
+from sync import config, transitions
 from sync.models import (
     AttemptOutcome,
     BreakerState,
@@ -42,7 +43,6 @@ from sync.throttle import (
 MINUTES = 60
 HOURS = 24
 ISSUE_STATES = (JobState.FAILED, JobState.HELD)
-DUE_STATES = (JobState.PENDING, JobState.RETRYING)
 
 
 def _redis() -> Any:
@@ -211,7 +211,7 @@ def lag(*, now: datetime, connections: Sequence[Connection] | None = None) -> li
     """Per connection, as `sync.selectors.queue_lag` measures the whole queue: the oldest due job by `updated_at`."""
     connections = _connections() if connections is None else connections
     due = (
-        SyncJob.objects.filter(state__in=DUE_STATES)
+        SyncJob.objects.filter(state__in=transitions.DUE)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .values("target_id")
         .annotate(oldest=Min("updated_at"), n=Count("id"))
@@ -455,5 +455,5 @@ def payload_for(job: SyncJob) -> Any:
     event = job.last_event
     if event is None:
         return None
-    spec = (event.routing.get("payloads") or {}).get(job.target.name)
+    spec = target_payload(event.routing, job.target.name)
     return spec.get("fields") if spec else event.payload

@@ -18,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 from django.utils import timezone
 
-from sync import engine, liveness, tasks
+from sync import engine, liveness, tasks, transitions
 from sync.models import SyncJob
 from sync.selectors import queue_lag
 
@@ -93,7 +93,7 @@ class Command(BaseCommand):
         expired = engine.leases_expire(now=timezone.now())
         if expired:
             self.stderr.write(f"{expired} job(s) with an expired lease went back to pending")
-        targets = SyncJob.objects.filter(state__in=engine.DUE_STATES, target__enabled=True)
+        targets = SyncJob.objects.filter(state__in=transitions.DUE, target__enabled=True)
         queued = sum(
             tasks.dispatch_tick(target_id) for target_id in targets.values_list("target_id", flat=True).distinct()
         )

@@ -1,0 +1,199 @@
+"""The job state machine: every change of a SyncJob's state is one of the functions (or the SQL) here.
+
+A job is the outbox row of one (record, target): the latest state that target still has to receive.
+Callers decide *which* jobs move (a queryset, filtered on the state they expect, so that a second caller
+finds nothing to move); this module says *what* a move writes. docs/architecture.md draws it:
+
+    event arrives ─► pending ──claim──► queued ──start──► in_flight ──finish──► synced | skipped
+                       ▲  ▲                │                  │                 retrying | failed
+                       │  └──to_pending────┴──────────────────┘  (lease expired, holder dead, released,
+                       │                                            superseded by a newer event)
+    retrying/failed ───┴── retry (an operator)          any waiting ──hold──► held ──unhold──► pending
+                                                       a side holding the decision ──settle──► skipped
+
+A job in flight or held keeps its state when an event arrives; its version goes up, so the worker's
+conditional finish (finish_*, run under the version it claimed) sends it back to pending instead.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.db.models import DateTimeField, F, QuerySet, Value
+from django.db.models.functions import Greatest
+
+from sync.models import JobState, SyncJob
+
+Jobs = QuerySet[SyncJob]
+
+DUE = (JobState.PENDING, JobState.RETRYING)  # a worker may claim these once next_attempt_at has passed
+LEASED = (JobState.QUEUED, JobState.IN_FLIGHT)  # held under a lease by a dispatcher or a worker
+WAITING = (JobState.PENDING, JobState.RETRYING, JobState.HELD, JobState.FAILED)  # nothing is sending these
+RETRYABLE = (JobState.FAILED, JobState.RETRYING)  # an operator may send these again now
+
+# The lease fields a job gives up when it leaves a lease: "back to pending, clear the lease", spelled once.
+_NO_LEASE: dict[str, Any] = {"lease_expires_at": None, "lease_owner": ""}
+_NO_ERROR: dict[str, Any] = {"last_error_code": "", "last_error_message": "", "last_error_permanent": None}
+_KEEP = object()  # to_pending leaves fence_until as it is
+
+
+# --- an event arrives (the ingest's upsert, one statement per batch of events) -----------------
+
+_TABLE = SyncJob._meta.db_table
+ARRIVAL_COLUMNS = (
+    "source, object_type, record_id, target_id, state, attempts, version, last_event_id, last_occurred_at, "
+    "created_at, updated_at, last_error_code, last_error_message, lease_owner"
+)
+# A job in flight or held for review keeps its state (and its attempts and error) with a higher
+# version: the worker's conditional finish then sends it back to pending. Any other job reopens,
+# unless the event is older than the state the job already holds: an older change arriving late
+# changes nothing (the caller reports it superseded, from the returned last_event_id).
+_STAYS = f"{_TABLE}.state IN ('in_flight', 'held')"
+_NEWER = f"excluded.last_occurred_at >= {_TABLE}.last_occurred_at"
+_STAY = f"({_STAYS} OR NOT ({_NEWER}))"
+ARRIVAL_ON_CONFLICT = f"""
+    ON CONFLICT (record_id, object_type, source, target_id) DO UPDATE SET
+        version = CASE WHEN {_NEWER} THEN {_TABLE}.version + excluded.version ELSE {_TABLE}.version END,
+        state = CASE WHEN {_STAY} THEN {_TABLE}.state ELSE 'pending' END,
+        attempts = CASE WHEN {_STAY} THEN {_TABLE}.attempts ELSE 0 END,
+        next_attempt_at = CASE WHEN {_STAY} THEN {_TABLE}.next_attempt_at ELSE NULL END,
+        last_error_code = CASE WHEN {_STAY} THEN {_TABLE}.last_error_code ELSE '' END,
+        last_error_message = CASE WHEN {_STAY} THEN {_TABLE}.last_error_message ELSE '' END,
+        lease_owner = CASE WHEN {_STAY} THEN {_TABLE}.lease_owner ELSE '' END,
+        last_event_id = CASE WHEN {_NEWER} THEN excluded.last_event_id ELSE {_TABLE}.last_event_id END,
+        last_occurred_at = CASE WHEN {_NEWER} THEN excluded.last_occurred_at ELSE {_TABLE}.last_occurred_at END,
+        updated_at = CASE WHEN {_NEWER} THEN excluded.updated_at ELSE {_TABLE}.updated_at END
+    RETURNING record_id, object_type, source, target_id, state, version, last_occurred_at
+"""
+
+
+def arrival_unnest_sql(where: str = "") -> str:
+    """PostgreSQL: new jobs are pending; known ones reopen or keep their state (ARRIVAL_ON_CONFLICT).
+    Parameters: created_at, updated_at, then the arrays source, object_type, record_id, target_id, bumps,
+    last_event_id, last_occurred_at."""
+    return f"""
+        INSERT INTO {_TABLE} ({ARRIVAL_COLUMNS})
+        SELECT s, o, r, t, 'pending', 0, v, e, oc, %s, %s, '', '', ''
+        FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::uuid[], %s::timestamptz[])
+             AS u(s, o, r, t, v, e, oc)
+        {where}
+        {ARRIVAL_ON_CONFLICT}
+    """  # noqa: S608 - names from the model, values bound as parameters
+
+
+def arrival_values_sql(count: int) -> str:
+    """SQLite: the same as arrival_unnest_sql with multi-row VALUES (nine parameters a row)."""
+    values = ", ".join(["(%s, %s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, '', '', '')"] * count)
+    return f"INSERT INTO {_TABLE} ({ARRIVAL_COLUMNS}) VALUES {values} {ARRIVAL_ON_CONFLICT}"  # noqa: S608
+
+
+# --- delivery -----------------------------------------------------------------------------------
+
+
+def claim(jobs: Jobs, *, owner: str, lease_until: datetime, now: datetime) -> int:
+    """Due jobs (the caller's filter) become one queued batch under the lease `owner`."""
+    return jobs.update(state=JobState.QUEUED, lease_expires_at=lease_until, lease_owner=owner, updated_at=now)
+
+
+def start(jobs: Jobs, *, owner: str, lease_until: datetime, now: datetime) -> int:
+    """The worker that runs the batch takes it: in flight under its own lease."""
+    return jobs.update(state=JobState.IN_FLIGHT, lease_owner=owner, lease_expires_at=lease_until, updated_at=now)
+
+
+def to_pending(jobs: Jobs, *, now: datetime, fence_until: datetime | object | None = _KEEP) -> int:
+    """Back to pending, the lease cleared: an expired or released lease, a dead holder, a lost task, a
+    newer event that arrived while the job was in flight. `fence_until`: not sent again before then (a
+    call cut off mid-way may still land)."""
+    fence = {} if fence_until is _KEEP else {"fence_until": fence_until}
+    return jobs.update(state=JobState.PENDING, updated_at=now, **_NO_LEASE, **fence)
+
+
+def finish_synced(jobs: Jobs, *, now: datetime, finished: datetime) -> int:
+    return jobs.update(
+        state=JobState.SYNCED,
+        synced_at=now,
+        updated_at=finished,
+        attempts=0,
+        next_attempt_at=None,
+        **_NO_LEASE,
+        **_NO_ERROR,
+    )
+
+
+def finish_skipped(jobs: Jobs, *, finished: datetime) -> int:
+    return jobs.update(
+        state=JobState.SKIPPED, updated_at=finished, attempts=0, next_attempt_at=None, **_NO_LEASE, **_NO_ERROR
+    )
+
+
+def finish_unsent(
+    jobs: Jobs,
+    *,
+    state: str,
+    attempts: int,
+    next_attempt_at: datetime | None,
+    error: tuple[str, str, bool | None],
+    finished: datetime,
+) -> int:
+    """Retrying (with its next attempt) or failed, with the error (code, message, permanent) that says why."""
+    if state not in (JobState.RETRYING, JobState.FAILED):
+        raise ValueError(f"a job that was not sent retries or fails, not {state!r}")
+    code, message, permanent = error
+    return jobs.update(
+        state=state,
+        attempts=attempts,
+        next_attempt_at=next_attempt_at,
+        updated_at=finished,
+        last_error_code=code,
+        last_error_message=message,
+        last_error_permanent=permanent,
+        **_NO_LEASE,
+    )
+
+
+def retry(jobs: Jobs, *, now: datetime) -> int:
+    """An operator sends failed or retrying jobs again now, with their attempts counted afresh."""
+    return jobs.filter(state__in=RETRYABLE).update(
+        state=JobState.PENDING, attempts=0, next_attempt_at=None, updated_at=now
+    )
+
+
+# --- conflicts ----------------------------------------------------------------------------------
+
+
+def hold(jobs: Jobs, *, code: str, message: str, now: datetime) -> int:
+    """A job waits for a person (a conflict under review); one already on its way finishes first."""
+    return jobs.filter(state__in=(JobState.PENDING, JobState.RETRYING, JobState.FAILED)).update(
+        state=JobState.HELD,
+        next_attempt_at=None,
+        last_error_code=code,
+        last_error_message=message,
+        last_error_permanent=None,
+        updated_at=now,
+        **_NO_LEASE,
+    )
+
+
+def unhold(jobs: Jobs, *, now: datetime) -> int:
+    """A held job goes on: pending, to send the state it holds (or the one an event brought meanwhile)."""
+    return jobs.filter(state=JobState.HELD).update(
+        state=JobState.PENDING, last_error_code="", last_error_message="", updated_at=now
+    )
+
+
+def settle(jobs: Jobs, *, code: str, message: str, decided_at: datetime, now: datetime) -> int:
+    """The side already holds the decision: its waiting job is skipped, and holds the decision's time, so
+    the losing version replayed later (older than that) is superseded rather than sent."""
+    decided = Greatest(F("last_occurred_at"), Value(decided_at, output_field=DateTimeField()))
+    return jobs.filter(state__in=WAITING).update(
+        state=JobState.SKIPPED,
+        next_attempt_at=None,
+        attempts=0,
+        last_error_code=code,
+        last_error_message=message,
+        last_error_permanent=None,
+        updated_at=now,
+        last_occurred_at=decided,
+        **_NO_LEASE,
+    )
