@@ -52,13 +52,13 @@ def env_for(cfg: ingest.Config) -> dict[str, str]:
 def connect_salesforce(env: dict[str, str], port: int) -> None:
     org = f"http://127.0.0.1:{port}/mock/salesforce"
     code = (
-        "from django.conf import settings as s; from crms.services import connection_save; "
+        "from crms.salesforce import mock as s; from crms.services import connection_save; "
         "from rules.services import rule_set_replace; rule_set_replace(specs=[], actor='bench'); "
         "from crms.models import Connection; Connection.objects.exclude(name='salesforce').delete(); "
         "connection_save(name='salesforce', kind='salesforce', "
         f"config={{'login_url': '{org}', 'instance_url': '{org}', 'auth': 'client_credentials', "
-        "'client_id': s.MOCK_SALESFORCE_CLIENT_ID, 'external_id_field': 'RecordSync_Id__c'}, "
-        "secrets={'client_secret': s.MOCK_SALESFORCE_CLIENT_SECRET})"
+        "'client_id': s.app_client_id(), 'external_id_field': 'RecordSync_Id__c'}, "
+        "secrets={'client_secret': s.app_client_secret()})"
     )
     ingest.manage(env, "shell", "-c", code)
 
@@ -145,7 +145,8 @@ def pipeline(cfg: ingest.Config, env: dict[str, str], port: int, token: str) -> 
 def throttle_acquire(env: dict[str, str]) -> dict[str, float]:
     """p50/p99 of one acquire against local Redis (a window that never fills)."""
     code = (
-        "import time, statistics, json; from sync.throttle import RedisThrottle; t = RedisThrottle(); xs = []\n"
+        "import time, statistics, json\nfrom sync.delivery.throttle import RedisThrottle\n"
+        "t = RedisThrottle(); xs = []\n"
         "for i in range(5000):\n    s = time.perf_counter(); t.acquire('bench-drain', 10**9, 60); "
         "xs.append((time.perf_counter() - s) * 1e6)\nxs.sort(); "
         "print(json.dumps({'p50_us': xs[len(xs)//2], 'p99_us': xs[int(len(xs)*0.99)]}))"

@@ -315,7 +315,7 @@ def _one_event(rule_set: RuleSet, data: dict[str, Any], connections: dict[str, C
 def _event_call(
     rule_set: RuleSet, data: dict[str, Any], connections: dict[str, Connection]
 ) -> Callable[[], dict[str, Any]]:
-    """What the app does per event when there are rules (sync.services._route_all), as a call."""
+    """What the app does per event when there are rules (sync.ingest.services._route_all), as a call."""
     from rules.engine import decide, event_context
 
     def call() -> dict[str, Any]:

@@ -192,7 +192,7 @@ COMMON_CONFIG: dict[str, Any] = {
 @runtime_checkable
 class BulkWriter(Protocol):
     """A connector that can also write a large batch as one asynchronous job (Salesforce's Bulk API 2.0).
-    Backfills bigger than the connection's threshold send their upserts this way (sync/backfill.py)."""
+    Backfills bigger than the connection's threshold send their upserts this way (sync/inbound/backfill.py)."""
 
     @classmethod
     def bulk_threshold(cls, config: Mapping[str, Any]) -> int:

@@ -25,7 +25,7 @@ logger = logging.getLogger("recordsync.http")
 USER_AGENT = "recordsync/0.1 (+https://github.com/recordsync)"
 # When the call this process is making began (epoch seconds), while it is under way. A stop in the
 # middle of it (SIGTERM, a task timeout) leaves it set: the engine then fences the batch's jobs until
-# that call can no longer land (sync.engine.batch_run).
+# that call can no longer land (sync.delivery.engine.batch_run).
 _call_started: ContextVar[float | None] = ContextVar("crm_call_started", default=None)
 
 

@@ -2,7 +2,7 @@
 
 A small supervisor, as compose and ECS are in production: a child that dies (a crash, the OOM killer,
 kill -9) is started again within a second, its process group killed first so no orphan of it runs on;
-a worker cluster or dispatcher that is alive but makes no progress (sync/liveness.py, the check
+a worker cluster or dispatcher that is alive but makes no progress (sync/delivery/liveness.py, the check
 `manage.py sync_health` makes) three checks in a row is restarted too. A child that keeps dying as it
 starts (five times in a row within seconds of starting: a broken setting, a port in use) stops the lot,
 so the error stays on screen.
@@ -70,7 +70,7 @@ class Liveness:
         from django.db import DatabaseError
         from django.utils import timezone
 
-        from sync import liveness  # models: only once Django is set up
+        from sync.delivery import liveness  # models: only once Django is set up
 
         now = self.clock()
         if now - self.checked < HEALTH_EVERY_SECONDS:

@@ -33,7 +33,7 @@ from django_q.signing import BadSignature, SignedPackage
 from django_q.status import Stat
 from django_q.worker import worker
 
-from sync import liveness
+from sync.delivery import liveness
 
 logger = logging.getLogger("recordsync.qcluster")
 IDLE_PAUSE_SECONDS = 1.0  # after a broker error, before asking again

@@ -87,7 +87,7 @@ def _held_conflicts() -> Metric:
 
 
 def _processes(now: datetime) -> Iterator[Metric]:
-    from sync import liveness
+    from sync.delivery import liveness
     from sync.models import ProcessBeat
 
     alive = GaugeMetricFamily("recordsync_processes_alive", "Workers and dispatchers alive", labels=["role"])

@@ -291,7 +291,7 @@ for _network in EGRESS_ALLOWED_NETWORKS:
 # Flat-file connections (crms/flatfile): the folders they may use, and the longest value a file may hold.
 FLATFILE_ROOTS = env_list("FLATFILE_ROOTS", [str(VAR_DIR / "files")])
 FLATFILE_MAX_VALUE_CHARS = env_int("FLATFILE_MAX_VALUE_CHARS", 100_000, minimum=1000)
-# Requests per minute per API token (sync/auth.py RequestRate); 0: no limit. Over it: 429 with Retry-After.
+# Requests per minute per API token (sync/api/auth.py RequestRate); 0: no limit. Over it: 429 with Retry-After.
 API_REQUESTS_PER_MINUTE = env_int("API_REQUESTS_PER_MINUTE", 12_000, minimum=0)
 # The time one event's rule evaluation may take before it is stopped and recorded as a rule error (rules/bounds.py).
 RULES_EVAL_BUDGET_MS = env_int("RULES_EVAL_BUDGET_MS", 250, minimum=10)
@@ -307,9 +307,9 @@ REST_FRAMEWORK = {
         "recordsync.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated", "sync.auth.HasScope"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated", "sync.api.auth.HasScope"],
     "DEFAULT_PARSER_CLASSES": ["recordsync.parsers.LimitedJSONParser"],
-    "DEFAULT_THROTTLE_CLASSES": ["sync.auth.RequestRate"],
+    "DEFAULT_THROTTLE_CLASSES": ["sync.api.auth.RequestRate"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if env_bool("BROWSABLE_API", True) else []),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -15,8 +15,9 @@ from django.urls import URLPattern, path, reverse
 from knox.models import AuthToken
 
 from recordsync.auth import verified_tokens_forget
-from sync.config_services import config_override_set, override_errors
-from sync.holds import connection_resume
+from sync.delivery.holds import connection_resume
+from sync.delivery.retry import jobs_retry
+from sync.ingest.services import conflict_resolve
 from sync.models import (
     Alert,
     BackfillRun,
@@ -35,8 +36,7 @@ from sync.models import (
     TokenGrant,
     TokenScope,
 )
-from sync.retry import jobs_retry
-from sync.services import conflict_resolve
+from sync.ops.config_services import config_override_set, override_errors
 
 
 class NoEditAdmin(admin.ModelAdmin[Any]):

@@ -229,9 +229,9 @@ class ThrottleLimit(models.Model):
 
 class QuotaHold(models.Model):
     """A quota owner held with no known end (a daily allocation spent): one cheap probe at a growing
-    interval lifts it as soon as the target takes calls again, or staff do (sync.holds)."""
+    interval lifts it as soon as the target takes calls again, or staff do (sync.delivery.holds)."""
 
-    key = models.CharField(max_length=128, unique=True, help_text="The quota owner (sync.throttle.quota_key)")
+    key = models.CharField(max_length=128, unique=True, help_text="The quota owner (sync.delivery.throttle.quota_key)")
     connection = models.ForeignKey(
         Connection,
         on_delete=models.CASCADE,

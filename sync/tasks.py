@@ -1,5 +1,8 @@
 """django-q2 tasks. Each takes ids only and states its retry policy.
 
+This is the only module named in the queue and in schedules (`sync.tasks.<name>`): the layers
+below it may move without touching a stored task or a schedule row (docs/architecture.md).
+
 django-q2 runs with max_attempts=1: a task is a nudge, never retried by the broker; the
 job rows hold the state and the periodic sweep re-nudges anything still pending.
 """
@@ -12,12 +15,16 @@ from datetime import timedelta
 from types import FrameType
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 from django_q.tasks import async_task
 
 from crms.models import Connection
-from sync import dispatch, engine, holds, inbound
+from sync.delivery import dispatch, engine, holds
+from sync.inbound import changes as inbound
+from sync.inbound import reconcile
 from sync.models import InboundCursor, JobState, RecordRead, SyncJob
+from sync.ops import alerts, retention
 
 logger = logging.getLogger("recordsync.tasks")
 
@@ -87,7 +94,7 @@ def polls_dispatch() -> int:
     """Queue a poll task for every (connection, object) whose poll is due; returns how many.
 
     Retry policy: none. A lost poll task leaves its cursor claimed until the lease runs out
-    (sync.inbound.POLL_LEASE); the next pass after that queues it again.
+    (sync.inbound.changes.POLL_LEASE); the next pass after that queues it again.
     """
     queued = 0
     for connection_id, object_type, owner in inbound.polls_claim(now=timezone.now()):
@@ -112,7 +119,7 @@ def polls_dispatch() -> int:
 
 
 def poll_objects(connection_id: int, object_type: str, owner: str) -> dict[str, int]:
-    """Poll one object of one connection from its cursor (sync.inbound.poll).
+    """Poll one object of one connection from its cursor (sync.inbound.changes.poll).
 
     Retry policy: none; the cursor is saved after every page, so the next due poll resumes.
     """
@@ -126,7 +133,7 @@ def poll_objects(connection_id: int, object_type: str, owner: str) -> dict[str, 
 
 
 def probes_dispatch() -> int:
-    """Queue one probe task for each held quota owner whose probe is due (sync.holds); returns how many.
+    """Queue one probe task for each held quota owner whose probe is due (sync.delivery.holds); returns how many.
 
     Driven by the dispatcher's pass, about once a second, rather than by a django-q2 schedule: a schedule
     runs at most once a minute, while each owner's probe falls due at its own moment (a minute after the
@@ -134,7 +141,7 @@ def probes_dispatch() -> int:
     The pass already claims polls the same way; the call itself runs on a worker, like a poll, so a slow
     target never stalls the dispatcher.
 
-    Retry policy: none. A lost probe task leaves its claim until it runs out (sync.holds.PROBE_LEASE);
+    Retry policy: none. A lost probe task leaves its claim until it runs out (sync.delivery.holds.PROBE_LEASE);
     the next pass after that claims the probe again.
     """
     queued = 0
@@ -150,7 +157,7 @@ def probes_dispatch() -> int:
 
 
 def hold_probe(hold_id: int, owner: str) -> str:
-    """Make the one probe call of a held quota owner (sync.holds.hold_probe): "lifted", "held" or "gone".
+    """Make the one probe call of a held quota owner (sync.delivery.holds.hold_probe): "lifted", "held" or "gone".
 
     Retry policy: none from django-q2; a failed probe schedules the next one itself, at twice the interval.
     """
@@ -158,7 +165,7 @@ def hold_probe(hold_id: int, owner: str) -> str:
 
 
 def record_read(event_id: str) -> dict[str, str]:
-    """Carry out one read event (sync.inbound.read_run): read each linked system, capture what it holds.
+    """Carry out one read event (sync.inbound.changes.read_run): read each linked system, capture what it holds.
 
     Retry policy: none from django-q2; a read not done (its RecordRead rows unread) is queued
     again by the sweep, and running it twice reads nothing twice.
@@ -181,3 +188,41 @@ def sweep() -> int:
     waiting = RecordRead.objects.filter(read_at__isnull=True, event__received_at__lt=cutoff)
     dispatch.reads_queue(sorted({str(e) for e in waiting.values_list("event_id", flat=True)}))
     return dispatch.nudge(sorted(targets))
+
+
+def reconcile_all() -> dict[str, dict[str, int]]:
+    """The daily schedule "sync-reconcile" (migrations sync/0010, sync/0022): sync.inbound.reconcile.reconcile_all.
+
+    Retry policy: none from django-q2 (max_attempts=1): a failed run is kept as a row with its error,
+    and tomorrow's run looks again.
+    """
+    return reconcile.reconcile_all()
+
+
+def prune_scheduled() -> dict[str, int]:
+    """Prune with SYNC_RETENTION_DAYS; the daily schedule "sync-prune" (migrations sync/0013, sync/0022).
+
+    Retry policy: none from django-q2 (max_attempts=1), and none needed: every batch commits on its
+    own, so a run cut short loses nothing and the next one carries on. A run that uses up its share
+    of the task timeout queues itself again at once, so a large backlog does not wait a day per slice.
+    """
+    budget = float(settings.Q_CLUSTER.get("timeout") or 60) * retention.SCHEDULED_SHARE_OF_TIMEOUT
+    result = retention.prune_run(
+        now=timezone.now(),
+        older_than_days=retention.retention_days(),
+        dry_run=False,
+        batch_size=retention.BATCH_SIZE,
+        budget_seconds=budget,
+    )
+    if not result.finished:
+        async_task("sync.tasks.prune_scheduled", task_name="sync-prune-continued")
+    return result.counts
+
+
+def alerts_scheduled() -> dict[str, int]:
+    """The "sync-alerts" schedule (every minute; migrations sync/0014, sync/0022): sync.ops.alerts.alerts_check.
+
+    Retry policy: none from django-q2 (max_attempts=1). Nothing is lost by a missed run: measures are
+    taken afresh, and unsent openings and resolves stay unsent in their rows until a later run sends them.
+    """
+    return alerts.alerts_check()

@@ -25,7 +25,7 @@ from crms.models import Connection
 from crms.outreach import mock as outreach_mock
 from crms.salesforce import mock as salesforce_mock
 from crms.systema import mock as system_a_mock
-from sync.auth import ANY_SOURCE, api_token_create
+from sync.api.auth import ANY_SOURCE, api_token_create
 from sync.models import TokenScope
 
 REQUIRE_SERVICES = os.environ.get("RECORDSYNC_REQUIRE_SERVICES") == "1"
@@ -154,7 +154,7 @@ def drain(connection: Connection, now: Any = None) -> dict[str, int]:
     """Claim and send every pending batch of a connection in this process; the outcome counts."""
     from django.utils import timezone
 
-    from sync import engine
+    from sync.delivery import engine
 
     totals: dict[str, int] = {}
     for job_ids in engine.batches_claim(connection=connection, now=now or timezone.now(), force=True):
@@ -277,7 +277,7 @@ def _fresh_cache() -> Iterator[None]:
     from crms.selectors import connections_forget
     from recordsync.auth import verified_tokens_forget
     from rules.selectors import rule_set_forget
-    from sync import config, dispatch
+    from sync.delivery import config, dispatch
 
     cache.clear()
     verified_tokens_forget()

@@ -14,7 +14,7 @@ RETRYABLE_CODES = frozenset({"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE", "REQUES
 
 
 # The org's rolling 24-hour allocation is spent: stop calling it (not a 429). When it refills is not said,
-# so the engine probes it with one cheap call at a growing interval (sync/holds.py) and resumes on success.
+# so the engine probes it with one cheap call at a growing interval (sync/delivery/holds.py) and resumes on success.
 def limit_pause_seconds() -> float:
     """The longest an org that answered REQUEST_LIMIT_EXCEEDED is left alone between two probes
     (SALESFORCE_LIMIT_PAUSE_SECONDS)."""

@@ -28,7 +28,8 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from crms.models import Connection
-from sync import config
+from sync.delivery import config
+from sync.delivery.throttle import quota_key, redis_keys, throttle
 from sync.models import (
     Alert,
     AttemptOutcome,
@@ -42,7 +43,6 @@ from sync.models import (
     SyncEvent,
     SyncJob,
 )
-from sync.throttle import quota_key, redis_keys, throttle
 from tests.conftest import REQUIRE_SERVICES
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

@@ -112,7 +112,7 @@ def test_credentials_a_call_sent_are_taken_out_of_error_texts_kept_afterwards() 
     from types import SimpleNamespace
 
     from crms.base import Connector, ConnectorError
-    from sync.engine import _redact_errors
+    from sync.delivery.engine import _redact_errors
 
     responses.post("https://93.184.216.34/token", status=400, body="bad client_secret=cs-0123456789")
     http = HttpClient(connection_name="sf")

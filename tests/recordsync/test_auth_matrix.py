@@ -12,7 +12,7 @@ from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.renderers import OpenApiJsonRenderer
 from rest_framework.test import APIClient
 
-from sync.auth import api_token_create
+from sync.api.auth import api_token_create
 from sync.models import TokenScope
 
 pytestmark = pytest.mark.django_db

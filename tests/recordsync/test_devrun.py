@@ -99,7 +99,7 @@ def test_a_role_failing_its_liveness_check_three_times_in_a_row_is_restarted(mon
     from django.utils import timezone
 
     from recordsync import devrun
-    from sync import liveness
+    from sync.delivery import liveness
     from sync.models import ProcessBeat
 
     now = [0.0]

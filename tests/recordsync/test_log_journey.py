@@ -20,9 +20,9 @@ from crms.salesforce import mock as salesforce_mock
 from crms.salesforce import mock_store
 from crms.state import DatabaseStateStore
 from crms.systema import mock as system_a_mock
-from sync.auth import api_token_create
-from sync.engine import throttled_connector
-from sync.inbound import poll
+from sync.api.auth import api_token_create
+from sync.delivery.engine import throttled_connector
+from sync.inbound.changes import poll
 from tests.conftest import drain, mock_outreach, mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -19,7 +19,7 @@ def database_down(monkeypatch):
     def refuse(*args, **kwargs):
         raise OperationalError('connection to server at "127.0.0.1", port 5432 failed: Connection refused')
 
-    monkeypatch.setattr("sync.services.event_ingest", refuse)
+    monkeypatch.setattr("sync.ingest.services.event_ingest", refuse)
     ticks = iter(float(t) for t in (0, 1, 2, 200))
     monkeypatch.setattr(errors.outages, "clock", lambda: next(ticks))
     monkeypatch.setattr(errors.outages, "_last", {})

@@ -19,7 +19,7 @@ from knox.models import AuthToken
 
 from recordsync.auth import VERIFIED_TTL_SECONDS, TokenAuthentication
 from recordsync.env import env_bool, env_int, env_str
-from sync.auth import api_token_create
+from sync.api.auth import api_token_create
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from sync.auth import ANY_SOURCE, api_token_create
+from sync.api.auth import ANY_SOURCE, api_token_create
 from sync.models import TokenScope
 
 

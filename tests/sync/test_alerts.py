@@ -18,19 +18,19 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from crms.models import Connection
-from sync import config
-from sync.alerts import (
+from sync import tasks
+from sync.delivery import config
+from sync.delivery.breaker import Gate, breaker_allow, breaker_failure, breaker_success
+from sync.models import Alert, AlertKind, AlertState, AttemptOutcome, SyncAttempt, SyncJob
+from sync.ops.alerts import (
     Reading,
     alert_open,
     alerts_check,
     alerts_deliver,
     alerts_open,
     alerts_recent,
-    alerts_scheduled,
 )
-from sync.breaker import Gate, breaker_allow, breaker_failure, breaker_success
-from sync.config_services import config_override_set
-from sync.models import Alert, AlertKind, AlertState, AttemptOutcome, SyncAttempt, SyncJob
+from sync.ops.config_services import config_override_set
 
 HOOK = "https://hooks.example.test/services/T0000/B0000/alerts"
 # Every kind on, at known values, whatever the environment says; each test changes what it needs.
@@ -466,7 +466,7 @@ def test_the_scheduled_entry_point_checks_with_the_current_time(api, thresholds,
     ingest(api)
     waited("salesforce", 700, timezone.now())
 
-    counts = alerts_scheduled()
+    counts = tasks.alerts_scheduled()
 
     assert counts["opened"] == 1 and the_alert("salesforce").opened_at <= timezone.now()
 
@@ -477,12 +477,13 @@ def test_the_every_minute_schedule_is_installed_by_the_migrations() -> None:
     row = Schedule.objects.get(name="sync-alerts")
 
     assert (row.func, row.schedule_type, row.minutes, row.repeats) == (
-        "sync.alerts.alerts_scheduled",
+        "sync.tasks.alerts_scheduled",
         Schedule.MINUTES,
         1,
         -1,
     )
-    assert import_string(row.func) is alerts_scheduled
+    assert import_string(row.func) is tasks.alerts_scheduled
+    assert import_string("sync.alerts.alerts_scheduled") is tasks.alerts_scheduled  # the old path, for one release
 
 
 @pytest.mark.postgres

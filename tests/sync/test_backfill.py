@@ -23,11 +23,11 @@ from crms.outreach import mock_store as outreach_store
 from crms.salesforce import mock_store as salesforce_store
 from crms.services import connection_save
 from crms.systema import mock as system_a_mock
-from sync import backfill as backfill_module
-from sync import inbound
-from sync.backfill import since_cursor
+from sync.inbound import backfill as backfill_module
+from sync.inbound import changes as inbound
+from sync.inbound.backfill import since_cursor
+from sync.ingest.services import event_ingest
 from sync.models import AttemptOutcome, BackfillRun, JobState, RecordLink, SyncAttempt, SyncEvent, SyncJob
-from sync.services import event_ingest
 from tests.conftest import drain, mock_outreach, mock_salesforce, mock_system_a
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -555,7 +555,7 @@ def _no_stray_connections() -> Iterator[None]:
 
 def test_a_backfill_call_held_back_by_a_cap_looks_again_within_fifteen_minutes_not_hours(monkeypatch):
     from crms.base import ConnectorError
-    from sync.throttle import Throttled
+    from sync.delivery.throttle import Throttled
 
     slept: list[float] = []
     monkeypatch.setattr(backfill_module, "sleep", slept.append)

@@ -11,11 +11,11 @@ from django.utils import timezone
 
 from crms.mocks.models import MockCall
 from crms.models import Connection
-from sync import engine
-from sync.auth import api_token_create
-from sync.breaker import Gate, breaker_allow
-from sync.config_services import config_override_set
+from sync.api.auth import api_token_create
+from sync.delivery import engine
+from sync.delivery.breaker import Gate, breaker_allow
 from sync.models import BreakerState, BreakerTransition, CircuitBreaker, JobState, SyncJob
+from sync.ops.config_services import config_override_set
 from tests.conftest import mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -149,7 +149,7 @@ def test_the_records_status_shows_the_breaker(client, salesforce, staff_api):
 
 @pytest.mark.django_db
 def test_a_success_from_a_call_let_through_before_it_opened_does_not_skip_the_probe():
-    from sync.breaker import breaker_failure, breaker_success
+    from sync.delivery.breaker import breaker_failure, breaker_success
 
     connection = Connection.objects.create(name="sf", kind="salesforce")
     config_override_set(values={"breaker_failures": 1}, connection="sf", actor="test")

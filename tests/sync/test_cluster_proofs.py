@@ -30,9 +30,9 @@ from django.utils import timezone
 from crms.mocks.models import MockCall, MockRecord
 from crms.mocks.runtime import fault_add
 from crms.models import Connection
-from sync import liveness
-from sync.config_services import config_override_set
+from sync.delivery import liveness
 from sync.models import BreakerTransition, JobState, SyncAttempt, SyncJob
+from sync.ops.config_services import config_override_set
 from tests.conftest import mock_salesforce
 from tests.sync.cluster import Cluster, wait_for
 

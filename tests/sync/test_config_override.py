@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from sync import config, engine
+from sync.delivery import config, engine
 from sync.models import ConfigOverride, JobState, SyncJob
 
 pytestmark = pytest.mark.django_db

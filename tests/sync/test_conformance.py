@@ -40,9 +40,9 @@ from crms.salesforce import mock_store as salesforce_store
 from crms.salesforce.soql import soql_datetime
 from crms.services import connection_save
 from crms.systema import mock as system_a_mock
-from sync import inbound
-from sync.engine import throttled_connector
-from sync.inbound import PollResult
+from sync.delivery.engine import throttled_connector
+from sync.inbound import changes as inbound
+from sync.inbound.changes import PollResult
 from sync.models import InboundCursor, RecordLink, SyncEvent
 from tests.conftest import SchemaCheckedClient, drain, mock_outreach, mock_salesforce
 

@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from crms.mocks.models import MockCall, MockRecord
 from crms.models import Connection
-from sync import engine
-from sync.auth import api_token_create
+from sync.api.auth import api_token_create
+from sync.delivery import engine
 from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncJob
 from tests.conftest import drain, mock_salesforce
 

@@ -12,8 +12,8 @@ import requests
 from django.utils import timezone
 
 from crms.models import Connection
-from sync import engine
-from sync.auth import api_token_create
+from sync.api.auth import api_token_create
+from sync.delivery import engine
 from sync.models import JobState, SyncJob
 from tests.conftest import mock_salesforce
 
@@ -113,7 +113,7 @@ def test_a_batch_cut_off_by_the_database_going_away_is_handed_back_once_it_answe
 
     monkeypatch.setattr(engine, "jobs_prepare", cut)
     monkeypatch.setattr(engine, "leases_release", release)
-    monkeypatch.setattr("sync.engine.time.sleep", slept.append)
+    monkeypatch.setattr("sync.delivery.engine.time.sleep", slept.append)
     with pytest.raises(OperationalError):
         send(salesforce)
 

@@ -16,11 +16,12 @@ from django.utils.module_loading import import_string
 
 from crms.mocks.models import MockCall
 from crms.models import Connection
-from sync import engine, holds, tasks
-from sync.auth import api_token_create
-from sync.config_services import config_override_set
+from sync import tasks
+from sync.api.auth import api_token_create
+from sync.delivery import engine, holds
+from sync.delivery.throttle import RedisThrottle, throttle
 from sync.models import BreakerState, CircuitBreaker, JobState, QuotaHold, SyncJob
-from sync.throttle import RedisThrottle, throttle
+from sync.ops.config_services import config_override_set
 from tests.conftest import drain, mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -348,7 +349,7 @@ def test_an_answer_showing_room_drops_the_cap_and_the_jobs_it_parked_are_due_at_
 
 @pytest.mark.django_db
 def test_an_answer_showing_room_after_the_cap_lapsed_still_wakes_the_jobs_it_parked(monkeypatch):
-    from sync.throttle import DatabaseThrottle
+    from sync.delivery.throttle import DatabaseThrottle
 
     now = [2_000_000.0]
     monkeypatch.setattr(DatabaseThrottle, "clock", staticmethod(lambda: now[0]))
@@ -369,7 +370,7 @@ def test_an_answer_showing_room_after_the_cap_lapsed_still_wakes_the_jobs_it_par
 def test_redis_remembers_a_lapsed_cap_until_the_jobs_it_parked_are_due():
     from django_redis import get_redis_connection
 
-    from sync.throttle import redis_capped_key, redis_keys
+    from sync.delivery.throttle import redis_capped_key, redis_keys
 
     redis = get_redis_connection("default")
     keys = [*redis_keys("org-lapsed-redis"), redis_capped_key("org-lapsed-redis")]
@@ -429,7 +430,7 @@ def test_redis_caps_are_dropped_and_holds_released_on_request():
 
 @pytest.mark.django_db
 def test_resuming_makes_polls_that_were_backing_off_due_at_once():
-    from sync import inbound
+    from sync.inbound import changes as inbound
     from sync.models import InboundCursor
 
     connection = Connection.objects.create(name="sf", kind="salesforce")

@@ -18,9 +18,9 @@ from crms.mocks.models import MockRecord
 from crms.models import Connection
 from crms.salesforce import mock as salesforce_mock
 from crms.salesforce import mock_store
-from sync import inbound
-from sync.engine import throttled_connector
-from sync.inbound import PollResult, poll
+from sync.delivery.engine import throttled_connector
+from sync.inbound import changes as inbound
+from sync.inbound.changes import PollResult, poll
 from sync.models import InboundCursor, JobState, RecordLink, SyncEvent, SyncJob
 from tests.conftest import drain, mock_salesforce
 
@@ -207,7 +207,7 @@ def test_the_sync_poll_command_reports_each_object(salesforce):
 
 
 def test_due_polls_are_claimed_once_then_wait_for_the_interval(salesforce, system_a):
-    from sync.config_services import config_override_set
+    from sync.ops.config_services import config_override_set
 
     config_override_set(values={"poll_interval": 60}, connection="salesforce", actor="test")
     now = timezone.now()
@@ -227,7 +227,7 @@ def test_due_polls_are_claimed_once_then_wait_for_the_interval(salesforce, syste
 
 
 def test_a_poll_interval_of_zero_turns_polling_off(salesforce):
-    from sync.config_services import config_override_set
+    from sync.ops.config_services import config_override_set
 
     config_override_set(values={"poll_interval": 0}, connection="salesforce", actor="test")
 

@@ -60,7 +60,7 @@ def test_the_request_succeeds_when_the_broker_is_down(
     def broker_down(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("broker unreachable")
 
-    monkeypatch.setattr("sync.dispatch.async_task", broker_down)
+    monkeypatch.setattr("sync.delivery.dispatch.async_task", broker_down)
 
     with django_capture_on_commit_callbacks(execute=True):
         ingest(api)

@@ -31,10 +31,10 @@ from django.utils import timezone
 
 from crms.mocks.models import MockRecord
 from crms.mocks.runtime import fault_add
-from sync import liveness
-from sync.auth import api_token_create
-from sync.config_services import config_override_set
+from sync.api.auth import api_token_create
+from sync.delivery import liveness
 from sync.models import JobState, SyncJob
+from sync.ops.config_services import config_override_set
 from tests.conftest import mock_salesforce
 from tests.sync.cluster import ROOT, _parents, database_url, wait_for
 

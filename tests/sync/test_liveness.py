@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from sync import liveness
+from sync.delivery import liveness
 from sync.models import ProcessBeat
 
 pytestmark = pytest.mark.django_db
@@ -107,7 +107,7 @@ def test_metrics_and_the_dashboard_show_the_processes(client, admin_client, sett
 
 
 def test_the_holder_of_a_lease_is_named_by_host_and_pid():
-    from sync import engine
+    from sync.delivery import engine
 
     owner = engine.lease_owner()
 
@@ -117,7 +117,7 @@ def test_the_holder_of_a_lease_is_named_by_host_and_pid():
 
 def test_a_dead_workers_in_flight_jobs_go_back_at_once_fenced_and_others_stay(settings):
     from crms.models import Connection
-    from sync import engine
+    from sync.delivery import engine
     from sync.models import JobState, SyncJob
 
     target = Connection.objects.create(name="salesforce", kind="salesforce")
@@ -155,7 +155,7 @@ def test_a_dead_workers_in_flight_jobs_go_back_at_once_fenced_and_others_stay(se
 
 
 def test_the_outstanding_batch_limit_follows_the_live_workers(settings):
-    from sync import engine
+    from sync.delivery import engine
 
     settings.SYNC_OUTSTANDING_PER_WORKER, settings.SYNC_OUTSTANDING_BATCHES = 2, 3
     assert engine.outstanding_limit(now=timezone.now()) == 3  # no worker has reported yet
@@ -168,7 +168,8 @@ def test_the_outstanding_batch_limit_follows_the_live_workers(settings):
 
 def test_queued_jobs_a_dead_worker_took_from_the_broker_come_back_unfenced():
     from crms.models import Connection
-    from sync import engine, tasks
+    from sync import tasks
+    from sync.delivery import engine
     from sync.models import JobState, SyncJob
 
     target = Connection.objects.create(name="salesforce", kind="salesforce")

@@ -23,11 +23,12 @@ from crms.models import Connection
 from crms.outreach import connector as outreach_connector
 from crms.outreach import mock_store as outreach_store
 from crms.salesforce import mock_store as salesforce_store
-from sync import reconcile as reconcile_module
-from sync.engine import throttled_connector
-from sync.inbound import poll
+from sync import tasks
+from sync.delivery.engine import throttled_connector
+from sync.inbound import reconcile as reconcile_module
+from sync.inbound.changes import poll
+from sync.inbound.reconcile import reconcile, reconcile_all
 from sync.models import CircuitBreaker, ReconcileRun, RecordLink, SyncEvent, SyncJob
-from sync.reconcile import reconcile, reconcile_all
 from tests.conftest import drain, mock_outreach, mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -378,8 +379,9 @@ def test_the_daily_schedule_is_installed_by_the_migrations() -> None:
 
     row = Schedule.objects.get(name="sync-reconcile")
 
-    assert (row.func, row.schedule_type, row.repeats) == ("sync.reconcile.reconcile_all", Schedule.DAILY, -1)
-    assert import_string(row.func) is reconcile_all
+    assert (row.func, row.schedule_type, row.repeats) == ("sync.tasks.reconcile_all", Schedule.DAILY, -1)
+    assert import_string(row.func) is tasks.reconcile_all
+    assert import_string("sync.reconcile.reconcile_all") is tasks.reconcile_all  # the old path, for one release
 
 
 def test_records_system_a_wrote_to_both_crms_reconcile_as_unchanged(

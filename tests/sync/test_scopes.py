@@ -13,7 +13,7 @@ from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from rules.engine import UNMAPPED
-from sync.auth import api_token_create
+from sync.api.auth import api_token_create
 from sync.models import SyncEvent, SyncJob, TokenGrant, TokenScope
 from tests.rules.test_rules import CONTACTS_WITH_EMAIL, put_rules
 

@@ -14,7 +14,7 @@ from django_q.brokers import get_broker
 
 from crms.models import Connection
 from sync import tasks
-from sync.auth import ANY_SOURCE, api_token_create
+from sync.api.auth import ANY_SOURCE, api_token_create
 from sync.models import JobState, SyncEvent, SyncJob, TokenScope
 
 EVENT = {"operation": "create", "record_id": "c-1", "object_type": "contact", "data": {"email": "a@example.com"}}

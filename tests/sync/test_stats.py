@@ -1,4 +1,4 @@
-"""Each figure of sync.stats, proved with real rows (and, for Redis, a real Redis)."""
+"""Each figure of sync.ops.stats, proved with real rows (and, for Redis, a real Redis)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from django.db import connection as db
 from django.test.utils import CaptureQueriesContext
 
 from crms.models import Connection
-from sync import config, stats
+from sync.delivery import config
+from sync.delivery.throttle import DatabaseThrottle, RedisThrottle, redis_keys
 from sync.models import (
     AttemptOutcome,
     BreakerState,
@@ -28,8 +29,8 @@ from sync.models import (
     ThrottleCall,
     ThrottleLimit,
 )
-from sync.selectors import queue_lag
-from sync.throttle import DatabaseThrottle, RedisThrottle, redis_keys
+from sync.ops import stats
+from sync.ops.selectors import queue_lag
 
 NOW = datetime(2026, 3, 1, 12, 30, 20, tzinfo=UTC)
 

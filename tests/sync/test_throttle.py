@@ -10,8 +10,8 @@ import pytest
 from django.db import connection as db
 
 from crms.models import Connection
+from sync.delivery.throttle import DatabaseThrottle, RedisThrottle, Throttled, gate_for, margin
 from sync.models import ThrottleCall
-from sync.throttle import DatabaseThrottle, RedisThrottle, Throttled, gate_for, margin
 
 
 @pytest.fixture
@@ -166,10 +166,10 @@ def test_a_throttled_batch_is_handed_back_without_counting_an_attempt(live_serve
 
     from django.utils import timezone
 
-    from sync import engine
-    from sync.auth import api_token_create
-    from sync.config_services import config_override_set
+    from sync.api.auth import api_token_create
+    from sync.delivery import engine
     from sync.models import JobState, SyncJob
+    from sync.ops.config_services import config_override_set
     from tests.conftest import mock_salesforce
 
     salesforce = mock_salesforce(live_server.url)

@@ -14,8 +14,8 @@ from crms.base import QuotaSignal
 from crms.models import Connection
 from crms.outreach import errors as outreach_errors
 from crms.salesforce import errors as salesforce_errors
+from sync.delivery.throttle import DatabaseThrottle, RedisThrottle, Throttled, gate_for, obey, observer_for
 from sync.models import ThrottleLimit
-from sync.throttle import DatabaseThrottle, RedisThrottle, Throttled, gate_for, obey, observer_for
 
 FIXTURES = Path(__file__).resolve().parent.parent / "crms" / "salesforce" / "fixtures"
 

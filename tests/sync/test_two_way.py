@@ -17,9 +17,9 @@ from crms.services import connection_save
 from rules.demo import DEMO_RULES
 from rules.selectors import rule_set_forget
 from rules.services import rule_set_replace
-from sync import inbound
-from sync.engine import throttled_connector
-from sync.inbound import PollResult, poll
+from sync.delivery.engine import throttled_connector
+from sync.inbound import changes as inbound
+from sync.inbound.changes import PollResult, poll
 from sync.models import ConflictState, JobState, RecordLink, RecordRead, SyncConflict, SyncEvent, SyncJob
 from tests.conftest import drain, mock_salesforce, salesforce_minute_passes
 
@@ -132,7 +132,7 @@ def test_a_policy_decision_is_stored_by_the_ingest_that_found_the_conflict_never
     api, live_server, system_a, monkeypatch
 ):
     """Issue 16: judging a conflict called event_ingest again from inside the outer ingest's transaction."""
-    from sync import services
+    from sync.ingest import services
 
     salesforce = salesforce_with(live_server)
     synced_both_ways(api, salesforce, system_a)

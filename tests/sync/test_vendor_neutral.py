@@ -8,10 +8,16 @@ from pathlib import Path
 
 from crms.base import BulkWriter, NotSent
 from crms.registry import CONNECTORS, connector_class
-from sync.throttle import Throttled, ThrottleUnavailable
+from sync.delivery.throttle import Throttled, ThrottleUnavailable
 
 ROOT = Path(__file__).parents[2]
-PIPELINE = ["sync/engine.py", "sync/backfill.py", "sync/inbound.py", "sync/throttle.py", "sync/dispatch.py"]
+PIPELINE = [
+    "sync/delivery/engine.py",
+    "sync/inbound/backfill.py",
+    "sync/inbound/changes.py",
+    "sync/delivery/throttle.py",
+    "sync/delivery/dispatch.py",
+]
 # The CRMs among the connectors (their labels, e.g. "Salesforce"), and the words only their APIs use.
 VENDOR_WORDS = ["soql", "sobject", "hubspot"]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from sync.auth import ANY_SOURCE, api_token_create
+from sync.api.auth import ANY_SOURCE, api_token_create
 from sync.models import DEFAULT_SCOPES, DEFAULT_SOURCES, TokenScope
 
 

@@ -11,7 +11,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from crms.base import ConnectorError
-from sync.backfill import (
+from sync.delivery.engine import batch_size_for
+from sync.inbound.backfill import (
     BULK_CALLS_PER_JOB,
     DEFAULT_BATCH,
     BackfillRefused,
@@ -30,7 +31,6 @@ from sync.backfill import (
     run_owner,
     since_parse,
 )
-from sync.engine import batch_size_for
 from sync.models import BackfillRun
 
 ACTIONS = ("create", "update", "delete", "unchanged")

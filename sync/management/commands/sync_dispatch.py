@@ -18,9 +18,10 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 from django.utils import timezone
 
-from sync import engine, liveness, tasks, transitions
+from sync import tasks, transitions
+from sync.delivery import engine, liveness
 from sync.models import SyncJob
-from sync.selectors import queue_lag
+from sync.ops.selectors import queue_lag
 
 logger = logging.getLogger("recordsync.dispatch")
 metrics_logger = logging.getLogger("recordsync.metrics")

@@ -4,7 +4,7 @@
     python manage.py sync_health --role dispatcher
 
 A worker cluster is alive while one of its workers beat within the last 30 s, or holds a task taken
-within its timeout (sync/liveness.py). With the database unreachable the answer is 0 and a warning:
+within its timeout (sync/delivery/liveness.py). With the database unreachable the answer is 0 and a warning:
 restarting the process would not bring the database back (the API answers 503 meanwhile).
 """
 
@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 from django.utils import timezone
 
-from sync import liveness
+from sync.delivery import liveness
 
 
 class Command(BaseCommand):

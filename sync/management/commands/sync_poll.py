@@ -13,8 +13,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from crms.models import Connection
-from sync.engine import throttled_connector
-from sync.inbound import poll, readable_objects
+from sync.delivery.engine import throttled_connector
+from sync.inbound.changes import poll, readable_objects
 
 
 class Command(BaseCommand):

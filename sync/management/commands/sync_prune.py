@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from tqdm import tqdm
 
-from sync import retention
+from sync.ops import retention
 
 MAX_BATCH = 100_000
 

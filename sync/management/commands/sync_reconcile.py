@@ -13,9 +13,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from crms.models import Connection
-from sync.inbound import readable_objects
+from sync.inbound.changes import readable_objects
+from sync.inbound.reconcile import ACTIONS, DEFAULT_SAMPLES, breaker_closed, reconcile
 from sync.models import ReconcileRun
-from sync.reconcile import ACTIONS, DEFAULT_SAMPLES, breaker_closed, reconcile
 
 
 class Command(BaseCommand):

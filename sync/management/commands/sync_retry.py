@@ -9,8 +9,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count
 from tqdm import tqdm
 
+from sync.delivery.retry import chunked_ids, jobs_retry, retry_candidates
 from sync.models import SyncJob
-from sync.retry import chunked_ids, jobs_retry, retry_candidates
 
 CHUNK = 500
 

@@ -1,6 +1,6 @@
 """changes() never skips or repeats a row: 5,000 rows stamped in one second, read in pages, then edited.
 
-Each test drives changes() as the inbound poller does (sync/inbound.py): it reads the saved
+Each test drives changes() as the inbound poller does (sync/inbound/changes.py): it reads the saved
 cursor ("" is "from the beginning"), takes one page, saves `page.cursor or ""`, and stops when
 `has_more` is False. A change is (id, modified instant); each must be seen exactly once.
 
@@ -143,7 +143,7 @@ def edit(external: External, object_type: str, ids: list[int]) -> dict[str, date
 
 
 def poll(connector: DatabaseConnector, object_type: str, saved: str = "") -> tuple[list[Change], str]:
-    """What sync.inbound.poll does with one (connection, object) cursor, page by page."""
+    """What sync.inbound.changes.poll does with one (connection, object) cursor, page by page."""
     seen: list[Change] = []
     while True:
         page = connector.changes(object_type, saved or None)

@@ -51,7 +51,7 @@ def edit(record_ids: list[str], moment: datetime, title: str) -> None:
 
 
 def poll(connector: OutreachConnector, cursor: str | None) -> tuple[list[Change], str, int]:
-    """One whole pass, page after page as sync.inbound.poll reads them: (changes, the cursor after, pages)."""
+    """One whole pass, page after page as sync.inbound.changes.poll reads them: (changes, the cursor after, pages)."""
     changes: list[Change] = []
     pages = 0
     while True:

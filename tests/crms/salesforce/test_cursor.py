@@ -10,8 +10,8 @@ import pytest
 
 from crms.mocks.models import MockRecord
 from crms.salesforce import mock_store
-from sync import inbound
-from sync.engine import throttled_connector
+from sync.delivery.engine import throttled_connector
+from sync.inbound import changes as inbound
 from sync.models import SyncEvent
 from tests.conftest import mock_salesforce
 

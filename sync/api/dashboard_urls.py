@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from sync import dashboard
+from sync.api import dashboard
 
 app_name = "dashboard"
 urlpatterns = [

@@ -1,7 +1,7 @@
 """The staff dashboard: what is stuck, since when and why, at one look (docs/dashboard.md).
 
-Server-rendered pages behind the admin login. The figures come from `sync.stats`, the alerts from
-`sync.alerts`; charts are drawn in the browser by Chart.js, served from our own static files.
+Server-rendered pages behind the admin login. The figures come from `sync.ops.stats`, the alerts from
+`sync.ops.alerts`; charts are drawn in the browser by Chart.js, served from our own static files.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ from django.utils import timezone
 from django.utils.http import urlencode
 from django.views.decorators.http import require_POST
 
-from sync import liveness, stats
-from sync.alerts import alerts_open, alerts_recent
+from sync.delivery import liveness
+from sync.delivery.retry import jobs_retry
 from sync.models import JobState, ProcessBeat, SyncJob
-from sync.retry import jobs_retry
+from sync.ops import stats
+from sync.ops.alerts import alerts_open, alerts_recent
 
 SYNCED, FAILED = "#2e7d32", "#c62828"
 LAG, THROTTLE = "#1565c0", "#ef6c00"

@@ -5,10 +5,14 @@ The decision is stored with the event, so "why did this go there?" always has an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from crms.models import Connection
 from rules.contracts import Routing
+from sync.contracts import EventInput
+from sync.models import SyncEvent
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,7 @@ def route_event(
     *, operation: str, source: str, requested: list[str] | None, connections: dict[str, Connection]
 ) -> Route:
     """`connections` holds every connection by name, enabled or not."""
-    if operation == "read":  # reads go to the record's linked systems (sync.reads), never to a target
+    if operation == "read":  # reads go to the record's linked systems (sync.ingest.reads), never to a target
         return Route([], {"mode": "read", "targets": []})
     if requested is not None:
         return _explicit(source, requested, connections)
@@ -49,3 +53,24 @@ def _explicit(source: str, requested: list[str], connections: dict[str, Connecti
         elif connection not in targets:
             targets.append(connection)
     return Route(targets, {"mode": "explicit", "targets": [c.name for c in targets]}, errors)
+
+
+def changed_fields(items: Sequence[EventInput], indexes: list[int]) -> dict[int, list[str]]:
+    """For each item, the fields whose value differs from the record's previous event (all of
+    them for a record seen for the first time). Earlier items of the same batch count."""
+    keys = {(items[i].source, items[i].object_type, items[i].record_id) for i in indexes}
+    previous: dict[tuple[str, str, str], dict[str, Any]] = {}
+    rows = SyncEvent.objects.filter(record_id__in={k[2] for k in keys}).order_by("received_at")
+    for event in rows.only("source", "object_type", "record_id", "payload"):
+        key = (event.source, event.object_type, event.record_id)
+        if key in keys and event.payload is not None:
+            previous[key] = event.payload
+    changed: dict[int, list[str]] = {}
+    for index in indexes:
+        item = items[index]
+        key = (item.source, item.object_type, item.record_id)
+        before, now = previous.get(key, {}), item.data or {}
+        changed[index] = sorted(name for name, value in now.items() if before.get(name, object()) != value)
+        if item.data is not None:
+            previous[key] = {**before, **now}
+    return changed

@@ -1,4 +1,4 @@
-"""Input and output serializers for /v1/sync. Validation only: the writes live in sync.services."""
+"""Input and output serializers for /v1/sync. Validation only: the writes live in sync.ingest.services."""
 
 from __future__ import annotations
 

@@ -35,11 +35,12 @@ from crms.registry import UnknownKind, connector_class
 from recordsync.logging import request_id_var
 from recordsync.metrics import RETRIES
 from rules.contracts import target_payload
-from sync import config, holds, liveness, transitions
-from sync.breaker import Gate, breaker_allow, breaker_failure, breaker_release_probe, breaker_success
+from sync import transitions
 from sync.contracts import SYSTEM_A
+from sync.delivery import config, holds, liveness
+from sync.delivery.breaker import Gate, breaker_allow, breaker_failure, breaker_release_probe, breaker_success
+from sync.delivery.throttle import gate_for, recheck_seconds, throttle
 from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncEvent, SyncJob
-from sync.throttle import gate_for, recheck_seconds, throttle
 
 logger = logging.getLogger("recordsync.engine")
 
@@ -685,7 +686,7 @@ def retry_wait(error: ConnectorError, attempts: int, *, counts: bool) -> float:
     """Seconds until a job that met `error` after `attempts` counted tries is due again.
 
     Handed back without a call (`counts` False: our throttle, our breaker): the wait the limit states, at
-    most `sync.throttle.recheck_seconds()`. A cap's spread can be hours; looking again while the limit
+    most `sync.delivery.throttle.recheck_seconds()`. A cap's spread can be hours; looking again while the limit
     stands costs no call, and a limit that ends sooner wakes the jobs itself (a probe, staff, an answer
     showing room).
 

@@ -161,27 +161,6 @@ def _attempt(attempt: SyncAttempt) -> dict[str, Any]:
     }
 
 
-def changed_fields(items: Sequence[Any], indexes: list[int]) -> dict[int, list[str]]:
-    """For each item, the fields whose value differs from the record's previous event (all of
-    them for a record seen for the first time). Earlier items of the same batch count."""
-    keys = {(items[i].source, items[i].object_type, items[i].record_id) for i in indexes}
-    previous: dict[tuple[str, str, str], dict[str, Any]] = {}
-    rows = SyncEvent.objects.filter(record_id__in={k[2] for k in keys}).order_by("received_at")
-    for event in rows.only("source", "object_type", "record_id", "payload"):
-        key = (event.source, event.object_type, event.record_id)
-        if key in keys and event.payload is not None:
-            previous[key] = event.payload
-    changed: dict[int, list[str]] = {}
-    for index in indexes:
-        item = items[index]
-        key = (item.source, item.object_type, item.record_id)
-        before, now = previous.get(key, {}), item.data or {}
-        changed[index] = sorted(name for name, value in now.items() if before.get(name, object()) != value)
-        if item.data is not None:
-            previous[key] = {**before, **now}
-    return changed
-
-
 def queue_lag(now: datetime) -> tuple[float, int]:
     """How long the oldest job that is due has waited (seconds), and how many are due."""
     due = SyncJob.objects.filter(state__in=(JobState.PENDING, JobState.RETRYING), target__enabled=True).filter(

@@ -1,7 +1,7 @@
 from django.urls import path
 
 from rules.views import RuleSetViewSet
-from sync.views import (
+from sync.api.views import (
     ConfigOverrideViewSet,
     ConnectionResumeViewSet,
     SyncEventDetailViewSet,

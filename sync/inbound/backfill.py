@@ -34,7 +34,7 @@ from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from sync import transitions
 from sync.contracts import SYSTEM_A, EventInput
-from sync.engine import (
+from sync.delivery.engine import (
     Claimed,
     Outcome,
     batch_size_for,
@@ -47,9 +47,9 @@ from sync.engine import (
     retry_wait,
     throttled_connector,
 )
-from sync.inbound import capture, echo_reason, in_flight_echo
+from sync.inbound.changes import capture, echo_reason, in_flight_echo
+from sync.ingest.services import event_ingest, events_route
 from sync.models import BackfillRun, BreakerState, CircuitBreaker, JobState, RunState, SyncEvent, SyncJob
-from sync.services import event_ingest, events_route
 
 logger = logging.getLogger("recordsync.backfill")
 
@@ -744,7 +744,7 @@ def _preview_reads(plan: Plan, preview: Preview, progress: Callable[[int], objec
 def _as_captured(
     connection: Connection, connector: Connector, changes: Sequence[Change], target: str
 ) -> tuple[list[EventInput], int]:
-    """The events sync.inbound.capture would make of these changes, without writing: (events, echoes)."""
+    """The events sync.inbound.changes.capture would make of these changes, without writing: (events, echoes)."""
     links = {
         (link.external_object, link.external_id): link
         for link in connection.links.filter(external_id__in={change.external_id for change in changes})

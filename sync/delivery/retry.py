@@ -12,7 +12,8 @@ from django.utils import timezone
 from rest_framework.exceptions import NotFound
 
 from recordsync.errors import Conflict
-from sync import dispatch, transitions
+from sync import transitions
+from sync.delivery import dispatch
 from sync.models import JobState, SyncEvent, SyncJob
 
 logger = logging.getLogger("recordsync.sync")

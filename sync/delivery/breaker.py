@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import F
 
 from crms.models import Connection
-from sync import config
+from sync.delivery import config
 from sync.models import BreakerState, BreakerTransition, CircuitBreaker
 
 logger = logging.getLogger("recordsync.breaker")

@@ -8,7 +8,7 @@ from django.db import transaction
 from rest_framework.exceptions import ValidationError
 
 from crms.models import Connection
-from sync import config
+from sync.delivery import config
 from sync.models import ConfigOverride
 
 LIMITS = {

@@ -11,7 +11,7 @@ a *hold* (stop calling for a while: a 429's Retry-After, a daily request limit r
 an exhausted allowance) and a *cap* (past a configurable share of the target's allowance, the
 calls left are spread evenly until it refills). Both live beside the window, so every worker
 obeys what any one of them heard. Either can end early: `release` lifts a hold (a probe found the
-target taking calls again, or staff resumed it; sync/holds.py) and an answer showing room again
+target taking calls again, or staff resumed it; sync/delivery/holds.py) and an answer showing room again
 drops the cap.
 """
 

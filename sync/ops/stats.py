@@ -20,7 +20,13 @@ from django_redis import get_redis_connection
 
 from crms.models import Connection
 from rules.contracts import target_payload
-from sync import config, transitions
+from sync import transitions
+from sync.delivery import config
+from sync.delivery.throttle import (
+    margin,
+    quota_key,
+    redis_keys,  # the throttle owns its Redis key names; read them, never copy them
+)
 from sync.models import (
     AttemptOutcome,
     BreakerState,
@@ -33,11 +39,6 @@ from sync.models import (
     SyncJob,
     ThrottleCall,
     ThrottleLimit,
-)
-from sync.throttle import (
-    margin,
-    quota_key,
-    redis_keys,  # the throttle owns its Redis key names; read them, never copy them
 )
 
 MINUTES = 60
@@ -208,7 +209,7 @@ def _buckets(*, now: datetime, step: timedelta, count: int, trunc: type[TruncMin
 
 
 def lag(*, now: datetime, connections: Sequence[Connection] | None = None) -> list[Lag]:
-    """Per connection, as `sync.selectors.queue_lag` measures the whole queue: the oldest due job by `updated_at`."""
+    """Per connection, as `selectors.queue_lag` measures the whole queue: the oldest due job by `updated_at`."""
     connections = _connections() if connections is None else connections
     due = (
         SyncJob.objects.filter(state__in=transitions.DUE)
@@ -241,7 +242,7 @@ def throttle_use(
     backend: Literal["database", "redis"] | None = None,
 ) -> list[ThrottleUse]:
     """Calls in each quota owner's window against the connection's `rate_limit_calls`, from where the throttle
-    keeps them (`backend`: as `sync.throttle.throttle()` chooses). The window counted is the one the throttle
+    keeps them (`backend`: as `sync.delivery.throttle.throttle()` chooses). The window counted is the one the throttle
     enforces: `rate_limit_window` plus its small margin. Redis times its window by its own clock, not `now`."""
     connections = _connections() if connections is None else connections
     backend = backend or ("redis" if settings.REDIS_URL else "database")
@@ -451,7 +452,7 @@ def _issue_job(job: SyncJob, conflict_id: int | None) -> IssueJob:
 
 
 def payload_for(job: SyncJob) -> Any:
-    """The fields the engine would send this target (as `sync.engine` prepares them), or None: no event left."""
+    """The fields the engine would send this target (as `delivery.engine` prepares them), or None: no event left."""
     event = job.last_event
     if event is None:
         return None

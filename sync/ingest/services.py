@@ -22,13 +22,13 @@ from recordsync.errors import Conflict
 from recordsync.metrics import EVENTS_ACCEPTED
 from rules.engine import decide, event_context
 from rules.selectors import rule_set_current
-from sync import conflicts, dispatch, outbox, reads
 from sync.contracts import SYSTEM_A
 from sync.contracts import EventInput as EventInput  # its old home, for one release (CHANGELOG)
+from sync.delivery import dispatch
+from sync.ingest import conflicts, outbox, reads
+from sync.ingest.outbox import JobKey
+from sync.ingest.routing import Route, changed_fields, route_event
 from sync.models import JobState, SyncConflict, SyncEvent
-from sync.outbox import JobKey
-from sync.routing import Route, route_event
-from sync.selectors import changed_fields
 
 logger = logging.getLogger("recordsync.sync")
 

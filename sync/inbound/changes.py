@@ -36,9 +36,10 @@ from crms.registry import UnknownKind, connector_class
 from recordsync.logging import request_id_var
 from recordsync.metrics import ECHOES
 from rules.contracts import target_payload
-from sync import config
 from sync.contracts import EventInput
-from sync.engine import throttled_connector
+from sync.delivery import config
+from sync.delivery.engine import throttled_connector
+from sync.ingest.services import event_ingest
 from sync.models import (
     BreakerState,
     CircuitBreaker,
@@ -49,7 +50,6 @@ from sync.models import (
     SyncEvent,
     SyncJob,
 )
-from sync.services import event_ingest
 
 logger = logging.getLogger("recordsync.inbound")
 
@@ -409,7 +409,7 @@ def webhook_receive(
 
 
 def read_run(*, event_id: str, now: datetime | None = None) -> dict[str, str]:
-    """Carry out one read event (sync/reads.py planned it): read each linked system, capture what it holds,
+    """Carry out one read event (sync/ingest/reads.py planned it): read each linked system, capture what it holds,
     as a poll would. Safe to run twice:
     a row already read is left alone, and a capture of a state already captured adds nothing."""
     outcomes: dict[str, str] = {}

@@ -32,10 +32,10 @@ from rest_framework.exceptions import NotFound
 from crms.base import Connector, ConnectorError
 from crms.build import connector_for
 from crms.models import Connection
-from sync import config, dispatch
-from sync.breaker import breaker_close
+from sync.delivery import config, dispatch
+from sync.delivery.breaker import breaker_close
+from sync.delivery.throttle import THROTTLED, Throttle, observer_for, quota_key, quota_sharers, throttle
 from sync.models import InboundCursor, JobState, QuotaHold, SyncJob
-from sync.throttle import THROTTLED, Throttle, observer_for, quota_key, quota_sharers, throttle
 
 logger = logging.getLogger("recordsync.holds")
 

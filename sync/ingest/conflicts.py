@@ -32,7 +32,7 @@ from sync.contracts import SYSTEM_A, EventInput
 from sync.models import ConflictState, JobState, RecordLink, SyncConflict, SyncEvent, SyncJob
 
 if TYPE_CHECKING:
-    from sync.routing import Route
+    from sync.ingest.routing import Route
 
 logger = logging.getLogger("recordsync.conflicts")
 

@@ -20,13 +20,8 @@ from crms.base import ConnectorError, WebhookRefused
 from crms.models import Connection
 from recordsync.openapi import errors
 from recordsync.pagination import Cursor
-from sync import config, holds, inbound, selectors, services
-from sync.auth import Grant, ScopeDenied, scope_denied_message
-from sync.config_services import config_override_set
-from sync.contracts import EventInput
-from sync.models import ConfigOverride, TokenScope
-from sync.retry import job_retry
-from sync.serializers import (
+from sync.api.auth import Grant, ScopeDenied, scope_denied_message
+from sync.api.serializers import (
     BatchAcceptedSerializer,
     ConfigInForceSerializer,
     ConfigOverrideInSerializer,
@@ -45,7 +40,15 @@ from sync.serializers import (
     StatusQuerySerializer,
     WebhookAnswerSerializer,
 )
-from sync.stats import sync_stats
+from sync.contracts import EventInput
+from sync.delivery import config, holds
+from sync.delivery.retry import job_retry
+from sync.inbound import changes as inbound
+from sync.ingest import services
+from sync.models import ConfigOverride, TokenScope
+from sync.ops import selectors
+from sync.ops.config_services import config_override_set
+from sync.ops.stats import sync_stats
 
 logger = logging.getLogger("recordsync.webhooks")
 

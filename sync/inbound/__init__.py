@@ -1,0 +1,1 @@
+"""Inbound: changes that come from the CRMs (polls, webhooks, backfill, reconcile). See docs/architecture.md."""
