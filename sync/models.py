@@ -78,7 +78,7 @@ class SyncJob(models.Model):
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     lease_owner = models.CharField(
-        max_length=100, blank=True, help_text="The process holding the lease: pid-claim@host (engine.lease_owner)."
+        max_length=100, blank=True, help_text="The process holding the lease: pid-claim@host (leases.lease_owner)."
     )
     # Not sent before this time: a worker stopped mid-call handed the job back while that call could still
     # land. Kept through newer events (next_attempt_at is not), so no newer state overtakes the old call.

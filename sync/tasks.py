@@ -20,7 +20,7 @@ from django.utils import timezone
 from django_q.tasks import async_task
 
 from crms.models import Connection
-from sync.delivery import dispatch, engine, holds
+from sync.delivery import dispatch, engine, holds, leases
 from sync.inbound import changes as inbound
 from sync.inbound import reconcile
 from sync.models import InboundCursor, JobState, RecordRead, SyncJob
@@ -48,7 +48,7 @@ def dispatch_tick(connection_id: int) -> int:
         try:
             async_task("sync.tasks.batch_send", job_ids, task_name=f"batch-{connection_id}")
         except Exception as exc:  # the broker is down: the batch goes back to pending, not to a lease wait
-            engine.batch_release(job_ids)
+            leases.batch_release(job_ids)
             logger.warning(
                 "broker unavailable; batch released",
                 extra={"target_id": connection_id, "jobs": len(job_ids), "error": repr(exc)},
@@ -71,9 +71,9 @@ def batch_send(job_ids: list[int]) -> dict[str, int]:
 
 def batch_taken(sender: object = None, func: Any = None, task: dict[str, Any] | None = None, **kwargs: object) -> None:
     """In each worker (django-q2's pre_execute), as a batch_send task starts: its queued jobs name this
-    worker, so a kill before it claims them hands them back at once (engine.leases_reap)."""
+    worker, so a kill before it claims them hands them back at once (leases.leases_reap)."""
     if func is batch_send and task and task.get("args"):
-        engine.batch_taken(job_ids=task["args"][0])
+        leases.batch_taken(job_ids=task["args"][0])
 
 
 def worker_stop_handler_install(sender: object = None, **kwargs: object) -> None:

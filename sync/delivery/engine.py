@@ -8,22 +8,15 @@ batch's lease expires and its jobs go back to pending; a repeat is an upsert of 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import random
-import time
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
-from django.db import connection as db
+from django.db import DatabaseError
 from django.db.models import Min, Q
 from django.utils import timezone
 
@@ -33,22 +26,19 @@ from crms.build import connector_for
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from recordsync.logging import request_id_var
-from recordsync.metrics import RETRIES
 from rules.contracts import target_payload
 from sync import transitions
 from sync.contracts import SYSTEM_A
-from sync.delivery import config, holds, liveness
+from sync.delivery import config, holds, leases
 from sync.delivery.breaker import Gate, breaker_allow, breaker_failure, breaker_release_probe, breaker_success
-from sync.delivery.throttle import gate_for, recheck_seconds, throttle
-from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncEvent, SyncJob
+from sync.delivery.outcomes import (
+    Outcome,
+    outcomes_save,
+)
+from sync.delivery.throttle import gate_for, throttle
+from sync.models import AttemptOutcome, JobState, RecordLink, SyncEvent, SyncJob
 
 logger = logging.getLogger("recordsync.engine")
-
-# After an interrupted call's timeouts, this much more before its jobs may be sent again.
-FENCE_MARGIN_SECONDS = 5
-TAKEN = "take"  # in the lease owner of queued jobs a worker took from the broker (batch_taken)
-QUEUED_GRACE_SECONDS = 10  # a claim untaken for a call's timeouts and this long has lost its task
-RELEASE_RETRY_SECONDS = 1.0  # between two tries to hand a batch back while the database is away
 
 
 def not_their_fault(error: ConnectorError) -> bool:
@@ -90,7 +80,7 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
     # their tasks wait behind others in the broker.
     outstanding = SyncJob.objects.filter(target_id=connection.pk, state__in=(JobState.QUEUED, JobState.IN_FLIGHT))
     batches_out = outstanding.exclude(lease_owner="").values("lease_owner").distinct().count()
-    room = outstanding_limit(now=now) - batches_out
+    room = leases.outstanding_limit(now=now) - batches_out
     groups = _due(connection.pk, now).values("object_type").annotate(oldest=Min("updated_at"))
     for group in groups:
         while len(batches) < room:
@@ -104,7 +94,7 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
             if not ids or not ready:
                 break
             lease = now + timedelta(seconds=settings.SYNC_LEASE_SECONDS)
-            owner = lease_owner()
+            owner = leases.lease_owner()
             claimed = transitions.claim(
                 _due(connection.pk, now).filter(id__in=ids), owner=owner, lease_until=lease, now=now
             )
@@ -113,13 +103,6 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
             if len(ids) < size:
                 break
     return batches
-
-
-def leases_expire(*, now: datetime) -> int:
-    """Queued or in-flight jobs whose lease ran out (a killed worker, a lost task) go back to pending."""
-    return transitions.to_pending(
-        SyncJob.objects.filter(state__in=transitions.LEASED, lease_expires_at__lt=now), now=now
-    )
 
 
 # --- running a batch ---------------------------------------------------------------------------
@@ -141,7 +124,7 @@ def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[st
     links, states): per-job writes made the database, not the target, the drain's bottleneck.
     """
     now = now or timezone.now()
-    owner = lease_owner()
+    owner = leases.lease_owner()
     lease = now + timedelta(seconds=settings.SYNC_LEASE_SECONDS)
     taken = transitions.start(
         SyncJob.objects.filter(id__in=job_ids, state=JobState.QUEUED), owner=owner, lease_until=lease, now=now
@@ -156,8 +139,8 @@ def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[st
     except DatabaseError as exc:
         # The database went away mid-batch (a restart, a failover): the worker lives on, so nothing reaps
         # its lease. Hand the jobs back as soon as the database answers again, fenced if a call was cut off.
-        fence = call_fence(http.interrupted_call())
-        released = _release_when_back(owner, fence, until=lease)
+        fence = leases.call_fence(http.interrupted_call())
+        released = leases.release_when_back(owner, fence, until=lease)
         fenced = fence.isoformat() if fence else None
         extra = {"jobs": released, "reason": repr(exc), "fenced_until": fenced}
         logger.warning("batch cut off by a database error; leases returned", extra=extra)
@@ -169,8 +152,8 @@ def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[st
         # the lease. A call already made is sent again later: an upsert of the same state. A call cut
         # off mid-way may still land at the target: the jobs are fenced until it no longer can, so no
         # newer state is sent first and then overwritten by the older one (docs/architecture.md).
-        fence = call_fence(http.interrupted_call())
-        released = leases_release(owner=owner, fence_until=fence)
+        fence = leases.call_fence(http.interrupted_call())
+        released = leases.leases_release(owner=owner, fence_until=fence)
         fenced = fence.isoformat() if fence else None
         logger.warning(
             "batch interrupted; leases returned", extra={"jobs": released, "reason": repr(exc), "fenced_until": fenced}
@@ -183,92 +166,6 @@ def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[st
 def _request_ids(owner: str) -> list[str]:
     rows = SyncJob.objects.filter(lease_owner=owner).values_list("last_event__request_id", flat=True)
     return sorted({request_id for request_id in rows if request_id})
-
-
-def lease_owner() -> str:
-    """Unique per claim, and names the process holding it: `pid-claim@host` (operators, the kill -9 proof
-    and leases_reap read it)."""
-    return f"{os.getpid()}-{uuid.uuid4().hex[:20]}@{liveness.host_name()}"
-
-
-def lease_holder(owner: str) -> str | None:
-    """The `host:pid` heartbeat key of a lease's holder, or None for a lease of another format."""
-    pid, _, rest = owner.partition("-")
-    host = rest.partition("@")[2]
-    return f"{host}:{pid}" if pid.isdigit() and host else None
-
-
-def batch_taken(*, job_ids: Sequence[int]) -> int:
-    """A worker took the task of these queued jobs: they name it now, so that if it dies before claiming
-    them (a popped Redis task is gone with it) they come back at once rather than after the lease."""
-    taken = f"{os.getpid()}-{TAKEN}{uuid.uuid4().hex[:8]}@{liveness.host_name()}"
-    return SyncJob.objects.filter(id__in=job_ids, state=JobState.QUEUED).update(lease_owner=taken)
-
-
-def leases_reap(*, now: datetime) -> int:
-    """Jobs whose holder is known dead (its sentinel saw it go, or its heartbeat stopped) go back to
-    pending now instead of at lease expiry: in flight, fenced, since a call it had out may still land;
-    queued (a dispatcher killed between its claim and queuing the task, a worker killed after taking the
-    task), at once: no call was made, and a task that does turn up finds nothing left to claim."""
-    held = SyncJob.objects.filter(state__in=transitions.LEASED)
-    owners = set(held.exclude(lease_owner="").values_list("lease_owner", flat=True))
-    holders = {owner: lease_holder(owner) for owner in owners}
-    dead = liveness.dead_among({h for h in holders.values() if h}, now=now)
-    reaped = 0
-    for owner, holder in holders.items():
-        if holder not in dead:
-            continue
-        reaped += transitions.to_pending(SyncJob.objects.filter(lease_owner=owner, state=JobState.QUEUED), now=now)
-        # A call may have begun up to one beat after the holder was last seen alive.
-        fence = call_fence(dead[holder].timestamp() + liveness.BEAT_SECONDS)
-        in_flight = SyncJob.objects.filter(lease_owner=owner, state=JobState.IN_FLIGHT)
-        reaped += transitions.to_pending(in_flight, now=now, fence_until=fence)
-    # A claim whose task no worker has taken for longer than any batch ahead of it can take: the task is
-    # lost (a Redis task popped by a worker killed at that moment). A task that does still turn up finds
-    # nothing left to claim, so nothing is sent twice.
-    waited = settings.CRM_HTTP_CONNECT_TIMEOUT + settings.CRM_HTTP_READ_TIMEOUT + QUEUED_GRACE_SECONDS
-    lost = SyncJob.objects.filter(state=JobState.QUEUED, updated_at__lt=now - timedelta(seconds=waited))
-    return reaped + transitions.to_pending(lost.exclude(lease_owner__contains=TAKEN), now=now)
-
-
-def outstanding_limit(*, now: datetime) -> int:
-    """Batches of one connection queued or in flight at once: SYNC_OUTSTANDING_PER_WORKER for each live
-    worker across the fleet (heartbeats), or SYNC_OUTSTANDING_BATCHES while no worker has reported."""
-    live = liveness.alive("worker", now=now).count()
-    return max(1, settings.SYNC_OUTSTANDING_PER_WORKER * live) if live else settings.SYNC_OUTSTANDING_BATCHES
-
-
-def leases_release(*, owner: str, fence_until: datetime | None = None) -> int:
-    """Jobs still in flight under this lease go back to pending at once (not sent again before `fence_until`)."""
-    leased = SyncJob.objects.filter(lease_owner=owner, state__in=transitions.LEASED)
-    return transitions.to_pending(leased, now=timezone.now(), fence_until=fence_until)
-
-
-def _release_when_back(owner: str, fence: datetime | None, *, until: datetime) -> int:
-    """leases_release, tried again each second while the database is away; past `until` (the lease's end)
-    the lease expiry hands the jobs back instead."""
-    while True:
-        try:
-            return leases_release(owner=owner, fence_until=fence)
-        except DatabaseError:
-            db.close()  # the broken connection: the next try opens a new one
-            if timezone.now() >= until:
-                return 0
-            time.sleep(RELEASE_RETRY_SECONDS)
-
-
-def call_fence(started: float | None) -> datetime | None:
-    """When an interrupted call that began at `started` can no longer land: its connect and read
-    timeouts and a margin after its start. None when no call was under way."""
-    if started is None:
-        return None
-    budget = settings.CRM_HTTP_CONNECT_TIMEOUT + settings.CRM_HTTP_READ_TIMEOUT + FENCE_MARGIN_SECONDS
-    return datetime.fromtimestamp(started, UTC) + timedelta(seconds=budget)
-
-
-def batch_release(job_ids: Sequence[int]) -> int:
-    """A claimed batch whose task could not be queued (the broker is down) goes back to pending."""
-    return transitions.to_pending(SyncJob.objects.filter(id__in=job_ids, state=JobState.QUEUED), now=timezone.now())
 
 
 def _run(owner: str, now: datetime) -> dict[str, int]:
@@ -403,10 +300,6 @@ def _missing_required(connection: Connection, object_type: str, fields: dict[str
     return [name for name in required if fields.get(name) in (None, "", [])]
 
 
-def payload_hash(fields: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[Outcome]:
     gate, look_again = breaker_allow(connection, now)
     if gate is Gate.WAIT:  # the breaker is open: no call, the jobs wait without spending an attempt
@@ -500,205 +393,3 @@ def _outcome(item: Claimed, result: PushResult, duration_ms: int) -> Outcome:
     exhausted = job.attempts + 1 >= config.effective(job.target_id).max_attempts
     state = JobState.FAILED if error.permanent or exhausted else JobState.RETRYING
     return Outcome(job, state, error, attempt=attempt, duration_ms=duration_ms)
-
-
-@dataclass
-class Outcome:
-    """What became of one job in a batch, before it is written."""
-
-    job: SyncJob
-    state: str
-    error: ConnectorError | None
-    counts: bool = True  # spends one of the job's attempts
-    attempt: str | None = None  # the attempt row's outcome; None writes no attempt (the breaker was open)
-    skip: tuple[str, str] | None = None
-    duration_ms: int | None = None
-    sent: OutboundRecord | None = None  # an upsert the target accepted: its link is written
-    external_id: str = ""
-    link_object_type: str = ""  # the object type the record's link is kept under (the job's, unless linked)
-
-
-def outcomes_save(outcomes: Sequence[Outcome], *, owner: str, now: datetime) -> list[str]:
-    """Links, attempts and job states of one batch, in one transaction; returns each job's final state.
-
-    A job's finish is conditional on the version it was claimed at and on still holding its lease:
-    an event that arrived meanwhile sends the job back to pending (the newer state goes out next),
-    and a job whose lease ran out and was taken by another worker is left to that worker.
-    """
-    finished = timezone.now()
-    with transaction.atomic():
-        _links_save([o for o in outcomes if o.sent is not None and o.external_id], now)
-        SyncAttempt.objects.bulk_create([_attempt_row(o, now, finished) for o in outcomes if o.attempt])
-        held = dict(
-            SyncJob.objects.select_for_update()
-            .filter(id__in=[o.job.id for o in outcomes], state=JobState.IN_FLIGHT, lease_owner=owner)
-            .values_list("id", "version")
-        )
-        current = [o for o in outcomes if held.get(o.job.id) == o.job.version]
-        superseded = [o.job.id for o in outcomes if o.job.id in held and held[o.job.id] != o.job.version]
-        _states_save(current, now, finished)
-        _bases_save([o for o in current if o.state == JobState.SYNCED], now)
-        if superseded:
-            transitions.to_pending(SyncJob.objects.filter(id__in=superseded), now=finished)
-    final = {o.job.id: o.state for o in current} | dict.fromkeys(superseded, JobState.PENDING)
-    states = [final.get(o.job.id, "lost_lease") for o in outcomes]
-    for outcome, state in zip(outcomes, states, strict=True):
-        if state == JobState.RETRYING and outcome.counts and outcome.error is not None:
-            RETRIES.labels(outcome.job.target.name, outcome.error.code).inc()
-        event = outcome.job.last_event
-        logger.info(
-            "job state",
-            extra={
-                "job_id": outcome.job.id,
-                "record_id": outcome.job.record_id,
-                "target_id": outcome.job.target_id,
-                "state": state,
-                "version": outcome.job.version,
-                "request_id": event.request_id if event else None,
-            },
-        )
-    return states
-
-
-def _bases_save(outcomes: Sequence[Outcome], now: datetime) -> None:
-    """A change from a CRM that reached its target is now what both sides agree on: it becomes that CRM
-    link's last-synced values, the base the next conflict is judged against and echoes are compared with."""
-    changes = [
-        o.job
-        for o in outcomes
-        if o.job.source != SYSTEM_A
-        and o.job.last_event is not None
-        and o.job.last_event.operation in ("create", "update")
-    ]
-    if not changes:
-        return
-    systems = dict(Connection.objects.filter(name__in={job.source for job in changes}).values_list("name", "id"))
-    for job in changes:
-        assert job.last_event is not None  # noqa: S101 - filtered above
-        values = {k: v for k, v in (job.last_event.payload or {}).items() if v not in (None, "")}
-        RecordLink.objects.filter(
-            record_id=job.record_id, system_id=systems.get(job.source), external_object=job.object_type
-        ).update(last_values=values, last_hash=payload_hash(values), synced_at=now)
-
-
-def _attempt_row(outcome: Outcome, started: datetime, finished: datetime) -> SyncAttempt:
-    error = outcome.error
-    code, message = outcome.skip or ((error.code, error.message) if error else ("", ""))
-    return SyncAttempt(
-        job=outcome.job,
-        version=outcome.job.version,
-        started_at=started,
-        finished_at=finished,
-        outcome=outcome.attempt or "",
-        http_status=error.http_status if error else None,
-        error_code=code,
-        error_message=message,
-        permanent=error.permanent if error else None,
-        duration_ms=outcome.duration_ms,
-    )
-
-
-def _states_save(outcomes: Sequence[Outcome], now: datetime, finished: datetime) -> None:
-    """One UPDATE for the synced jobs and one for the skipped (they share their values); one per
-    job that failed or retries (each has its own backoff)."""
-    synced = [o.job.id for o in outcomes if o.state == JobState.SYNCED]
-    skipped = [o.job.id for o in outcomes if o.state == JobState.SKIPPED]
-    if synced:
-        transitions.finish_synced(SyncJob.objects.filter(id__in=synced), now=now, finished=finished)
-    if skipped:
-        transitions.finish_skipped(SyncJob.objects.filter(id__in=skipped), finished=finished)
-    for outcome in outcomes:
-        if outcome.state in (JobState.SYNCED, JobState.SKIPPED):
-            continue
-        job, error = outcome.job, outcome.error
-        wait = retry_wait(error, job.attempts, counts=outcome.counts) if error is not None else 0.0
-        transitions.finish_unsent(
-            SyncJob.objects.filter(id=job.id),
-            state=outcome.state,
-            attempts=job.attempts + (1 if outcome.counts else 0),
-            next_attempt_at=now + timedelta(seconds=wait) if outcome.state == JobState.RETRYING else None,
-            error=(error.code, error.message, error.permanent) if error else ("", "", None),
-            finished=finished,
-        )
-
-
-def _links_save(outcomes: Sequence[Outcome], now: datetime) -> None:
-    """Upsert the link of every record the target accepted, in one statement.
-
-    If one link collides with another record's (two System A records matched to one CRM record,
-    e.g. a CRM record found by email), the rest are still written and that job fails
-    with the reason instead of the whole batch.
-    """
-    rows = [_link_row(o, now) for o in outcomes]
-    if not rows:
-        return
-    try:
-        with transaction.atomic():
-            _links_upsert(rows)
-        return
-    except IntegrityError:
-        pass
-    for outcome, row in zip(outcomes, rows, strict=True):
-        try:
-            with transaction.atomic():
-                _links_upsert([row])
-        except IntegrityError:
-            outcome.state, outcome.attempt, outcome.sent = JobState.FAILED, AttemptOutcome.ERROR, None
-            outcome.error = ConnectorError(
-                f"{row.external_object} {row.external_id} is already linked to another record; "
-                "the target was written but this record is not linked to it",
-                code="LINK_CONFLICT",
-                permanent=True,
-            )
-
-
-def _link_row(outcome: Outcome, now: datetime) -> RecordLink:
-    record = outcome.sent
-    assert record is not None  # noqa: S101 - callers pass only sent records
-    return RecordLink(
-        object_type=outcome.link_object_type or outcome.job.object_type,
-        record_id=outcome.job.record_id,
-        system_id=outcome.job.target_id,
-        external_object=record.object_type,
-        external_id=outcome.external_id,
-        last_values=record.fields,
-        last_hash=payload_hash(record.fields),
-        synced_at=now,
-    )
-
-
-def _links_upsert(rows: Sequence[RecordLink]) -> None:
-    RecordLink.objects.bulk_create(
-        rows,
-        update_conflicts=True,
-        unique_fields=["record_id", "object_type", "system"],
-        update_fields=["external_object", "external_id", "last_values", "last_hash", "synced_at"],
-    )
-
-
-def backoff_seconds(attempt: int, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter (AWS's), never sooner than the target asked."""
-    ceiling = min(settings.SYNC_BACKOFF_CAP_SECONDS, settings.SYNC_BACKOFF_BASE_SECONDS * 2**attempt)
-    return max(random.uniform(0, ceiling), retry_after or 0)  # noqa: S311 - jitter, not a secret
-
-
-def retry_wait(error: ConnectorError, attempts: int, *, counts: bool) -> float:
-    """Seconds until a job that met `error` after `attempts` counted tries is due again.
-
-    Handed back without a call (`counts` False: our throttle, our breaker): the wait the limit states, at
-    most `sync.delivery.throttle.recheck_seconds()`. A cap's spread can be hours; looking again while the limit
-    stands costs no call, and a limit that ends sooner wakes the jobs itself (a probe, staff, an answer
-    showing room).
-
-    A try that counts backs off exponentially (`backoff_seconds`), never sooner than the target asked.
-    A server error or a lost connection says nothing about quota, so a longer wait a connector derived
-    for it (say, a rate-limit reset read from other headers) is held to the backoff's cap: seconds to
-    minutes, never hours.
-    """
-    if not counts:
-        return min(error.retry_after or 1.0, recheck_seconds())
-    asked = error.retry_after
-    quota = error.pause_connection or error.http_status == 429
-    if asked is not None and not quota and (error.http_status is None or error.http_status >= 500):
-        asked = min(asked, float(settings.SYNC_BACKOFF_CAP_SECONDS))
-    return backoff_seconds(attempts, asked)

@@ -85,7 +85,7 @@ class Beater:
 
 def process_gone(*, host: str, pid: int) -> None:
     """A process known to have exited (its sentinel saw it die, or it stopped): marked dead, so the
-    dispatcher hands its leases back at once (engine.leases_reap) and it holds no slot."""
+    dispatcher hands its leases back at once (leases.leases_reap) and it holds no slot."""
     try:
         ProcessBeat.objects.filter(key=f"{host}:{pid}").update(state="dead", beat_at=timezone.now())
     except DatabaseError as exc:  # the database is away: its silence will say the same before long

@@ -36,17 +36,14 @@ from sync import transitions
 from sync.contracts import SYSTEM_A, EventInput
 from sync.delivery.engine import (
     Claimed,
-    Outcome,
     batch_size_for,
     jobs_prepare,
-    lease_owner,
-    leases_release,
     not_their_fault,
-    outcomes_save,
     results_outcomes,
-    retry_wait,
     throttled_connector,
 )
+from sync.delivery.leases import lease_owner, leases_release
+from sync.delivery.outcomes import Outcome, outcomes_save, retry_wait
 from sync.inbound.changes import capture, echo_reason, in_flight_echo
 from sync.ingest.services import event_ingest, events_route
 from sync.models import BackfillRun, BreakerState, CircuitBreaker, JobState, RunState, SyncEvent, SyncJob

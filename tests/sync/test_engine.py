@@ -13,7 +13,7 @@ from django.utils import timezone
 from crms.mocks.models import MockCall, MockRecord
 from crms.models import Connection
 from sync.api.auth import api_token_create
-from sync.delivery import engine
+from sync.delivery import engine, leases, outcomes
 from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncJob
 from tests.conftest import drain, mock_salesforce
 
@@ -164,9 +164,9 @@ def test_only_a_quota_answer_may_hold_a_job_longer_than_the_backoff_cap():
     )
     timed_out = ConnectorError("timed out", code="timeout")
 
-    assert engine.retry_wait(reset_read_as_retry, 0, counts=True) <= 600
-    assert engine.retry_wait(rate_limited, 0, counts=True) >= 3500
-    assert engine.retry_wait(timed_out, 0, counts=True) <= 2
+    assert outcomes.retry_wait(reset_read_as_retry, 0, counts=True) <= 600
+    assert outcomes.retry_wait(rate_limited, 0, counts=True) >= 3500
+    assert outcomes.retry_wait(timed_out, 0, counts=True) <= 2
 
 
 def test_a_permanent_error_fails_the_job_with_the_reason(client_, salesforce):
@@ -233,7 +233,7 @@ def test_an_expired_lease_sends_the_job_back_to_pending(client_, salesforce, set
     ingest(client_)
     engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)  # its task is then lost
 
-    expired = engine.leases_expire(now=timezone.now() + timedelta(seconds=settings.SYNC_LEASE_SECONDS + 1))
+    expired = leases.leases_expire(now=timezone.now() + timedelta(seconds=settings.SYNC_LEASE_SECONDS + 1))
 
     assert expired == 1 and SyncJob.objects.get().state == JobState.PENDING
 
@@ -318,9 +318,9 @@ def test_a_worker_whose_lease_was_taken_over_leaves_the_job_to_the_new_holder(cl
     (job_ids,) = engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)
     SyncJob.objects.filter(id__in=job_ids).update(state=JobState.IN_FLIGHT, lease_owner="another-worker")
     job = SyncJob.objects.get()
-    outcome = engine.Outcome(job, JobState.FAILED, None, attempt=AttemptOutcome.ERROR)
+    outcome = outcomes.Outcome(job, JobState.FAILED, None, attempt=AttemptOutcome.ERROR)
 
-    states = engine.outcomes_save([outcome], owner="this-worker", now=timezone.now())
+    states = outcomes.outcomes_save([outcome], owner="this-worker", now=timezone.now())
 
     job.refresh_from_db()
     assert states == ["lost_lease"]

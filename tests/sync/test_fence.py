@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from crms.models import Connection
 from sync.api.auth import api_token_create
-from sync.delivery import engine
+from sync.delivery import engine, leases
 from sync.models import JobState, SyncJob
 from tests.conftest import mock_salesforce
 
@@ -66,7 +66,7 @@ def test_jobs_of_a_call_cut_off_mid_way_wait_until_it_can_no_longer_land(
     ingest(client, "v2@example.com")  # a newer state arrives while the old call may still be out
     fenced = SyncJob.objects.get()
 
-    budget = settings.CRM_HTTP_CONNECT_TIMEOUT + settings.CRM_HTTP_READ_TIMEOUT + engine.FENCE_MARGIN_SECONDS
+    budget = settings.CRM_HTTP_CONNECT_TIMEOUT + settings.CRM_HTTP_READ_TIMEOUT + leases.FENCE_MARGIN_SECONDS
     assert job.state == JobState.PENDING and job.lease_owner == ""
     assert job.fence_until is not None
     assert before + timedelta(seconds=budget - 1) <= job.fence_until <= timezone.now() + timedelta(seconds=budget)
@@ -101,7 +101,7 @@ def test_a_batch_cut_off_by_the_database_going_away_is_handed_back_once_it_answe
     def cut(*args: Any, **kwargs: Any) -> Any:
         raise OperationalError("terminating connection due to administrator command")
 
-    real_release = engine.leases_release
+    real_release = leases.leases_release
     tries: list[dict[str, Any]] = []
     slept: list[float] = []
 
@@ -112,14 +112,14 @@ def test_a_batch_cut_off_by_the_database_going_away_is_handed_back_once_it_answe
         return real_release(**kwargs)
 
     monkeypatch.setattr(engine, "jobs_prepare", cut)
-    monkeypatch.setattr(engine, "leases_release", release)
-    monkeypatch.setattr("sync.delivery.engine.time.sleep", slept.append)
+    monkeypatch.setattr(leases, "leases_release", release)
+    monkeypatch.setattr("sync.delivery.leases.time.sleep", slept.append)
     with pytest.raises(OperationalError):
         send(salesforce)
 
     job = SyncJob.objects.get()
     assert (job.state, job.lease_owner, job.fence_until) == (JobState.PENDING, "", None)  # no call was out
-    assert len(tries) == 3 and slept == [engine.RELEASE_RETRY_SECONDS] * 2
+    assert len(tries) == 3 and slept == [leases.RELEASE_RETRY_SECONDS] * 2
     assert len(engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)) == 1
 
 
@@ -133,7 +133,7 @@ def test_a_database_that_stays_away_leaves_the_batch_to_its_lease(client, salesf
         raise OperationalError("connection refused")
 
     monkeypatch.setattr(engine, "jobs_prepare", lambda *a, **k: cut())
-    monkeypatch.setattr(engine, "leases_release", cut)
+    monkeypatch.setattr(leases, "leases_release", cut)
     with pytest.raises(OperationalError):
         send(salesforce)  # gives up at the lease's end instead of waiting forever
 

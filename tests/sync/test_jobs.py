@@ -1,5 +1,5 @@
 """Job state changes on ingest, the after-commit nudge and the sweep. A worker's finish, guarded by the version
-it claimed, goes through engine.outcomes_save: tests/sync/test_engine.py."""
+it claimed, goes through outcomes.outcomes_save: tests/sync/test_engine.py."""
 
 from __future__ import annotations
 

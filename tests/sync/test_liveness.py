@@ -12,7 +12,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from sync.delivery import liveness
+from sync.delivery import leases, liveness
 from sync.models import ProcessBeat
 
 pytestmark = pytest.mark.django_db
@@ -107,17 +107,15 @@ def test_metrics_and_the_dashboard_show_the_processes(client, admin_client, sett
 
 
 def test_the_holder_of_a_lease_is_named_by_host_and_pid():
-    from sync.delivery import engine
 
-    owner = engine.lease_owner()
+    owner = leases.lease_owner()
 
-    assert engine.lease_holder(owner) == f"{HOST}:{os.getpid()}"
-    assert engine.lease_holder("1234-abc") is None  # a lease taken before leases named their host
+    assert leases.lease_holder(owner) == f"{HOST}:{os.getpid()}"
+    assert leases.lease_holder("1234-abc") is None  # a lease taken before leases named their host
 
 
 def test_a_dead_workers_in_flight_jobs_go_back_at_once_fenced_and_others_stay(settings):
     from crms.models import Connection
-    from sync.delivery import engine
     from sync.models import JobState, SyncJob
 
     target = Connection.objects.create(name="salesforce", kind="salesforce")
@@ -142,7 +140,7 @@ def test_a_dead_workers_in_flight_jobs_go_back_at_once_fenced_and_others_stay(se
     job("alive", f"11-a@{HOST}"), job("dead", f"12-b@{HOST}"), job("silent", f"13-c@{HOST}")
     job("unknown", f"14-d@{HOST}"), job("old-format", "15-e")
 
-    assert engine.leases_reap(now=now) == 2
+    assert leases.leases_reap(now=now) == 2
 
     states = {j.record_id: (j.state, j.fence_until is not None) for j in SyncJob.objects.all()}
     assert states == {
@@ -155,21 +153,19 @@ def test_a_dead_workers_in_flight_jobs_go_back_at_once_fenced_and_others_stay(se
 
 
 def test_the_outstanding_batch_limit_follows_the_live_workers(settings):
-    from sync.delivery import engine
 
     settings.SYNC_OUTSTANDING_PER_WORKER, settings.SYNC_OUTSTANDING_BATCHES = 2, 3
-    assert engine.outstanding_limit(now=timezone.now()) == 3  # no worker has reported yet
+    assert leases.outstanding_limit(now=timezone.now()) == 3  # no worker has reported yet
     for pid in (21, 22, 23, 24, 25):
         beat(pid)
     beat(26, ago=120)  # gone
 
-    assert engine.outstanding_limit(now=timezone.now()) == 10
+    assert leases.outstanding_limit(now=timezone.now()) == 10
 
 
 def test_queued_jobs_a_dead_worker_took_from_the_broker_come_back_unfenced():
     from crms.models import Connection
     from sync import tasks
-    from sync.delivery import engine
     from sync.models import JobState, SyncJob
 
     target = Connection.objects.create(name="salesforce", kind="salesforce")
@@ -191,10 +187,10 @@ def test_queued_jobs_a_dead_worker_took_from_the_broker_come_back_unfenced():
 
     tasks.batch_taken(func=tasks.batch_send, task={"args": [ids]})  # as django-q2's pre_execute sends it
     taken = set(SyncJob.objects.values_list("lease_owner", flat=True))
-    untouched = engine.leases_reap(now=now)
+    untouched = leases.leases_reap(now=now)
     liveness.process_gone(host=HOST, pid=os.getpid())
-    reaped = engine.leases_reap(now=now)
+    reaped = leases.leases_reap(now=now)
 
-    assert len(taken) == 1 and engine.lease_holder(taken.pop()) == f"{HOST}:{os.getpid()}"
+    assert len(taken) == 1 and leases.lease_holder(taken.pop()) == f"{HOST}:{os.getpid()}"
     assert (untouched, reaped) == (0, 2)
     assert set(SyncJob.objects.values_list("state", "fence_until")) == {(JobState.PENDING, None)}

@@ -19,7 +19,7 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from sync import tasks, transitions
-from sync.delivery import engine, liveness
+from sync.delivery import leases, liveness
 from sync.models import SyncJob
 from sync.ops.selectors import queue_lag
 
@@ -88,10 +88,10 @@ class Command(BaseCommand):
             self.metrics_at = now
             lag_metric_log()
             liveness.beats_forget(now=timezone.now())
-        reaped = engine.leases_reap(now=timezone.now())
+        reaped = leases.leases_reap(now=timezone.now())
         if reaped:
             self.stderr.write(f"{reaped} job(s) held by a dead worker went back to pending")
-        expired = engine.leases_expire(now=timezone.now())
+        expired = leases.leases_expire(now=timezone.now())
         if expired:
             self.stderr.write(f"{expired} job(s) with an expired lease went back to pending")
         targets = SyncJob.objects.filter(state__in=transitions.DUE, target__enabled=True)

@@ -28,7 +28,7 @@ from crms.models import Connection
 from crms.outreach.connector import OutreachConnector
 from crms.outreach.errors import parse_rate_limit
 from crms.state import DatabaseStateStore
-from sync.delivery.engine import backoff_seconds
+from sync.delivery.outcomes import backoff_seconds
 
 pytestmark = pytest.mark.django_db
 
