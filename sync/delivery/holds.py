@@ -1,6 +1,6 @@
 """Holds that end when the target takes calls again, not when a timer runs out.
 
-A daily allocation spent (Salesforce's 403 REQUEST_LIMIT_EXCEEDED) does not say when it refills: the
+A daily allocation spent (a connector's error with `pause_connection`) does not say when it refills: a
 rolling 24 hours free up call by call. So the quota owner is held (the throttle's hold, shared by every
 worker) and probed with one cheap call (`Connector.probe`) about a minute later, then at a doubling
 interval up to the pause the target asked for. The first probe that succeeds lifts the hold, closes the

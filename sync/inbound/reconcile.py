@@ -1,10 +1,10 @@
 """Reconcile: read every record of one CRM object and compare it with the record links, to queue
 what polling could not see.
 
-Polling by modification time never shows a deletion in Outreach (they come only by webhook, and
-a lost delivery is never sent again), Salesforce forgets deletions after 15 days, and a change
-committed late with an earlier stamp can slip behind a cursor. A reconcile pages through the whole
-object with the connector's `changes(object_type, None)` and sorts every record into one action:
+Polling by modification time misses what a CRM never reports there: some show deletions only by
+webhook (a lost delivery is never sent again), others forget them after days (docs/reconcile.md has
+which CRM does which), and a change committed late with an earlier stamp can slip behind a cursor.
+A reconcile pages through the whole object with the connector's `changes(object_type, None)` and sorts every record into one action:
 
 - creates: a CRM record with no link (never captured);
 - updates: a linked record whose values differ from the link's, by the rule that tells an echo
@@ -144,7 +144,7 @@ def _scan(run: ReconcileRun, connector: Connector, tally: Tally, clock: Clock, o
         page = connector.changes(run.object_type, cursor)
         fresh: list[Change] = []
         for change in page.changes:
-            # Deletions a connector reports (Salesforce's last 15 days) are not records; an offset
+            # Deletions a connector reports (those the CRM still remembers) are not records; an offset
             # page can repeat a record that moved while we paged: it is compared once.
             if change.deleted or change.external_id in seen:
                 continue

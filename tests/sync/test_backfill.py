@@ -24,8 +24,9 @@ from crms.salesforce import mock_store as salesforce_store
 from crms.services import connection_save
 from crms.systema import mock as system_a_mock
 from sync.inbound import backfill as backfill_module
+from sync.inbound import backfill_plan
 from sync.inbound import changes as inbound
-from sync.inbound.backfill import since_cursor
+from sync.inbound.backfill_plan import since_cursor
 from sync.ingest.services import event_ingest
 from sync.models import AttemptOutcome, BackfillRun, JobState, RecordLink, SyncAttempt, SyncEvent, SyncJob
 from tests.conftest import drain, mock_outreach, mock_salesforce, mock_system_a
@@ -39,7 +40,7 @@ FROM_SALESFORCE = ("--from", "salesforce", "--to", "system_a", "--object", "Cont
 @pytest.fixture(autouse=True)
 def _no_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     """Bulk jobs are looked at again without waiting between looks."""
-    monkeypatch.setattr(backfill_module, "sleep", lambda seconds: None)
+    monkeypatch.setattr(backfill_plan, "sleep", lambda seconds: None)
 
 
 def backfill(*args: str) -> tuple[str, str]:
@@ -163,7 +164,7 @@ def test_an_interrupted_backfill_resumes_where_it_stopped_and_sends_every_record
     assert backfill_events(run).count() == 4
     drain(salesforce)  # the engine sends what was committed meanwhile
     monkeypatch.undo()
-    monkeypatch.setattr(backfill_module, "sleep", lambda seconds: None)
+    monkeypatch.setattr(backfill_plan, "sleep", lambda seconds: None)
 
     out, _ = backfill(*FROM_SYSTEM_A, "--batch", "2")
     drain(salesforce)
@@ -321,7 +322,7 @@ def test_a_bulk_job_that_cannot_be_started_leaves_its_records_to_the_engine(api,
     salesforce = mock_salesforce(live_server.url)
     salesforce.config = {**salesforce.config, "bulk_threshold": 201}
     salesforce.save(update_fields=["config"])
-    MockFault.objects.create(system="salesforce", status=503, calls_left=backfill_module.READ_TRIES)
+    MockFault.objects.create(system="salesforce", status=503, calls_left=backfill_plan.READ_TRIES)
 
     backfill(*FROM_SYSTEM_A)
 
@@ -541,7 +542,7 @@ def test_a_connection_that_cannot_be_read_is_refused_as_a_source(settings, tmp_p
     with pytest.raises(CommandError, match="--from 'legacy_a': a system_a connection cannot be read from"):
         backfill("--from", "legacy_a", "--to", "warehouse", "--object", "Contact")
     # Objects a flat file (or a database) holds are the ones its config names.
-    assert backfill_module.known_objects(Connection.objects.get(name="warehouse")) == ["Contact"]
+    assert backfill_plan.known_objects(Connection.objects.get(name="warehouse")) == ["Contact"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -558,7 +559,7 @@ def test_a_backfill_call_held_back_by_a_cap_looks_again_within_fifteen_minutes_n
     from sync.delivery.throttle import Throttled
 
     slept: list[float] = []
-    monkeypatch.setattr(backfill_module, "sleep", slept.append)
+    monkeypatch.setattr(backfill_plan, "sleep", slept.append)
     answers: list[Any] = [
         Throttled(8640.0),
         ConnectorError("down", code="HTTP_503", retry_after=10800, http_status=503),
@@ -569,5 +570,5 @@ def test_a_backfill_call_held_back_by_a_cap_looks_again_within_fifteen_minutes_n
             raise answers.pop(0)
         return "done"
 
-    assert backfill_module._patiently(call) == "done"
+    assert backfill_plan.patiently(call) == "done"
     assert slept[0] == 900 and slept[1] <= 600

@@ -11,13 +11,8 @@ from crms.registry import CONNECTORS, connector_class
 from sync.delivery.throttle import Throttled, ThrottleUnavailable
 
 ROOT = Path(__file__).parents[2]
-PIPELINE = [
-    "sync/delivery/engine.py",
-    "sync/inbound/backfill.py",
-    "sync/inbound/changes.py",
-    "sync/delivery/throttle.py",
-    "sync/delivery/dispatch.py",
-]
+# Every module of delivery (the engine, dispatch, throttle) and inbound (polling, backfill, reconcile).
+PIPELINE = sorted(str(p.relative_to(ROOT)) for d in ("sync/delivery", "sync/inbound") for p in (ROOT / d).glob("*.py"))
 # The CRMs among the connectors (their labels, e.g. "Salesforce"), and the words only their APIs use.
 VENDOR_WORDS = ["soql", "sobject", "hubspot"]
 
@@ -34,6 +29,7 @@ def test_the_engine_backfill_and_polling_name_no_vendor() -> None:
             found += [f"{name}:{number}: {word}" for word in vendors() if re.search(word, line, re.IGNORECASE)]
     assert found == []
     assert {"salesforce", "outreach"} <= set(vendors())
+    assert {"sync/delivery/engine.py", "sync/inbound/backfill.py", "sync/inbound/changes.py"} <= set(PIPELINE)
 
 
 def test_bulk_writing_is_a_capability_a_connector_declares() -> None:

@@ -12,25 +12,21 @@ from tqdm import tqdm
 
 from crms.base import ConnectorError
 from sync.delivery.engine import batch_size_for
-from sync.inbound.backfill import (
+from sync.inbound.backfill import backfill_run, backfill_start, run_owner
+from sync.inbound.backfill_plan import (
     BULK_CALLS_PER_JOB,
     DEFAULT_BATCH,
     BackfillRefused,
     Plan,
-    Preview,
     RunLost,
-    backfill_job_states,
     backfill_plan,
-    backfill_preview,
-    backfill_run,
-    backfill_start,
     bulk_threshold,
     bulk_writer,
     calls_per_record,
     plan_total,
-    run_owner,
     since_parse,
 )
+from sync.inbound.backfill_preview import Preview, backfill_job_states, backfill_preview
 from sync.models import BackfillRun
 
 ACTIONS = ("create", "update", "delete", "unchanged")
