@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
 
-.PHONY: run test install lint typecheck audit pytest proof-kills bench bench-rules bench-drain clean
+.PHONY: run test install lint typecheck audit pytest proof-kills bench bench-rules bench-drain bench-compare clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; set PYTHON=python3.11")'
@@ -68,6 +68,9 @@ bench-rules: install
 
 bench-drain: install
 	$(BIN)/python bench/drain.py
+
+bench-compare: install
+	bash bench/before_after.sh $(REV)
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .pytest_cache .ruff_cache

@@ -14,9 +14,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 
@@ -50,6 +48,7 @@ from crms.outreach.resources import (
     parse_time,
     read_only,
 )
+from crms.outreach.wire import change_from, json_body, next_link, not_sent, refused, server_time, with_query
 
 API_URL = "https://api.outreach.io/api/v2"
 TOKEN_URL = "https://api.outreach.io/oauth/token"  # noqa: S105 - an endpoint, not a secret
@@ -213,7 +212,7 @@ class OutreachConnector(Connector):
         stopped: ConnectorError | None = None
         for record in batch:
             if stopped is not None:
-                results.append(PushResult(record.record_id, "error", record.external_id, _not_sent(stopped)))
+                results.append(PushResult(record.record_id, "error", record.external_id, not_sent(stopped)))
                 continue
             try:
                 results.append(self._push_one(record))
@@ -232,7 +231,7 @@ class OutreachConnector(Connector):
                 body = self._call("GET", url, params=params)
                 rows = body.get("data") or []
                 found.update({str(row["id"]): dict(row.get("attributes") or {}) for row in rows})
-                url, params = (_next_link(body, self.api_url) if rows else None), None
+                url, params = (next_link(body, self.api_url) if rows else None), None
         return found
 
     @classmethod
@@ -263,11 +262,11 @@ class OutreachConnector(Connector):
         body, state.size = self._page(url, params, state.size)
         rows = [row for row in body.get("data") or [] if (row.get("attributes") or {}).get("updatedAt")]
         changes = [
-            _change(object_type, row)
+            change_from(object_type, row)
             for row in rows
             if state.take(str(row["id"]), row["attributes"]["updatedAt"], row["attributes"])
         ]
-        state.next = _next_link(body, self.api_url) if rows else None
+        state.next = next_link(body, self.api_url) if rows else None
         if state.next is None:
             state.finish(now=self.server_time or self.clock())
         return ChangePage(changes, state.dump(), has_more=state.next is not None)
@@ -299,7 +298,7 @@ class OutreachConnector(Connector):
         except ConnectorError as exc:
             return PushResult(record.record_id, "error", record.external_id, exc)
         if record.external_id and not record.external_id.isdigit():
-            return _refused(record, f"the record link {record.external_id!r} is not an Outreach id", "BAD_LINK")
+            return refused(record, f"the record link {record.external_id!r} is not an Outreach id", "BAD_LINK")
         if record.operation == "delete":
             return self._delete(mapping, record)
         attributes = mapping.attributes(record)
@@ -312,7 +311,7 @@ class OutreachConnector(Connector):
                 # The linked record was deleted in Outreach: match again, and create it if nothing matches.
         value = mapping.match_value(record)
         if value is None:
-            return _refused(
+            return refused(
                 record,
                 f"{mapping.match_key} is empty: Outreach {mapping.resource}s are matched on it",
                 "MISSING_MATCH_KEY",
@@ -320,7 +319,7 @@ class OutreachConnector(Connector):
             )
         matches = self._find(mapping, value)
         if len(matches) > 1:
-            return _refused(
+            return refused(
                 record,
                 f"{len(matches)} Outreach {mapping.resource}s have {mapping.match_key} {value!r} "
                 f"(ids {', '.join(matches)}); nothing was written",
@@ -377,7 +376,7 @@ class OutreachConnector(Connector):
             if params is not None:
                 params = {**params, "page[size]": size}
             else:
-                url = _with_query(url, {"page[size]": str(size)})
+                url = with_query(url, {"page[size]": str(size)})
 
     def _probe_filter(self, name: str, mapping: ObjectMap) -> None:
         """The reference marks custom1..150 not filterable; ask once, so a refusal shows here, not per record."""
@@ -402,13 +401,13 @@ class OutreachConnector(Connector):
             token = self._token(refused=refused)
             response = self._send(method, url, params, body, token["access_token"])
             self.rate_limit.update(errors.parse_rate_limit(response.headers))
-            self.server_time = _server_time(response) or self.server_time
+            self.server_time = server_time(response) or self.server_time
             if response.status_code == 401 and attempt == 0:
                 refused = token["access_token"]  # refresh once (unless another worker already has), then retry
                 continue
             if response.status_code >= 400:
                 raise errors.response_error(response, now=self.clock())
-            return _json(response)
+            return json_body(response)
         raise AssertionError("unreachable")
 
     def _send(self, method: str, url: str, params: Any, body: Any, access_token: str) -> requests.Response:
@@ -469,67 +468,3 @@ class OutreachConnector(Connector):
                 code="UNKNOWN_OBJECT",
                 permanent=True,
             ) from None
-
-
-def _change(object_type: str, row: dict[str, Any]) -> Change:
-    attributes = dict(row.get("attributes") or {})
-    return Change(object_type, str(row["id"]), attributes, parse_time(attributes["updatedAt"]))
-
-
-def _server_time(response: requests.Response) -> float | None:
-    try:
-        return parsedate_to_datetime(response.headers.get("Date", "")).timestamp()
-    except (TypeError, ValueError):
-        return None
-
-
-def _json(response: requests.Response) -> Any:
-    if not response.content:
-        return {}
-    try:
-        return response.json()
-    except ValueError:
-        raise ConnectorError(
-            f"Outreach answered {response.status_code} with a body that is not JSON",
-            code="BAD_RESPONSE",
-            http_status=response.status_code,
-        ) from None
-
-
-def _next_link(body: Any, api_url: str) -> str | None:
-    """The page's `links.next`, only on the API's own scheme and host: the bearer token goes with it."""
-    links = body.get("links") if isinstance(body, dict) else None
-    link = links.get("next") if isinstance(links, dict) else None
-    if not link:
-        return None
-    ours, theirs = urlsplit(api_url), urlsplit(str(link))
-    if (theirs.scheme, theirs.netloc) != (ours.scheme, ours.netloc):
-        raise ConnectorError(
-            f"links.next points at {theirs.scheme}://{theirs.netloc}, not {ours.scheme}://{ours.netloc}: "
-            "not followed (the access token would go with it)",
-            code="FOREIGN_LINK",
-            permanent=True,
-        )
-    return str(link)
-
-
-def _with_query(url: str, changes: dict[str, str]) -> str:
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True)) | changes
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def _refused(record: OutboundRecord, message: str, code: str, *, fields: Sequence[str] = ()) -> PushResult:
-    error = ConnectorError(message, code=code, permanent=True, fields=fields)
-    return PushResult(record.record_id, "error", record.external_id, error)
-
-
-def _not_sent(cause: ConnectorError) -> ConnectorError:
-    """Records after a connection-wide failure were never tried: retryable, whatever stopped the batch."""
-    return ConnectorError(
-        f"not sent: an earlier call failed ({cause.code}: {cause.message})",
-        code=cause.code,
-        retry_after=cause.retry_after,
-        http_status=cause.http_status,
-        pause_connection=cause.pause_connection,
-    )

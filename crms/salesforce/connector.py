@@ -32,6 +32,16 @@ from crms.base import (
 )
 from crms.http import TransportError
 from crms.salesforce import bulk, errors, outbound
+from crms.salesforce.results import (
+    change_from,
+    clean,
+    delete_result,
+    field_problems,
+    iso_z,
+    parse_time,
+    update_result,
+    upsert_result,
+)
 from crms.salesforce.soql import PAGE_LIMIT, select_changed, soql_datetime
 
 # Changes re-read on every poll: the rounding of the cursor and the strict ">" each lose up to a second.
@@ -57,7 +67,6 @@ TOKEN_KEY = "oauth"  # noqa: S105 - the state-store key, not a secret
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CALL_OPTIONS = "client=recordsync"  # tags our writes so change events can be told apart
 # Field types an external id holding System A's id (text) can have.
-KEY_TYPES = frozenset({"string", "email"})
 # Fields Salesforce requires to create a record (the engine checks them before any call).
 REQUIRED_ON_CREATE = {"Contact": ["LastName"], "Account": ["Name"], "Lead": ["LastName", "Company"]}
 DEFAULT_FIELDS = {
@@ -146,7 +155,7 @@ class SalesforceConnector(Connector):
             )
             for row in body or []:
                 if row:  # a missing id answers null in its place
-                    found[row["Id"]] = _clean(row)
+                    found[row["Id"]] = clean(row)
         return found
 
     @classmethod
@@ -182,7 +191,7 @@ class SalesforceConnector(Connector):
             soql = select_changed(object_type, fields, since=state["since"], after_id=state.get("after_id"))
             body = self._call("GET", "/query", params={"q": soql})
             state = {**state, "next": None, "read": 0, "last": None}
-        changes = [_change(object_type, row) for row in body["records"]]
+        changes = [change_from(object_type, row) for row in body["records"]]
         read = int(state.get("read") or 0) + len(changes)
         last = [soql_datetime(changes[-1].modified_at), changes[-1].external_id] if changes else state.get("last")
         if not body.get("done", True):
@@ -194,7 +203,7 @@ class SalesforceConnector(Connector):
             return ChangePage(changes, json.dumps(keyset), has_more=True)
         since = state["since"]
         if last:
-            since = max(since, soql_datetime(_iso_z(last[0]) - OVERLAP))
+            since = max(since, soql_datetime(iso_z(last[0]) - OVERLAP))
         deleted, covered = self._deleted(object_type, deleted_since)
         return ChangePage(changes + deleted, json.dumps({"since": since, "deleted_since": covered}), has_more=False)
 
@@ -225,7 +234,7 @@ class SalesforceConnector(Connector):
 
     def modified_at(self, fields: Mapping[str, Any]) -> datetime | None:
         stamp = fields.get("SystemModstamp")
-        return _parse_time(stamp) if isinstance(stamp, str) else None
+        return parse_time(stamp) if isinstance(stamp, str) else None
 
     def inbound(self, change: Change) -> Inbound:
         """System A's id is in the external-id field of records it created; the integration user
@@ -252,7 +261,7 @@ class SalesforceConnector(Connector):
         try:
             for object_type, wanted in self._configured_objects().items():
                 described = self._call("GET", f"/sobjects/{object_type}/describe")
-                problems += _field_problems(object_type, wanted, described, self.config["external_id_field"])
+                problems += field_problems(object_type, wanted, described, self.config["external_id_field"])
         except ConnectorError as exc:
             return CheckResult(False, f"{exc.code}: {exc.message}")
         if problems:
@@ -287,7 +296,7 @@ class SalesforceConnector(Connector):
             json_body={"allOrNone": False, "records": records},
             headers={"Sforce-Call-Options": CALL_OPTIONS},
         )
-        return {i: _update_result(r, row) for (i, r), row in zip(part, body, strict=True)}
+        return {i: update_result(r, row) for (i, r), row in zip(part, body, strict=True)}
 
     def _upsert_by_key(self, object_type: str, part: Sequence[tuple[int, OutboundRecord]]) -> dict[int, PushResult]:
         key = self.config["external_id_field"]
@@ -298,7 +307,7 @@ class SalesforceConnector(Connector):
             json_body={"allOrNone": False, "records": records},
             headers={"Sforce-Call-Options": CALL_OPTIONS},
         )
-        return {i: _upsert_result(r, row) for (i, r), row in zip(part, body, strict=True)}
+        return {i: upsert_result(r, row) for (i, r), row in zip(part, body, strict=True)}
 
     def _delete(self, part: Sequence[tuple[int, OutboundRecord]]) -> dict[int, PushResult]:
         results: dict[int, PushResult] = {}
@@ -315,7 +324,7 @@ class SalesforceConnector(Connector):
                 headers={"Sforce-Call-Options": CALL_OPTIONS},
             )
             for (i, r), row in zip(linked, body, strict=True):
-                results[i] = _delete_result(r, row)
+                results[i] = delete_result(r, row)
         return results
 
     def _deleted(self, object_type: str, since: str | None) -> tuple[list[Change], str]:
@@ -323,13 +332,13 @@ class SalesforceConnector(Connector):
         minute it covered up to, which is where the next window starts: windows meet, never overlap."""
         end = self.clock().replace(second=0, microsecond=0)
         start = since or soql_datetime(end - DELETED_LOOKBACK)
-        if _iso_z(start) >= end:  # this minute is not over yet: nothing to ask
+        if iso_z(start) >= end:  # this minute is not over yet: nothing to ask
             return [], start
         body = self._call(
             "GET", f"/sobjects/{object_type}/deleted/", params={"start": start, "end": soql_datetime(end)}
         )
         changes = [
-            Change(object_type, row["id"], {}, _parse_time(row["deletedDate"]), deleted=True)
+            Change(object_type, row["id"], {}, parse_time(row["deletedDate"]), deleted=True)
             for row in body.get("deletedRecords", [])
         ]
         return changes, body.get("latestDateCovered") or soql_datetime(end)
@@ -452,58 +461,6 @@ class SalesforceConnector(Connector):
         return {name: list(fields) for name, fields in configured.items()} or {"Contact": DEFAULT_FIELDS["Contact"]}
 
 
-def _field_problems(object_type: str, wanted: list[str], described: dict[str, Any], key_field: str) -> list[str]:
-    by_name = {str(f.get("name", "")).lower(): f for f in described.get("fields", [])}
-    problems = [f"{object_type} has no field {name}" for name in wanted if name.lower() not in by_name]
-    key = by_name.get(key_field.lower())
-    if key is None:
-        problems.append(f"{object_type} has no field {key_field}: create it as External ID, Unique")
-    elif not (key.get("externalId") and key.get("unique")):
-        problems.append(f"{key_field} must be marked External ID and Unique")
-    elif key.get("type") not in KEY_TYPES:
-        problems.append(f"{key_field} is of type {key.get('type')}: System A's ids need a Text field")
-    return problems
-
-
 def utc_now() -> datetime:
     """The connector's clock (looked up at each call, so a test can move every connector's time at once)."""
     return datetime.now(UTC)
-
-
-def _upsert_result(record: OutboundRecord, row: dict[str, Any]) -> PushResult:
-    if not row.get("success"):
-        return PushResult(record.record_id, "error", error=errors.record_error(row.get("errors") or []))
-    return PushResult(record.record_id, "created" if row.get("created") else "updated", external_id=row.get("id"))
-
-
-def _update_result(record: OutboundRecord, row: dict[str, Any]) -> PushResult:
-    if not row.get("success"):
-        return PushResult(record.record_id, "error", record.external_id, errors.record_error(row.get("errors") or []))
-    return PushResult(record.record_id, "updated", external_id=row.get("id") or record.external_id)
-
-
-def _delete_result(record: OutboundRecord, row: dict[str, Any]) -> PushResult:
-    if row.get("success"):
-        return PushResult(record.record_id, "deleted", external_id=row.get("id"))
-    error = errors.record_error(row.get("errors") or [])
-    if error.code == "ENTITY_IS_DELETED":  # already gone: the goal is met
-        return PushResult(record.record_id, "deleted", external_id=record.external_id)
-    return PushResult(record.record_id, "error", external_id=record.external_id, error=error)
-
-
-def _change(object_type: str, row: dict[str, Any]) -> Change:
-    return Change(object_type, row["Id"], _clean(row), _parse_time(row["SystemModstamp"]))
-
-
-def _clean(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k != "attributes"}
-
-
-def _iso_z(value: str) -> datetime:
-    """A SOQL datetime (`2024-01-31T12:00:00Z`) or Salesforce's own (`…00.000+0000`) as an aware datetime."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _parse_time(value: str) -> datetime:
-    """Salesforce writes `2013-05-20T20:49:32.000+0000` (no colon in the offset)."""
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z")

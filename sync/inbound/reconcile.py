@@ -4,7 +4,8 @@ what polling could not see.
 Polling by modification time misses what a CRM never reports there: some show deletions only by
 webhook (a lost delivery is never sent again), others forget them after days (docs/reconcile.md has
 which CRM does which), and a change committed late with an earlier stamp can slip behind a cursor.
-A reconcile pages through the whole object with the connector's `changes(object_type, None)` and sorts every record into one action:
+A reconcile pages through the whole object with the connector's `changes(object_type, None)` and
+sorts every record into one action:
 
 - creates: a CRM record with no link (never captured);
 - updates: a linked record whose values differ from the link's, by the rule that tells an echo

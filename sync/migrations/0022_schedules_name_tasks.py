@@ -32,7 +32,16 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.RunPython(forward, backward),
-        # help text only: it names the function's new home
+        # help texts only: they name the functions' new homes
+        migrations.AlterField(
+            model_name="syncjob",
+            name="lease_owner",
+            field=models.CharField(
+                blank=True,
+                help_text="The process holding the lease: pid-claim@host (leases.lease_owner).",
+                max_length=100,
+            ),
+        ),
         migrations.AlterField(
             model_name="quotahold",
             name="key",
