@@ -19,6 +19,11 @@ for tree in "$before" "$here"; do
     (cd "$tree" && "$python" "bench/$bench.py")
   done
 done
+# The earlier tree goes when this script ends: keep its tables beside this tree's, named by its commit.
+mkdir -p "$here/bench/results"
+for file in "$before"/bench/results/*.md; do
+  [ -e "$file" ] && cp "$file" "$here/bench/results/before-$(git -C "$before" rev-parse --short HEAD)-$(basename "$file")"
+done
 echo
 for bench in ingest drain; do
   for tree in "$before" "$here"; do
