@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8000
+# This Makefile's folder: `make -C elsewhere -f …/Makefile .env` still finds manage.py.
+HERE := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 
 .PHONY: run test install lint typecheck audit pytest proof-kills bench bench-rules bench-drain bench-compare clean
 
@@ -20,13 +22,14 @@ $(STAMP): requirements/base.txt requirements/dev.txt | $(BIN)/python
 install: $(STAMP)
 
 # Local settings for `make run` and manage.py: DEBUG on, mock CRMs on, a random secret key and random secrets for
-# the mock CRMs (never their well-known defaults). Written once; edit it freely. It is git-ignored and never read by
-# the tests.
+# the mock CRMs (never their well-known defaults; each mock lists its own: manage.py mock_env). Written once; edit it
+# freely. It is git-ignored and never read by the tests.
 .env:
-	@$(PYTHON) -c 'import secrets; t = secrets.token_urlsafe; print("\n".join([ \
+	@$(PYTHON) -c 'import secrets; print("\n".join([ \
 		"# Local development settings (git-ignored). See docs/deploy.md for every variable.", "DEBUG=1", \
-		f"SECRET_KEY={t(50)}", f"MOCK_SALESFORCE_CLIENT_SECRET={t(32)}", f"MOCK_OUTREACH_CLIENT_SECRET={t(32)}", \
-		f"MOCK_OUTREACH_REFRESH_TOKEN={t(32)}", f"MOCK_SYSTEM_A_SIGNING_SECRET={t(32)}"]))' > .env
+		f"SECRET_KEY={secrets.token_urlsafe(50)}"]))' > .env.new
+	@DEBUG=1 $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) $(HERE)manage.py mock_env >> .env.new
+	@mv .env.new .env
 	@echo "wrote .env (DEBUG=1, a new SECRET_KEY and new mock CRM secrets)"
 
 # Web server on :$(PORT) and a django-q2 cluster in the foreground; Ctrl-C stops both.

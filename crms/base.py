@@ -300,9 +300,16 @@ class Connector(ABC):
             raise ConnectorError(result.message, code="PROBE_FAILED")
 
     def webhook_changes(
-        self, body: bytes, headers: Mapping[str, str], now: datetime, query: Mapping[str, str] | None = None
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        now: datetime,
+        query: Mapping[str, str] | None = None,
+        *,
+        uri: str = "",
     ) -> list[Change]:
-        """Verify one webhook delivery and read its changes; raise WebhookRefused when it does not verify."""
+        """Verify one webhook delivery and read its changes; raise WebhookRefused when it does not verify.
+        `uri`: the absolute URL the delivery arrived at (HubSpot signs it)."""
         raise WebhookRefused(f"{self.label} connections take no webhooks; their changes are polled", header="")
 
     def webhook_answer(self, counts: Mapping[str, int]) -> tuple[str, bytes] | None:

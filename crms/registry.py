@@ -13,6 +13,7 @@ from crms.mocks.declare import Mock
 CONNECTORS: dict[str, str] = {
     "database": "crms.database.connector.DatabaseConnector",
     "flatfile": "crms.flatfile.connector.FlatFileConnector",
+    "hubspot": "crms.hubspot.connector.HubSpotConnector",
     "outreach": "crms.outreach.connector.OutreachConnector",
     "salesforce": "crms.salesforce.connector.SalesforceConnector",
     "system_a": "crms.systema.connector.SystemAConnector",

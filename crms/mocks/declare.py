@@ -41,6 +41,9 @@ class Mock:
     demo_after: Callable[[str], str] | None = None
     # Demo rules that send records to this kind, loaded with the demo rule set when no rules exist.
     demo_rules: list[dict[str, Any]] = field(default_factory=list)
+    # The mock's secret settings (mock_setting names): `make run` writes a random value of each into .env, so a
+    # local mock never runs on its well-known default (manage.py mock_env).
+    secrets: tuple[str, ...] = ()
 
 
 def mock_setting(name: str, default: str) -> str:

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import requests
 
+from crms import oauth
 from crms.base import (
     Capabilities,
     Change,
@@ -33,8 +34,7 @@ from crms.base import (
     chunks,
 )
 from crms.http import TransportError
-from crms.outreach import errors, oauth
-from crms.outreach.poll_cursor import PollCursor
+from crms.outreach import errors
 from crms.outreach.resources import (
     ACCOUNT_FIELDS,
     ACCOUNT_MATCH_KEY,
@@ -49,6 +49,7 @@ from crms.outreach.resources import (
     read_only,
 )
 from crms.outreach.wire import change_from, json_body, next_link, not_sent, refused, server_time, with_query
+from crms.stamp_cursor import PollCursor
 
 API_URL = "https://api.outreach.io/api/v2"
 TOKEN_URL = "https://api.outreach.io/oauth/token"  # noqa: S105 - an endpoint, not a secret
@@ -159,7 +160,13 @@ class OutreachConnector(Connector):
         return errors.quota_signal(response, now)
 
     def webhook_changes(
-        self, body: bytes, headers: Mapping[str, str], now: datetime, query: Mapping[str, str] | None = None
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        now: datetime,
+        query: Mapping[str, str] | None = None,
+        *,
+        uri: str = "",
     ) -> list[Change]:
         """Outreach signs each delivery: the hex SHA-256 HMAC of the raw body under the webhook's secret.
         `created`/`updated` carry only the attributes that changed; `destroyed` the last known ones."""
@@ -244,7 +251,7 @@ class OutreachConnector(Connector):
         return json.dumps({"since": since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"})
 
     def changes(self, object_type: str, cursor: str | None) -> ChangePage:
-        """One page of records changed since the cursor, each change exactly once (poll_cursor explains how):
+        """One page of records changed since the cursor, each change exactly once (crms/stamp_cursor.py explains how):
         `filter[updatedAt]=since..inf&sort=updatedAt`, then the pass's `links.next` until it ends.
         Deletions are not visible to polling: they come by webhook (action `destroyed`)."""
         mapping = self._mapping(object_type)

@@ -55,4 +55,5 @@ MOCK = Mock(
     as_row=mock_store.as_row,
     demo=_demo,
     demo_after=_webhook_register,
+    secrets=("MOCK_OUTREACH_CLIENT_SECRET", "MOCK_OUTREACH_REFRESH_TOKEN"),
 )

@@ -218,7 +218,13 @@ class SalesforceConnector(Connector):
             return None
 
     def webhook_changes(
-        self, body: bytes, headers: Mapping[str, str], now: datetime, query: Mapping[str, str] | None = None
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        now: datetime,
+        query: Mapping[str, str] | None = None,
+        *,
+        uri: str = "",
     ) -> list[Change]:
         """Outbound Messages (SOAP), proved by the token in the endpoint URL and the org id (outbound.py)."""
         notifications = outbound.verify(

@@ -19,4 +19,10 @@ def _demo(base_url: str) -> DemoConnection:
     )
 
 
-MOCK = Mock(urls="crms.salesforce.mock_urls", staff_push=mock_store.staff_push, as_row=mock_store.as_row, demo=_demo)
+MOCK = Mock(
+    urls="crms.salesforce.mock_urls",
+    staff_push=mock_store.staff_push,
+    as_row=mock_store.as_row,
+    demo=_demo,
+    secrets=("MOCK_SALESFORCE_CLIENT_SECRET",),
+)

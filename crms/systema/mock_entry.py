@@ -10,4 +10,10 @@ def _demo(base_url: str) -> DemoConnection:
     return DemoConnection(config={"url": base_url}, secrets={"signing_secret": mock.signing_secret()})
 
 
-MOCK = Mock(urls="crms.systema.mock_urls", staff_push=mock.staff_push, as_row=mock.as_row, demo=_demo)
+MOCK = Mock(
+    urls="crms.systema.mock_urls",
+    staff_push=mock.staff_push,
+    as_row=mock.as_row,
+    demo=_demo,
+    secrets=("MOCK_SYSTEM_A_SIGNING_SECRET",),
+)

@@ -280,7 +280,11 @@ class WebhookViewSet(viewsets.ViewSet):
     def receive(self, request: Request, connection: str) -> Response:
         try:
             result = inbound.webhook_receive(
-                name=connection, body=request.body, headers=request.headers, query=request.query_params.dict()
+                name=connection,
+                body=request.body,
+                headers=request.headers,
+                query=request.query_params.dict(),
+                uri=request.build_absolute_uri(),
             )
         except WebhookRefused as exc:
             logger.warning(

@@ -390,7 +390,7 @@ class WebhookResult:
 
 
 def webhook_receive(
-    *, name: str, body: bytes, headers: Mapping[str, str], query: Mapping[str, str] | None = None
+    *, name: str, body: bytes, headers: Mapping[str, str], query: Mapping[str, str] | None = None, uri: str = ""
 ) -> WebhookResult:
     """Verify one webhook delivery for the connection `name` and capture its changes.
 
@@ -402,7 +402,7 @@ def webhook_receive(
     if connection is None:
         raise NotFound(f"No enabled connection named '{name}'.")
     connector = connector_for(connection)
-    changes = connector.webhook_changes(body, headers, timezone.now(), query or {})
+    changes = connector.webhook_changes(body, headers, timezone.now(), query or {}, uri=uri)
     with transaction.atomic():
         counts = capture(connection=connection, connector=connector, changes=changes, now=timezone.now())
     return WebhookResult(counts, connector.webhook_answer(counts))

@@ -46,7 +46,7 @@ def test_the_schema_of_a_kind_is_its_config_json_schema(api):
 
 
 def test_an_unknown_kind_is_404_and_lists_the_known_ones(api):
-    response = api.get("/v1/crms/hubspot/schema")
+    response = api.get("/v1/crms/zoho/schema")
 
     assert response.status_code == 404
     assert "salesforce" in response.json()["error"]["message"]
@@ -126,5 +126,5 @@ def test_an_unknown_secret_or_kind_is_refused():
     assert "secrets.password" in dict(raised.value.detail)  # type: ignore[arg-type]
 
     with pytest.raises(ValidationError) as raised:
-        connection_save(name="x", kind="hubspot", config={})
+        connection_save(name="x", kind="zoho", config={})
     assert "kind" in dict(raised.value.detail)  # type: ignore[arg-type]

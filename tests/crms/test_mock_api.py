@@ -59,7 +59,7 @@ def test_mock_endpoints_are_staff_only(api):
 
 
 def test_an_unknown_mock_is_404(staff_api):
-    assert staff_api.get("/v1/crms/mock/hubspot/records").status_code == 404
+    assert staff_api.get("/v1/crms/mock/zoho/records").status_code == 404
 
 
 def test_mock_endpoints_are_off_unless_enabled(staff_api, settings):

@@ -14,6 +14,10 @@ from typing import Any
 
 import pytest
 
+from crms.hubspot import mock as hubspot_mock
+from crms.outreach import mock as outreach_mock
+from crms.salesforce import mock as salesforce_mock
+from crms.systema import mock as system_a_mock
 from tests.sync.cluster import ROOT, database_url, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.proof]
@@ -133,15 +137,19 @@ def test_make_run_writes_its_own_random_secrets_for_the_mocks(tmp_path: Path) ->
         subprocess.run(make, check=True, capture_output=True)
         lines = (folder / ".env").read_text().splitlines()
         written.append(dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#")))
-    names = [
-        "SECRET_KEY",
-        "MOCK_SALESFORCE_CLIENT_SECRET",
-        "MOCK_OUTREACH_CLIENT_SECRET",
-        "MOCK_OUTREACH_REFRESH_TOKEN",
-        "MOCK_SYSTEM_A_SIGNING_SECRET",
-    ]
-    for name in names:
+    # Each secret setting against the default its mock falls back on (no such variable in this process).
+    defaults = {
+        "SECRET_KEY": settings.SECRET_KEY,
+        "MOCK_SALESFORCE_CLIENT_SECRET": salesforce_mock.app_client_secret(),
+        "MOCK_OUTREACH_CLIENT_SECRET": outreach_mock.app_client_secret(),
+        "MOCK_OUTREACH_REFRESH_TOKEN": outreach_mock.first_refresh_token(),
+        "MOCK_SYSTEM_A_SIGNING_SECRET": system_a_mock.signing_secret(),
+        "MOCK_HUBSPOT_CLIENT_SECRET": hubspot_mock.app_client_secret(),
+        "MOCK_HUBSPOT_PRIVATE_APP_TOKEN": hubspot_mock.private_app_token(),
+        "MOCK_HUBSPOT_REFRESH_TOKEN": hubspot_mock.first_refresh_token(),
+    }
+    for name, default in defaults.items():
         first, second = written[0][name], written[1][name]
         assert len(first) >= 40 and first != second, name
-        assert first != getattr(settings, name, None), f"{name} is the built-in default"
+        assert first != default, f"{name} is the built-in default"
     assert written[0]["DEBUG"] == "1"

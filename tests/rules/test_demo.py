@@ -18,9 +18,9 @@ def test_load_demo_creates_connections_and_rules_and_is_safe_to_run_twice():
     call_command("load_demo", stdout=first)
     call_command("load_demo", stdout=second)
 
-    assert "loaded 5 demo rules (rule set v1)" in first.getvalue()
-    assert "kept the 5 rules in place" in second.getvalue()
-    assert Rule.objects.count() == 5
+    assert "loaded 7 demo rules (rule set v1)" in first.getvalue()
+    assert "kept the 7 rules in place" in second.getvalue()
+    assert Rule.objects.count() == 7
 
 
 def test_the_readmes_events_are_routed_by_the_demo_rules(api):
@@ -51,7 +51,8 @@ def test_the_readmes_events_are_routed_by_the_demo_rules(api):
         }
     )
 
-    assert contact["routing"]["targets"] == ["salesforce", "outreach"]  # type: ignore[index]
+    assert contact["routing"]["targets"] == ["salesforce", "outreach", "hubspot"]  # type: ignore[index]
+    assert contact["routing"]["payloads"]["hubspot"]["fields"]["email"] == "ada@example.com"  # type: ignore[index]
     assert contact["routing"]["payloads"]["salesforce"]["fields"]["LastName"] == "Unknown"  # type: ignore[index]
     # Both rules match the delete; the skip wins for every target, and says why.
     assert test_delete["jobs"] == []

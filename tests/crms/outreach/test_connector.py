@@ -638,7 +638,7 @@ def test_a_links_next_to_another_host_is_not_followed_with_the_token(connector, 
 
 
 def test_changes_follow_links_next_and_resume_from_the_newest_row_not_the_last(connector, outreach, clock):
-    clock.now = T0 + 200 * 86400  # 2024-06-01: every row below is settled (poll_cursor.SETTLE_SECONDS)
+    clock.now = T0 + 200 * 86400  # 2024-06-01: every row below is settled (stamp_cursor.SETTLE_SECONDS)
     next_link = (
         f"{API}/prospects?count=false&filter%5BupdatedAt%5D=1970-01-01T00%3A00%3A00.000Z..inf"
         "&page%5Bafter%5D=eyJpZCI6MX0&page%5Bsize%5D=1000&sort=updatedAt"

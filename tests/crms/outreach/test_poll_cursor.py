@@ -1,5 +1,5 @@
 """Polling Outreach by updatedAt captures each change exactly once, however many records share a second
-and whatever the page size (crms/outreach/poll_cursor.py explains how): the real connector over real HTTP
+and whatever the page size (crms/stamp_cursor.py explains how): the real connector over real HTTP
 against the mock, and the cursor on its own."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from django.utils import timezone
 from crms.base import Change
 from crms.mocks.models import MockRecord
 from crms.outreach.connector import OutreachConnector
-from crms.outreach.poll_cursor import SETTLE_SECONDS, PollCursor
+from crms.stamp_cursor import SETTLE_SECONDS, PollCursor
 from tests.crms.outreach.test_mock import make_connector
 
 pytestmark = pytest.mark.django_db(transaction=True)

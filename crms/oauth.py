@@ -1,7 +1,8 @@
-"""Outreach's OAuth 2.0 refresh-token grant (CRM-FACTS "Auth").
+"""The OAuth 2.0 refresh-token grant the OAuth connectors share (Outreach, HubSpot; CRM-FACTS "Auth").
 
-Access tokens last two hours. Outreach rotates the refresh token on every refresh, so the one in
-the connection's secrets only starts the chain: after that the current one lives in the StateStore.
+Access tokens are short-lived (Outreach: two hours, HubSpot: 30 minutes). A CRM may rotate the refresh
+token on every refresh (Outreach does), so the one in the connection's secrets only starts the chain:
+after that the current one lives in the StateStore, and a refresh keeps whichever the answer holds.
 """
 
 from __future__ import annotations
@@ -64,6 +65,46 @@ def refresh(
         refresh_token=str(body.get("refresh_token") or refresh_token),  # kept when the answer omits it
         expires_at=now + float(body.get("expires_in") or 7200),
         seed=seed,
+    )
+
+
+def exchange_code(
+    http: HttpClient,
+    *,
+    token_url: str,
+    form: dict[str, str],
+    code: str,
+    redirect_uri: str,
+    code_verifier: str,
+    now: float,
+) -> Token:
+    """POST the authorization_code grant (RFC 6749 4.1.3, with the PKCE verifier of RFC 7636); the tokens it
+    returns start a new chain. A refusal raises a permanent ConnectorError naming the provider's reason."""
+    data = {
+        **form,
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": redirect_uri,
+        "code_verifier": code_verifier,
+    }
+    try:
+        response = http.request("POST", token_url, data=data)
+    except TransportError as exc:
+        raise ConnectorError(str(exc), code=exc.code) from exc
+    body = _json(response)
+    if response.status_code != 200 or not body.get("access_token") or not body.get("refresh_token"):
+        reason = body.get("error_description") or body.get("message") or body.get("error") or response.reason
+        raise ConnectorError(
+            f"{reason} (HTTP {response.status_code})",
+            code=str(body.get("error") or body.get("status") or f"HTTP_{response.status_code}"),
+            permanent=True,
+            http_status=response.status_code,
+        )
+    return Token(
+        access_token=str(body["access_token"]),
+        refresh_token=str(body["refresh_token"]),
+        expires_at=now + float(body.get("expires_in") or 3600),
+        seed=seed_of(str(body["refresh_token"])),
     )
 
 

@@ -1,16 +1,16 @@
-"""Where polling Outreach by updatedAt resumes, exactly once, however many records share a timestamp.
+"""Where polling a CRM by its modification stamp resumes, exactly once, however many records share a stamp.
 
-Outreach can filter on `updatedAt` only by value (`filter[updatedAt]=since..inf`), not "after this
-(updatedAt, id)", and its timestamps are whole seconds in real records: thousands of records may
-share one. So the read is done in passes, and a cursor keeps three things:
+Outreach (`updatedAt`) and HubSpot (`lastmodifieddate`, through its search API) filter on the stamp only by
+value ("at or after since"), not "after this (stamp, id)", and many records may share one stamp (Outreach's
+are whole seconds). So the read is done in passes, and a cursor keeps three things:
 
-1. Within a pass, the pages come from Outreach's own cursor, `links.next` (page[after], with every
-   original parameter). Kept on the sort keys and id of the last row sent (as the mock keeps it), a
-   record edited mid-pass moves past it and shows up again later in the same pass, whatever the page
-   size. (Outreach does not document what its cursor holds: were it an offset, a row could be skipped
-   mid-pass, and only a reconcile would find it.)
+1. Within a pass, the pages come from the CRM's own cursor (`next`: Outreach's `links.next` with every
+   original parameter, HubSpot's `paging.next.after`). Kept on the sort keys and id of the last row sent
+   (as the mock keeps it), a record edited mid-pass moves past it and shows up again later in the same
+   pass, whatever the page size. (Outreach does not document what its cursor holds: were it an offset, a
+   row could be skipped mid-pass, and only a reconcile would find it.)
 2. `since`, the inclusive lower bound of the next pass: the newest stamp read, held back to one
-   SETTLE_SECONDS before Outreach's own clock (its Date header) while that is earlier. A write that
+   SETTLE_SECONDS before the CRM's own clock (its Date header) while that is earlier. A write that
    commits late, or a second write in the same second, carries a stamp at or after `since`, so the
    next pass reads it. A pass that reads no row leaves `since` where it is.
 3. `read`: the records read at or after `since`, by stamp, with a digest of their attributes. A row
@@ -91,9 +91,16 @@ class PollCursor:
             self._where[row_id] = stamp
         return True
 
-    def finish(self, now: float) -> None:
-        """The pass is over: move `since` up to the settled point and forget what lies before it."""
-        if self.top is not None:  # no row read: nothing says the time since `since` is over, so it stays
+    def finish(self, now: float, *, capped: bool = False) -> None:
+        """The pass is over: move `since` up to the settled point and forget what lies before it.
+
+        `capped`: the pass stopped at the CRM's cap on what one query may page through (HubSpot's 10,000), not
+        at its end. `since` then moves to the newest stamp read, settled or not: held back, the next pass would
+        read the same capped window again and never get further. A late write older than it is a reconcile's.
+        """
+        if self.top is not None and capped:
+            self.since = max(self.since, self.top)
+        elif self.top is not None:  # no row read: nothing says the time since `since` is over, so it stays
             settled = _spell(datetime.fromtimestamp(now - SETTLE_SECONDS, UTC))
             self.since = max(self.since, min(settled, self.top))
         self.read = {stamp: ids for stamp, ids in self.read.items() if stamp >= self.since}
