@@ -1,4 +1,5 @@
-"""Connections in the admin: config checked against the kind's schema, secrets write-only."""
+"""Connections in the admin: config checked against the kind's schema, secrets write-only, and for the kinds that
+link an account by OAuth the Connect / Reconnect / Disconnect buttons (crms/connect.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from rest_framework.exceptions import ValidationError
 
 from crms import secrets as secret_box
 from crms.build import connector_for
+from crms.connect import ConnectRefused, connect_finish, connect_start, disconnect, link_of
 from crms.models import Connection
 from crms.registry import kinds
 from crms.services import connection_save, connection_validate
@@ -72,6 +78,70 @@ class ConnectionAdmin(admin.ModelAdmin[Connection]):
     search_fields = ["name"]
     readonly_fields = ["stored_secrets"]
     actions = ["check_connection"]
+    change_form_template = "admin/crms/connection/change_form.html"
+
+    def get_urls(self) -> list[URLPattern]:
+        own = [
+            path("oauth/callback/", self.admin_site.admin_view(self.oauth_callback), name="crms_connection_callback"),
+            path("<int:pk>/connect/", self.admin_site.admin_view(self.connect), name="crms_connection_connect"),
+            path("<int:pk>/disconnect/", self.admin_site.admin_view(self.unlink), name="crms_connection_disconnect"),
+        ]
+        return own + super().get_urls()
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        connection = self.get_object(request, object_id)
+        extra = {**(extra_context or {}), "oauth_link": link_of(connection) if connection else None}
+        return super().change_view(request, object_id, form_url, extra)
+
+    def connect(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Connect / Reconnect: off to the provider's consent page, with state and PKCE kept in the session."""
+        connection = self._changeable(request, pk)
+        callback = request.build_absolute_uri(reverse("admin:crms_connection_callback"))
+        try:
+            started = connect_start(connection, redirect_uri=callback, session=request.session)
+        except ConnectRefused as exc:
+            self.message_user(request, f"{connection.name}: {exc}", messages.ERROR)
+            return HttpResponseRedirect(self._page(connection))
+        return HttpResponseRedirect(started.authorize_url)
+
+    def oauth_callback(self, request: HttpRequest) -> HttpResponse:
+        """Where the provider sends the user back (the redirect URL to register with the app): the code becomes
+        tokens, stored encrypted; a refused, tampered or stale answer stores nothing and says why."""
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        try:
+            connection = connect_finish(
+                query=request.GET.dict(), session=request.session, actor=request.user.get_username()
+            )
+        except ConnectRefused as exc:
+            return TemplateResponse(
+                request,
+                "admin/crms/connection/connect_refused.html",
+                {**self.admin_site.each_context(request), "title": "Connect refused", "reason": str(exc)},
+                status=400,
+            )
+        account = (link_of(connection) or {}).get("account") or "the account"
+        self.message_user(request, f"{connection.name}: connected to {account}.", messages.SUCCESS)
+        return HttpResponseRedirect(self._page(connection))
+
+    def unlink(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        connection = self._changeable(request, pk)
+        disconnect(connection, actor=request.user.get_username())
+        self.message_user(request, f"{connection.name}: disconnected; it calls nothing until connected again.")
+        return HttpResponseRedirect(self._page(connection))
+
+    def _changeable(self, request: HttpRequest, pk: int) -> Connection:
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        return get_object_or_404(Connection, pk=pk)
+
+    @staticmethod
+    def _page(connection: Connection) -> str:
+        return reverse("admin:crms_connection_change", args=[connection.pk])
 
     @admin.display(description="Stored secrets")
     def stored_secrets(self, obj: Connection) -> str:

@@ -171,6 +171,16 @@ class QuotaSignal:
     probe: bool = False
 
 
+@dataclass(frozen=True)
+class OAuthApp:
+    """How a kind links an account by the OAuth 2.0 authorization-code flow: the admin's Connect button
+    (crms/connect.py). A connection's config may override both URLs (`authorize_url`, `token_url`)."""
+
+    authorize_url: str
+    token_url: str
+    scopes: tuple[str, ...]
+
+
 # Settings every connection takes, whatever its kind: how two-way sync treats it.
 COMMON_CONFIG: dict[str, Any] = {
     "poll_objects": {
@@ -221,6 +231,9 @@ class Connector(ABC):
     secret_fields: ClassVar[tuple[str, ...]] = ()
     # The dotted path of the package's local mock (a crms.mocks.declare.Mock), or "" for none.
     mock: ClassVar[str] = ""
+    # Kinds that link an account with OAuth's authorization-code flow (the admin's Connect button) say how.
+    oauth_app: ClassVar[OAuthApp | None] = None
+    oauth_token_key: ClassVar[str] = "oauth"  # noqa: S105 - the state-store key of the connector's OAuth token
 
     def __init__(self, *, config: dict[str, Any], secrets: dict[str, str], http: HttpClient, store: StateStore) -> None:
         self.config = config
@@ -291,6 +304,15 @@ class Connector(ABC):
     @abstractmethod
     def check(self) -> CheckResult:
         """Credentials and reachability."""
+
+    @classmethod
+    def oauth_linked_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """The config once an account is linked by Connect (e.g. switched to OAuth auth); unchanged by default."""
+        return config
+
+    def oauth_account(self, access_token: str) -> dict[str, Any]:
+        """What a freshly linked account is, for the connection page: {"account", "user", "scopes", ...}."""
+        return {"account": "", "scopes": list(self.oauth_app.scopes if self.oauth_app else ())}
 
     def probe(self) -> None:
         """One cheap call that says whether the target takes calls again (after a daily limit was spent);

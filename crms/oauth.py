@@ -77,9 +77,10 @@ def exchange_code(
     redirect_uri: str,
     code_verifier: str,
     now: float,
-) -> Token:
-    """POST the authorization_code grant (RFC 6749 4.1.3, with the PKCE verifier of RFC 7636); the tokens it
-    returns start a new chain. A refusal raises a permanent ConnectorError naming the provider's reason."""
+) -> tuple[Token, list[str]]:
+    """POST the authorization_code grant (RFC 6749 4.1.3, with the PKCE verifier of RFC 7636): the tokens, which
+    start a new chain, and the scopes granted when the answer says (`scope`, space-separated). A refusal raises
+    a permanent ConnectorError naming the provider's reason."""
     data = {
         **form,
         "grant_type": "authorization_code",
@@ -100,12 +101,13 @@ def exchange_code(
             permanent=True,
             http_status=response.status_code,
         )
-    return Token(
+    token = Token(
         access_token=str(body["access_token"]),
         refresh_token=str(body["refresh_token"]),
         expires_at=now + float(body.get("expires_in") or 3600),
         seed=seed_of(str(body["refresh_token"])),
     )
+    return token, str(body.get("scope") or "").split()
 
 
 def _json(response: requests.Response) -> dict[str, Any]:

@@ -28,13 +28,14 @@ from crms.base import (
     Connector,
     ConnectorError,
     Inbound,
+    OAuthApp,
     OutboundRecord,
     PushResult,
     QuotaSignal,
     WebhookRefused,
     chunks,
 )
-from crms.http import TransportError
+from crms.http import HttpClient, TransportError
 from crms.hubspot import errors
 from crms.hubspot.objects import (
     COMPANY_FIELDS,
@@ -82,6 +83,19 @@ class HubSpotConnector(Connector):
     mock = "crms.hubspot.mock_entry.MOCK"
     label = "HubSpot"
     secret_fields = ("access_token", "client_secret", "refresh_token")
+    oauth_app = OAuthApp(
+        authorize_url="https://app.hubspot.com/oauth/authorize",
+        token_url=TOKEN_URL,
+        scopes=(
+            "oauth",
+            "crm.objects.contacts.read",
+            "crm.objects.contacts.write",
+            "crm.objects.companies.read",
+            "crm.objects.companies.write",
+            "crm.schemas.contacts.read",
+            "crm.schemas.companies.read",
+        ),
+    )
     capabilities = Capabilities(
         batch_size=BATCH_SIZE,
         directions=("outbound", "inbound"),
@@ -345,6 +359,29 @@ class HubSpotConnector(Connector):
         fields = {k: v for k, v in change.fields.items() if k not in SYSTEM_PROPERTIES}
         key = change.fields.get(mapping.id_property) if mapping is not None and mapping.holds_source_id else None
         return Inbound(record_id=str(key) if key else None, fields=fields)
+
+    # --- linking an account (the admin's Connect) -------------------------------------------
+
+    @classmethod
+    def oauth_linked_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return {**config, "auth": "oauth"}
+
+    def oauth_account(self, access_token: str) -> dict[str, Any]:
+        """GET /oauth/v1/access-tokens/{token}: the account (hub domain and id), the user and the scopes granted."""
+        # The token is in the path: a client that logs the host only, and forgets the token in any error text.
+        client = HttpClient(connection_name=self.http.connection_name, secret_path=True)
+        try:
+            response = client.request("GET", f"{self.api_url}/oauth/v1/access-tokens/{access_token}")
+        except TransportError as exc:
+            raise ConnectorError(str(exc), code=exc.code) from exc
+        if response.status_code >= 400:
+            raise errors.response_error(response)
+        info = errors.body_of(response)
+        return {
+            "account": f"{info.get('hub_domain', '')} (hub {info.get('hub_id', '?')})",
+            "user": str(info.get("user") or ""),
+            "scopes": list(info.get("scopes") or []),
+        }
 
     # --- health ----------------------------------------------------------------------------
 

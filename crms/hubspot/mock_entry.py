@@ -50,7 +50,14 @@ DEMO_RULES = [
 
 def _demo(base_url: str) -> DemoConnection:
     return DemoConnection(
-        config={"auth": "private_app", "api_url": base_url},
+        config={
+            "auth": "private_app",
+            "api_url": base_url,
+            # The admin's Connect on this connection links an account of the mock through its consent page.
+            "client_id": mock.app_client_id(),
+            "authorize_url": f"{base_url}/oauth/authorize",
+            "token_url": f"{base_url}/oauth/v1/token",
+        },
         secrets={"access_token": mock.private_app_token(), "client_secret": mock.app_client_secret()},
     )
 

@@ -27,6 +27,7 @@ from crms.base import (
     Connector,
     ConnectorError,
     Inbound,
+    OAuthApp,
     OutboundRecord,
     PushResult,
     QuotaSignal,
@@ -75,6 +76,11 @@ class OutreachConnector(Connector):
     mock = "crms.outreach.mock_entry.MOCK"
     label = "Outreach"
     secret_fields = ("client_secret", "refresh_token", "webhook_secret")
+    oauth_app = OAuthApp(
+        authorize_url="https://api.outreach.io/oauth/authorize",
+        token_url=TOKEN_URL,
+        scopes=("prospects.all", "accounts.all", "webhooks.all"),
+    )
     capabilities = Capabilities(
         batch_size=BATCH_SIZE,
         directions=("outbound", "inbound"),
@@ -105,6 +111,11 @@ class OutreachConnector(Connector):
             "client_id": {"type": "string", "minLength": 1},
             "api_url": {"type": "string", "format": "uri", "default": API_URL},
             "token_url": {"type": "string", "format": "uri", "default": TOKEN_URL},
+            "authorize_url": {
+                "type": "string",
+                "format": "uri",
+                "description": "Where Connect sends the staff user to allow access (default: Outreach's own).",
+            },
             "redirect_uri": {
                 "type": "string",
                 "format": "uri",
@@ -296,6 +307,14 @@ class OutreachConnector(Connector):
         left = self.rate_limit.get("remaining")
         message = "connected" if left is None else f"connected; {left} of {self.rate_limit.get('limit')} calls left"
         return CheckResult(True, message, {"rate_limit": dict(self.rate_limit)})
+
+    def oauth_account(self, access_token: str) -> dict[str, Any]:
+        """The API root answers with the token's user (Outreach's accounts are named by their users)."""
+        response = self._send("GET", self.api_url, None, None, access_token)
+        if response.status_code >= 400:
+            raise errors.response_error(response, now=self.clock())
+        user = (((json_body(response) or {}).get("meta") or {}).get("user") or {}).get("email") or ""
+        return {"account": user, "user": user}
 
     # --- writes ----------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.utils import timezone
+from django.utils.html import escape
 
 from crms.mocks.declare import mock_setting, mock_setting_int
 from crms.mocks.models import MockCall, MockFault, MockToken
@@ -83,11 +84,12 @@ def hourly_limit() -> int:
 
 @mock_view(SYSTEM, counted=False, faults=False)
 def authorize(request: HttpRequest) -> HttpResponse:
-    """The user consents (always, here) and is sent back to redirect_uri with a code and the state.
+    """The consent page: the user clicks Authorize or Cancel, and is sent back to redirect_uri with a code and
+    the state, or with error=access_denied.
 
     As RFC 6749 4.1.2.1 says, an unknown client or a bad redirect_uri is answered here, never redirected to.
     """
-    query = request.GET
+    query = request.GET if request.method == "GET" else request.POST
     client_id, redirect_uri, state = query.get("client_id", ""), query.get("redirect_uri", ""), query.get("state")
     if client_id != app_client_id():
         return _oauth_error(400, "invalid_client", "client_id is not a registered application")
@@ -96,9 +98,26 @@ def authorize(request: HttpRequest) -> HttpResponse:
         return _oauth_error(400, "invalid_request", "redirect_uri must be an absolute http(s) URI without a fragment")
     if query.get("response_type") != "code":
         return _redirect(redirect_uri, {"error": "unsupported_response_type", "state": state})
+    if request.method == "GET":
+        return _consent(request)
+    if query.get("decision") != "allow":
+        return _redirect(redirect_uri, {"error": "access_denied", "state": state})
     code = f"{secrets.token_urlsafe(24)}.{_binding(client_id, redirect_uri)}"
     MockToken.objects.create(system=CODE, token=code, expires_at=timezone.now() + CODE_LIFETIME)
     return _redirect(redirect_uri, {"code": code, "state": state})
+
+
+def _consent(request: HttpRequest) -> HttpResponse:
+    fields = [(k, v) for k, v in request.GET.items() if k != "decision"]
+    hidden = "".join(f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">' for k, v in fields)
+    scopes = "".join(f"<li>{escape(s)}</li>" for s in request.GET.get("scope", "").split() if s)
+    html = f"""<!doctype html><html><head><title>Authorize application (mock Outreach)</title></head><body>
+<h1>RecordSync would like to access your Outreach account</h1>
+<p>Signed in as <strong>integration@example.com</strong>. The application asks for:</p><ul>{scopes}</ul>
+<form method="post">{hidden}
+<button type="submit" name="decision" value="allow" id="allow">Authorize</button>
+<button type="submit" name="decision" value="deny" id="deny">Cancel</button></form></body></html>"""
+    return HttpResponse(html)
 
 
 def _binding(client_id: str, redirect_uri: str) -> str:

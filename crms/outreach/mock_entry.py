@@ -22,6 +22,7 @@ def _demo(base_url: str) -> DemoConnection:
             "client_id": mock.app_client_id(),
             "api_url": f"{base_url}/api/v2",
             "token_url": f"{base_url}/oauth/token",
+            "authorize_url": f"{base_url}/oauth/authorize",
         },
         secrets={
             "client_secret": mock.app_client_secret(),

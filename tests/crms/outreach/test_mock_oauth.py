@@ -43,7 +43,7 @@ def authorize(client: Client, settings: Any, **query: str) -> Any:
         "state": "xyz-123",
         **query,
     }
-    return client.get(AUTHORIZE, asked)
+    return client.post(AUTHORIZE, {**asked, "decision": "allow"})  # the user clicks Authorize on the consent page
 
 
 def redirected_to(answer: Any) -> tuple[str, dict[str, list[str]]]:
@@ -180,3 +180,24 @@ def test_a_response_type_other_than_code_is_redirected_back_as_an_error_with_the
     assert where == "https://sync.example.com/oauth/outreach"
     assert query["error"] == ["unsupported_response_type"] and query["state"] == ["xyz-123"]
     assert "code" not in query
+
+
+def test_the_consent_page_asks_first_and_cancel_goes_back_with_access_denied(oauth: Client, settings: Any) -> None:
+    asked = {
+        "client_id": outreach_mock.app_client_id(),
+        "redirect_uri": REDIRECT,
+        "response_type": "code",
+        "scope": "prospects.all",
+        "state": "s-9",
+    }
+
+    page = oauth.get(AUTHORIZE, asked)
+    cancelled = oauth.post(AUTHORIZE, {**asked, "decision": "deny"})
+
+    assert page.status_code == 200 and b'id="allow"' in page.content and b"prospects.all" in page.content
+    where, query = redirected_to(cancelled)
+    assert where == "https://sync.example.com/oauth/outreach" and query == {
+        "tenant": ["7"],
+        "error": ["access_denied"],
+        "state": ["s-9"],
+    }
