@@ -306,6 +306,14 @@ class Connector(ABC):
         """Credentials and reachability."""
 
     @classmethod
+    def oauth_urls(cls, config: Mapping[str, Any]) -> tuple[str, str]:
+        """Where Connect sends the user to consent, and where it exchanges the code: the config's, else the app's."""
+        app = cls.oauth_app
+        if app is None:
+            raise ConnectorError(f"{cls.label} connections link no account by OAuth", code="NO_OAUTH", permanent=True)
+        return str(config.get("authorize_url") or app.authorize_url), str(config.get("token_url") or app.token_url)
+
+    @classmethod
     def oauth_linked_config(cls, config: dict[str, Any]) -> dict[str, Any]:
         """The config once an account is linked by Connect (e.g. switched to OAuth auth); unchanged by default."""
         return config

@@ -82,7 +82,7 @@ def connect_start(connection: Connection, *, redirect_uri: str, session: Mutable
         "code_challenge": challenge_of(verifier),
         "code_challenge_method": "S256",
     }
-    authorize = str(connection.config.get("authorize_url") or app.authorize_url)
+    authorize, _ = connector_class(connection.kind).oauth_urls(connection.config)
     return Started(f"{authorize}?{urlencode(query)}", state)
 
 
@@ -105,9 +105,9 @@ def connect_finish(*, query: MutableMapping[str, str], session: MutableMapping[s
         raise ConnectRefused(f"The provider refused: {reason}. Nothing was stored.")
     if not query.get("code"):
         raise ConnectRefused("The provider's answer holds no code. Nothing was stored.")
-    app = app_of(connection)
+    app_of(connection)  # still a kind that links accounts
     connector = connector_for(connection)  # the one place secrets are decrypted (crms/build.py)
-    token_url = str(connection.config.get("token_url") or app.token_url)
+    _, token_url = connector_class(connection.kind).oauth_urls(connection.config)
     form = {
         "client_id": str(connection.config.get("client_id") or ""),
         "client_secret": str(connector.secrets.get("client_secret") or ""),
@@ -163,8 +163,8 @@ def disconnect(connection: Connection, *, actor: str) -> None:
         quota_owner=connection.quota_owner,
     )
     store = DatabaseStateStore(connection)
-    store.set(cls.oauth_token_key, None)
-    store.set(LINK_KEY, None)
+    for key in {cls.oauth_token_key, "oauth", LINK_KEY}:  # "oauth": an access token the connector cached itself
+        store.set(key, None)
     logger.info("account unlinked", extra={"connection": connection.name, "actor": actor})
 
 

@@ -9,12 +9,10 @@ would have served only the login, which PyJWT does in a few lines.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import jwt
 import requests
 
 from crms.base import (
@@ -25,6 +23,7 @@ from crms.base import (
     Connector,
     ConnectorError,
     Inbound,
+    OAuthApp,
     OutboundRecord,
     PushResult,
     QuotaSignal,
@@ -32,6 +31,7 @@ from crms.base import (
 )
 from crms.http import TransportError
 from crms.salesforce import bulk, errors, outbound
+from crms.salesforce.auth import login_request
 from crms.salesforce.results import (
     change_from,
     clean,
@@ -64,7 +64,6 @@ SYSTEM_FIELDS = frozenset(
     }
 )
 TOKEN_KEY = "oauth"  # noqa: S105 - the state-store key, not a secret
-JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CALL_OPTIONS = "client=recordsync"  # tags our writes so change events can be told apart
 # Field types an external id holding System A's id (text) can have.
 # Fields Salesforce requires to create a record (the engine checks them before any call).
@@ -80,7 +79,15 @@ class SalesforceConnector(Connector):
     kind = "salesforce"
     mock = "crms.salesforce.mock_entry.MOCK"
     label = "Salesforce"
-    secret_fields = ("private_key", "client_secret", "outbound_message_token")
+    secret_fields = ("private_key", "client_secret", "outbound_message_token", "refresh_token")
+    # The web-server flow (authorization code), for connected apps that allow it: the admin's Connect button.
+    oauth_app = OAuthApp(
+        authorize_url="https://login.salesforce.com/services/oauth2/authorize",
+        token_url="https://login.salesforce.com/services/oauth2/token",  # noqa: S106 - an endpoint
+        scopes=("api", "refresh_token"),
+    )
+    # Connect's token is kept apart from the login this connector caches (the instance URL, the user).
+    oauth_token_key = "oauth-linked"  # noqa: S105 - a state-store key
     capabilities = Capabilities(
         batch_size=COLLECTION_LIMIT,
         directions=("outbound", "inbound"),
@@ -101,7 +108,11 @@ class SalesforceConnector(Connector):
             "login_url": {"type": "string", "format": "uri", "description": "e.g. https://login.salesforce.com"},
             "instance_url": {"type": "string", "format": "uri", "description": "Set for client credentials."},
             "api_version": {"type": "string", "pattern": r"^\d+\.\d$", "default": "62.0"},
-            "auth": {"enum": ["jwt", "client_credentials"]},
+            "auth": {
+                "enum": ["jwt", "client_credentials", "web_server"],
+                "description": "web_server: a refresh token from the admin's Connect (secrets client_secret, "
+                "refresh_token).",
+            },
             "client_id": {"type": "string", "minLength": 1},
             "username": {"type": "string", "description": "The integration user (JWT bearer)."},
             "external_id_field": {
@@ -399,6 +410,20 @@ class SalesforceConnector(Connector):
         except TransportError as exc:
             raise ConnectorError(str(exc), code=exc.code) from exc
 
+    @classmethod
+    def oauth_urls(cls, config: Mapping[str, Any]) -> tuple[str, str]:
+        login = str(config.get("login_url") or "https://login.salesforce.com").rstrip("/")
+        return f"{login}/services/oauth2/authorize", f"{login}/services/oauth2/token"
+
+    @classmethod
+    def oauth_linked_config(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return {**config, "auth": "web_server"}
+
+    def oauth_account(self, access_token: str) -> dict[str, Any]:
+        """A login with the refresh token just stored: it proves the link and names the org and the user."""
+        token = self._token(force=True)
+        return {"account": token["instance_url"], "user": token["user_id"], "scopes": list(self.oauth_app.scopes)}
+
     def _api_root(self) -> str:
         return f"/services/data/v{self.config.get('api_version', '62.0')}"
 
@@ -415,16 +440,7 @@ class SalesforceConnector(Connector):
             return token
 
     def _login(self) -> dict[str, str]:
-        if self.config["auth"] == "jwt":
-            form = {"grant_type": JWT_GRANT, "assertion": self._assertion()}
-            url = f"{self.config['login_url']}/services/oauth2/token"
-        else:
-            form = {
-                "grant_type": "client_credentials",
-                "client_id": self.config["client_id"],
-                "client_secret": self.secrets.get("client_secret", ""),
-            }
-            url = f"{self.config.get('instance_url') or self.config['login_url']}/services/oauth2/token"
+        url, form = login_request(self.config, self.secrets)
         try:
             response = self.http.request("POST", url, data=form)
         except TransportError as exc:
@@ -445,15 +461,6 @@ class SalesforceConnector(Connector):
             "instance_url": body["instance_url"],
             "user_id": str(body.get("id") or "").rstrip("/").rsplit("/", 1)[-1],
         }
-
-    def _assertion(self) -> str:
-        claims = {
-            "iss": self.config["client_id"],
-            "sub": self.config.get("username", ""),
-            "aud": self.config["login_url"],
-            "exp": int(time.time()) + 180,
-        }
-        return jwt.encode(claims, self.secrets.get("private_key", ""), algorithm="RS256")
 
     def _fields(self, object_type: str) -> list[str]:
         configured: dict[str, list[str]] = self.config.get("fields", {})

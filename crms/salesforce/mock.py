@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import wraps
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography import x509
@@ -26,6 +27,7 @@ from django.utils import timezone
 from crms.mocks.declare import mock_setting, mock_setting_int
 from crms.mocks.models import MockQueryLocator, MockRecord, MockToken
 from crms.mocks.runtime import calls_in_window, mock_view
+from crms.salesforce import mock_oauth
 from crms.salesforce import mock_store as store
 from crms.salesforce.mock_schema import OBJECTS, SObject, new_id, sf_time, sobject
 from crms.salesforce.mock_soql import SoqlError, parse, run
@@ -171,14 +173,37 @@ def method_not_allowed(request: HttpRequest, allowed: str) -> HttpResponse:
 
 
 @mock_view(SYSTEM, counted=False, faults=False)
+def authorize(request: HttpRequest) -> HttpResponse:
+    """The web-server flow's consent page (mock_oauth.py). An unknown client or a bad redirect_uri is answered
+    here, never redirected to."""
+    query = request.GET if request.method == "GET" else request.POST
+    client_id, redirect_uri = query.get("client_id", ""), query.get("redirect_uri", "")
+    where = urlsplit(redirect_uri)
+    if client_id != app_client_id() or where.scheme not in ("http", "https") or not where.netloc:
+        return HttpResponse("<h1>error=invalid_client_id or redirect_uri_mismatch</h1>", status=400)
+    return mock_oauth.consent(request, redirect_uri, query.get("state"), client_id)
+
+
+@mock_view(SYSTEM, counted=False, faults=False)
 def token(request: HttpRequest) -> HttpResponse:
     if request.method != "POST":
         return JsonResponse({"error": "invalid_request", "error_description": "must use HTTP POST"}, status=400)
-    grant = request.POST.get("grant_type", "")
+    grant, form = request.POST.get("grant_type", ""), request.POST
+    refresh: str | None = None
     if grant == "client_credentials":
         problem = _client_credentials_problem(request)
     elif grant == "urn:ietf:params:oauth:grant-type:jwt-bearer":
         problem = _assertion_problem(request.POST.get("assertion", ""), request)
+    elif grant == "authorization_code":
+        problem = _client_credentials_problem(request)
+        if not problem:
+            code, verifier = form.get("code", ""), form.get("code_verifier", "")
+            refresh = mock_oauth.spend_code(code, form.get("client_id", ""), form.get("redirect_uri", ""), verifier)
+            problem = "" if refresh else "invalid authorization code"
+    elif grant == "refresh_token":
+        problem = _client_credentials_problem(request)
+        if not problem and not mock_oauth.refresh_known(form.get("refresh_token", "")):
+            problem = "expired access/refresh token"
     else:
         return JsonResponse(
             {"error": "unsupported_grant_type", "error_description": "grant type not supported"}, status=400
@@ -206,6 +231,7 @@ def token(request: HttpRequest) -> HttpResponse:
             "scope": "api",
             "issued_at": str(int(timezone.now().timestamp() * 1000)),
             "signature": secrets.token_urlsafe(32),
+            **({"refresh_token": refresh} if refresh else {}),  # a code gives one; a refresh keeps it
         }
     )
 

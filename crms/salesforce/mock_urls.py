@@ -8,6 +8,7 @@ JOB = r"(?P<job_id>\w+)"
 RECORD_ID = r"(?P<record_id>[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?)"
 
 urlpatterns = [
+    path("services/oauth2/authorize", mock.authorize),
     path("services/oauth2/token", mock.token),
     re_path(r"^services/data/?$", mock.versions),
     re_path(rf"^{V}/?$", mock.resources),

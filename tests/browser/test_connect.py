@@ -1,4 +1,4 @@
-"""The Connect button in a real browser: a staff user links an Outreach and a HubSpot account through the
+"""The Connect button in a real browser: a staff user links Outreach, HubSpot and Salesforce accounts through the
 mock CRMs' own consent pages, and comes back to the connection page showing the account. Screenshots of
 each page land in docs/screenshots when RECORDSYNC_SCREENSHOTS=1."""
 
@@ -19,7 +19,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from crms import secrets as secret_box
 from crms.models import Connection
 from tests.browser.conftest import full_page_screenshot, log_in
-from tests.crms.test_connect import hubspot_app, outreach_app
+from tests.crms.test_connect import APPS, hubspot_app
 
 pytestmark = pytest.mark.browser
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -35,12 +35,16 @@ def _wait(browser: WebDriver, element_id: str) -> Any:
 
 @pytest.mark.parametrize(
     ("kind", "account"),
-    [("outreach", "integration@example.com"), ("hubspot", "recordsync-mock.hubspot.com")],
+    [
+        ("outreach", "integration@example.com"),
+        ("hubspot", "recordsync-mock.hubspot.com"),
+        ("salesforce", "/mock/salesforce"),
+    ],
 )
 def test_a_staff_user_connects_an_account_by_clicking_through_the_consent_page(
     browser: WebDriver, live_server: Any, staff_user: User, tmp_path: Path, kind: str, account: str
 ) -> None:
-    connection = outreach_app(live_server.url) if kind == "outreach" else hubspot_app(live_server.url)
+    connection = APPS[kind](live_server.url)
     page = live_server.url + reverse("admin:crms_connection_change", args=[connection.pk])
     log_in(browser, page)
     full_page_screenshot(browser, _shots(tmp_path) / f"connect-{kind}-before.png")

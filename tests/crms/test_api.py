@@ -41,7 +41,7 @@ def test_the_schema_of_a_kind_is_its_config_json_schema(api):
     body = api.get("/v1/crms/salesforce/schema").json()
 
     assert body["config"]["required"] == ["login_url", "auth", "client_id", "external_id_field"]
-    assert body["secrets"] == ["private_key", "client_secret", "outbound_message_token"]
+    assert body["secrets"] == ["private_key", "client_secret", "outbound_message_token", "refresh_token"]
     assert {"conflict", "merge_fallback", "poll_objects", "organization_id"} <= set(body["config"]["properties"])
 
 

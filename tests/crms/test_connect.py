@@ -17,11 +17,11 @@ from crms import secrets as secret_box
 from crms.build import connector_for
 from crms.connect import LINK_KEY, challenge_of
 from crms.hubspot import mock as hubspot_mock
-from crms.mocks.models import MockToken
+from crms.mocks.models import MockCall, MockToken
 from crms.models import Connection
 from crms.services import connection_save
 from crms.state import DatabaseStateStore
-from tests.conftest import mock_outreach
+from tests.conftest import mock_outreach, mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,6 +53,14 @@ def outreach_app(base_url: str) -> Connection:
     return connection_save(name="outreach", kind="outreach", config=config, secrets={"refresh_token": ""})
 
 
+def salesforce_app(base_url: str) -> Connection:
+    """A connected app that allows the web-server flow: Connect switches the connection to it."""
+    return mock_salesforce(base_url)
+
+
+APPS = {"hubspot": hubspot_app, "outreach": outreach_app, "salesforce": salesforce_app}
+
+
 def start(staff: Client, connection: Connection) -> tuple[str, dict[str, str]]:
     """Click Connect: the redirect to the provider's consent page, and its query."""
     answer = staff.get(reverse("admin:crms_connection_connect", args=[connection.pk]))
@@ -81,9 +89,9 @@ def stored(connection: Connection) -> dict[str, Any]:
     return secret_box.decrypt(Connection.objects.get(pk=connection.pk).secrets_encrypted)
 
 
-@pytest.mark.parametrize("kind", ["hubspot", "outreach"])
+@pytest.mark.parametrize("kind", sorted(APPS))
 def test_connect_sends_the_user_to_consent_and_stores_the_tokens_encrypted(staff, live_server, kind) -> None:
-    connection = hubspot_app(live_server.url) if kind == "hubspot" else outreach_app(live_server.url)
+    connection = APPS[kind](live_server.url)
     authorize_url, asked = start(staff, connection)
 
     back = finish(staff, consent(authorize_url))
@@ -198,3 +206,20 @@ def test_connect_is_for_staff_who_may_change_connections(client, live_server) ->
 
     assert client.get(reverse("admin:crms_connection_connect", args=[connection.pk])).status_code == 403
     assert client.get(reverse("admin:crms_connection_callback"), {"state": "x", "code": "y"}).status_code == 403
+
+
+def test_salesforce_switches_to_the_web_server_flow_and_logs_in_with_the_refresh_token(staff, live_server) -> None:
+    connection = salesforce_app(live_server.url)
+    authorize_url, asked = start(staff, connection)
+
+    finish(staff, consent(authorize_url))
+
+    linked = Connection.objects.get(pk=connection.pk)
+    assert (
+        urlsplit(authorize_url).path == "/mock/salesforce/services/oauth2/authorize"
+        and asked["scope"] == "api refresh_token"
+    )
+    assert linked.config["auth"] == "web_server"
+    refreshed = MockCall.objects.filter(system="salesforce", path__endswith="/oauth2/token", status=200).count()
+    assert refreshed == 2  # the code exchanged, then one login with the refresh token (the account's description)
+    assert DatabaseStateStore(connection).get(LINK_KEY)["account"] == f"{live_server.url}/mock/salesforce"

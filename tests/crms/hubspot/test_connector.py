@@ -16,9 +16,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import requests
 from hubspot.utils.signature import Signature
 
-from crms.base import ConnectorError, OutboundRecord, WebhookRefused
+from crms.base import ConnectorError, OutboundRecord, QuotaSignal, WebhookRefused
 from crms.build import connector_for
 from crms.hubspot import connector as hubspot_connector
 from crms.hubspot import mock as hubspot_mock
@@ -259,3 +260,57 @@ def test_a_private_app_token_refused_pauses_the_connection(live_server: Any) -> 
         open_(connection).read("contact", ["1"])
 
     assert refused.value.permanent and refused.value.pause_connection and refused.value.http_status == 401
+
+
+def test_the_rate_limit_headers_become_the_throttles_signal_and_a_daily_429_holds() -> None:
+    from crms.hubspot.errors import quota_signal
+
+    def answer(status: int, headers: dict[str, str], body: dict[str, Any] | None = None) -> Any:
+        response = requests.Response()
+        response.status_code, response._content = status, json.dumps(body or {}).encode()
+        response.headers.update(headers)
+        return response
+
+    burst = {"X-HubSpot-RateLimit-Max": "190", "X-HubSpot-RateLimit-Remaining": "40"}
+    window = {**burst, "X-HubSpot-RateLimit-Interval-Milliseconds": "10000"}
+
+    assert quota_signal(answer(200, window), 0) == QuotaSignal(used=150, cap=190, resets_in=10.0)
+    spent = quota_signal(answer(200, {**window, "X-HubSpot-RateLimit-Daily-Remaining": "0"}), 0)
+    assert spent is not None and spent.probe is True
+    assert quota_signal(answer(429, window, {"policyName": "TEN_SECONDLY_ROLLING"}), 0) == QuotaSignal(pause_for=10.0)
+    daily = quota_signal(answer(429, {}, {"policyName": "DAILY", "errorType": "RATE_LIMIT"}), 0)
+    assert daily is not None and daily.probe and daily.pause_for == 3600.0
+    assert quota_signal(answer(200, {}), 0) is None  # a search answer: no headers, nothing said
+
+
+def test_an_oauth_access_token_is_refreshed_when_it_expires_and_the_refresh_token_kept(live_server: Any) -> None:
+    """HubSpot's refresh tokens do not rotate; its access tokens last 30 minutes."""
+    from crms.services import connection_save
+
+    base = f"{live_server.url}/mock/hubspot"
+    connection = connection_save(
+        name="hubspot",
+        kind="hubspot",
+        config={
+            "auth": "oauth",
+            "api_url": base,
+            "client_id": hubspot_mock.app_client_id(),
+            "token_url": f"{base}/oauth/v1/token",
+        },
+        secrets={
+            "client_secret": hubspot_mock.app_client_secret(),
+            "refresh_token": hubspot_mock.first_refresh_token(),
+        },
+    )
+    connector = open_(connection)
+    connector.read("contact", ["1"])
+    first = connector.store.get("oauth")
+    connector.clock = lambda: first["expires_at"]  # half an hour later: the token is spent
+
+    connector.read("contact", ["1"])
+    second = connector.store.get("oauth")
+
+    assert second["access_token"] != first["access_token"]
+    assert second["refresh_token"] == first["refresh_token"] == hubspot_mock.first_refresh_token()
+    refreshes = MockCall.objects.filter(system="hubspot", path__endswith="/oauth/v1/token", status=200).count()
+    assert refreshes == 2

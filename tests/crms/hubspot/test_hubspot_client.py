@@ -311,3 +311,14 @@ def test_a_denied_consent_goes_back_with_access_denied_and_no_code(base: str) ->
 
 def _s256(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+
+
+def test_companies_are_created_read_and_searched_through_their_own_apis(client: HubSpot) -> None:
+    made = client.crm.companies.basic_api.create({"properties": {"name": "Acme", "recordsync_id": "acc-7"}})
+    found = client.crm.companies.search_api.do_search(
+        {"filterGroups": [{"filters": [{"propertyName": "recordsync_id", "operator": "EQ", "value": "acc-7"}]}]}
+    )
+    by_key = client.crm.companies.basic_api.get_by_id("acc-7", id_property="recordsync_id", properties=["name"])
+
+    assert made.properties["hs_lastmodifieddate"] and found.total == 1 and found.results[0].id == made.id
+    assert by_key.id == made.id and by_key.properties["name"] == "Acme"

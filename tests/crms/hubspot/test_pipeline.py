@@ -22,7 +22,7 @@ from crms.models import Connection
 from sync.delivery.engine import throttled_connector
 from sync.inbound.changes import poll
 from sync.management.commands.sync_dispatch import Command as Dispatcher
-from sync.models import RecordLink, SyncEvent
+from sync.models import RecordLink, SyncEvent, SyncJob
 from tests.conftest import drain
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -127,3 +127,15 @@ def test_under_the_demo_set_up_a_contact_crosses_to_hubspot_and_a_hubspot_edit_c
 
     assert contact.fields == {"email": "hedy@example.com", "firstname": "Hedy", "lastname": "Kiesler"}
     assert in_system_a()["last_name"] == "Lamarr"
+
+
+def test_a_record_the_service_wrote_is_read_back_as_an_echo_not_a_change(
+    api: Any, hubspot: Connection, system_a: Connection
+) -> None:
+    post_contact(api, email="echo@example.com", firstname="Echo")
+    drain(hubspot)
+
+    polled = poll(connection=hubspot, object_type="contact", connector=throttled_connector(hubspot), owner="t")
+
+    assert polled.counts == {"echo": 1}
+    assert not SyncJob.objects.filter(source="hubspot").exists()  # kept in the log as an echo, sent nowhere
