@@ -9,21 +9,20 @@ asked for it) and the refresh grant. The CRM endpoints are in mock_api.py, the r
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import secrets
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.utils.html import escape
 
 from crms.hubspot.mock_schema import SYSTEM, Invalid, error
+from crms.mocks import consent
 from crms.mocks.declare import mock_setting, mock_setting_int
 from crms.mocks.models import MockCall, MockFault, MockToken
 from crms.mocks.runtime import mock_view
@@ -200,47 +199,36 @@ def authorize(request: HttpRequest) -> HttpResponse:
         return _page("Authorization failed", "redirect_uri must be an absolute http(s) URL without a fragment.", 400)
     challenge, method = query.get("code_challenge", ""), query.get("code_challenge_method", "")
     if challenge and method != "S256":
-        return _redirect(redirect_uri, {"error": "invalid_request", "error_description": "S256 only", "state": state})
+        return consent.redirect(
+            redirect_uri, {"error": "invalid_request", "error_description": "S256 only", "state": state}
+        )
     if request.method == "GET":
-        return _consent(request, query.get("scope", ""))
+        return _consent(request)
     if query.get("decision") != "allow":
-        return _redirect(redirect_uri, {"error": "access_denied", "state": state})
+        return consent.redirect(redirect_uri, {"error": "access_denied", "state": state})
     code = f"{secrets.token_urlsafe(24)}.{_binding(client_id, redirect_uri, challenge)}"
     MockToken.objects.create(system=CODE, token=code, expires_at=timezone.now() + CODE_LIFETIME)
-    return _redirect(redirect_uri, {"code": code, "state": state})
+    return consent.redirect(redirect_uri, {"code": code, "state": state})
 
 
-def _consent(request: HttpRequest, scope: str) -> HttpResponse:
-    hidden = "".join(
-        f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">'
-        for k, v in request.GET.items()
-        if k != "decision"
+def _consent(request: HttpRequest) -> HttpResponse:
+    return consent.page(
+        request,
+        title="Connect to HubSpot (mock)",
+        lines=[f"Account <strong>recordsync-mock.hubspot.com</strong> (hub {HUB_ID}). This app asks to:"],
+        allow="Connect app",
+        deny="Cancel",
     )
-    scopes = "".join(f"<li>{escape(s)}</li>" for s in scope.split() if s)
-    html = f"""<!doctype html><html><head><title>Connect to HubSpot (mock)</title></head><body>
-<h1>Connect RecordSync to your HubSpot account</h1>
-<p>Account <strong>recordsync-mock.hubspot.com</strong> (hub {HUB_ID}). This app asks to:</p><ul>{scopes}</ul>
-<form method="post">{hidden}
-<button type="submit" name="decision" value="allow" id="allow">Connect app</button>
-<button type="submit" name="decision" value="deny" id="deny">Cancel</button></form></body></html>"""
-    return HttpResponse(html)
 
 
 def _page(title: str, message: str, status: int) -> HttpResponse:
-    return HttpResponse(
-        f"<!doctype html><title>{escape(title)}</title><h1>{escape(title)}</h1><p>{escape(message)}</p>", status=status
-    )
+    html = f"<!doctype html><title>{escape(title)}</title><h1>{escape(title)}</h1><p>{escape(message)}</p>"
+    return HttpResponse(html, status=status)
 
 
 def _binding(client_id: str, redirect_uri: str, challenge: str) -> str:
     """Part of each code: the client, redirect_uri and PKCE challenge it was issued for."""
-    return hashlib.sha256(f"{client_id}\n{redirect_uri}\n{challenge}".encode()).hexdigest()[:24]
-
-
-def _redirect(uri: str, extra: dict[str, str | None]) -> HttpResponseRedirect:
-    parts = urlsplit(uri)
-    query = parse_qsl(parts.query, keep_blank_values=True) + [(k, v) for k, v in extra.items() if v is not None]
-    return HttpResponseRedirect(urlunsplit(parts._replace(query=urlencode(query))))
+    return consent.binding(client_id, redirect_uri, challenge)
 
 
 @mock_view(SYSTEM, counted=False, faults=False)
@@ -272,9 +260,7 @@ def _spend_code(code: str, client_id: str, redirect_uri: str, verifier: str) -> 
     head, _, binding = code.rpartition(".")
     if not head:
         return False
-    challenge = (
-        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode() if verifier else ""
-    )
+    challenge = consent.s256(verifier) if verifier else ""
     if not secrets.compare_digest(binding, _binding(client_id, redirect_uri, challenge)):
         return False
     return bool(MockToken.objects.filter(system=CODE, token=code, expires_at__gt=timezone.now()).delete()[0])

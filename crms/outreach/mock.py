@@ -11,19 +11,18 @@ webhooks called back on every change.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import secrets
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from django.db import IntegrityError, transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
-from django.utils.html import escape
 
+from crms.mocks import consent
 from crms.mocks.declare import mock_setting, mock_setting_int
 from crms.mocks.models import MockCall, MockFault, MockToken
 from crms.mocks.runtime import mock_view
@@ -97,38 +96,29 @@ def authorize(request: HttpRequest) -> HttpResponse:
     if where.scheme not in ("http", "https") or not where.netloc or where.fragment:
         return _oauth_error(400, "invalid_request", "redirect_uri must be an absolute http(s) URI without a fragment")
     if query.get("response_type") != "code":
-        return _redirect(redirect_uri, {"error": "unsupported_response_type", "state": state})
+        return consent.redirect(redirect_uri, {"error": "unsupported_response_type", "state": state})
     if request.method == "GET":
         return _consent(request)
     if query.get("decision") != "allow":
-        return _redirect(redirect_uri, {"error": "access_denied", "state": state})
+        return consent.redirect(redirect_uri, {"error": "access_denied", "state": state})
     code = f"{secrets.token_urlsafe(24)}.{_binding(client_id, redirect_uri)}"
     MockToken.objects.create(system=CODE, token=code, expires_at=timezone.now() + CODE_LIFETIME)
-    return _redirect(redirect_uri, {"code": code, "state": state})
+    return consent.redirect(redirect_uri, {"code": code, "state": state})
 
 
 def _consent(request: HttpRequest) -> HttpResponse:
-    fields = [(k, v) for k, v in request.GET.items() if k != "decision"]
-    hidden = "".join(f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">' for k, v in fields)
-    scopes = "".join(f"<li>{escape(s)}</li>" for s in request.GET.get("scope", "").split() if s)
-    html = f"""<!doctype html><html><head><title>Authorize application (mock Outreach)</title></head><body>
-<h1>RecordSync would like to access your Outreach account</h1>
-<p>Signed in as <strong>integration@example.com</strong>. The application asks for:</p><ul>{scopes}</ul>
-<form method="post">{hidden}
-<button type="submit" name="decision" value="allow" id="allow">Authorize</button>
-<button type="submit" name="decision" value="deny" id="deny">Cancel</button></form></body></html>"""
-    return HttpResponse(html)
+    return consent.page(
+        request,
+        title="Authorize application (mock Outreach)",
+        lines=["RecordSync would like to access the Outreach account of <strong>integration@example.com</strong>:"],
+        allow="Authorize",
+        deny="Cancel",
+    )
 
 
 def _binding(client_id: str, redirect_uri: str) -> str:
     """Part of each code: the client and redirect_uri it was issued to (a token row has no room for more)."""
-    return hashlib.sha256(f"{client_id}\n{redirect_uri}".encode()).hexdigest()[:24]
-
-
-def _redirect(uri: str, extra: dict[str, str | None]) -> HttpResponseRedirect:
-    parts = urlsplit(uri)
-    query = parse_qsl(parts.query, keep_blank_values=True) + [(k, v) for k, v in extra.items() if v is not None]
-    return HttpResponseRedirect(urlunsplit(parts._replace(query=urlencode(query))))
+    return consent.binding(client_id, redirect_uri)
 
 
 @mock_view(SYSTEM, counted=False, faults=False)

@@ -181,7 +181,7 @@ def authorize(request: HttpRequest) -> HttpResponse:
     where = urlsplit(redirect_uri)
     if client_id != app_client_id() or where.scheme not in ("http", "https") or not where.netloc:
         return HttpResponse("<h1>error=invalid_client_id or redirect_uri_mismatch</h1>", status=400)
-    return mock_oauth.consent(request, redirect_uri, query.get("state"), client_id)
+    return mock_oauth.authorize_answer(request, redirect_uri, query.get("state"), client_id)
 
 
 @mock_view(SYSTEM, counted=False, faults=False)

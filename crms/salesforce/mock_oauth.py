@@ -4,16 +4,13 @@ refresh-token grant. Salesforce keeps the refresh token: a refresh answers witho
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import secrets
 from datetime import timedelta
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from django.utils.html import escape
 
+from crms.mocks import consent
 from crms.mocks.models import MockToken
 from crms.salesforce import mock_store as store
 
@@ -21,31 +18,30 @@ CODE, REFRESH = f"{store.SYSTEM}-code", f"{store.SYSTEM}-refresh"
 CODE_LIFETIME = timedelta(minutes=15)  # Salesforce: an authorization code is good for 15 minutes
 
 
-def consent(request: HttpRequest, redirect_uri: str, state: str | None, client_id: str) -> HttpResponse:
+def authorize_answer(request: HttpRequest, redirect_uri: str, state: str | None, client_id: str) -> HttpResponse:
     """Allow or Deny, then back to redirect_uri with a code or access_denied (the caller checked the client)."""
     query = request.GET if request.method == "GET" else request.POST
     if query.get("response_type") != "code":
-        return _redirect(redirect_uri, {"error": "unsupported_response_type", "state": state})
+        return consent.redirect(redirect_uri, {"error": "unsupported_response_type", "state": state})
     if request.method == "GET":
-        fields = [(k, v) for k, v in request.GET.items() if k != "decision"]
-        hidden = "".join(f'<input type="hidden" name="{escape(k)}" value="{escape(v)}">' for k, v in fields)
-        return HttpResponse(
-            f"""<!doctype html><html><head><title>Allow Access? (mock Salesforce)</title></head><body>
-<h1>Allow Access?</h1><p>RecordSync is asking to: {escape(query.get("scope", ""))}</p>
-<form method="post">{hidden}<button type="submit" name="decision" value="allow" id="allow">Allow</button>
-<button type="submit" name="decision" value="deny" id="deny">Deny</button></form></body></html>"""
+        return consent.page(
+            request,
+            title="Allow Access? (mock Salesforce)",
+            lines=["RecordSync is asking to:"],
+            allow="Allow",
+            deny="Deny",
         )
     if query.get("decision") != "allow":
         denied = {"error": "access_denied", "error_description": "end-user denied authorization", "state": state}
-        return _redirect(redirect_uri, denied)
+        return consent.redirect(redirect_uri, denied)
     code = f"{secrets.token_urlsafe(24)}.{_binding(client_id, redirect_uri, query.get('code_challenge', ''))}"
     MockToken.objects.create(system=CODE, token=code, expires_at=timezone.now() + CODE_LIFETIME)
-    return _redirect(redirect_uri, {"code": code, "state": state})
+    return consent.redirect(redirect_uri, {"code": code, "state": state})
 
 
 def spend_code(code: str, client_id: str, redirect_uri: str, verifier: str) -> str | None:
     """A new refresh token for a good code (once, in time, for its client, redirect URI and PKCE verifier)."""
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    challenge = consent.s256(verifier)
     head, _, binding = code.rpartition(".")
     expected = _binding(client_id, redirect_uri, challenge if verifier else "")
     if not head or not secrets.compare_digest(binding, expected):
@@ -62,10 +58,4 @@ def refresh_known(refresh: str) -> bool:
 
 
 def _binding(client_id: str, redirect_uri: str, challenge: str) -> str:
-    return hashlib.sha256(f"{client_id}\n{redirect_uri}\n{challenge}".encode()).hexdigest()[:24]
-
-
-def _redirect(uri: str, extra: dict[str, str | None]) -> HttpResponseRedirect:
-    parts = urlsplit(uri)
-    query = parse_qsl(parts.query, keep_blank_values=True) + [(k, v) for k, v in extra.items() if v is not None]
-    return HttpResponseRedirect(urlunsplit(parts._replace(query=urlencode(query))))
+    return consent.binding(client_id, redirect_uri, challenge)
