@@ -49,6 +49,7 @@ from crms.hubspot.objects import (
 from crms.hubspot.wire import (
     SEARCH_CAP,
     batch_outcomes,
+    epoch_ms,
     parse_time,
     row_fields,
     search_body,
@@ -269,26 +270,31 @@ class HubSpotConnector(Connector):
     def changes(self, object_type: str, cursor: str | None) -> ChangePage:
         """One search page of records changed since the cursor, each change once (crms/stamp_cursor.py).
 
-        Searched `modified_property >= since`, sorted on it ascending. A query pages through at most 10,000
-        results, so a pass ends before that and the next pass starts again at the newest stamp read: the
-        cursor moves its filter forward instead of paging deeper. Archived records are not searched:
-        deletions come by webhook (contact.deletion) or a reconcile.
+        Searched `modified_property >= floor`, sorted on it ascending. HubSpot's `after` is an offset, and an
+        offset skips a record when one read before it is edited mid-pass (it moves to the end, and every
+        later record moves up one). So each page starts again at the last stamp read (`floor`), with offset
+        0; the records that share that stamp are read again and skipped by the cursor. Only a page whose
+        records all share one stamp pages on by offset within it. That also keeps far inside the 10,000
+        results one query may page through: past it (a single stamp held by thousands) the pass ends and the
+        next one starts after it. Archived records are not searched: deletions come by webhook or a reconcile.
         """
         mapping = self._mapping(object_type)
         state = PollCursor.load(cursor, PAGE_SIZE)
-        after = int(state.next or 0)
+        floor, _, offset = (state.next or f"{state.since}|0").rpartition("|")
         self._space_searches()
-        body = self._call("POST", f"{mapping.path}/search", body=search_body(mapping, state.since, after, PAGE_SIZE))
+        query = search_body(mapping, floor, int(offset), PAGE_SIZE)
+        body = self._call("POST", f"{mapping.path}/search", body=query)
         rows = [row for row in body.get("results") or [] if row_fields(row).get(mapping.modified_property)]
+        stamps = [str(row_fields(row)[mapping.modified_property]) for row in rows]
         changes = [
             _change(object_type, row, mapping)
-            for row in rows
-            if state.take(str(row["id"]), str(row_fields(row)[mapping.modified_property]), row_fields(row))
+            for row, stamp in zip(rows, stamps, strict=True)
+            if state.take(str(row["id"]), stamp, row_fields(row))
         ]
-        following = str(((body.get("paging") or {}).get("next") or {}).get("after") or "")
-        capped = following.isdigit() and int(following) + PAGE_SIZE > SEARCH_CAP
-        state.next = str(following) if following and rows and not capped else None
-        if state.next is None:
+        state.next = _next_page(floor, int(offset), stamps, bool((body.get("paging") or {}).get("next")))
+        capped = state.next is not None and int(state.next.rpartition("|")[2]) + PAGE_SIZE > SEARCH_CAP
+        if capped or state.next is None:
+            state.next = None
             state.finish(now=self.server_time or self.clock(), capped=capped)
         return ChangePage(changes, state.dump(), has_more=state.next is not None)
 
@@ -478,6 +484,16 @@ class HubSpotConnector(Connector):
         if mapping is None:
             raise unknown_object(object_type)
         return mapping
+
+
+def _next_page(floor: str, offset: int, stamps: list[str], more: bool) -> str | None:
+    """Where the next page of a pass starts, as "stamp|offset"; None when the pass is over."""
+    if not more or len(stamps) < PAGE_SIZE:
+        return None
+    first, last = epoch_ms(stamps[0]), epoch_ms(stamps[-1])
+    if first == last:  # a whole page of one stamp: page on by offset within it
+        return f"{stamps[-1]}|{(offset if epoch_ms(floor) == last else 0) + len(stamps)}"
+    return f"{stamps[-1]}|0"
 
 
 def _change(object_type: str, row: Mapping[str, Any], mapping: ObjectMap) -> Change:

@@ -142,33 +142,69 @@ def test_read_returns_the_current_properties_of_the_records_found(hubspot: Conne
     assert connector.modified_at(found[made[0].external_id or ""]) is not None
 
 
-def test_polling_reads_every_change_once_across_the_search_cap(
+def _read_passes(
+    connector: HubSpotConnector, cursor: str | None, calls: int, edit: Any = None
+) -> tuple[list[tuple[str, str | None]], Any]:
+    seen: list[tuple[str, str | None]] = []
+    for call in range(calls):
+        page = connector.changes("contact", cursor)
+        seen += [(c.fields["email"], c.fields.get("firstname")) for c in page.changes]
+        cursor = page.cursor
+        if call == 0 and edit is not None:
+            edit()
+    return seen, cursor
+
+
+def test_polling_reads_every_change_once_even_when_a_record_read_is_edited_mid_pass(
     hubspot: Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Pages of 2 under a cap of 4 results a query: 7 records need passes that move the filter forward."""
+    """Pages of 2. After the first page, its first record is edited: with HubSpot's offset paging the record
+    after the page would be skipped; paging from the last stamp read loses nothing."""
     monkeypatch.setattr(hubspot_connector, "PAGE_SIZE", 2)
-    monkeypatch.setattr(hubspot_connector, "SEARCH_CAP", 4)
     for i in range(7):
         mock_store.staff_push("contacts", [{"email": f"p{i}@example.com"}], [])
         time.sleep(0.002)  # distinct stamps, as HubSpot's milliseconds mostly are
     connector = open_(hubspot)
-    seen: list[str] = []
-    cursor = None
-    for _ in range(12):
-        page = connector.changes("contact", cursor)
-        seen += [c.fields["email"] for c in page.changes]
-        cursor = page.cursor
 
-    assert sorted(seen) == [f"p{i}@example.com" for i in range(7)]  # each once
-    mock_store.update(held()[3], {"firstname": "Edited"}, by="user")
-    edited = []
-    for _ in range(6):  # one pass, to its end, as the poller reads while has_more
-        page = connector.changes("contact", cursor)
-        edited += [(c.fields["email"], c.fields["firstname"]) for c in page.changes]
-        cursor = page.cursor
-        if not page.has_more:
-            break
-    assert edited == [("p3@example.com", "Edited")]
+    def edit() -> None:
+        mock_store.update(held()[0], {"firstname": "Edited"}, by="user")
+
+    seen, cursor = _read_passes(connector, None, 12, edit)
+
+    assert sorted(e for e, _ in seen) == sorted([f"p{i}@example.com" for i in range(7)] + ["p0@example.com"])
+    assert ("p0@example.com", "Edited") in seen and len(seen) == len(set(seen))  # each change once
+    assert _read_passes(connector, cursor, 3)[0] == []  # nothing new: nothing read again
+
+
+def test_a_run_of_records_sharing_one_stamp_pages_on_within_it(
+    hubspot: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hubspot_connector, "PAGE_SIZE", 2)
+    for i in range(5):
+        mock_store.staff_push("contacts", [{"email": f"s{i}@example.com"}], [])
+    MockRecord.objects.filter(system="hubspot").update(modified_at=held()[0].modified_at)  # one millisecond
+
+    seen, _ = _read_passes(open_(hubspot), None, 8)
+
+    assert sorted(e for e, _ in seen) == [f"s{i}@example.com" for i in range(5)]
+
+
+def test_a_single_stamp_held_past_the_search_cap_ends_the_pass_instead_of_paging_deeper(
+    hubspot: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hubspot_connector, "PAGE_SIZE", 2)
+    monkeypatch.setattr(hubspot_connector, "SEARCH_CAP", 4)
+    for i in range(7):
+        mock_store.staff_push("contacts", [{"email": f"c{i}@example.com"}], [])
+    MockRecord.objects.filter(system="hubspot").update(modified_at=held()[0].modified_at)
+    connector = open_(hubspot)
+
+    pages = [connector.changes("contact", None)]
+    while pages[-1].has_more:
+        pages.append(connector.changes("contact", pages[-1].cursor))
+
+    assert len(pages) == 2  # 2 + 2 read; the next page would pass 4 results: the pass ends there
+    assert not MockCall.objects.filter(system="hubspot", status=400).exists()
 
 
 def test_webhook_deliveries_signed_as_hubspots_own_sdk_signs_them_are_read_whole(hubspot: Connection) -> None:
