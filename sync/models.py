@@ -133,6 +133,8 @@ class AttemptOutcome(models.TextChoices):
     SUCCESS = "success"
     ERROR = "error"
     SKIPPED = "skipped"
+    # Held back on our side, no call made (the throttle, an open breaker): a wait, not a failure (issue 18).
+    HELD = "held", "held back (no call made)"
 
 
 class SyncAttempt(models.Model):

@@ -376,6 +376,8 @@ def throttled_connector(connection: Connection) -> Connector:
 def _outcome(item: Claimed, result: PushResult, duration_ms: int) -> Outcome:
     job, error = item.job, result.error
     attempt = AttemptOutcome.ERROR if error else AttemptOutcome.SUCCESS
+    if error is not None and not_their_fault(error):
+        attempt = AttemptOutcome.HELD  # waiting for quota is not a failure: no alert counts it as one
     if error is None:
         linked = item.record if item.record is not None and item.record.operation != "delete" else None
         return Outcome(

@@ -195,6 +195,13 @@ def test_a_throttled_batch_is_handed_back_without_counting_an_attempt(live_serve
     held = SyncJob.objects.get(record_id="b")
     assert (held.attempts, held.last_error_code) == (0, "THROTTLED")
     assert held.next_attempt_at is not None and held.next_attempt_at > timezone.now() + timedelta(seconds=30)
+    # The wait is kept as an attempt held back, not a failed one: the failure alert does not count it.
+    from sync.models import SyncAttempt
+    from sync.ops.alerts import failures_measure
+
+    assert list(SyncAttempt.objects.filter(job=held).values_list("outcome", flat=True)) == ["held"]
+    settings.ALERT_FAILURE_MIN_ATTEMPTS = 1
+    assert failures_measure(salesforce, timezone.now(), 3600) == (0.0, "0 of 1 attempts in the last 1h")
 
 
 @pytest.mark.parametrize("answer", ["ok", "refused", "error"])
