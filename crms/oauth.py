@@ -8,11 +8,11 @@ after that the current one lives in the StateStore, and a refresh keeps whicheve
 from __future__ import annotations
 
 import hashlib
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import requests
 
-from crms.base import ConnectorError
+from crms.base import ConnectorError, StateStore
 from crms.http import HttpClient, TransportError
 
 REFRESH_MARGIN = 300.0  # seconds before expiry at which a token counts as spent
@@ -66,6 +66,41 @@ def refresh(
         expires_at=now + float(body.get("expires_in") or 7200),
         seed=seed,
     )
+
+
+def current(
+    store: StateStore,
+    http: HttpClient,
+    *,
+    key: str,
+    token_url: str,
+    form: dict[str, str],
+    first_refresh_token: str,
+    now: float,
+    refused: str | None,
+    unlinked: str,
+) -> Token:
+    """A usable access token for a connection: the stored one, else a refresh under the connection's lock.
+
+    The stored token is read again inside the lock: two workers refreshing at once would each spend the
+    other's refresh token where the CRM rotates them (Outreach). `refused`: an access token the CRM just
+    answered 401 to, refreshed even if it looks unexpired. `unlinked`: the message when there is no refresh
+    token at all (the account was never connected).
+    """
+    seed = seed_of(first_refresh_token)
+    stored = cast(Token | None, store.get(key))
+    if usable(stored, now=now, seed=seed, refused=refused):
+        return cast(Token, stored)
+    with store.lock(key):
+        stored = cast(Token | None, store.get(key))
+        if usable(stored, now=now, seed=seed, refused=refused):
+            return cast(Token, stored)
+        chain = stored["refresh_token"] if stored and stored.get("seed") == seed else first_refresh_token
+        if not chain:
+            raise ConnectorError(unlinked, code="NOT_AUTHORISED", permanent=True, pause_connection=True)
+        token = refresh(http, token_url=token_url, form=form, refresh_token=chain, seed=seed, now=now)
+        store.set(key, dict(token))
+        return token
 
 
 def exchange_code(

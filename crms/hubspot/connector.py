@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, cast
+from typing import Any
 
 import requests
 
@@ -449,35 +449,22 @@ class HubSpotConnector(Connector):
         return self._oauth_token(refused=refused)["access_token"]
 
     def _oauth_token(self, *, refused: str | None) -> oauth.Token:
-        """A usable OAuth access token; refreshed under the connection's lock, re-reading the stored one first."""
-        seed = oauth.seed_of(self.secrets.get("refresh_token", ""))
-        stored = cast(oauth.Token | None, self.store.get(TOKEN_KEY))
-        if oauth.usable(stored, now=self.clock(), seed=seed, refused=refused):
-            return cast(oauth.Token, stored)
-        with self.store.lock(TOKEN_KEY):
-            stored = cast(oauth.Token | None, self.store.get(TOKEN_KEY))
-            if oauth.usable(stored, now=self.clock(), seed=seed, refused=refused):
-                return cast(oauth.Token, stored)
-            chain = (
-                stored["refresh_token"] if stored and stored.get("seed") == seed else self.secrets.get("refresh_token")
-            )
-            if not chain:
-                raise ConnectorError(
-                    "no refresh token: connect the HubSpot account (the connection's Connect button) or paste one",
-                    code="NOT_AUTHORISED",
-                    permanent=True,
-                    pause_connection=True,
-                )
-            form = {
-                "client_id": str(self.config.get("client_id", "")),
-                "client_secret": self.secrets.get("client_secret", ""),
-            }
-            token_url = str(self.config.get("token_url") or TOKEN_URL)
-            token = oauth.refresh(
-                self.http, token_url=token_url, form=form, refresh_token=chain, seed=seed, now=self.clock()
-            )
-            self.store.set(TOKEN_KEY, dict(token))
-            return token
+        """A usable OAuth access token (30 minutes), refreshed under the connection's lock."""
+        form = {
+            "client_id": str(self.config.get("client_id", "")),
+            "client_secret": self.secrets.get("client_secret", ""),
+        }
+        return oauth.current(
+            self.store,
+            self.http,
+            key=TOKEN_KEY,
+            token_url=str(self.config.get("token_url") or TOKEN_URL),
+            form=form,
+            first_refresh_token=self.secrets.get("refresh_token", ""),
+            now=self.clock(),
+            refused=refused,
+            unlinked="no refresh token: connect the HubSpot account (the connection's Connect button) or paste one",
+        )
 
     def _mapping(self, object_type: str) -> ObjectMap:
         mapping = self.objects.get(object_type)

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import requests
 
@@ -444,37 +444,18 @@ class OutreachConnector(Connector):
             raise ConnectorError(str(exc), code=exc.code) from exc
 
     def _token(self, *, refused: str | None) -> oauth.Token:
-        """A usable access token. Refreshing happens under the connection's lock, re-reading the stored
-        token first: two workers refreshing at once would each invalidate the other's refresh token."""
-        seed = oauth.seed_of(self.secrets.get("refresh_token", ""))
-        stored = cast(oauth.Token | None, self.store.get(TOKEN_KEY))
-        if oauth.usable(stored, now=self.clock(), seed=seed, refused=refused):
-            return cast(oauth.Token, stored)
-        with self.store.lock(TOKEN_KEY):
-            stored = cast(oauth.Token | None, self.store.get(TOKEN_KEY))
-            if oauth.usable(stored, now=self.clock(), seed=seed, refused=refused):
-                return cast(oauth.Token, stored)
-            chain = (
-                stored["refresh_token"] if stored and stored.get("seed") == seed else self.secrets.get("refresh_token")
-            )
-            if not chain:
-                raise ConnectorError(
-                    "no refresh token: authorise the app in Outreach and save the connection's refresh_token",
-                    code="NOT_AUTHORISED",
-                    permanent=True,
-                    pause_connection=True,
-                )
-            token_url = str(self.config.get("token_url") or TOKEN_URL)
-            token = oauth.refresh(
-                self.http,
-                token_url=token_url,
-                form=self._client_form(),
-                refresh_token=chain,
-                seed=seed,
-                now=self.clock(),
-            )
-            self.store.set(TOKEN_KEY, dict(token))
-            return token
+        """A usable access token: Outreach rotates refresh tokens, so refreshing is done once, under the lock."""
+        return oauth.current(
+            self.store,
+            self.http,
+            key=TOKEN_KEY,
+            token_url=str(self.config.get("token_url") or TOKEN_URL),
+            form=self._client_form(),
+            first_refresh_token=self.secrets.get("refresh_token", ""),
+            now=self.clock(),
+            refused=refused,
+            unlinked="no refresh token: connect the Outreach account (the connection's Connect button) or paste one",
+        )
 
     def _client_form(self) -> dict[str, str]:
         form = {
