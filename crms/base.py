@@ -81,6 +81,18 @@ class RecordRejected(ConnectorError):
     reports it on each of them and goes on; read and changes raise it like any ConnectorError."""
 
 
+def unsent(cause: ConnectorError) -> ConnectorError:
+    """The error of a record after a connection-wide failure in its batch: never tried, so retryable, whatever
+    stopped the batch (connectors that send in several calls stop at such a failure)."""
+    return ConnectorError(
+        f"not sent: an earlier call failed ({cause.code}: {cause.message})",
+        code=cause.code,
+        retry_after=cause.retry_after,
+        http_status=cause.http_status,
+        pause_connection=cause.pause_connection,
+    )
+
+
 @dataclass(frozen=True)
 class OutboundRecord:
     """One record to write. `record_id` is the source's id; `external_id` comes from the record link."""

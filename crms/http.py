@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -185,3 +186,11 @@ class HttpClient:
         parts = urlsplit(url)
         host = parts.netloc.rpartition("@")[2]  # never credentials in the authority
         return f"{parts.scheme}://{host}/…" if self.secret_path else f"{parts.scheme}://{host}{parts.path}"
+
+
+def server_time(response: requests.Response) -> float | None:
+    """The target's clock at its answer (the Date header), for cursors that must not run ahead of it."""
+    try:
+        return parsedate_to_datetime(response.headers.get("Date", "")).timestamp()
+    except (TypeError, ValueError):
+        return None

@@ -14,7 +14,6 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -34,8 +33,9 @@ from crms.base import (
     QuotaSignal,
     WebhookRefused,
     chunks,
+    unsent,
 )
-from crms.http import HttpClient, TransportError
+from crms.http import HttpClient, TransportError, server_time
 from crms.hubspot import errors
 from crms.hubspot.objects import (
     COMPANY_FIELDS,
@@ -176,7 +176,7 @@ class HubSpotConnector(Connector):
             for part in chunks(indexed, BATCH_SIZE):
                 if stopped is not None:
                     for index, record in part:
-                        results[index] = PushResult(record.record_id, "error", record.external_id, _not_sent(stopped))
+                        results[index] = PushResult(record.record_id, "error", record.external_id, unsent(stopped))
                     continue
                 try:
                     results.update(self._write(self.objects[object_type], write, part))
@@ -419,7 +419,7 @@ class HubSpotConnector(Connector):
             token = self._access_token(refused=refused)
             response = self._send(method, f"{self.api_url}{path}", params, body, token)
             self.rate_limit.update(errors.parse_rate_limit(response.headers))
-            self.server_time = _server_time(response) or self.server_time
+            self.server_time = server_time(response) or self.server_time
             if response.status_code == 401 and attempt == 0 and self.config.get("auth") == "oauth":
                 refused = token  # refresh once (unless another worker already has), then retry
                 continue
@@ -515,23 +515,3 @@ def _gone(result: PushResult | None) -> bool:
 
 def _unlinked(record: OutboundRecord) -> OutboundRecord:
     return OutboundRecord(record.record_id, record.object_type, record.operation, record.fields, external_id=None)
-
-
-def _not_sent(cause: ConnectorError) -> ConnectorError:
-    return ConnectorError(
-        f"not sent: an earlier call of this batch failed for the whole connection ({cause.code}: {cause.message})",
-        code=cause.code,
-        permanent=False,
-        retry_after=cause.retry_after,
-        http_status=cause.http_status,
-    )
-
-
-def _server_time(response: requests.Response) -> float | None:
-    raw = response.headers.get("Date")
-    if not raw:
-        return None
-    try:
-        return parsedate_to_datetime(raw).timestamp()
-    except (TypeError, ValueError):
-        return None

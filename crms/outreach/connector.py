@@ -33,8 +33,9 @@ from crms.base import (
     QuotaSignal,
     WebhookRefused,
     chunks,
+    unsent,
 )
-from crms.http import TransportError
+from crms.http import TransportError, server_time
 from crms.outreach import errors
 from crms.outreach.resources import (
     ACCOUNT_FIELDS,
@@ -49,7 +50,7 @@ from crms.outreach.resources import (
     parse_time,
     read_only,
 )
-from crms.outreach.wire import change_from, json_body, next_link, not_sent, refused, server_time, with_query
+from crms.outreach.wire import change_from, json_body, next_link, refused, with_query
 from crms.stamp_cursor import PollCursor
 
 API_URL = "https://api.outreach.io/api/v2"
@@ -230,7 +231,7 @@ class OutreachConnector(Connector):
         stopped: ConnectorError | None = None
         for record in batch:
             if stopped is not None:
-                results.append(PushResult(record.record_id, "error", record.external_id, not_sent(stopped)))
+                results.append(PushResult(record.record_id, "error", record.external_id, unsent(stopped)))
                 continue
             try:
                 results.append(self._push_one(record))

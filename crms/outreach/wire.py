@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -23,13 +22,6 @@ from crms.outreach.resources import (
 def change_from(object_type: str, row: dict[str, Any]) -> Change:
     attributes = dict(row.get("attributes") or {})
     return Change(object_type, str(row["id"]), attributes, parse_time(attributes["updatedAt"]))
-
-
-def server_time(response: requests.Response) -> float | None:
-    try:
-        return parsedate_to_datetime(response.headers.get("Date", "")).timestamp()
-    except (TypeError, ValueError):
-        return None
 
 
 def json_body(response: requests.Response) -> Any:
@@ -71,14 +63,3 @@ def with_query(url: str, changes: dict[str, str]) -> str:
 def refused(record: OutboundRecord, message: str, code: str, *, fields: Sequence[str] = ()) -> PushResult:
     error = ConnectorError(message, code=code, permanent=True, fields=fields)
     return PushResult(record.record_id, "error", record.external_id, error)
-
-
-def not_sent(cause: ConnectorError) -> ConnectorError:
-    """Records after a connection-wide failure were never tried: retryable, whatever stopped the batch."""
-    return ConnectorError(
-        f"not sent: an earlier call failed ({cause.code}: {cause.message})",
-        code=cause.code,
-        retry_after=cause.retry_after,
-        http_status=cause.http_status,
-        pause_connection=cause.pause_connection,
-    )
