@@ -1,0 +1,46 @@
+"""Indexes that serve GET /v1/sync/jobs pages in their order (issue 18).
+
+On PostgreSQL they are built CONCURRENTLY: the jobs table may hold millions of rows, and a plain CREATE INDEX
+would block every write (ingest, the engine) while it builds. Elsewhere (SQLite) a plain index.
+"""
+
+from typing import Any
+
+from django.contrib.postgres.operations import AddIndexConcurrently
+from django.db import migrations, models
+
+
+class AddIndexWithoutLock(AddIndexConcurrently):
+    """AddIndexConcurrently on PostgreSQL, AddIndex anywhere else; the same state either way."""
+
+    def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+        else:
+            migrations.AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+        else:
+            migrations.AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
+
+
+class Migration(migrations.Migration):
+    atomic = False  # CREATE INDEX CONCURRENTLY cannot run inside a transaction
+
+    dependencies = [("sync", "0023_attempt_outcome_held")]
+
+    operations = [
+        AddIndexWithoutLock(
+            model_name="syncjob", index=models.Index(fields=["-updated_at", "-id"], name="job_changed_idx")
+        ),
+        AddIndexWithoutLock(
+            model_name="syncjob",
+            index=models.Index(fields=["state", "-updated_at", "-id"], name="job_state_changed_idx"),
+        ),
+        AddIndexWithoutLock(
+            model_name="syncjob",
+            index=models.Index(fields=["target", "-updated_at", "-id"], name="job_target_changed_idx"),
+        ),
+    ]
