@@ -226,6 +226,12 @@ SYNC_BREAKER_FAILURES = env_int("SYNC_BREAKER_FAILURES", 5, minimum=1)
 SYNC_BREAKER_COOLDOWN = env_int("SYNC_BREAKER_COOLDOWN", 30, minimum=1)
 # Past this share of a target's own allowance (Sforce-Limit-Info, X-RateLimit-*), calls are spread out.
 SYNC_QUOTA_SLOW_DOWN_PERCENT = env_int("SYNC_QUOTA_SLOW_DOWN_PERCENT", 90, minimum=1)
+# Lanes (docs/operations.md): the share of each quota owner's window only live changes may fill, and the share
+# beyond it only live changes, reads and polls may fill (backfill and reconcile get the rest).
+SYNC_LANE_LIVE_RESERVE_PERCENT = env_int("SYNC_LANE_LIVE_RESERVE_PERCENT", 20, minimum=0, maximum=90)
+SYNC_LANE_READ_RESERVE_PERCENT = env_int("SYNC_LANE_READ_RESERVE_PERCENT", 10, minimum=0, maximum=90)
+# Backfill and reconcile stop while less than this share of the target's own allowance remains; 0: never.
+SYNC_BACKFILL_FLOOR_PERCENT = env_int("SYNC_BACKFILL_FLOOR_PERCENT", 25, minimum=0, maximum=100)
 # Seconds between polls of each readable connection's objects for changes made there; 0: never.
 SYNC_POLL_INTERVAL = env_int("SYNC_POLL_INTERVAL", 60, minimum=0)
 # Alerts per connection (0 turns one off): the oldest due job older than this; this share of the
@@ -235,6 +241,8 @@ SYNC_ALERT_LAG_SECONDS = env_int("SYNC_ALERT_LAG_SECONDS", 600, minimum=0)
 SYNC_ALERT_FAILURE_PERCENT = env_int("SYNC_ALERT_FAILURE_PERCENT", 50, minimum=0)
 SYNC_ALERT_FAILURE_WINDOW = env_int("SYNC_ALERT_FAILURE_WINDOW", 900, minimum=60)
 SYNC_ALERT_BREAKER_OPEN_SECONDS = env_int("SYNC_ALERT_BREAKER_OPEN_SECONDS", 300, minimum=0)
+# Alert when the target's allowance, at the rate of the last hour, runs out within this many hours; 0: off.
+SYNC_ALERT_ALLOWANCE_HOURS = env_int("SYNC_ALERT_ALLOWANCE_HOURS", 6, minimum=0)
 ALERT_FAILURE_MIN_ATTEMPTS = env_int("ALERT_FAILURE_MIN_ATTEMPTS", 10, minimum=1)
 ALERT_WEBHOOK_URL = env_str("ALERT_WEBHOOK_URL", "")
 # Retention (sync_prune, daily): finished history older than this goes; a repeated idempotency key

@@ -32,6 +32,15 @@ class JobState(models.TextChoices):
     SUPERSEDED = "superseded"
 
 
+class Lane(models.IntegerChoices):
+    """Whose turn it is at a quota owner's window (issue 18): live changes first, then reads and polls,
+    then backfill and reconcile. A job's lane is that of the change it waits to send."""
+
+    LIVE = 0, "live changes"
+    READ = 1, "reads and polls"
+    BULK = 2, "backfill and reconcile"
+
+
 class SyncEvent(models.Model):
     """One accepted change, as received. Never updated after it is written."""
 
@@ -69,6 +78,11 @@ class SyncJob(models.Model):
     record_id = models.CharField(max_length=255)
     target = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="jobs")
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
+    lane = models.PositiveSmallIntegerField(
+        choices=Lane.choices,
+        default=Lane.LIVE,
+        help_text="Live changes are claimed and sent before backfill and reconcile work (docs/operations.md).",
+    )
     attempts = models.PositiveIntegerField(default=0)
     version = models.PositiveBigIntegerField(
         default=1, help_text="Bumped by every event; a worker finishes only the version it claimed."
@@ -105,6 +119,12 @@ class SyncJob(models.Model):
             models.Index(fields=["-updated_at", "-id"], name="job_changed_idx"),
             models.Index(fields=["state", "-updated_at", "-id"], name="job_state_changed_idx"),
             models.Index(fields=["target", "-updated_at", "-id"], name="job_target_changed_idx"),
+            # The dispatcher's claim: due jobs of a target, lane by lane, oldest first, read in index order.
+            models.Index(
+                fields=["target", "lane", "updated_at", "id"],
+                name="job_due_lane_idx",
+                condition=models.Q(state__in=["pending", "retrying"]),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -232,6 +252,25 @@ class ThrottleLimit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: hold until {self.hold_until}, cap {self.cap_calls}/{self.cap_seconds}s"
+
+
+class QuotaSample(models.Model):
+    """What a target said of its own allowance for one quota owner (`Sforce-Limit-Info`, `X-RateLimit-*`),
+    every integration's calls included: at most one row a minute per owner (sync.delivery.allowance), kept
+    two days by retention. The forecast, the dashboard and the backfill floor read them."""
+
+    key = models.CharField(max_length=128, help_text="The quota owner (sync.delivery.throttle.quota_key)")
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
+    at = models.DateTimeField()
+    used = models.PositiveBigIntegerField()
+    cap = models.PositiveBigIntegerField()
+    period_seconds = models.FloatField(help_text="How long until the allowance refills (for a rolling one, its length)")
+
+    class Meta:
+        indexes = [models.Index(fields=["key", "-at"], name="quota_sample_key_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.used}/{self.cap} at {self.at:%Y-%m-%d %H:%M:%S}"
 
 
 class QuotaHold(models.Model):
@@ -421,6 +460,7 @@ class AlertKind(models.TextChoices):
     LAG = "lag"
     FAILURES = "failures"
     BREAKER_OPEN = "breaker_open"
+    ALLOWANCE = "allowance"  # the target's own allowance runs out soon at the current rate (issue 18)
 
 
 class AlertState(models.TextChoices):

@@ -23,7 +23,7 @@ from crms.models import Connection
 from sync.delivery import dispatch, engine, holds, leases
 from sync.inbound import changes as inbound
 from sync.inbound import reconcile
-from sync.models import InboundCursor, JobState, RecordRead, SyncJob
+from sync.models import InboundCursor, JobState, Lane, RecordRead, SyncJob
 from sync.ops import alerts, retention
 
 logger = logging.getLogger("recordsync.tasks")
@@ -127,7 +127,10 @@ def poll_objects(connection_id: int, object_type: str, owner: str) -> dict[str, 
     if connection is None:
         return {}
     result = inbound.poll(
-        connection=connection, object_type=object_type, connector=engine.throttled_connector(connection), owner=owner
+        connection=connection,
+        object_type=object_type,
+        connector=engine.throttled_connector(connection, lane=Lane.READ),
+        owner=owner,
     )
     return {"pages": result.pages, **result.counts}
 

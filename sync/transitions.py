@@ -43,7 +43,7 @@ _KEEP = object()  # to_pending leaves fence_until as it is
 _TABLE = SyncJob._meta.db_table
 ARRIVAL_COLUMNS = (
     "source, object_type, record_id, target_id, state, attempts, version, last_event_id, last_occurred_at, "
-    "created_at, updated_at, last_error_code, last_error_message, lease_owner"
+    "created_at, updated_at, last_error_code, last_error_message, lease_owner, lane"
 )
 # A job in flight or held for review keeps its state (and its attempts and error) with a higher
 # version: the worker's conditional finish then sends it back to pending. Any other job reopens,
@@ -52,6 +52,12 @@ ARRIVAL_COLUMNS = (
 _STAYS = f"{_TABLE}.state IN ('in_flight', 'held')"
 _NEWER = f"excluded.last_occurred_at >= {_TABLE}.last_occurred_at"
 _STAY = f"({_STAYS} OR NOT ({_NEWER}))"
+# The lane: a job still waiting to send (or on its way) keeps the more urgent of its lane and the newer
+# change's, so a backfill replaying a record never pushes its live change behind the backlog; a job that
+# already sent its state takes the newer change's lane.
+_OPEN = f"{_TABLE}.state IN ('pending', 'retrying', 'queued', 'in_flight', 'held')"
+_URGENT = f"CASE WHEN excluded.lane < {_TABLE}.lane THEN excluded.lane ELSE {_TABLE}.lane END"
+_LANE = f"CASE WHEN NOT ({_NEWER}) THEN {_TABLE}.lane WHEN {_OPEN} THEN {_URGENT} ELSE excluded.lane END"
 ARRIVAL_ON_CONFLICT = f"""
     ON CONFLICT (record_id, object_type, source, target_id) DO UPDATE SET
         version = CASE WHEN {_NEWER} THEN {_TABLE}.version + excluded.version ELSE {_TABLE}.version END,
@@ -63,18 +69,19 @@ ARRIVAL_ON_CONFLICT = f"""
         lease_owner = CASE WHEN {_STAY} THEN {_TABLE}.lease_owner ELSE '' END,
         last_event_id = CASE WHEN {_NEWER} THEN excluded.last_event_id ELSE {_TABLE}.last_event_id END,
         last_occurred_at = CASE WHEN {_NEWER} THEN excluded.last_occurred_at ELSE {_TABLE}.last_occurred_at END,
-        updated_at = CASE WHEN {_NEWER} THEN excluded.updated_at ELSE {_TABLE}.updated_at END
+        updated_at = CASE WHEN {_NEWER} THEN excluded.updated_at ELSE {_TABLE}.updated_at END,
+        lane = {_LANE}
     RETURNING record_id, object_type, source, target_id, state, version, last_occurred_at
 """
 
 
 def arrival_unnest_sql(where: str = "") -> str:
     """PostgreSQL: new jobs are pending; known ones reopen or keep their state (ARRIVAL_ON_CONFLICT).
-    Parameters: created_at, updated_at, then the arrays source, object_type, record_id, target_id, bumps,
+    Parameters: created_at, updated_at, lane, then the arrays source, object_type, record_id, target_id, bumps,
     last_event_id, last_occurred_at."""
     return f"""
         INSERT INTO {_TABLE} ({ARRIVAL_COLUMNS})
-        SELECT s, o, r, t, 'pending', 0, v, e, oc, %s, %s, '', '', ''
+        SELECT s, o, r, t, 'pending', 0, v, e, oc, %s, %s, '', '', '', %s::smallint
         FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::uuid[], %s::timestamptz[])
              AS u(s, o, r, t, v, e, oc)
         {where}
@@ -83,8 +90,8 @@ def arrival_unnest_sql(where: str = "") -> str:
 
 
 def arrival_values_sql(count: int) -> str:
-    """SQLite: the same as arrival_unnest_sql with multi-row VALUES (nine parameters a row)."""
-    values = ", ".join(["(%s, %s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, '', '', '')"] * count)
+    """SQLite: the same as arrival_unnest_sql with multi-row VALUES (ten parameters a row, the lane last)."""
+    values = ", ".join(["(%s, %s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, '', '', '', %s)"] * count)
     return f"INSERT INTO {_TABLE} ({ARRIVAL_COLUMNS}) VALUES {values} {ARRIVAL_ON_CONFLICT}"  # noqa: S608
 
 

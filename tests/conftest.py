@@ -271,18 +271,19 @@ def _no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def _fresh_cache() -> Iterator[None]:
-    """Each test starts with empty caches (nudge debounce, readiness probe, connections)."""
+    """Each test starts with empty caches (nudge debounce, readiness probe, connections, allowances heard)."""
     from django.core.cache import cache
 
     from crms.selectors import connections_forget
     from recordsync.auth import verified_tokens_forget
     from rules.selectors import rule_set_forget
-    from sync.delivery import config, dispatch
+    from sync.delivery import allowance, config, dispatch
 
     cache.clear()
     verified_tokens_forget()
     rule_set_forget()
     config.forget()
+    allowance.forget()
     dispatch._last_nudge.clear()
     connections_forget()
     yield

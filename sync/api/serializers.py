@@ -287,6 +287,18 @@ class ConfigOverrideInSerializer(StrictFieldsMixin, serializers.Serializer[dict[
     alert_breaker_open_seconds = serializers.IntegerField(
         required=False, allow_null=True, help_text="alert when the breaker stays open longer, 0-604800 s; 0: off"
     )
+    lane_live_reserve_percent = serializers.IntegerField(
+        required=False, allow_null=True, help_text="0-90: share of the quota owner's window only live changes fill"
+    )
+    lane_read_reserve_percent = serializers.IntegerField(
+        required=False, allow_null=True, help_text="0-90: the next share, for live changes, reads and polls only"
+    )
+    backfill_floor_percent = serializers.IntegerField(
+        required=False, allow_null=True, help_text="0-100: backfills stop while less of the target's allowance is left"
+    )
+    alert_allowance_hours = serializers.IntegerField(
+        required=False, allow_null=True, help_text="alert when the allowance runs out within this, 0-168 h; 0: off"
+    )
 
 
 class EngineConfigSerializer(serializers.Serializer[dict[str, Any]]):
@@ -303,6 +315,10 @@ class EngineConfigSerializer(serializers.Serializer[dict[str, Any]]):
     alert_failure_percent = serializers.IntegerField()
     alert_failure_window = serializers.IntegerField()
     alert_breaker_open_seconds = serializers.IntegerField()
+    lane_live_reserve_percent = serializers.IntegerField()
+    lane_read_reserve_percent = serializers.IntegerField()
+    backfill_floor_percent = serializers.IntegerField()
+    alert_allowance_hours = serializers.IntegerField()
 
 
 class OverrideRowSerializer(serializers.Serializer[dict[str, Any]]):
@@ -426,6 +442,20 @@ class BreakerSerializer(serializers.Serializer[dict[str, Any]]):
     last_error = serializers.CharField()
 
 
+class AllowanceSerializer(serializers.Serializer[dict[str, Any]]):
+    key = serializers.CharField(help_text="The quota owner")
+    connection = serializers.CharField(help_text="The connection whose answer said it")
+    observed_at = serializers.DateTimeField()
+    used = serializers.IntegerField(help_text="Calls used, every integration's, as the target counts them")
+    cap = serializers.IntegerField()
+    percent_left = serializers.FloatField()
+    refills_in_seconds = serializers.FloatField(help_text="Until it refills (a rolling allowance: its length)")
+    rate_per_hour = serializers.FloatField(allow_null=True, help_text="Over the last hour; null: too few samples")
+    runs_out_at = serializers.DateTimeField(
+        allow_null=True, help_text="At that rate, before it refills; null: it does not"
+    )
+
+
 class StatsSerializer(serializers.Serializer[dict[str, Any]]):
     generated_at = serializers.DateTimeField()
     jobs = JobCountsSerializer()
@@ -433,3 +463,4 @@ class StatsSerializer(serializers.Serializer[dict[str, Any]]):
     lag = LagSerializer(many=True)
     throttle = ThrottleUseSerializer(many=True)
     breakers = BreakerSerializer(many=True)
+    allowance = AllowanceSerializer(many=True, help_text="Each quota owner's own allowance, as its target says")

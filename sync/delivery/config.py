@@ -28,6 +28,10 @@ KNOBS = (
     "alert_failure_percent",
     "alert_failure_window",
     "alert_breaker_open_seconds",
+    "lane_live_reserve_percent",
+    "lane_read_reserve_percent",
+    "backfill_floor_percent",
+    "alert_allowance_hours",
 )
 CHECK_SECONDS = 1.0
 clock = time.monotonic  # swappable in tests
@@ -49,6 +53,10 @@ class EngineConfig:
     alert_failure_percent: int  # alert when this share of the window's attempts failed; 0: off
     alert_failure_window: int  # seconds of attempts the failure share is taken over
     alert_breaker_open_seconds: int  # alert when the breaker stays open longer than this; 0: off
+    lane_live_reserve_percent: int  # share of each quota owner's window only live changes may fill
+    lane_read_reserve_percent: int  # share beyond that only live changes, reads and polls may fill
+    backfill_floor_percent: int  # backfill and reconcile stop while less than this share of the allowance is left
+    alert_allowance_hours: int  # alert when the target's allowance runs out within this many hours; 0: off
 
 
 def _defaults() -> dict[str, int]:
@@ -66,6 +74,10 @@ def _defaults() -> dict[str, int]:
         "alert_failure_percent": settings.SYNC_ALERT_FAILURE_PERCENT,
         "alert_failure_window": settings.SYNC_ALERT_FAILURE_WINDOW,
         "alert_breaker_open_seconds": settings.SYNC_ALERT_BREAKER_OPEN_SECONDS,
+        "lane_live_reserve_percent": settings.SYNC_LANE_LIVE_RESERVE_PERCENT,
+        "lane_read_reserve_percent": settings.SYNC_LANE_READ_RESERVE_PERCENT,
+        "backfill_floor_percent": settings.SYNC_BACKFILL_FLOOR_PERCENT,
+        "alert_allowance_hours": settings.SYNC_ALERT_ALLOWANCE_HOURS,
     }
 
 

@@ -35,8 +35,8 @@ from sync.delivery.outcomes import (
     Outcome,
     outcomes_save,
 )
-from sync.delivery.throttle import gate_for, throttle
-from sync.models import AttemptOutcome, JobState, RecordLink, SyncEvent, SyncJob
+from sync.delivery.throttle import gate_for, lane_share, throttle
+from sync.models import AttemptOutcome, JobState, Lane, RecordLink, SyncEvent, SyncJob
 
 logger = logging.getLogger("recordsync.engine")
 
@@ -48,6 +48,10 @@ def not_their_fault(error: ConnectorError) -> bool:
 
 
 # --- dispatch: pending jobs -> queued batches ---------------------------------------------------
+
+# Batches of live changes a connection may have out, while none is, however many the lanes behind have
+# (batches_claim).
+LIVE_EXTRA_BATCHES = 1
 
 
 def batch_size_for(connection: Connection) -> int:
@@ -70,6 +74,9 @@ def _due(connection_id: int, now: datetime) -> Any:
 def batches_claim(*, connection: Connection, now: datetime, force: bool = False) -> list[list[int]]:
     """Claim the batches that are ready: full, or holding a job older than the flush interval.
 
+    Lane by lane (live changes, then reads, then backfill and reconcile), oldest first: a backlog behind never
+    queues ahead of a live change. One batch holds one lane's jobs, so it is sent in that lane.
+
     Each claim is a conditional update (pending/retrying -> queued) that takes only rows still
     due, so dispatchers on several machines never queue one job twice.
     """
@@ -77,16 +84,23 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
     flush_before = now - timedelta(seconds=config.effective(connection.pk).flush_interval)
     batches: list[list[int]] = []
     # Back-pressure: a backlog stays pending, not queued, so queued leases do not run out while
-    # their tasks wait behind others in the broker.
+    # their tasks wait behind others in the broker. While no live batch is out, one beyond it is kept for
+    # live changes: a backlog in the lanes behind that fills every place still leaves a live change one.
     outstanding = SyncJob.objects.filter(target_id=connection.pk, state__in=(JobState.QUEUED, JobState.IN_FLIGHT))
-    batches_out = outstanding.exclude(lease_owner="").values("lease_owner").distinct().count()
-    room = leases.outstanding_limit(now=now) - batches_out
-    groups = _due(connection.pk, now).values("object_type").annotate(oldest=Min("updated_at"))
+    out = set(outstanding.exclude(lease_owner="").values_list("lease_owner", "lane").distinct())
+    room = leases.outstanding_limit(now=now) - len({owner for owner, _ in out})
+    live_room = max(room, LIVE_EXTRA_BATCHES) if all(lane != Lane.LIVE for _, lane in out) else room
+    groups = (
+        _due(connection.pk, now)
+        .values("lane", "object_type")
+        .annotate(oldest=Min("updated_at"))
+        .order_by("lane", "oldest")
+    )
     for group in groups:
-        while len(batches) < room:
+        while len(batches) < (live_room if group["lane"] == Lane.LIVE else room):
             ids = list(
                 _due(connection.pk, now)
-                .filter(object_type=group["object_type"])
+                .filter(lane=group["lane"], object_type=group["object_type"])
                 .order_by("updated_at", "id")
                 .values_list("id", flat=True)[:size]
             )
@@ -314,7 +328,7 @@ def _send(connection: Connection, items: list[Claimed], now: datetime) -> list[O
     call_error: ConnectorError | None = None
     connector: Connector | None = None
     try:
-        connector = throttled_connector(connection)
+        connector = throttled_connector(connection, lane=Lane(min(item.job.lane for item in items)))
         results = connector.push(records)
     except ConnectorError as exc:
         call_error = exc
@@ -365,11 +379,23 @@ def _breaker_report(connection: Connection, error: ConnectorError | None, now: d
         breaker_success(connection, probe=True)  # it answered: the connection works, the request was wrong
 
 
-def throttled_connector(connection: Connection) -> Connector:
-    """The connector with the throttle in its HTTP seam: our window and the target's own limits."""
+def throttled_connector(connection: Connection, *, lane: Lane = Lane.LIVE) -> Connector:
+    """The connector with the throttle in its HTTP seam: our window and the target's own limits, seen from
+    `lane` (backfill and reconcile see the window full sooner, and stop at the allowance's floor)."""
     knobs = config.effective(connection.pk)
     backend = throttle()
-    gate = gate_for(connection, limit=knobs.rate_limit_calls, window=knobs.rate_limit_window, backend=backend)
+    share = lane_share(
+        lane, live_reserve_percent=knobs.lane_live_reserve_percent, read_reserve_percent=knobs.lane_read_reserve_percent
+    )
+    gate = gate_for(
+        connection,
+        limit=knobs.rate_limit_calls,
+        window=knobs.rate_limit_window,
+        backend=backend,
+        lane=lane,
+        share=share,
+        floor_percent=knobs.backfill_floor_percent,
+    )
     return connector_for(connection, gate=gate, observe=holds.observer(connection, backend))
 
 

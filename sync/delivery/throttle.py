@@ -36,13 +36,16 @@ from crms.base import NotSent, QuotaSignal
 from crms.models import Connection
 from crms.registry import UnknownKind, connector_class
 from recordsync.metrics import THROTTLE_WAITS
-from sync.models import ThrottleCall, ThrottleLimit
+from sync.delivery import allowance
+from sync.models import Lane, ThrottleCall, ThrottleLimit
 
 logger = logging.getLogger("recordsync.throttle")
 
 # KEYS: the calls (sorted set), the hold, the cap (hash n, p). ARGV: our limit (0: none), our window
-# in ms, a unique member, the ms the call may stay unanswered. Returns 0 (granted: the call is recorded,
-# scored as if it arrived at the latest it can, until `_SETTLE` scores it when answered) or the ms to wait.
+# in ms, a unique member, the ms the call may stay unanswered, the caller's lane's share of each limit in
+# thousandths (a lane sees a window full once it holds that share: the rest is kept for the lanes before
+# it). Returns 0 (granted: the call is recorded, scored as if it arrived at the latest it can, until
+# `_SETTLE` scores it when answered) or the ms to wait.
 # A call in flight (scored in the future) holds its place; a full window of them frees up a window after
 # the first answer at the earliest: that is the wait told (the caller looks again then).
 _ACQUIRE = """
@@ -55,6 +58,8 @@ if tonumber(ARGV[1]) > 0 then rules[#rules + 1] = {tonumber(ARGV[1]), tonumber(A
 local cap = redis.call('HMGET', KEYS[3], 'n', 'p')
 if cap[1] then rules[#rules + 1] = {tonumber(cap[1]), tonumber(cap[2])} end
 if #rules == 0 then return 0 end
+local share = tonumber(ARGV[5])
+for _, r in ipairs(rules) do r[1] = math.max(1, math.floor(r[1] * share / 1000)) end
 local keep = 0
 for _, r in ipairs(rules) do if r[2] > keep then keep = r[2] end end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - keep)
@@ -86,11 +91,14 @@ if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('SET', KEYS[1
 
 
 class Throttle(Protocol):
-    def acquire(self, key: str, limit: int, window: float, *, ticket: str = "", busy_for: float = 0.0) -> float:
+    def acquire(
+        self, key: str, limit: int, window: float, *, ticket: str = "", busy_for: float = 0.0, share: float = 1.0
+    ) -> float:
         """Take one call if every limit has room (0.0), else the seconds until it will. limit 0: none of ours.
 
-        With a `ticket`, the call counts as arriving `busy_for` seconds from now (the latest it can) until
-        `settle(key, ticket)` says it was answered, and so arrived, by then."""
+        `share`: the caller's lane sees each limit (ours, the target's cap) as that share of it, at least one
+        call (lane_share). With a `ticket`, the call counts as arriving `busy_for` seconds from now (the latest
+        it can) until `settle(key, ticket)` says it was answered, and so arrived, by then."""
 
     def settle(self, key: str, ticket: str) -> None:
         """The call taken with `ticket` was answered (or failed): it counts from now, not from its latest."""
@@ -133,9 +141,12 @@ class RedisThrottle:
         self.hold_script = self.redis.register_script(_HOLD)
         self.settle_script = self.redis.register_script(_SETTLE)
 
-    def acquire(self, key: str, limit: int, window: float, *, ticket: str = "", busy_for: float = 0.0) -> float:
+    def acquire(
+        self, key: str, limit: int, window: float, *, ticket: str = "", busy_for: float = 0.0, share: float = 1.0
+    ) -> float:
         member = ticket or uuid.uuid4().hex
-        waited_ms = self.script(keys=redis_keys(key), args=[limit, int(window * 1000), member, int(busy_for * 1000)])
+        args = [limit, int(window * 1000), member, int(busy_for * 1000), round(share * 1000)]
+        waited_ms = self.script(keys=redis_keys(key), args=args)
         return int(waited_ms) / 1000
 
     def settle(self, key: str, ticket: str) -> None:
@@ -165,7 +176,9 @@ class DatabaseThrottle:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), tz=UTC)
 
-    def acquire(self, key: str, limit: int, window: float, *, ticket: str = "", busy_for: float = 0.0) -> float:
+    def acquire(
+        self, key: str, limit: int, window: float, *, ticket: str = "", busy_for: float = 0.0, share: float = 1.0
+    ) -> float:
         before = self._now()
         active = Q(hold_until__gt=before) | Q(cap_until__gt=before)
         if limit <= 0 and not ThrottleLimit.objects.filter(active, key=key).exists():
@@ -185,6 +198,7 @@ class DatabaseThrottle:
                 rules.append((target.cap_calls, float(target.cap_seconds or window)))
             if not rules:
                 return 0.0
+            rules = [(lane_limit(calls, share), per) for calls, per in rules]
             keep = max(per for _, per in rules)
             ThrottleCall.objects.filter(key=key, at__lte=now - timedelta(seconds=keep)).delete()
             wait = max(self._wait(key, calls, per, now) for calls, per in rules)
@@ -235,6 +249,25 @@ def throttle() -> Throttle:
     return RedisThrottle() if settings.REDIS_URL else DatabaseThrottle()
 
 
+# --- lanes: one window, seen full sooner by the lanes behind -------------------------------------
+
+
+def lane_share(lane: Lane, *, live_reserve_percent: int, read_reserve_percent: int) -> float:
+    """The share of each limit a lane may fill. Every lane's calls count in the one window; a lane only sees it
+    full sooner: live changes may fill all of it, reads and polls all but the live reserve, backfill and
+    reconcile all but both reserves. So a backlog behind never takes the room a lane before it needs, and a
+    lane before never waits on one behind."""
+    if lane == Lane.LIVE:
+        return 1.0
+    kept = live_reserve_percent + (read_reserve_percent if lane == Lane.BULK else 0)
+    return max(0.0, 1.0 - kept / 100)
+
+
+def lane_limit(calls: int, share: float) -> int:
+    """What a lane with `share` sees of a limit of `calls`: at least one call (the Redis script rounds alike)."""
+    return max(1, calls * round(share * 1000) // 1000)
+
+
 # A worker waits this long at most for the window; longer, it gives the batch back (Throttled).
 MAX_WAIT_SECONDS = 1.0
 # A cap read from usage headers lasts this long unless a newer answer renews it.
@@ -264,6 +297,22 @@ class Throttled(NotSent):
 
     def __init__(self, wait: float) -> None:
         super().__init__(f"rate limit: the window frees up in {wait:.1f} s", code=THROTTLED, retry_after=wait)
+
+
+ALLOWANCE_FLOOR = "ALLOWANCE_FLOOR"
+
+
+class AllowanceFloor(NotSent):
+    """What remains of the target's allowance is under the floor kept for live changes and other integrations:
+    backfill and reconcile calls stop until it refills (sync.delivery.allowance)."""
+
+    def __init__(self, wait: float, floor_percent: int) -> None:
+        super().__init__(
+            f"less than {floor_percent}% of the target's allowance is left (backfill_floor_percent): backfill and "
+            f"reconcile calls stop until it refills; looking again in {wait:.0f} s",
+            code=ALLOWANCE_FLOOR,
+            retry_after=wait,
+        )
 
 
 class ThrottleUnavailable(NotSent):
@@ -296,9 +345,15 @@ def gate_for(
     window: float,
     backend: Throttle | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    lane: Lane = Lane.LIVE,
+    share: float = 1.0,
+    floor_percent: int = 0,
 ) -> Callable[[], Callable[[], None]]:
     """What the HTTP seam calls before every request of this connection (limit 0: only the target's own limits).
-    It answers what the seam calls once the request is over, answered or not: the call then counts from then."""
+    It answers what the seam calls once the request is over, answered or not: the call then counts from then.
+
+    `lane` with its `share` (lane_share): where this caller sees the window full. Backfill and reconcile calls
+    also stop while less than `floor_percent` of the target's daily allowance remains (AllowanceFloor)."""
     chosen = backend or throttle()
     key = quota_key(connection)
     kept = window + margin(window)
@@ -306,9 +361,14 @@ def gate_for(
 
     def gate() -> Callable[[], None]:
         ticket = uuid.uuid4().hex
+        if lane == Lane.BULK and floor_percent:
+            floor_for = allowance.floor_wait(key, floor_percent)
+            if floor_for:
+                THROTTLE_WAITS.labels(connection.name, "allowance_floor").inc()
+                raise AllowanceFloor(floor_for, floor_percent)
         while True:
             try:
-                wait = chosen.acquire(key, limit, kept, ticket=ticket, busy_for=busy)
+                wait = chosen.acquire(key, limit, kept, ticket=ticket, busy_for=busy, share=share)
             except Exception as exc:  # never call unthrottled; hand the batch back instead
                 raise ThrottleUnavailable(exc) from exc
             if wait == 0:
@@ -382,6 +442,7 @@ def observer_for(
         signal = cls.quota_signal(response, clock())
         if signal is None:
             return
+        allowance.sample(connection=connection, key=key, signal=signal)
         decision = obey(signal, window=window, share=share_percent / 100)
         try:
             if decision is None:

@@ -50,7 +50,7 @@ from sync.inbound.backfill_plan import (
 )
 from sync.inbound.changes import capture
 from sync.ingest.services import event_ingest
-from sync.models import BackfillRun, RunState, SyncEvent
+from sync.models import BackfillRun, Lane, RunState, SyncEvent
 
 logger = logging.getLogger("recordsync.backfill")
 
@@ -191,7 +191,9 @@ def _replay_pages(
 def _replay_write(items: Sequence[EventInput], run_pk: int) -> tuple[int, Counter[str]]:
     keys = [f"event:{item.event_id}" for item in items]
     seen = SyncEvent.objects.filter(idempotency_key__in=keys).count()  # a page done before a crash: replays
-    result = event_ingest(items=items, idempotency_key=None, is_batch=True, request_id=f"backfill:{run_pk}")
+    result = event_ingest(
+        items=items, idempotency_key=None, is_batch=True, request_id=f"backfill:{run_pk}", lane=Lane.BULK
+    )
     routed = sum(1 for answer in result.answers if answer["jobs"])
     counts = Counter({"replayed": len(items) - seen, "already_replayed": seen, "not_routed": len(items) - routed})
     return len(items), counts
@@ -207,6 +209,7 @@ def _capture_write(
         now=timezone.now(),
         targets=[plan.target.name],
         id_prefix=run_prefix(run_pk),
+        lane=Lane.BULK,
     )
     return counts["captured"] + counts["echo"], counts
 

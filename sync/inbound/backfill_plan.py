@@ -26,7 +26,8 @@ from sync.delivery.engine import (
     throttled_connector,
 )
 from sync.delivery.outcomes import retry_wait
-from sync.models import SyncEvent
+from sync.delivery.throttle import AllowanceFloor
+from sync.models import Lane, SyncEvent
 
 logger = logging.getLogger("recordsync.backfill")
 
@@ -295,7 +296,7 @@ class CallCounter:
     def connected(self, connection: Connection) -> Iterator[Connector]:
         """The connection's throttled connector, counted. Its HTTP session is closed at the end: a kept-alive
         socket holds a thread of the server it talks to (on the local mocks, with a database connection)."""
-        connector = self.attach(throttled_connector(connection))
+        connector = self.attach(throttled_connector(connection, lane=Lane.BULK))  # behind live changes
         try:
             yield connector
         except ConnectorError as exc:  # its text becomes the run's last_error, which tokens can read
@@ -311,6 +312,8 @@ def patiently(call: Callable[[], T]) -> T:
     while True:
         try:
             return call()
+        except AllowanceFloor:
+            raise  # the allowance left is kept for live changes: the run stops, resumable from its checkpoint
         except ConnectorError as exc:
             if not not_their_fault(exc):
                 failures += 1

@@ -45,6 +45,7 @@ from sync.models import (
     CircuitBreaker,
     InboundCursor,
     JobState,
+    Lane,
     RecordLink,
     RecordRead,
     SyncEvent,
@@ -193,11 +194,13 @@ def capture(
     now: datetime,
     targets: list[str] | None = None,
     id_prefix: str = "",
+    lane: Lane = Lane.LIVE,
 ) -> Counter[str]:
     """Turn one page of changes into events (with their jobs) and links; our own writes read back are echoes.
 
     `targets` names the connections the events go to (None: the rules decide); `id_prefix` gives
-    the events ids of their own, so a backfill or a reconcile re-sends a change already captured.
+    the events ids of their own, so a backfill or a reconcile re-sends a change already captured; `lane`: a
+    backfill's or a reconcile's jobs wait behind live changes at their targets.
     """
     counts = Counter[str]()
     items: list[EventInput] = []
@@ -259,7 +262,7 @@ def capture(
         )
     if items:
         # The webhook's request id, or the poll's own: the change's journey back to System A carries it.
-        event_ingest(items=items, idempotency_key=None, is_batch=True, request_id=request_id_var.get())
+        event_ingest(items=items, idempotency_key=None, is_batch=True, request_id=request_id_var.get(), lane=lane)
     if counts["echo"]:
         ECHOES.labels(connection.name).inc(counts["echo"])
     return counts
@@ -415,7 +418,7 @@ def read_run(*, event_id: str, now: datetime | None = None) -> dict[str, str]:
     outcomes: dict[str, str] = {}
     waiting = RecordRead.objects.filter(event_id=uuid.UUID(event_id), read_at__isnull=True)
     for row in waiting.select_related("connection"):
-        connector = throttled_connector(row.connection)
+        connector = throttled_connector(row.connection, lane=Lane.READ)
         when = now or timezone.now()
         try:
             found = connector.read(row.external_object, [row.external_id]).get(row.external_id)

@@ -37,7 +37,7 @@ from crms.base import Change, Connector
 from crms.models import Connection
 from sync.delivery.engine import throttled_connector
 from sync.inbound.changes import capture, change_digest, echo_reason, readable_objects
-from sync.models import BreakerState, CircuitBreaker, ReconcileRun, RecordLink, RunState, SyncEvent
+from sync.models import BreakerState, CircuitBreaker, Lane, ReconcileRun, RecordLink, RunState, SyncEvent
 
 logger = logging.getLogger("recordsync.reconcile")
 
@@ -97,7 +97,7 @@ def reconcile(
     Returns the run: saved with its counts (state done) when queuing, unsaved when `dry_run`.
     A failure marks the saved run failed, with the error, and is raised again.
     """
-    connector = throttled_connector(connection)
+    connector = throttled_connector(connection, lane=Lane.BULK)  # behind live changes and polls
     run = ReconcileRun(connection=connection, object_type=object_type, dry_run=dry_run, started_at=clock())
     if not dry_run:
         run.save()
@@ -277,6 +277,7 @@ def _queue(run: ReconcileRun, connector: Connector, changes: Sequence[Change], t
                     changes=changes,
                     now=clock(),
                     id_prefix=f"reconcile:{run.pk}:",
+                    lane=Lane.BULK,  # behind live changes at the targets
                 )
             )
         ReconcileRun.objects.filter(pk=run.pk).update(counts=tally.as_counts(), report=tally.as_report())

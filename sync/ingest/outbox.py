@@ -19,7 +19,7 @@ from django.db import connection
 from django.utils import timezone
 
 from sync import transitions
-from sync.models import SyncEvent, SyncJob
+from sync.models import Lane, SyncEvent, SyncJob
 
 logger = logging.getLogger("recordsync.sync")
 
@@ -48,16 +48,19 @@ def _events_copy(events: Sequence[SyncEvent]) -> None:
             copy.write_row([f.get_db_prep_save(getattr(event, f.attname), connection) for f in fields])
 
 
-def jobs_upsert(rows: dict[JobKey, tuple[int, SyncEvent]], now: datetime) -> dict[JobKey, tuple[str, datetime]]:
-    """Insert or bump one job per key (`bumps` events each, pointing at the latest); returns each job's state."""
+def jobs_upsert(
+    rows: dict[JobKey, tuple[int, SyncEvent]], now: datetime, lane: Lane = Lane.LIVE
+) -> dict[JobKey, tuple[str, datetime]]:
+    """Insert or bump one job per key (`bumps` events each, pointing at the latest) in `lane`; returns each
+    job's state."""
     ordered = sorted(rows.items())  # one lock order for every writer: concurrent batches never deadlock
     if connection.vendor == "postgresql":
-        answers = _fetch(transitions.arrival_unnest_sql(), _unnest_params(ordered, now))
+        answers = _fetch(transitions.arrival_unnest_sql(), _unnest_params(ordered, now, lane))
     else:
         answers = []
         for start in range(0, len(ordered), SQLITE_CHUNK):
             chunk = ordered[start : start + SQLITE_CHUNK]
-            answers += _fetch(transitions.arrival_values_sql(len(chunk)), _values_params(chunk, now))
+            answers += _fetch(transitions.arrival_values_sql(len(chunk)), _values_params(chunk, now, lane))
     return _states(answers)
 
 
@@ -66,7 +69,7 @@ def one_statement_available() -> bool:
 
 
 def events_and_jobs_write(
-    events: Sequence[SyncEvent], rows: dict[JobKey, tuple[int, SyncEvent]], now: datetime
+    events: Sequence[SyncEvent], rows: dict[JobKey, tuple[int, SyncEvent]], now: datetime, lane: Lane = Lane.LIVE
 ) -> dict[JobKey, tuple[str, datetime]] | None:
     """PostgreSQL: events and the job upsert in one statement, atomic on its own; only for records
     never seen. If any of them already has a job, the statement writes nothing and this returns None:
@@ -97,7 +100,7 @@ def events_and_jobs_write(
         f"SELECT * FROM unnest({casts}) {fresh_only}) "
     )
     answers = _fetch(
-        sql + transitions.arrival_unnest_sql(fresh_only), [records, *event_params, *_unnest_params(ordered, now)]
+        sql + transitions.arrival_unnest_sql(fresh_only), [records, *event_params, *_unnest_params(ordered, now, lane)]
     )
     return _states(answers) if answers else None
 
@@ -130,17 +133,17 @@ def _fetch(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall())
 
 
-def _unnest_params(ordered: list[tuple[JobKey, tuple[int, SyncEvent]]], now: datetime) -> list[Any]:
+def _unnest_params(ordered: list[tuple[JobKey, tuple[int, SyncEvent]]], now: datetime, lane: Lane) -> list[Any]:
     columns: list[list[Any]] = [[], [], [], [], [], [], []]
     for (record_id, object_type, source, target_id), (bumps, event) in ordered:
         for column, value in zip(
             columns, (source, object_type, record_id, target_id, bumps, event.id, event.occurred_at), strict=True
         ):
             column.append(value)
-    return [now, now, *columns]
+    return [now, now, int(lane), *columns]
 
 
-def _values_params(chunk: list[tuple[JobKey, tuple[int, SyncEvent]]], now: datetime) -> list[Any]:
+def _values_params(chunk: list[tuple[JobKey, tuple[int, SyncEvent]]], now: datetime, lane: Lane) -> list[Any]:
     ops = connection.ops
     event_pk = SyncEvent._meta.get_field("id")
     stamp = ops.adapt_datetimefield_value(now)
@@ -156,5 +159,6 @@ def _values_params(chunk: list[tuple[JobKey, tuple[int, SyncEvent]]], now: datet
             ops.adapt_datetimefield_value(event.occurred_at),
             stamp,
             stamp,
+            int(lane),
         ]
     return params

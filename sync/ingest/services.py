@@ -28,7 +28,7 @@ from sync.delivery import dispatch
 from sync.ingest import conflicts, outbox, reads
 from sync.ingest.outbox import JobKey
 from sync.ingest.routing import Route, changed_fields, route_event
-from sync.models import JobState, SyncConflict, SyncEvent
+from sync.models import JobState, Lane, SyncConflict, SyncEvent
 
 logger = logging.getLogger("recordsync.sync")
 
@@ -49,8 +49,12 @@ def event_ingest(
     idempotency_key: str | None,
     is_batch: bool,
     request_id: str,
+    lane: Lane = Lane.LIVE,
 ) -> IngestResult:
     """Store events and their jobs in one transaction; queue dispatch after commit.
+
+    `lane`: whose turn the jobs take at the target's window (a backfill or a reconcile queues behind live
+    changes; a live change to a record a backfill queued moves that job to the front).
 
     An item whose idempotency key was seen with the same body gets its first answer back
     and creates nothing; the same key with another body is refused (409).
@@ -59,7 +63,7 @@ def event_ingest(
     hashes = [_hash(item.raw) for item in items]
     for attempt in range(_INGEST_TRIES):
         try:
-            return _ingest_once(items, keys, hashes, is_batch, request_id)
+            return _ingest_once(items, keys, hashes, is_batch, request_id, lane)
         except IntegrityError:
             if attempt == _INGEST_TRIES - 1:
                 raise
@@ -93,7 +97,7 @@ def _hash(raw: Any) -> str:
 
 
 def _ingest_once(
-    items: Sequence[EventInput], keys: list[str], hashes: list[str], is_batch: bool, request_id: str
+    items: Sequence[EventInput], keys: list[str], hashes: list[str], is_batch: bool, request_id: str, lane: Lane
 ) -> IngestResult:
     # Keys we made up ourselves ("auto:<uuid4>") cannot have been seen: no lookup, and on
     # PostgreSQL the events and jobs go in one statement, atomic on its own (no BEGIN/COMMIT).
@@ -101,17 +105,23 @@ def _ingest_once(
     reading = any(item.operation == "read" for item in items)
     if not given and outbox.one_statement_available() and not reading:
         try:
-            stored, _ = _store(items, keys, hashes, list(range(len(items))), is_batch, request_id, one_statement=True)
+            everything = list(range(len(items)))
+            stored, _ = _store(items, keys, hashes, everything, is_batch, request_id, one_statement=True, lane=lane)
             return IngestResult([stored[i] for i in range(len(items))], replayed=False)
         except _SeenBefore:
             pass  # nothing was written: the transaction below checks what a known record needs
     with transaction.atomic():
-        answers, replayed = _store_keyed(items, keys, hashes, is_batch, request_id)
+        answers, replayed = _store_keyed(items, keys, hashes, is_batch, request_id, lane)
     return IngestResult([answers[i] for i in range(len(items))], replayed=replayed)
 
 
 def _store_keyed(
-    items: Sequence[EventInput], keys: list[str], hashes: list[str], is_batch: bool, request_id: str
+    items: Sequence[EventInput],
+    keys: list[str],
+    hashes: list[str],
+    is_batch: bool,
+    request_id: str,
+    lane: Lane = Lane.LIVE,
 ) -> tuple[dict[int, dict[str, Any]], bool]:
     """In the caller's transaction: the items whose keys are new, then the decisions of the conflicts they
     raised (stored here, by this ingest, not by a second one started from inside it). Answers by index, and
@@ -122,7 +132,7 @@ def _store_keyed(
     fresh = [i for i, key in enumerate(keys) if key not in existing]
     answers: dict[int, dict[str, Any]] = {i: existing[key].response for i, key in enumerate(keys) if key in existing}
     if fresh:
-        stored, resolutions = _store(items, keys, hashes, fresh, is_batch, request_id, one_statement=False)
+        stored, resolutions = _store(items, keys, hashes, fresh, is_batch, request_id, one_statement=False, lane=lane)
         answers.update(stored)
         _resolutions_store(resolutions, request_id)
     return answers, not fresh
@@ -185,6 +195,7 @@ def _store(
     request_id: str,
     *,
     one_statement: bool,
+    lane: Lane,
 ) -> tuple[dict[int, dict[str, Any]], list[conflicts.Resolution]]:
     now = timezone.now()
     connections = connections_by_name()
@@ -210,12 +221,12 @@ def _store(
         )
     rows = _job_rows(events, [routes[i] for i in fresh])
     if one_statement:  # only records never seen before: nothing to supersede or conflict with
-        written = outbox.events_and_jobs_write(events, rows, now)
+        written = outbox.events_and_jobs_write(events, rows, now, lane)
         if written is None:
             raise _SeenBefore
         states = written
     else:
-        states = outbox.jobs_upsert(rows, now) if rows else {}
+        states = outbox.jobs_upsert(rows, now, lane) if rows else {}
     answers: dict[int, dict[str, Any]] = {}
     for index, event in zip(fresh, events, strict=True):
         answers[index] = _answer(event, routes[index], states)

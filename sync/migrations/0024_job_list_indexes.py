@@ -4,26 +4,9 @@ On PostgreSQL they are built CONCURRENTLY: the jobs table may hold millions of r
 would block every write (ingest, the engine) while it builds. Elsewhere (SQLite) a plain index.
 """
 
-from typing import Any
-
-from django.contrib.postgres.operations import AddIndexConcurrently
 from django.db import migrations, models
 
-
-class AddIndexWithoutLock(AddIndexConcurrently):
-    """AddIndexConcurrently on PostgreSQL, AddIndex anywhere else; the same state either way."""
-
-    def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            super().database_forwards(app_label, schema_editor, from_state, to_state)
-        else:
-            migrations.AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
-
-    def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            super().database_backwards(app_label, schema_editor, from_state, to_state)
-        else:
-            migrations.AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
+from sync.migrations._concurrent import AddIndexWithoutLock
 
 
 class Migration(migrations.Migration):

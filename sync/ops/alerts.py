@@ -1,4 +1,5 @@
-"""Alerts per connection: queue lag, failure share and breaker open time against live thresholds.
+"""Alerts per connection: queue lag, failure share, breaker open time and the target's allowance (hours
+left at the last hour's rate) against live thresholds.
 
 `alerts_check` runs every minute (the django-q2 schedule "sync-alerts", migration sync/0014). It measures
 every enabled connection, opens an `Alert` row when a measure crosses its threshold, keeps it up to date
@@ -24,7 +25,8 @@ from django.utils import timezone
 
 from crms.http import HttpClient, TransportError
 from crms.models import Connection
-from sync.delivery import config
+from sync.delivery import allowance, config
+from sync.delivery.throttle import quota_key
 from sync.models import (
     Alert,
     AlertKind,
@@ -61,6 +63,8 @@ class Reading:
     def over(self) -> bool:
         if self.value is None or not self.threshold:
             return False
+        if self.kind == AlertKind.ALLOWANCE:  # hours left: alert when fewer than the threshold
+            return self.value < self.threshold
         # "Older / longer than" the threshold for times; "this share failed" for the failure percent.
         return self.value >= self.threshold if self.kind == AlertKind.FAILURES else self.value > self.threshold
 
@@ -116,13 +120,28 @@ def breaker_open_measure(connection: Connection, now: datetime) -> float | None:
     return round(max(0.0, (now - since).total_seconds()), 1)
 
 
+def allowance_measure(connection: Connection, now: datetime) -> tuple[float | None, str]:
+    """Hours until the target's allowance (every integration's use counted) runs out at the last hour's rate;
+    the hours until it refills when it does not run out first. None: the target never said, or too few samples."""
+    found = allowance.forecast(quota_key(connection), now=now)
+    if found is None or (found.rate_per_hour is None and found.runs_out_in is None):
+        return None, ""
+    rate = found.rate_per_hour or 0
+    said = f"{found.used} of {found.cap} calls used ({found.percent_left:g}% left), {rate:g} an hour"
+    if found.runs_out_in is None:
+        return round(found.refills_in / 3600, 1), f"{said}: it refills before it runs out"
+    return round(found.runs_out_in / 3600, 2), f"{said}: runs out at {found.runs_out_at:%Y-%m-%d %H:%M} UTC"
+
+
 def readings(connection: Connection, now: datetime) -> list[Reading]:
     limits = config.effective(connection.pk)
     failed, detail = failures_measure(connection, now, limits.alert_failure_window)
+    hours_left, said = allowance_measure(connection, now)
     return [
         Reading(AlertKind.LAG, lag_measure(connection, now), limits.alert_lag_seconds),
         Reading(AlertKind.FAILURES, failed, limits.alert_failure_percent, detail),
         Reading(AlertKind.BREAKER_OPEN, breaker_open_measure(connection, now), limits.alert_breaker_open_seconds),
+        Reading(AlertKind.ALLOWANCE, hours_left, limits.alert_allowance_hours, said),
     ]
 
 
@@ -240,6 +259,8 @@ def duration(seconds: float) -> str:
 
 
 def amount(kind: str, value: float) -> str:
+    if kind == AlertKind.ALLOWANCE:
+        return duration(value * 3600)  # kept in hours, the unit of its threshold
     return f"{value:g}%" if kind == AlertKind.FAILURES else duration(value)
 
 
@@ -249,6 +270,11 @@ def opening_text(name: str, reading: Reading) -> str:
         what = f"the oldest due job has waited {duration(value)} (threshold {duration(threshold)})"
     elif reading.kind == AlertKind.FAILURES:
         what = f"{value:g}% of attempts failed: {reading.detail} (threshold {threshold}%)"
+    elif reading.kind == AlertKind.ALLOWANCE:
+        what = (
+            f"the target's API allowance runs out in {duration(value * 3600)} at the current rate: {reading.detail} "
+            f"(threshold {threshold} h; backfills stop at backfill_floor_percent)"
+        )
     else:
         what = f"the circuit breaker has not closed for {duration(value)} (threshold {duration(threshold)})"
     return f"Record Sync: {name}: {what}"

@@ -25,6 +25,10 @@ LIMITS = {
     "alert_failure_percent": (0, 100),
     "alert_failure_window": (60, 86400),
     "alert_breaker_open_seconds": (0, 604800),
+    "lane_live_reserve_percent": (0, 90),
+    "lane_read_reserve_percent": (0, 90),
+    "backfill_floor_percent": (0, 100),
+    "alert_allowance_hours": (0, 168),
 }
 
 

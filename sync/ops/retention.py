@@ -21,6 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import Exists, Max, OuterRef, Q, QuerySet
 
+from sync.delivery import allowance
 from sync.models import (
     Alert,
     AlertState,
@@ -28,6 +29,7 @@ from sync.models import (
     BreakerTransition,
     ConflictState,
     JobState,
+    QuotaSample,
     ReconcileRun,
     RecordRead,
     RunState,
@@ -73,6 +75,7 @@ LABELS = [
         SyncEvent,
         RecordRead,
         ThrottleCall,
+        QuotaSample,
         BreakerTransition,
         Alert,
         ReconcileRun,
@@ -168,6 +171,7 @@ def prunable(*, now: datetime, older_than_days: int) -> list[QuerySet[Any]]:
         _attempts(cutoff),
         _events(cutoff, now - timedelta(days=idempotency_window_days())),
         _throttle_calls(now),
+        _quota_samples(now),
         _breaker_transitions(cutoff),
         _alerts(cutoff),
         _reconcile_runs(cutoff),
@@ -230,6 +234,11 @@ def _throttle_calls(now: datetime) -> QuerySet[ThrottleCall]:
     capped = ThrottleLimit.objects.filter(cap_until__gt=now).aggregate(longest=Max("cap_seconds"))["longest"]
     keep = max(THROTTLE_KEEP, timedelta(seconds=capped or 0))
     return ThrottleCall.objects.filter(at__lt=now - keep)
+
+
+def _quota_samples(now: datetime) -> QuerySet[QuotaSample]:
+    """What targets said of their allowance: the forecast reads the last hour, the dashboard the last two days."""
+    return QuotaSample.objects.filter(at__lt=now - allowance.KEEP)
 
 
 def _breaker_transitions(cutoff: datetime) -> QuerySet[BreakerTransition]:

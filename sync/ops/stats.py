@@ -14,14 +14,14 @@ from typing import Any, Literal, TypedDict
 from django.conf import settings
 from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
 from django.db.models.expressions import Window
-from django.db.models.functions import RowNumber, TruncHour, TruncMinute
+from django.db.models.functions import RowNumber, TruncMinute
 from django.utils import timezone
 from django_redis import get_redis_connection
 
 from crms.models import Connection
 from rules.contracts import target_payload
 from sync import transitions
-from sync.delivery import config
+from sync.delivery import allowance, config
 from sync.delivery.throttle import (
     margin,
     quota_key,
@@ -136,6 +136,18 @@ class IssueGroup(TypedDict):
     jobs: list[IssueJob]  # the oldest first, at most `per_group`
 
 
+class Allowance(TypedDict):
+    key: str  # the quota owner
+    connection: str  # the connection whose answer said it
+    observed_at: datetime
+    used: int  # every integration's calls, as the target counts them
+    cap: int
+    percent_left: float
+    refills_in_seconds: float
+    rate_per_hour: float | None  # over the last hour; None: too few samples
+    runs_out_at: datetime | None  # at that rate, before it refills; None: it does not
+
+
 class Stats(TypedDict):
     generated_at: datetime
     jobs: JobCounts
@@ -143,6 +155,7 @@ class Stats(TypedDict):
     lag: list[Lag]
     throttle: list[ThrottleUse]
     breakers: list[Breaker]
+    allowance: list[Allowance]
 
 
 def sync_stats(*, now: datetime | None = None) -> Stats:
@@ -156,7 +169,26 @@ def sync_stats(*, now: datetime | None = None) -> Stats:
         "lag": lag(now=now, connections=connections),
         "throttle": throttle_use(now=now, connections=connections),
         "breakers": breakers(connections=connections),
+        "allowance": allowances(now=now),
     }
+
+
+def allowances(*, now: datetime) -> list[Allowance]:
+    """Each quota owner's own allowance as its target last told it, fullest first, with the forecast."""
+    return [
+        {
+            "key": found.key,
+            "connection": found.connection,
+            "observed_at": found.observed_at,
+            "used": found.used,
+            "cap": found.cap,
+            "percent_left": found.percent_left,
+            "refills_in_seconds": found.refills_in,
+            "rate_per_hour": found.rate_per_hour,
+            "runs_out_at": found.runs_out_at,
+        }
+        for found in allowance.forecasts(now=now)
+    ]
 
 
 def _connections() -> list[Connection]:
@@ -174,10 +206,31 @@ def job_counts(*, connections: Sequence[Connection] | None = None) -> JobCounts:
 
 
 def throughput(*, now: datetime) -> Throughput:
-    return {
-        "per_minute": _buckets(now=now, step=timedelta(minutes=1), count=MINUTES, trunc=TruncMinute),
-        "per_hour": _buckets(now=now, step=timedelta(hours=1), count=HOURS, trunc=TruncHour),
-    }
+    """Attempts by the minute they finished, over the last 24 hours, in one aggregate query: the last 60
+    minutes as they are, and summed into hours (the same rows either way)."""
+    minute, hour = timedelta(minutes=1), timedelta(hours=1)
+    minutes = _zeros(_floor(now, minute) - minute * (MINUTES - 1), minute, MINUTES)
+    hours = _zeros(_floor(now, hour) - hour * (HOURS - 1), hour, HOURS)
+    rows = (
+        SyncAttempt.objects.filter(
+            finished_at__gte=min(hours),
+            finished_at__lte=now,
+            outcome__in=(AttemptOutcome.SUCCESS, AttemptOutcome.ERROR),
+        )
+        .annotate(bucket=TruncMinute("finished_at", tzinfo=UTC))
+        .values("bucket", "outcome")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    for row in rows:
+        at = row["bucket"].astimezone(UTC)
+        synced = row["outcome"] == AttemptOutcome.SUCCESS
+        for bucket in (minutes.get(at), hours.get(_floor(at, hour))):
+            if bucket is not None and synced:
+                bucket["synced"] += row["n"]
+            elif bucket is not None:
+                bucket["failed"] += row["n"]
+    return {"per_minute": list(minutes.values()), "per_hour": list(hours.values())}
 
 
 def _floor(moment: datetime, step: timedelta) -> datetime:
@@ -185,27 +238,9 @@ def _floor(moment: datetime, step: timedelta) -> datetime:
     return moment.replace(second=0, microsecond=0, minute=0 if step >= timedelta(hours=1) else moment.minute)
 
 
-def _buckets(*, now: datetime, step: timedelta, count: int, trunc: type[TruncMinute | TruncHour]) -> list[Bucket]:
-    """Attempts by when they finished, one aggregate query; buckets with none are zeros, not gaps."""
-    first = _floor(now, step) - step * (count - 1)
-    buckets: dict[datetime, Bucket] = {}
-    for i in range(count):
-        start = first + step * i
-        buckets[start] = {"start": start, "synced": 0, "failed": 0}
-    rows = (
-        SyncAttempt.objects.filter(
-            finished_at__gte=first, finished_at__lte=now, outcome__in=(AttemptOutcome.SUCCESS, AttemptOutcome.ERROR)
-        )
-        .annotate(bucket=trunc("finished_at", tzinfo=UTC))
-        .values("bucket", "outcome")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
-    for row in rows:
-        bucket = buckets.get(row["bucket"].astimezone(UTC))
-        if bucket is not None:
-            bucket["synced" if row["outcome"] == AttemptOutcome.SUCCESS else "failed"] += row["n"]
-    return list(buckets.values())
+def _zeros(first: datetime, step: timedelta, count: int) -> dict[datetime, Bucket]:
+    """Buckets with none are zeros, not gaps."""
+    return {first + step * i: {"start": first + step * i, "synced": 0, "failed": 0} for i in range(count)}
 
 
 def lag(*, now: datetime, connections: Sequence[Connection] | None = None) -> list[Lag]:

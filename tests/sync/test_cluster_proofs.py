@@ -528,3 +528,65 @@ def test_a_busy_worker_killed_gives_its_batch_back_long_before_its_lease_runs_ou
 
     assert time.monotonic() - killed_at < 40  # the fence (12 s) and a resend, not the 120 s lease
     assert len(in_mock()) == 10
+
+
+# --- lanes: a backfill at the limit, a live change through on time (issue 18) --------------------------
+
+
+def test_a_backfill_at_the_limit_delays_a_live_change_by_no_more_than_the_flush_interval_plus_two_seconds(
+    api, cluster, salesforce
+):
+    """50,000 records backfilled by `sync_backfill` from System A wait in the backfill lane while the cluster
+    sends them at the rate limit; live changes posted meanwhile are claimed first and find the live reserve of
+    the window free. Each is synced within the flush interval plus two seconds of being accepted."""
+    from django.core.management import call_command
+
+    from crms.selectors import connections_forget
+    from sync.models import Lane, SyncEvent
+
+    count, limit, window, flush = 50_000, 10, 2, 1
+    Connection.objects.filter(pk=salesforce.pk).update(enabled=False)  # System A's history, sent nowhere yet
+    connections_forget()
+    ingest(api, contacts("bf-", count))
+    Connection.objects.filter(pk=salesforce.pk).update(enabled=True)
+    connections_forget()
+    salesforce.refresh_from_db()
+    salesforce.config = {**salesforce.config, "bulk_threshold": count * 2}  # through the engine, not Bulk jobs
+    salesforce.save(update_fields=["config"])
+    config_override_set(
+        values={"batch_size": 5, "flush_interval": flush, "rate_limit_calls": limit, "rate_limit_window": window},
+        connection="salesforce",
+        actor="proof",
+    )
+    call_command("sync_backfill", "--from", "system_a", "--to", "salesforce", "--object", "Contact", "--batch", "5000")
+    assert SyncJob.objects.filter(lane=Lane.BULK, state=JobState.PENDING).count() == count
+
+    running = cluster()
+    wait_for(
+        lambda: SyncJob.objects.filter(state=JobState.SYNCED).count() >= 3 * limit * 5,
+        seconds=60,
+        what="the backfill sending at the limit",
+        explain=explain(running),
+    )
+    delays: list[float] = []
+    for n in range(5):
+        time.sleep(0.7 * n)  # at different points of the window
+        assert post(api, contacts(f"live-{n}-", 1)) == 202
+        synced = SyncJob.objects.filter(record_id=f"live-{n}-0", state=JobState.SYNCED)
+        job = wait_for(
+            synced.first,
+            seconds=30,
+            what=f"live-{n} synced",
+            explain=explain(running),
+        )
+        accepted = SyncEvent.objects.get(record_id=f"live-{n}-0").received_at
+        delays.append((job.synced_at - accepted).total_seconds())
+    backlog = SyncJob.objects.filter(lane=Lane.BULK).exclude(state=JobState.SYNCED).count()
+    running.stop()
+
+    times = call_times()
+    busiest = max(bisect_left(times, start + window) - i for i, start in enumerate(times))
+    print(f"PROOF lanes delays={[round(d, 2) for d in delays]} busiest={busiest} backlog_left={backlog}")
+    assert backlog > count - 5_000, "the backfill was not still running when the live changes came"
+    assert busiest <= limit, f"{busiest} calls within {window} s"
+    assert max(delays) <= flush + 2, f"live changes took {delays} s behind a backfill at the limit"

@@ -37,6 +37,10 @@ def test_it_shows_the_defaults_and_what_each_connection_uses(staff_api, connecti
         "alert_failure_percent": settings.SYNC_ALERT_FAILURE_PERCENT,
         "alert_failure_window": settings.SYNC_ALERT_FAILURE_WINDOW,
         "alert_breaker_open_seconds": settings.SYNC_ALERT_BREAKER_OPEN_SECONDS,
+        "lane_live_reserve_percent": settings.SYNC_LANE_LIVE_RESERVE_PERCENT,
+        "lane_read_reserve_percent": settings.SYNC_LANE_READ_RESERVE_PERCENT,
+        "backfill_floor_percent": settings.SYNC_BACKFILL_FLOOR_PERCENT,
+        "alert_allowance_hours": settings.SYNC_ALERT_ALLOWANCE_HOURS,
     }
     assert set(body["effective"]) == {"global", "outreach", "salesforce", "system_a"}
     assert body["overrides"] == {}
@@ -60,6 +64,10 @@ def test_a_global_then_a_connection_override_apply_in_that_order_and_record_who(
         "alert_failure_percent": 50,
         "alert_failure_window": 900,
         "alert_breaker_open_seconds": 300,
+        "lane_live_reserve_percent": 20,
+        "lane_read_reserve_percent": 10,
+        "backfill_floor_percent": 25,
+        "alert_allowance_hours": 6,
     }
     assert body["effective"]["outreach"]["batch_size"] == 50
     assert body["overrides"]["connection:salesforce"]["updated_by"] == "ops"

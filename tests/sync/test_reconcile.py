@@ -270,8 +270,8 @@ def test_a_record_the_scan_skipped_because_another_moved_is_not_deleted(
     poll_all(outreach, "prospect")
     real = throttled_connector
 
-    def editing_after_first_page(connection: Connection) -> Connector:
-        connector = real(connection)
+    def editing_after_first_page(connection: Connection, **options: Any) -> Connector:
+        connector = real(connection, **options)
         changes = connector.changes
 
         def changes_then_edit(object_type: str, cursor: str | None) -> ChangePage:

@@ -35,6 +35,7 @@ from sync.models import (
     ConflictState,
     InboundCursor,
     JobState,
+    QuotaSample,
     ReconcileRun,
     RecordLink,
     RecordRead,
@@ -491,6 +492,14 @@ def history(api: Any, connections: dict[str, Connection]) -> None:
         attempts_for(job, [now - timedelta(days=days) for days in (50, 45, 41)])
     for days in (50, 41):
         ThrottleCall.objects.create(key="salesforce", at=now - timedelta(days=days))
+        QuotaSample.objects.create(
+            key="org",
+            connection=connections["salesforce"],
+            at=now - timedelta(days=days),
+            used=1,
+            cap=10,
+            period_seconds=1,
+        )
         BreakerTransition.objects.create(
             connection=connections["salesforce"], at=now - timedelta(days=days), from_state="closed", to_state="open"
         )
@@ -789,3 +798,22 @@ def test_a_prune_leaves_one_event_per_record_and_one_attempt_per_job(connections
             counted = f"{rows_before[label]:>12} {rows[label]:>11}" if label in rows else " " * 24
             mib = [f" {bytes_[label] / 2**20:>10.2f} MiB" for bytes_ in stages.values()]
             print(f"{label:<18} {counted}" + "".join(mib))
+
+
+def test_allowance_samples_go_after_two_days_and_the_last_hours_stay(connections):
+    now = timezone.now()
+    for hours in (49, 47, 1):
+        QuotaSample.objects.create(
+            key="org",
+            connection=connections["salesforce"],
+            at=now - timedelta(hours=hours),
+            used=5,
+            cap=10,
+            period_seconds=86400,
+        )
+
+    deleted = prune()
+
+    assert deleted["sync.QuotaSample"] == 1
+    kept = sorted(round((now - at).total_seconds() / 3600) for at in QuotaSample.objects.values_list("at", flat=True))
+    assert kept == [1, 47]

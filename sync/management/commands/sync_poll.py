@@ -15,6 +15,7 @@ from tqdm import tqdm
 from crms.models import Connection
 from sync.delivery.engine import throttled_connector
 from sync.inbound.changes import poll, readable_objects
+from sync.models import Lane
 
 
 class Command(BaseCommand):
@@ -41,7 +42,7 @@ class Command(BaseCommand):
                     result = poll(
                         connection=target,
                         object_type=name,
-                        connector=throttled_connector(target),
+                        connector=throttled_connector(target, lane=Lane.READ),
                         max_pages=pages,
                         owner=owner,
                     )
