@@ -7,7 +7,7 @@ PORT ?= 8000
 # This Makefile's folder: `make -C elsewhere -f …/Makefile .env` still finds manage.py.
 HERE := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 
-.PHONY: run test install lint typecheck audit pytest proof-kills bench bench-rules bench-drain bench-compare clean
+.PHONY: run test install lint typecheck audit pytest proof-kills bench bench-rules bench-drain bench-compare bench-scale clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed; set PYTHON=python3.11")'
@@ -71,6 +71,11 @@ bench-rules: install
 
 bench-drain: install
 	$(BIN)/python bench/drain.py
+
+# Flat cost at a million records, workers, the rate limit, lanes, memory, retention (about 25 minutes; issue 18).
+bench-scale: install
+	$(BIN)/pip install --quiet -r requirements/bench.txt
+	$(BIN)/python bench/scale.py $(ARGS)
 
 bench-compare: install
 	bash bench/before_after.sh $(REV)

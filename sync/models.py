@@ -119,6 +119,19 @@ class SyncJob(models.Model):
             models.Index(fields=["-updated_at", "-id"], name="job_changed_idx"),
             models.Index(fields=["state", "-updated_at", "-id"], name="job_state_changed_idx"),
             models.Index(fields=["target", "-updated_at", "-id"], name="job_target_changed_idx"),
+            # ?error_code= pages: the few jobs with an error, newest first (a scan of a million jobs without it).
+            models.Index(
+                fields=["last_error_code", "-updated_at", "-id"],
+                name="job_error_changed_idx",
+                condition=~models.Q(last_error_code=""),
+            ),
+            # The dashboard's counts of open jobs per target and state, read from this index alone: the open are
+            # few, the finished a million (those are counted once a minute: JobCount).
+            models.Index(
+                fields=["state", "target"],
+                name="job_open_idx",
+                condition=models.Q(state__in=["pending", "queued", "in_flight", "retrying", "failed", "held"]),
+            ),
             # The dispatcher's claim: due jobs of a target, lane by lane, oldest first, read in index order.
             models.Index(
                 fields=["target", "lane", "updated_at", "id"],
@@ -252,6 +265,23 @@ class ThrottleLimit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: hold until {self.hold_until}, cap {self.cap_calls}/{self.cap_seconds}s"
+
+
+class JobCount(models.Model):
+    """How many finished jobs (synced, skipped, superseded) each target has, counted once a minute by the
+    cluster (sync.tasks.job_counts_refresh): counting a million of them took 60-200 ms, too slow for every
+    dashboard page. Open jobs are always counted live (sync.ops.stats.job_counts)."""
+
+    target = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
+    state = models.CharField(max_length=16, choices=JobState.choices)
+    count = models.PositiveBigIntegerField()
+    counted_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["target", "state"], name="job_count_per_target_state")]
+
+    def __str__(self) -> str:
+        return f"{self.target_id}/{self.state}: {self.count} at {self.counted_at:%H:%M:%S}"
 
 
 class QuotaSample(models.Model):

@@ -24,7 +24,7 @@ from sync.delivery import dispatch, engine, holds, leases
 from sync.inbound import changes as inbound
 from sync.inbound import reconcile
 from sync.models import InboundCursor, JobState, Lane, RecordRead, SyncJob
-from sync.ops import alerts, retention
+from sync.ops import alerts, retention, stats
 
 logger = logging.getLogger("recordsync.tasks")
 
@@ -220,6 +220,13 @@ def prune_scheduled() -> dict[str, int]:
     if not result.finished:
         async_task("sync.tasks.prune_scheduled", task_name="sync-prune-continued")
     return result.counts
+
+
+def job_counts_refresh() -> int:
+    """The "sync-job-counts" schedule (every minute; migration sync/0027): count the finished jobs once for every
+    dashboard page and stats read of the next minutes (sync.ops.stats.job_counts). A missed run costs nothing:
+    past COUNTS_FRESH_FOR, the reads count them themselves."""
+    return stats.job_counts_refresh()
 
 
 def alerts_scheduled() -> dict[str, int]:

@@ -392,6 +392,10 @@ class JobCountsSerializer(serializers.Serializer[dict[str, Any]]):
     by_target = serializers.DictField(
         child=serializers.DictField(child=serializers.IntegerField()), help_text="connection -> state -> count"
     )
+    finished_counted_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text="synced, skipped and superseded are counted once a minute: as of then; null: counted now",
+    )
 
 
 class BucketSerializer(serializers.Serializer[dict[str, Any]]):

@@ -113,7 +113,10 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
                 _due(connection.pk, now).filter(id__in=ids), owner=owner, lease_until=lease, now=now
             )
             if claimed:
-                batches.append(list(SyncJob.objects.filter(lease_owner=owner).values_list("id", flat=True)))
+                # With the state: the lease owner alone has no index, and at a million jobs a scan of them
+                # all made each claim (and so the drain) three times slower (docs/BENCHMARKS.md).
+                mine = SyncJob.objects.filter(lease_owner=owner, state=JobState.QUEUED)
+                batches.append(list(mine.values_list("id", flat=True)))
             if len(ids) < size:
                 break
     return batches
@@ -178,7 +181,8 @@ def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[st
 
 
 def _request_ids(owner: str) -> list[str]:
-    rows = SyncJob.objects.filter(lease_owner=owner).values_list("last_event__request_id", flat=True)
+    mine = SyncJob.objects.filter(lease_owner=owner, state__in=transitions.LEASED)  # the state: indexed (above)
+    rows = mine.values_list("last_event__request_id", flat=True)
     return sorted({request_id for request_id in rows if request_id})
 
 

@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypedDict
 
 from django.conf import settings
+from django.db import connection as db
+from django.db import transaction
 from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
 from django.db.models.expressions import Window
 from django.db.models.functions import RowNumber, TruncMinute
@@ -33,6 +35,7 @@ from sync.models import (
     BreakerTransition,
     CircuitBreaker,
     ConflictState,
+    JobCount,
     JobState,
     SyncAttempt,
     SyncConflict,
@@ -58,6 +61,7 @@ class JobCounts(TypedDict):
     total: int
     by_state: dict[str, int]  # every state, zeros included
     by_target: dict[str, dict[str, int]]  # connection name → state → count; every connection, every state
+    finished_counted_at: datetime | None  # finished states as counted then (JobCount); None: counted now
 
 
 class Bucket(TypedDict):
@@ -164,7 +168,7 @@ def sync_stats(*, now: datetime | None = None) -> Stats:
     connections = _connections()
     return {
         "generated_at": now,
-        "jobs": job_counts(connections=connections),
+        "jobs": job_counts(connections=connections, now=now),
         "throughput": throughput(now=now),
         "lag": lag(now=now, connections=connections),
         "throttle": throttle_use(now=now, connections=connections),
@@ -195,14 +199,64 @@ def _connections() -> list[Connection]:
     return list(Connection.objects.order_by("name"))
 
 
-def job_counts(*, connections: Sequence[Connection] | None = None) -> JobCounts:
+# Finished jobs pile up (a million after a while); open ones stay few. The finished are counted once a minute
+# (job_counts_refresh, the "sync-job-counts" schedule), the open ones on every read.
+FINISHED = (JobState.SYNCED, JobState.SKIPPED, JobState.SUPERSEDED)
+COUNTS_FRESH_FOR = timedelta(minutes=10)  # an older count (no cluster running) is not trusted: counted live
+_JOBS, _COUNTS, _TARGETS = SyncJob._meta.db_table, JobCount._meta.db_table, Connection._meta.db_table
+_FINISHED_SQL = ", ".join(f"'{state}'" for state in FINISHED)
+# IN, not NOT IN: an index on the state serves a list of the open states, never a negation.
+_OPEN_SQL = ", ".join(f"'{state}'" for state in JobState.values if state not in FINISHED)
+# One statement, for a constant number of queries per page: the finished jobs from the stored counts (first:
+# their column types the NULLs), the open ones counted now, and the finished ones counted now only if no count
+# is fresh. That NOT EXISTS is uncorrelated, a one-time filter: with fresh counts the scan never runs.
+_COUNTS_SQL = f"""
+    WITH fresh AS (SELECT target_id, state, count, counted_at FROM {_COUNTS} WHERE counted_at >= %s)
+    SELECT t.name, f.state, f.count, f.counted_at FROM fresh f JOIN {_TARGETS} t ON t.id = f.target_id
+    UNION ALL
+    SELECT t.name, j.state, count(*), NULL FROM {_JOBS} j JOIN {_TARGETS} t ON t.id = j.target_id
+        WHERE j.state IN ({_OPEN_SQL}) GROUP BY t.name, j.state
+    UNION ALL
+    SELECT t.name, j.state, count(*), NULL FROM {_JOBS} j JOIN {_TARGETS} t ON t.id = j.target_id
+        WHERE j.state IN ({_FINISHED_SQL}) AND NOT EXISTS (SELECT 1 FROM fresh) GROUP BY t.name, j.state
+"""  # noqa: S608 - table names from the models, the time bound as a parameter
+
+
+def job_counts(*, connections: Sequence[Connection] | None = None, now: datetime | None = None) -> JobCounts:
+    """Every target's jobs per state: open ones counted now, finished ones as last counted (within
+    COUNTS_FRESH_FOR; else counted now). One query."""
+    now = now or timezone.now()
     connections = _connections() if connections is None else connections
     by_target = {c.name: dict.fromkeys(JobState.values, 0) for c in connections}
     by_state = dict.fromkeys(JobState.values, 0)
-    for row in SyncJob.objects.values("target__name", "state").annotate(n=Count("id")).order_by():
-        by_target.setdefault(row["target__name"], dict.fromkeys(JobState.values, 0))[row["state"]] = row["n"]
-        by_state[row["state"]] = by_state.get(row["state"], 0) + row["n"]
-    return {"total": sum(by_state.values()), "by_state": by_state, "by_target": by_target}
+    counted_at: datetime | None = None
+    with db.cursor() as cursor:
+        cursor.execute(_COUNTS_SQL, [now - COUNTS_FRESH_FOR])
+        rows = cursor.fetchall()
+    for name, state, n, at in rows:
+        by_target.setdefault(name, dict.fromkeys(JobState.values, 0))[state] = int(n)
+        by_state[state] = by_state.get(state, 0) + int(n)
+        if at is not None:
+            stamp = at if isinstance(at, datetime) else datetime.fromisoformat(at)  # SQLite answers text
+            stamp = stamp if timezone.is_aware(stamp) else timezone.make_aware(stamp, UTC)
+            counted_at = stamp if counted_at is None else min(counted_at, stamp)
+    return {
+        "total": sum(by_state.values()),
+        "by_state": by_state,
+        "by_target": by_target,
+        "finished_counted_at": counted_at,
+    }
+
+
+def job_counts_refresh(*, now: datetime | None = None) -> int:
+    """Count every target's finished jobs and store the counts (the "sync-job-counts" schedule). Returns rows."""
+    now = now or timezone.now()
+    rows = SyncJob.objects.filter(state__in=FINISHED).values("target_id", "state").annotate(n=Count("id")).order_by()
+    counts = [JobCount(target_id=r["target_id"], state=r["state"], count=r["n"], counted_at=now) for r in rows]
+    with transaction.atomic():
+        JobCount.objects.all().delete()  # a target or state with none left must not keep an old count
+        JobCount.objects.bulk_create(counts)
+    return len(counts)
 
 
 def throughput(*, now: datetime) -> Throughput:

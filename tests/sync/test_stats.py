@@ -404,3 +404,36 @@ def test_the_figures_take_the_same_few_queries_however_many_connections_and_rows
     _busy_world("b", 6)
 
     assert _queries() == few <= 12
+
+
+@pytest.mark.django_db
+def test_finished_jobs_are_counted_once_a_minute_and_open_ones_on_every_read() -> None:
+    from django.utils.module_loading import import_string
+    from django_q.models import Schedule
+
+    from sync import tasks
+
+    target = Connection.objects.create(name="sf", kind="salesforce")
+    for n in range(3):
+        _job(target, f"done-{n}", JobState.SYNCED)
+    _job(target, "skip-0", JobState.SKIPPED)
+    live = stats.job_counts(now=NOW)
+    assert (live["by_target"]["sf"]["synced"], live["finished_counted_at"]) == (3, None)  # no count yet: counted now
+
+    assert stats.job_counts_refresh(now=NOW) == 2  # (sf, synced) and (sf, skipped)
+    for n in range(2):
+        _job(target, f"later-{n}", JobState.SYNCED)
+    _job(target, "open-0", JobState.PENDING)
+    _job(target, "open-1", JobState.FAILED)
+    counts = stats.job_counts(now=NOW + timedelta(minutes=1))
+
+    assert counts["by_target"]["sf"]["synced"] == 3  # as counted a minute ago
+    assert (counts["by_state"]["pending"], counts["by_state"]["failed"], counts["by_state"]["skipped"]) == (1, 1, 1)
+    assert counts["finished_counted_at"] == NOW and counts["total"] == 6
+    stale = stats.job_counts(now=NOW + stats.COUNTS_FRESH_FOR + timedelta(seconds=1))
+    assert (stale["by_state"]["synced"], stale["finished_counted_at"]) == (5, None)  # too old: counted now
+    stats.job_counts_refresh(now=NOW + timedelta(minutes=2))
+    assert stats.job_counts(now=NOW + timedelta(minutes=2))["by_state"]["synced"] == 5
+    row = Schedule.objects.get(name="sync-job-counts")
+    assert (row.func, row.schedule_type, row.minutes, row.repeats) == ("sync.tasks.job_counts_refresh", "I", 1, -1)
+    assert import_string(row.func) is tasks.job_counts_refresh

@@ -1,0 +1,248 @@
+"""What bench/scale.py measures inside Django, against the bench database: run as a script with the bench's
+environment (`python bench/scale_probe.py <probe> [args]`), it prints one JSON object.
+
+Probes:
+  pages      every GET /v1/sync/jobs filter and the dashboard's pages through Django's test client (the whole
+             stack but the socket), N times each: p50/p99 ms, and EXPLAIN ANALYZE of each jobs page's query
+  status     GET /v1/sync/status/<record_id> for random records: p50/p99 ms
+  dispatch   claim every pending job of a connection with the engine's own batches_claim (the back-pressure
+             limit lifted): jobs/s and each claim's ms
+  retention  a steady load replayed day by day on a moved clock (Django's timezone.now), each day's jobs
+             synced with an attempt, then the day's prune: rows and table sizes per day
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recordsync.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.contrib.auth import get_user_model  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.test import Client  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
+from django.utils import timezone  # noqa: E402
+
+from crms.models import Connection  # noqa: E402
+from sync.delivery import engine, leases  # noqa: E402
+
+JOB_FILTERS = [
+    "",
+    "state=pending",
+    "state=synced",
+    "state=failed",
+    "state=pending&order=oldest",
+    "target=salesforce",
+    "source=system_a",
+    "object_type=Contact",
+    "error_code=REQUIRED_FIELD_MISSING",
+    "record_id=hist-500000",
+    "updated_after=2026-01-01T00:00:00Z&state=synced",
+]
+DASHBOARD = ["/dashboard/", "/dashboard/issues/"]
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": round(statistics.median(ordered), 2),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+        "max_ms": round(ordered[-1], 2),
+    }
+
+
+def timed(client: Client, url: str, times: int, token: str | None = None) -> dict[str, Any]:
+    samples: list[float] = []
+    status = 0
+    headers = {"Authorization": f"Token {token}"} if token else {}
+    for _ in range(times):
+        started = time.perf_counter()
+        response = client.get(url, headers=headers)
+        samples.append((time.perf_counter() - started) * 1000)
+        status = response.status_code
+    if status != 200:  # a refusal is fast and measures nothing
+        raise RuntimeError(f"GET {url} answered {status}")
+    return {"url": url, "status": status, **percentiles(samples)}
+
+
+def explain(client: Client, url: str, token: str) -> str:
+    """EXPLAIN ANALYZE of the page's own query (the one reading sync_syncjob with a LIMIT)."""
+    with CaptureQueriesContext(connection) as captured:
+        client.get(url, HTTP_AUTHORIZATION=f"Token {token}")
+    page = [q["sql"] for q in captured.captured_queries if "sync_syncjob" in q["sql"] and "LIMIT" in q["sql"]]
+    if not page:
+        return ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS) {page[0]}")
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
+def pages(times: int, token: str) -> dict[str, Any]:
+    client = Client(HTTP_HOST="127.0.0.1")  # ALLOWED_HOSTS is the bench's
+    staff, _ = get_user_model().objects.get_or_create(
+        username="bench-staff", defaults={"is_staff": True, "is_superuser": True}
+    )
+    found: dict[str, Any] = {"jobs": [], "dashboard": [], "plans": {}}
+    for query in JOB_FILTERS:
+        url = f"/v1/sync/jobs?{query}" if query else "/v1/sync/jobs"
+        client.get(url, HTTP_AUTHORIZATION=f"Token {token}")  # warm
+        found["jobs"].append(timed(client, url, times, token))
+        found["plans"][url] = explain(client, url, token)
+    client.force_login(staff)
+    for url in DASHBOARD:
+        client.get(url)
+        found["dashboard"].append(timed(client, url, max(5, times // 3)))
+    return found
+
+
+def status(times: int, token: str, prefix: str, count: int) -> dict[str, Any]:
+    client = Client(HTTP_HOST="127.0.0.1")  # ALLOWED_HOSTS is the bench's
+    samples: list[float] = []
+    codes: set[int] = set()
+    for _ in range(times):
+        record = f"{prefix}{random.randrange(count)}"
+        started = time.perf_counter()
+        response = client.get(f"/v1/sync/status/{record}?object_type=Contact", HTTP_AUTHORIZATION=f"Token {token}")
+        samples.append((time.perf_counter() - started) * 1000)
+        codes.add(response.status_code)
+    if codes - {200}:
+        raise RuntimeError(f"status answered {sorted(codes)}")
+    return {"codes": sorted(codes), **percentiles(samples)}
+
+
+def dispatch(connection_name: str) -> dict[str, Any]:
+    """Every pending job of the connection claimed, batch after batch, by the engine's own claim."""
+    target = Connection.objects.get(name=connection_name)
+
+    def unlimited(*, now: Any) -> int:  # measure the claim, not the back-pressure cap
+        return 1_000_000
+
+    leases.outstanding_limit = unlimited
+    claims: list[float] = []
+    claimed = 0
+    started = time.perf_counter()
+    while True:
+        begun = time.perf_counter()
+        batches = engine.batches_claim(connection=target, now=timezone.now(), force=True)
+        claims.append((time.perf_counter() - begun) * 1000 / max(1, len(batches)))
+        if not batches:
+            break
+        claimed += sum(len(ids) for ids in batches)
+    seconds = time.perf_counter() - started
+    return {
+        "jobs": claimed,
+        "seconds": round(seconds, 3),
+        "jobs_per_s": round(claimed / seconds, 1),
+        **percentiles(claims),
+    }
+
+
+def retention(days: int, pool: int, keep_days: int) -> dict[str, Any]:
+    """`pool` records, each changed once a day for `days` days; retention prunes each day as its schedule
+    would. A steady state shows as rows and sizes that stop growing once `keep_days` have passed."""
+    from datetime import timedelta
+
+    from django.utils import timezone as tz
+
+    from sync.contracts import EventInput
+    from sync.ingest.services import event_ingest
+    from sync.ops.retention import prune_run
+
+    Connection.objects.get_or_create(name="target", defaults={"kind": "database", "config": {}})
+    start = tz.now() - timedelta(days=days + 1)
+    real_now = tz.now
+    found: list[dict[str, Any]] = []
+    try:
+        for day in range(days):
+            moment = start + timedelta(days=day)
+            tz.now = _frozen(moment)  # the service reads the moved clock
+            for first in range(0, pool, 500):
+                items = [
+                    EventInput(
+                        operation="update",
+                        object_type="Contact",
+                        record_id=f"keep-{n}",
+                        source="system_a",
+                        data={"LastName": f"L{n}", "Day": day},
+                        targets=["target"],
+                        occurred_at=moment,
+                        event_id=None,
+                        raw={"n": n, "day": day},
+                    )
+                    for n in range(first, min(pool, first + 500))
+                ]
+                event_ingest(items=items, idempotency_key=None, is_batch=True, request_id="retention")
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "INSERT INTO sync_syncattempt (job_id, version, started_at, finished_at, outcome, http_status, "
+                    "error_code, error_message, permanent, duration_ms) SELECT id, version, %s, %s, 'success', 200, "
+                    "'', '', NULL, 10 FROM sync_syncjob WHERE state = 'pending'",
+                    [moment, moment],
+                )
+                cursor.execute(
+                    "UPDATE sync_syncjob SET state = 'synced', synced_at = %s WHERE state = 'pending'", [moment]
+                )
+            pruned = prune_run(now=moment, older_than_days=keep_days, dry_run=False)
+            with connection.cursor() as cursor:
+                cursor.execute("VACUUM sync_syncevent, sync_syncattempt")  # as autovacuum would, so space is reused
+                cursor.execute(
+                    "SELECT (SELECT count(*) FROM sync_syncevent), (SELECT count(*) FROM sync_syncattempt), "
+                    "(SELECT count(*) FROM sync_syncjob), pg_total_relation_size('sync_syncevent'), "
+                    "pg_total_relation_size('sync_syncattempt')"
+                )
+                events, attempts, jobs, event_bytes, attempt_bytes = cursor.fetchone()
+            found.append(
+                {
+                    "day": day + 1,
+                    "events": events,
+                    "attempts": attempts,
+                    "jobs": jobs,
+                    "event_mb": round(event_bytes / 2**20, 1),
+                    "attempt_mb": round(attempt_bytes / 2**20, 1),
+                    "pruned_events": pruned.counts.get("sync.SyncEvent", 0),
+                }
+            )
+    finally:
+        tz.now = real_now
+    return {"pool": pool, "keep_days": keep_days, "days": found}
+
+
+def _frozen(moment: Any) -> Any:
+    def now() -> Any:
+        return moment
+
+    return now
+
+
+def main(argv: list[str]) -> int:
+    probe = argv[0]
+    if probe == "pages":
+        result = pages(int(argv[1]), argv[2])
+    elif probe == "status":
+        result = status(int(argv[1]), argv[2], argv[3], int(argv[4]))
+    elif probe == "dispatch":
+        result = dispatch(argv[1])
+    elif probe == "retention":
+        result = retention(int(argv[1]), int(argv[2]), int(argv[3]))
+    else:
+        raise SystemExit(f"unknown probe {probe!r}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
