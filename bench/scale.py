@@ -340,6 +340,10 @@ def part_workers(run: Run) -> None:
             log(f"workers {workers}: {found[str(workers)]} events/s")
         found["2x4"] = round(drain_with(run, url, token, found["events"], workers=4, clusters=2), 1)
         log(f"2 clusters x 4 workers, 2 dispatchers: {found['2x4']} events/s")
+        # The same Collections calls sent straight to the fake, 2 at a time: the drain's baseline as bench/drain.py
+        # measures it, here with a target's latency instead of a mock's database writes.
+        found["direct_2"] = round(direct_baseline(url, found["events"], 2, found["batch"]), 1)
+        log(f"direct calls, 2 at a time: {found['direct_2']} events/s")
     run.results["workers"] = found
 
 
