@@ -100,7 +100,7 @@ class Forecast:
         return None if self.runs_out_in is None else self.observed_at + timedelta(seconds=self.runs_out_in)
 
 
-def forecast(key: str, *, now: datetime | None = None) -> Forecast | None:
+def forecast(key: str) -> Forecast | None:
     """The owner's newest sample and the rate since the oldest within RATE_OVER; None if never sampled."""
     rows = QuotaSample.objects.filter(key=key).select_related("connection")
     newest = rows.order_by("-at").first()

@@ -123,7 +123,7 @@ def breaker_open_measure(connection: Connection, now: datetime) -> float | None:
 def allowance_measure(connection: Connection, now: datetime) -> tuple[float | None, str]:
     """Hours until the target's allowance (every integration's use counted) runs out at the last hour's rate;
     the hours until it refills when it does not run out first. None: the target never said, or too few samples."""
-    found = allowance.forecast(quota_key(connection), now=now)
+    found = allowance.forecast(quota_key(connection))
     if found is None or (found.rate_per_hour is None and found.runs_out_in is None):
         return None, ""
     rate = found.rate_per_hour or 0
