@@ -319,7 +319,7 @@ def targets(cfg: Config, app: loadgen.Endpoint, bare: loadgen.Endpoint) -> list[
         ),
         Target(
             "batch_insert_jobs",
-            f"executemany of {BATCH_SIZE} event rows + 2 job rows each (context only)",
+            f"executemany of {BATCH_SIZE} event rows + {len(job_targets)} job rows each (context only)",
             batches(lambda tag: InsertPlan(cfg.db_url, tag, BATCH_SIZE, job_targets)),
         ),
     ]

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 # The app's default routing for a system_a event with the demo connections.
-TARGETS = ["outreach", "salesforce"]
+TARGETS = ["hubspot", "outreach", "salesforce"]
 
 EVENT_COLUMNS = (
     "id, idempotency_key, request_hash, source, operation, object_type, record_id, "
@@ -26,8 +26,8 @@ INSERT_EVENT_SQL = (
 )
 INSERT_JOB_SQL = (
     "INSERT INTO sync_syncjob (source, object_type, record_id, target_id, state, attempts, version, "
-    "last_event_id, last_occurred_at, created_at, updated_at, last_error_code, last_error_message, lease_owner) "
-    "VALUES (%s, %s, %s, %s, 'pending', 0, 1, %s, %s, %s, %s, '', '', '')"
+    "last_event_id, last_occurred_at, created_at, updated_at, last_error_code, last_error_message, lease_owner, "
+    "lane) VALUES (%s, %s, %s, %s, 'pending', 0, 1, %s, %s, %s, %s, '', '', '', 0)"
 )
 
 

@@ -92,23 +92,27 @@ def explain(client: Client, url: str, token: str) -> str:
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
-def sql_ms(run: Any) -> tuple[float, int]:
-    """The database's own time for what `run` asks (EXPLAIN ANALYZE of each of its SELECTs and UPDATEs, in a
-    transaction rolled back): the sum of their execution times, and how many statements."""
+def sql_ms(run: Any, undo: Any = None) -> tuple[float, int]:
+    """The database's own time for what `run` asks: EXPLAIN ANALYZE of each of its SELECTs and UPDATEs, replayed
+    in order in one transaction rolled back, after `undo` has put back what `run` changed (replayed on the
+    changed rows, the claim's UPDATE would find none of its jobs still due and cost nothing). The sum of their
+    execution times, and how many statements."""
     from django.db import transaction
 
     with CaptureQueriesContext(connection) as captured:
         run()
     total, count = 0.0, 0
-    for query in captured.captured_queries:
-        sql = query["sql"]
-        if not sql.lstrip().upper().startswith(("SELECT", "UPDATE", "WITH")):
-            continue
-        with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        if undo is not None:
+            undo()
+        for query in captured.captured_queries:
+            sql = query["sql"]
+            if not sql.lstrip().upper().startswith(("SELECT", "UPDATE", "WITH")):
+                continue
             cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
             total += float(cursor.fetchone()[0][0]["Execution Time"])
             count += 1
-            transaction.set_rollback(True)
+        transaction.set_rollback(True)
     return round(total, 3), count
 
 
@@ -189,7 +193,10 @@ def dispatch(connection_name: str, passes: int = 3) -> dict[str, Any]:
         leases.outstanding_limit = one_batch
         engine.batches_claim(connection=target, now=timezone.now(), force=True)
 
-    db_ms, statements = sql_ms(claim_one)
+    def unclaim() -> None:
+        SyncJob.objects.filter(target=target, state=JobState.QUEUED).update(state=JobState.PENDING, lease_owner="")
+
+    db_ms, statements = sql_ms(claim_one, unclaim)
     return {
         "jobs": claimed,
         "seconds": round(seconds, 3),

@@ -4,6 +4,7 @@ test_cluster_proofs.py (a backfill at the limit, a live change through on time).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -166,3 +167,23 @@ def test_a_backlog_that_fills_every_place_still_leaves_a_live_change_one(connect
 
     assert len(live) == 1
     assert set(SyncJob.objects.filter(id__in=live[0]).values_list("record_id", flat=True)) == {"live-0"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_full_batch_of_another_object_goes_while_the_lanes_oldest_few_wait_for_the_flush(connections):
+    # The claim walks a lane from its oldest job: a group that is neither a full batch nor old enough is set
+    # aside, and the walk goes on to the next object's jobs instead of stopping there.
+    config_override_set(values={"batch_size": 5, "flush_interval": 60}, connection="salesforce", actor="test")
+    ingest(items("few-", 2), Lane.LIVE)
+    ingest([replace(item, object_type="Lead") for item in items("lead-", 5)], Lane.LIVE)
+    ingest([replace(item, object_type="Account") for item in items("acc-", 3)], Lane.LIVE)
+
+    batches = engine.batches_claim(connection=connections["salesforce"], now=timezone.now())
+
+    assert len(batches) == 1
+    assert set(SyncJob.objects.filter(id__in=batches[0]).values_list("object_type", flat=True)) == {"Lead"}
+    assert SyncJob.objects.filter(state=JobState.PENDING).count() == 5  # 2 contacts and 3 accounts wait
+
+    later = engine.batches_claim(connection=connections["salesforce"], now=timezone.now() + timedelta(seconds=61))
+    claimed = [set(SyncJob.objects.filter(id__in=ids).values_list("object_type", flat=True)) for ids in later]
+    assert claimed == [{"Contact"}, {"Account"}]  # once old enough, oldest first, one object per batch
