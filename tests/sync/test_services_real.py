@@ -167,6 +167,51 @@ def test_without_a_client_key_the_event_and_its_jobs_are_one_statement():
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
+def test_the_one_statement_is_prepared_once_a_connection_with_a_plan_that_probes_the_index():
+    """Prepared, the statement is planned once for every array of records; that plan must look each record up
+    in the index. `record_id = ANY(%s)` planned that way scanned every job to find none."""
+    Connection.objects.create(name="outreach", kind="outreach")
+    client = Client(HTTP_AUTHORIZATION=f"Token {api_token_create(username='platform')}")
+    for n in range(3):
+        body = {**EVENT, "record_id": f"c-{n}"}
+        assert client.post("/v1/sync/", data=json.dumps(body), content_type="application/json").status_code == 202
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT name, cardinality(parameter_types) FROM pg_prepared_statements WHERE statement LIKE 'WITH known%%'"
+        )
+        prepared = cursor.fetchall()
+        assert len(prepared) == 1  # three events, one statement prepared
+        name, parameters = prepared[0]
+        cursor.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            cursor.execute(f"EXPLAIN EXECUTE {name}({', '.join(['NULL'] * parameters)})")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        finally:
+            cursor.execute("RESET plan_cache_mode")
+    assert "Index Only Scan using job_per_record_target" in plan
+    assert "Seq Scan on sync_syncjob" not in plan
+    assert SyncJob.objects.count() == 3
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@override_settings(DB_PREPARED_STATEMENTS=False)
+def test_with_prepared_statements_off_nothing_is_prepared():
+    """For a pooler in transaction mode, which cannot keep a session's prepared statements."""
+    connection.close()  # a session of its own: an earlier test's may hold the statement prepared
+    Connection.objects.create(name="outreach", kind="outreach")
+    client = Client(HTTP_AUTHORIZATION=f"Token {api_token_create(username='platform')}")
+    response = client.post("/v1/sync/", data=json.dumps(EVENT), content_type="application/json")
+
+    assert response.status_code == 202 and response.json()["jobs"] == [{"target": "outreach", "state": "pending"}]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+        assert cursor.fetchone() == (0,)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
 def test_a_change_to_a_known_record_is_written_in_a_transaction_that_can_judge_it():
     """The one-statement write takes only records never seen: for a known one it writes nothing, and the
     transactional path stores it (where late changes, deletes and conflicts are checked)."""
