@@ -10,6 +10,8 @@ Every figure is measured in this run, beside its baseline; the report goes to be
 the plots to docs/bench/*.png (committed with docs/BENCHMARKS.md).
 
 Parts (--only):
+  baselines  single events against the bare Django view and lists of 500 against psycopg executemany, in
+             interleaved rounds, as bench/ingest.py measures them (aim: singles at 50 % of the bare view)
   flat       empty tables, then 1,000,000 finished records loaded server-side (bench/scale_load.py): single and
              list ingest, dispatch (the engine's claim), drain of 20,000 events, claim and status times, every
              GET /v1/sync/jobs filter and the dashboard's pages at p99 with EXPLAIN ANALYZE; ratios history/empty
@@ -51,7 +53,7 @@ from bench.scale_load import load_history  # noqa: E402
 
 PLOTS = ROOT / "docs" / "bench"
 KEY = "RecordSync_Id__c"
-PARTS = ("flat", "workers", "ratelimit", "lanes", "memory", "retention")
+PARTS = ("baselines", "flat", "workers", "ratelimit", "lanes", "memory", "retention")
 
 
 @dataclass
@@ -229,6 +231,31 @@ def probe(env: dict[str, str], *args: str) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+# --- baselines ---------------------------------------------------------------------------------------
+
+
+def part_baselines(run: Run) -> None:
+    """bench/ingest.py's phases on this run's database: the app beside a bare Django view and executemany."""
+    env = run.env()
+    token = ingest.prepare_database(run.cfg, env)
+    try:
+        phases = ingest.run_phases(run.cfg, env, token)
+    finally:
+        ingest.clean_redis(run.cfg)
+    by_key = {phase.key: phase for phase in phases}
+    found: dict[str, Any] = {"rounds": run.cfg.rounds, "seconds": run.cfg.seconds, "clients": run.cfg.clients}
+    for key, metric in (("single_app", "requests_per_s"), ("single_bare", "requests_per_s")):
+        found[key] = round(by_key[key].median(metric), 1)
+    for key in ("batch_app", "batch_insert"):
+        found[key] = round(by_key[key].median("events_per_s"), 1)
+    found["single_ratio"] = round(found["single_app"] / found["single_bare"], 3)
+    found["list_ratio"] = round(found["batch_app"] / found["batch_insert"], 3)
+    found["single_per_round"] = [round(r.load.requests_per_s, 1) for r in by_key["single_app"].rounds]
+    found["bare_per_round"] = [round(r.load.requests_per_s, 1) for r in by_key["single_bare"].rounds]
+    log(f"baselines: singles {found['single_ratio']:.0%} of the bare view, lists {found['list_ratio']:.0%}")
+    run.results["baselines"] = found
+
+
 # --- flat cost ---------------------------------------------------------------------------------------
 
 
@@ -263,7 +290,7 @@ def flat_state(run: Run, label: str, history: int) -> dict[str, Any]:
     """Every flat-cost figure on one database state: empty (history 0) or with `history` finished records."""
     env = run.env()
     token = fresh_database(run, env)
-    found: dict[str, Any] = {"history": history}
+    found: dict[str, Any] = {"history": history, "events": run.events}
     with fake_crm() as url:
         connect(run, env, url)
         if history:
@@ -523,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(cfg=cfg, rows=args.rows, events=args.events, seconds=cfg.seconds, backfill=args.backfill)
     ingest.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     todo: dict[str, Callable[[Run], None]] = {
+        "baselines": part_baselines,
         "flat": part_flat,
         "workers": part_workers,
         "ratelimit": part_ratelimit,

@@ -10,10 +10,51 @@ def _aim(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
+def _baselines(results: dict[str, Any]) -> list[str]:
+    """Point 5's ratios, each beside its baseline from the same run."""
+    rows = []
+    if "baselines" in results:
+        found = results["baselines"]
+        rows += [
+            f"| Single events: app against the bare Django view, requests/s | {found['single_app']:,.0f} | "
+            f"{found['single_bare']:,.0f} | **{found['single_ratio']:.0%}** | ≥ 50% "
+            f"{_aim(found['single_ratio'] >= 0.5)} |",
+            f"| Lists of 500: app against psycopg executemany, events/s | {found['batch_app']:,.0f} | "
+            f"{found['batch_insert']:,.0f} | {found['list_ratio']:.0%} | |",
+        ]
+    if "flat" in results:
+        empty = results["flat"]["empty"]
+        ratio = empty["drain_events_per_s"] / empty["direct_events_per_s"]
+        rows.append(
+            f"| Drain of {empty.get('events', 20_000):,} events against the same calls sent directly to the fake, "
+            f"events/s | {empty['drain_events_per_s']:,.0f} | {empty['direct_events_per_s']:,.0f} | **{ratio:.0%}** "
+            f"| ≥ 60% {_aim(ratio >= 0.6)} |"
+        )
+    if not rows:
+        return []
+    found = results.get("baselines", {})
+    note = (
+        f"Singles and lists: {found['rounds']} interleaved rounds of {found['seconds']} s, medians; singles per "
+        f"round, app {found['single_per_round']}, bare view {found['bare_per_round']}."
+        if found
+        else ""
+    )
+    return [
+        "## Against baselines measured in the same run",
+        "",
+        "| Figure | app | baseline | ratio | aim |",
+        "| --- | ---: | ---: | ---: | --- |",
+        *rows,
+        "",
+        *([note, ""] if note else []),
+    ]
+
+
 def markdown(results: dict[str, Any], machine: dict[str, str]) -> str:
     lines = ["# Scale benchmark (bench/scale.py)", ""]
     lines += [f"- {name}: {value}" for name, value in machine.items() if name in ("Code", "CPU", "PostgreSQL")]
     lines += [f"- parts took: {results.get('seconds', {})} s", ""]
+    lines += _baselines(results)
     if "flat" in results:
         lines += _flat(results["flat"])
     if "workers" in results:
