@@ -1,7 +1,7 @@
 """Scale benchmark (issue 18): flat cost from an empty database to a million records, throughput against the
 number of workers, the rate limit used but never exceeded, and live changes on time behind a backfill.
 
-    make bench-scale                      # everything, about 12 minutes on the 2-core machine
+    make bench-scale                      # everything, about 18 minutes on the 2-core machine
     .venv/bin/python bench/scale.py --only flat,workers --rows 200000    # a part, smaller
 
 Needs PostgreSQL and Redis (the bench database is recreated; Redis keys are this run's own). The CRM is

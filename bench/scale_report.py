@@ -22,13 +22,21 @@ def _baselines(results: dict[str, Any]) -> list[str]:
             f"| Lists of 500: app against psycopg executemany, events/s | {found['batch_app']:,.0f} | "
             f"{found['batch_insert']:,.0f} | {found['list_ratio']:.0%} | |",
         ]
+    if "workers" in results:
+        found = results["workers"]
+        ratio = found["2"] / found["direct_2"]
+        rows.append(
+            f"| Drain, 2 workers, against the same Collections calls sent directly, 2 at a time (fake at "
+            f"{found['latency_s'] * 1000:.0f} ms a call), events/s | {found['2']:,.0f} | {found['direct_2']:,.0f} | "
+            f"**{ratio:.0%}** | ≥ 60% {_aim(ratio >= 0.6)} |"
+        )
     if "flat" in results:
         empty = results["flat"]["empty"]
         ratio = empty["drain_events_per_s"] / empty["direct_events_per_s"]
         rows.append(
-            f"| Drain of {empty.get('events', 20_000):,} events against the same calls sent directly to the fake, "
-            f"events/s | {empty['drain_events_per_s']:,.0f} | {empty['direct_events_per_s']:,.0f} | **{ratio:.0%}** "
-            f"| ≥ 60% {_aim(ratio >= 0.6)} |"
+            f"| Drain of {empty.get('events', 20_000):,} events with no latency at the fake, against the same calls "
+            f"sent directly (context: the baseline is a write to a dict) | {empty['drain_events_per_s']:,.0f} | "
+            f"{empty['direct_events_per_s']:,.0f} | {ratio:.0%} | |"
         )
     if not rows:
         return []
