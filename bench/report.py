@@ -42,7 +42,8 @@ class Aim:
 
 
 AIMS = [
-    Aim("Single event: requests/s vs bare Django view", "single_app", "single_bare", "requests_per_s", 0.40),
+    # Issue 18 raised it from the first ingest issue's 40 %.
+    Aim("Single event: requests/s vs bare Django view", "single_app", "single_bare", "requests_per_s", 0.50),
     Aim("Batches of 500: events/s vs psycopg executemany", "batch_app", "batch_insert", "events_per_s", 0.25),
 ]
 
