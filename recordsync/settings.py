@@ -141,7 +141,7 @@ def _database(url: str) -> dict[str, Any]:
         return config
     elif config["ENGINE"] == "django.db.backends.postgresql":
         config["CONN_HEALTH_CHECKS"] = True
-        if env_bool("DB_PREPARED_STATEMENTS", True):
+        if DB_PREPARED_STATEMENTS:
             # Statements run on a server-side binding cursor are prepared on their first run: only the single-event
             # ingest uses one (sync/ingest/outbox.py). Django's own cursors bind on the client and never prepare.
             config.setdefault("OPTIONS", {})["prepare_threshold"] = 0
@@ -152,10 +152,10 @@ def _database(url: str) -> dict[str, Any]:
 
 
 DATABASE_URL = env_str("DATABASE_URL")
-DATABASES = {"default": _database(DATABASE_URL)}
 # PostgreSQL: the single-event ingest statement is prepared once per connection (sync/ingest/outbox.py). Off
 # behind a pooler in transaction mode that cannot keep prepared statements (PgBouncer before 1.21).
 DB_PREPARED_STATEMENTS = env_bool("DB_PREPARED_STATEMENTS", True)
+DATABASES = {"default": _database(DATABASE_URL)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")

@@ -53,17 +53,16 @@ class ReusedFieldsSerializer(serializers.Serializer[dict[str, Any]]):
         kept: dict[type, dict[str, serializers.Field[Any, Any, Any, Any]]] = self._reused.__dict__.setdefault(
             "fields", {}
         )
+        bound = BindingDict(self)
         declared = kept.get(type(self))
         if declared is None:
             declared = kept[type(self)] = copy.deepcopy(self._declared_fields)
-            bound = BindingDict(self)
             for name, field in declared.items():
                 bound[name] = field  # binds each once: DRF refuses to bind a field twice
-            return bound
-        bound = BindingDict(self)
-        for name, field in declared.items():
-            field.parent = self  # what bind() would change; name, label and source stay as first bound
-            bound.fields[name] = field
+        else:
+            for name, field in declared.items():
+                field.parent = self  # what bind() would change; name, label and source stay as first bound
+                bound.fields[name] = field
         return bound
 
 
