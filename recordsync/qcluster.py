@@ -163,18 +163,20 @@ class DirectSentinel(q_cluster.Sentinel):  # type: ignore[misc]
         process = q_cluster.get_mp_context().Process(target=direct_worker, args=args)
         process.daemon, process.timer = Conf.DAEMONIZE_WORKERS, timer
         self.pool.append(process)
+        # Right before the fork, whatever ran before it: a forked worker must not inherit a database
+        # connection. Sentinel and worker would then speak on one socket, each reading the other's answers;
+        # the worker waited forever on one, mid-batch, and its jobs stood still until it counted as wedged.
+        db.connections.close_all()
         process.start()
 
     def spawn_cluster(self) -> None:
         self.pool: list[Any] = []
         self.worker_stop = Flag()
         Stat(self).save()
-        db.connections.close_all()
         for _ in range(self.pool_size):
             self.spawn_worker()
 
     def reincarnate(self, process: Any) -> None:
-        db.connections.close_all()
         path = os.getenv("PROMETHEUS_MULTIPROC_DIR")
         if path:  # its counters stay counted; its live gauges go
             from prometheus_client import multiprocess

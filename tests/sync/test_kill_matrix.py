@@ -33,7 +33,7 @@ from crms.mocks.models import MockRecord
 from crms.mocks.runtime import fault_add
 from sync.api.auth import api_token_create
 from sync.delivery import liveness
-from sync.models import JobState, SyncJob
+from sync.models import JobState, ProcessBeat, SyncJob
 from sync.ops.config_services import config_override_set
 from tests.conftest import mock_salesforce
 from tests.sync.cluster import ROOT, _parents, database_url, wait_for
@@ -211,7 +211,26 @@ class Progress:
         fenced = SyncJob.objects.filter(fence_until__gt=now).count()
         workers = liveness.alive("worker", now=now).count()
         dispatchers = liveness.alive("dispatcher", now=now).count()
-        return f"jobs {by_state}, fenced {fenced}; alive: {workers} workers, {dispatchers} dispatchers"
+        return (
+            f"jobs {by_state}, fenced {fenced}; alive: {workers} workers, {dispatchers} dispatchers"
+            f"{Progress._holders(now)}"
+        )
+
+    @staticmethod
+    def _holders(now: Any) -> str:
+        """Whose leases the held jobs carry, and what each holder's heartbeat says: a stall's first question."""
+        owners = Counter(
+            SyncJob.objects.filter(state__in=(JobState.QUEUED, JobState.IN_FLIGHT))
+            .exclude(lease_owner="")
+            .values_list("state", "lease_owner")
+        )
+        parts = []
+        for (state, owner), count in sorted(owners.items()):
+            pid = owner.partition("-")[0]
+            beat = ProcessBeat.objects.filter(pid=int(pid) if pid.isdigit() else -1).first()
+            seen = f"{beat.state} {(now - beat.beat_at).total_seconds():.0f}s ago" if beat else "no beat"
+            parts.append(f"{count} {state} by {pid} ({seen})")
+        return f"; held: {', '.join(parts)}" if parts else ""
 
     def stalls(self) -> list[tuple[float, float]]:
         """Each stretch the synced count stood still, as (start, length) in monotonic seconds."""
