@@ -20,7 +20,7 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
 def _request_id(request: HttpRequest) -> str:
-    given = request.headers.get("X-Request-ID", "")
+    given = request.META.get("HTTP_X_REQUEST_ID", "")  # request.headers would copy every header first
     return given if _SAFE_ID.match(given) else uuid.uuid4().hex
 
 
@@ -45,6 +45,8 @@ class RequestIdMiddleware:
         try:
             response = self.get_response(request)
             response["X-Request-ID"] = request_id
+            if not logger.isEnabledFor(logging.INFO):  # LOG_LEVEL=WARNING: not even the line's fields
+                return response
             logger.info(
                 "request",
                 extra={

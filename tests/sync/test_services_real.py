@@ -168,30 +168,37 @@ def test_without_a_client_key_the_event_and_its_jobs_are_one_statement():
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_the_one_statement_is_prepared_once_a_connection_with_a_plan_that_probes_the_index():
-    """Prepared, the statement is planned once for every array of records; that plan must look each record up
-    in the index. `record_id = ANY(%s)` planned that way scanned every job to find none."""
+    """Prepared, each form of the statement (one event bound as values, a list bound as arrays) is planned once
+    for every record; that plan must look each record up in the index. `record_id = ANY(%s)` planned that way
+    scanned every job to find none."""
     Connection.objects.create(name="outreach", kind="outreach")
     client = Client(HTTP_AUTHORIZATION=f"Token {api_token_create(username='platform')}")
     for n in range(3):
         body = {**EVENT, "record_id": f"c-{n}"}
         assert client.post("/v1/sync/", data=json.dumps(body), content_type="application/json").status_code == 202
+    listed = [{**EVENT, "record_id": f"l-{n}"} for n in range(2)]
+    assert client.post("/v1/sync/", data=json.dumps(listed), content_type="application/json").status_code == 202
 
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT name, cardinality(parameter_types) FROM pg_prepared_statements WHERE statement LIKE 'WITH known%%'"
+            "SELECT name, cardinality(parameter_types), statement LIKE '%%unnest(%%::text[]) AS k(record_id)%%' "
+            "FROM pg_prepared_statements WHERE statement LIKE 'WITH known%%' ORDER BY 3"
         )
         prepared = cursor.fetchall()
-        assert len(prepared) == 1  # three events, one statement prepared
-        name, parameters = prepared[0]
+        # Three single events, one statement prepared; the list, the other.
+        assert [listed for _, _, listed in prepared] == [False, True]
         cursor.execute("SET plan_cache_mode = force_generic_plan")
+        plans = []
         try:
-            cursor.execute(f"EXPLAIN EXECUTE {name}({', '.join(['NULL'] * parameters)})")
-            plan = "\n".join(row[0] for row in cursor.fetchall())
+            for name, parameters, _ in prepared:
+                cursor.execute(f"EXPLAIN EXECUTE {name}({', '.join(['NULL'] * parameters)})")
+                plans.append("\n".join(row[0] for row in cursor.fetchall()))
         finally:
             cursor.execute("RESET plan_cache_mode")
-    assert "Index Only Scan using job_per_record_target" in plan
-    assert "Seq Scan on sync_syncjob" not in plan
-    assert SyncJob.objects.count() == 3
+    for plan in plans:
+        assert "Index Only Scan using job_per_record_target" in plan
+        assert "Seq Scan on sync_syncjob" not in plan
+    assert SyncJob.objects.count() == 5
 
 
 @pytest.mark.postgres
