@@ -72,7 +72,7 @@ bench-rules: install
 bench-drain: install
 	$(BIN)/python bench/drain.py
 
-# Flat cost at a million records, workers, the rate limit, lanes, memory, retention and the baselines (about 18 minutes; issue 18).
+# Flat cost at a million records, workers, the rate limit, lanes, memory, retention and the baselines (about 25 minutes; issue 18).
 bench-scale: install
 	$(BIN)/pip install --quiet -r requirements/bench.txt
 	$(BIN)/python bench/scale.py $(ARGS)
