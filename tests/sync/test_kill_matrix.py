@@ -224,10 +224,14 @@ class Progress:
             .exclude(lease_owner="")
             .values_list("state", "lease_owner")
         )
+        pids = {owner.partition("-")[0] for _, owner in owners}
+        beats = {
+            str(beat.pid): beat for beat in ProcessBeat.objects.filter(pid__in=[int(p) for p in pids if p.isdigit()])
+        }
         parts = []
         for (state, owner), count in sorted(owners.items()):
             pid = owner.partition("-")[0]
-            beat = ProcessBeat.objects.filter(pid=int(pid) if pid.isdigit() else -1).first()
+            beat = beats.get(pid)
             seen = f"{beat.state} {(now - beat.beat_at).total_seconds():.0f}s ago" if beat else "no beat"
             parts.append(f"{count} {state} by {pid} ({seen})")
         return f"; held: {', '.join(parts)}" if parts else ""
