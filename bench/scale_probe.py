@@ -92,11 +92,11 @@ def explain(client: Client, url: str, token: str) -> str:
         return "\n".join(row[0] for row in cursor.fetchall())
 
 
-def sql_ms(run: Any, undo: Any = None) -> tuple[float, int]:
+def sql_ms(run: Any, undo: Any = None, parts: list[tuple[str, float]] | None = None) -> tuple[float, int]:
     """The database's own time for what `run` asks: EXPLAIN ANALYZE of each of its SELECTs and UPDATEs, replayed
     in order in one transaction rolled back, after `undo` has put back what `run` changed (replayed on the
     changed rows, the claim's UPDATE would find none of its jobs still due and cost nothing). The sum of their
-    execution times, and how many statements."""
+    execution times, and how many statements; `parts` receives each statement's kind and time."""
     from django.db import transaction
 
     with CaptureQueriesContext(connection) as captured:
@@ -110,8 +110,11 @@ def sql_ms(run: Any, undo: Any = None) -> tuple[float, int]:
             if not sql.lstrip().upper().startswith(("SELECT", "UPDATE", "WITH")):
                 continue
             cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
-            total += float(cursor.fetchone()[0][0]["Execution Time"])
+            took = float(cursor.fetchone()[0][0]["Execution Time"])
+            total += took
             count += 1
+            if parts is not None:
+                parts.append((sql.split(None, 1)[0].upper(), round(took, 3)))
         transaction.set_rollback(True)
     return round(total, 3), count
 
@@ -119,7 +122,11 @@ def sql_ms(run: Any, undo: Any = None) -> tuple[float, int]:
 def pages(times: int, token: str) -> dict[str, Any]:
     from sync.ops import stats
 
-    # As the cluster's every-minute schedule has (sync-job-counts); what it costs is reported, off the page.
+    # As the cluster's every-minute schedules have (sync-job-counts, sync-attempt-minutes); what they cost is
+    # reported, off the page.
+    started = time.perf_counter()
+    stats.attempt_minutes_refresh()
+    attempt_minutes_ms = round((time.perf_counter() - started) * 1000, 1)
     started = time.perf_counter()
     stats.job_counts_refresh()
     client = Client(HTTP_HOST="127.0.0.1")  # ALLOWED_HOSTS is the bench's
@@ -128,6 +135,7 @@ def pages(times: int, token: str) -> dict[str, Any]:
     )
     found: dict[str, Any] = {"jobs": [], "dashboard": [], "plans": {}}
     found["job_counts_refresh_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    found["attempt_minutes_refresh_ms"] = attempt_minutes_ms
     for query in JOB_FILTERS:
         url = f"/v1/sync/jobs?{query}" if query else "/v1/sync/jobs"
         client.get(url, HTTP_AUTHORIZATION=f"Token {token}")  # warm
@@ -196,7 +204,8 @@ def dispatch(connection_name: str, passes: int = 3) -> dict[str, Any]:
     def unclaim() -> None:
         SyncJob.objects.filter(target=target, state=JobState.QUEUED).update(state=JobState.PENDING, lease_owner="")
 
-    db_ms, statements = sql_ms(claim_one, unclaim)
+    parts: list[tuple[str, float]] = []
+    db_ms, statements = sql_ms(claim_one, unclaim, parts)
     return {
         "jobs": claimed,
         "seconds": round(seconds, 3),
@@ -204,6 +213,8 @@ def dispatch(connection_name: str, passes: int = 3) -> dict[str, Any]:
         "passes": [round(rate, 1) for rate in rates],
         "claim_sql_ms": db_ms,
         "claim_statements": statements,
+        # The claim's own UPDATE (finding, locking and writing the batch) apart from the reads before it.
+        "claim_update_ms": round(sum(ms for kind, ms in parts if kind == "UPDATE"), 3),
         **percentiles(claims),
     }
 

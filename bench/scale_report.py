@@ -181,12 +181,17 @@ def _flat(found: dict[str, Any]) -> list[str]:
         f"{full['dispatch']['p50_ms']} / {full['dispatch']['p99_ms']} | |",
         f"| Claim of one batch: the database's time (EXPLAIN ANALYZE, {full['dispatch']['claim_statements']} "
         f"statements), ms | {empty['dispatch']['claim_sql_ms']} | {full['dispatch']['claim_sql_ms']} | |",
+        f"| of which the claim's UPDATE (finds, locks and writes the batch), ms | "
+        f"{empty['dispatch']['claim_update_ms']} | {full['dispatch']['claim_update_ms']} | |",
         f"| Status request, ms p50 / p99 | {empty['status']['p50_ms']} / {empty['status']['p99_ms']} | "
         f"{full['status']['p50_ms']} / {full['status']['p99_ms']} | |",
         f"| Status: the database's time ({full['status']['statements']} statements), ms | "
         f"{empty['status']['sql_ms']} | {full['status']['sql_ms']} | |",
         f"| Counting the finished jobs (the once-a-minute schedule), ms | "
         f"{empty['pages']['job_counts_refresh_ms']} | {full['pages']['job_counts_refresh_ms']} | |",
+        f"| Counting the attempts per minute (the once-a-minute schedule; its first run counts 24 hours), ms | "
+        f"{empty['pages']['attempt_minutes_refresh_ms']} | "
+        f"{full['pages']['attempt_minutes_refresh_ms']} | |",
         "",
         "Drain against the same Collections calls sent directly to the fake, 2 at a time: "
         f"empty {empty['drain_events_per_s'] / empty['direct_events_per_s']:.0%}, with history "

@@ -76,7 +76,9 @@ class SyncJob(models.Model):
     source = models.CharField(max_length=64)
     object_type = models.CharField(max_length=64)
     record_id = models.CharField(max_length=255)
-    target = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="jobs")
+    # No index of its own: job_target_changed_idx begins with it. Every index here is written again by each
+    # change of state, and a claim changes 200 at once (docs/BENCHMARKS.md).
+    target = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="jobs", db_index=False)
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.PENDING)
     lane = models.PositiveSmallIntegerField(
         choices=Lane.choices,
@@ -112,8 +114,6 @@ class SyncJob(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["target", "state", "next_attempt_at"], name="job_dispatch_idx"),
-            models.Index(fields=["state", "lease_expires_at"], name="job_lease_idx"),
             # GET /v1/sync/jobs pages by last change: without these, each page sorted every matching job
             # (150-620 ms at 1.2 million; 0.25 ms with them, docs/BENCHMARKS.md). Built CONCURRENTLY (0024).
             models.Index(fields=["-updated_at", "-id"], name="job_changed_idx"),
@@ -126,7 +126,8 @@ class SyncJob(models.Model):
                 condition=~models.Q(last_error_code=""),
             ),
             # The dashboard's counts of open jobs per target and state, read from this index alone: the open are
-            # few, the finished a million (those are counted once a minute: JobCount).
+            # few, the finished a million (those are counted once a minute: JobCount). Also how leases are found
+            # (queued and in flight: the lease owner, an expired lease), among the few jobs that hold one.
             models.Index(
                 fields=["state", "target"],
                 name="job_open_idx",
@@ -265,6 +266,19 @@ class ThrottleLimit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key}: hold until {self.hold_until}, cap {self.cap_calls}/{self.cap_seconds}s"
+
+
+class AttemptMinute(models.Model):
+    """Attempts sent in one minute, synced and failed, counted by the cluster once a minute
+    (sync.tasks.attempt_minutes_refresh) for the dashboard's throughput charts: counting a day of attempts on
+    every page read them all, and grew with the load. The current minute is always counted live."""
+
+    minute = models.DateTimeField(unique=True)
+    synced = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.minute:%Y-%m-%d %H:%M}: {self.synced} synced, {self.failed} failed"
 
 
 class JobCount(models.Model):

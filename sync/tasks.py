@@ -229,6 +229,13 @@ def job_counts_refresh() -> int:
     return stats.job_counts_refresh()
 
 
+def attempt_minutes_refresh() -> int:
+    """The "sync-attempt-minutes" schedule (every minute; migration sync/0030): count each finished minute's
+    attempts once for the dashboard's throughput charts (sync.ops.stats.throughput). A missed run costs nothing:
+    the minutes not counted yet are counted by the reads themselves."""
+    return stats.attempt_minutes_refresh()
+
+
 def alerts_scheduled() -> dict[str, int]:
     """The "sync-alerts" schedule (every minute; migrations sync/0014, sync/0022): sync.ops.alerts.alerts_check.
 

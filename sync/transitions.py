@@ -20,6 +20,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from django.db import connections, transaction
 from django.db.models import DateTimeField, F, QuerySet, Value
 from django.db.models.functions import Greatest
 
@@ -98,9 +99,26 @@ def arrival_values_sql(count: int) -> str:
 # --- delivery -----------------------------------------------------------------------------------
 
 
-def claim(jobs: Jobs, *, owner: str, lease_until: datetime, now: datetime) -> int:
-    """Due jobs (the caller's filter) become one queued batch under the lease `owner`."""
-    return jobs.update(state=JobState.QUEUED, lease_expires_at=lease_until, lease_owner=owner, updated_at=now)
+def claim(jobs: Jobs, *, size: int, owner: str, lease_until: datetime, now: datetime) -> list[int]:
+    """The first `size` of `jobs` (due jobs, in the caller's order) become one queued batch under the lease
+    `owner`; returns their ids.
+
+    One statement, which finds the batch by the caller's index and writes it by primary key: an UPDATE
+    filtered on the due conditions alone let the planner walk every pending job of the target to find 200
+    (15 ms at 20,000 pending, growing with the backlog). The rows are re-checked as they are locked, and on
+    PostgreSQL rows another dispatcher holds are skipped (SKIP LOCKED), so no job is queued twice.
+    """
+    db = connections[jobs.db]
+    with transaction.atomic(using=jobs.db):  # select_for_update compiles only inside one
+        batch = jobs.values("id")[:size].select_for_update(skip_locked=True)
+        picked, params = batch.query.sql_with_params()
+        adapt = db.ops.adapt_datetimefield_value
+        values = (JobState.QUEUED, adapt(lease_until), owner, adapt(now))
+        sets = "state = %s, lease_expires_at = %s, lease_owner = %s, updated_at = %s"
+        sql = f"UPDATE {_TABLE} SET {sets} WHERE id IN ({picked}) RETURNING id"  # noqa: S608 - values are bound
+        with db.cursor() as cursor:
+            cursor.execute(sql, (*values, *params))
+            return sorted(row[0] for row in cursor.fetchall())
 
 
 def start(jobs: Jobs, *, owner: str, lease_until: datetime, now: datetime) -> int:

@@ -77,8 +77,8 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
     Lane by lane (live changes, then reads, then backfill and reconcile), oldest first: a backlog behind never
     queues ahead of a live change. One batch holds one lane's jobs, so it is sent in that lane.
 
-    Each claim is a conditional update (pending/retrying -> queued) that takes only rows still
-    due, so dispatchers on several machines never queue one job twice.
+    Each claim is one statement that takes only rows still due as it locks them, and skips rows another
+    dispatcher holds (transitions.claim), so dispatchers on several machines never queue one job twice.
     """
     size = batch_size_for(connection)
     flush_before = now - timedelta(seconds=config.effective(connection.pk).flush_interval)
@@ -102,21 +102,16 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
             if oldest is None:
                 break
             object_type, since = oldest
-            ids = list(
-                in_lane.filter(object_type=object_type).order_by("updated_at", "id").values_list("id", flat=True)[:size]
-            )
-            if not (len(ids) >= size or force or since <= flush_before):
+            group = in_lane.filter(object_type=object_type).order_by("updated_at", "id")
+            ready = force or since <= flush_before or len(group.values_list("id", flat=True)[:size]) >= size
+            if not ready:
                 waiting.add(object_type)  # fewer than a batch, so skipping them later reads at most that many
                 continue
             lease = now + timedelta(seconds=settings.SYNC_LEASE_SECONDS)
-            owner = leases.lease_owner()
-            claimed = transitions.claim(
-                _due(connection.pk, now).filter(id__in=ids), owner=owner, lease_until=lease, now=now
-            )
-            if not claimed:
-                break  # another dispatcher took them: it is working this target now
-            # Read back by primary key: the claim took only rows of `ids` still due, under this owner.
-            batches.append(list(SyncJob.objects.filter(id__in=ids, lease_owner=owner).values_list("id", flat=True)))
+            ids = transitions.claim(group, size=size, owner=leases.lease_owner(), lease_until=lease, now=now)
+            if not ids:
+                break  # another dispatcher holds them: it is working this target now
+            batches.append(ids)
     return batches
 
 

@@ -14,9 +14,22 @@ from typing import Any, Literal, TypedDict
 from django.conf import settings
 from django.db import connection as db
 from django.db import transaction
-from django.db.models import Count, F, Max, Min, OuterRef, Q, Subquery
+from django.db.models import (
+    Count,
+    DateTimeField,
+    ExpressionWrapper,
+    F,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Sum,
+    Value,
+)
 from django.db.models.expressions import Window
-from django.db.models.functions import RowNumber, TruncMinute
+from django.db.models.functions import Coalesce, RowNumber, TruncHour, TruncMinute
 from django.utils import timezone
 from django_redis import get_redis_connection
 
@@ -30,6 +43,7 @@ from sync.delivery.throttle import (
     redis_keys,  # the throttle owns its Redis key names; read them, never copy them
 )
 from sync.models import (
+    AttemptMinute,
     AttemptOutcome,
     BreakerState,
     BreakerTransition,
@@ -260,31 +274,105 @@ def job_counts_refresh(*, now: datetime | None = None) -> int:
 
 
 def throughput(*, now: datetime) -> Throughput:
-    """Attempts by the minute they finished, over the last 24 hours, in one aggregate query: the last 60
-    minutes as they are, and summed into hours (the same rows either way)."""
+    """Attempts by the minute they finished, over the last 24 hours: the last 60 minutes as they are, and summed
+    into hours. The minutes the cluster has counted (AttemptMinute) are read from their counts, the rest (the
+    current minute; all of them when no cluster runs) from the attempts. One query, of three parts."""
     minute, hour = timedelta(minutes=1), timedelta(hours=1)
     minutes = _zeros(_floor(now, minute) - minute * (MINUTES - 1), minute, MINUTES)
     hours = _zeros(_floor(now, hour) - hour * (HOURS - 1), hour, HOURS)
-    rows = (
-        SyncAttempt.objects.filter(
-            finished_at__gte=min(hours),
-            finished_at__lte=now,
-            outcome__in=(AttemptOutcome.SUCCESS, AttemptOutcome.ERROR),
+    counted = AttemptMinute.objects.filter(minute__gte=min(hours), minute__lte=now)
+    by_hour = (
+        counted.annotate(at=TruncHour("minute", tzinfo=UTC), part=Value("hour"))
+        .values("at", "part")
+        .annotate(synced_n=Sum("synced"), failed_n=Sum("failed"))
+        .order_by()
+    )
+    by_minute = (
+        counted.filter(minute__gte=min(minutes))
+        .annotate(at=F("minute"), part=Value("minute"), synced_n=F("synced"), failed_n=F("failed"))
+        .values("at", "part", "synced_n", "failed_n")
+        .order_by()
+    )
+    # Counted through its last minute: the attempts after it are counted here (an uncorrelated subquery, run once).
+    last = Subquery(counted.order_by("-minute").values("minute")[:1])
+    since = Coalesce(ExpressionWrapper(last + Value(minute), output_field=DateTimeField()), Value(min(hours)))
+    live = (
+        _sent(since=min(hours), until=now)
+        .filter(finished_at__gte=since)
+        .annotate(at=TruncMinute("finished_at", tzinfo=UTC), part=Value("live"))
+        .values("at", "part")
+        .annotate(
+            synced_n=Count("id", filter=Q(outcome=AttemptOutcome.SUCCESS)),
+            failed_n=Count("id", filter=Q(outcome=AttemptOutcome.ERROR)),
         )
+        .order_by()
+    )
+    for row in by_hour.union(by_minute, live, all=True):
+        at, synced, failed = row["at"].astimezone(UTC), row["synced_n"], row["failed_n"]
+        if row["part"] != "hour":
+            _add(minutes.get(at), synced, failed)
+        if row["part"] != "minute":
+            _add(hours.get(_floor(at, hour)), synced, failed)
+    return {"per_minute": list(minutes.values()), "per_hour": list(hours.values())}
+
+
+def _sent(*, since: datetime, until: datetime) -> QuerySet[SyncAttempt]:
+    """Attempts that made a call and finished from `since` to `until`. Held and skipped attempts made none: they
+    are not throughput."""
+    return SyncAttempt.objects.filter(
+        finished_at__gte=since, finished_at__lte=until, outcome__in=(AttemptOutcome.SUCCESS, AttemptOutcome.ERROR)
+    )
+
+
+def _add(bucket: Bucket | None, synced: int, failed: int) -> None:
+    if bucket is not None:
+        bucket["synced"] += synced
+        bucket["failed"] += failed
+
+
+def _attempt_minutes(*, since: datetime, until: datetime) -> list[tuple[datetime, int, int]]:
+    """(minute, synced, failed) of the attempts sent from `since` to `until`, minutes with none left out."""
+    rows = (
+        _sent(since=since, until=until)
         .annotate(bucket=TruncMinute("finished_at", tzinfo=UTC))
         .values("bucket", "outcome")
         .annotate(n=Count("id"))
         .order_by()
     )
+    found: dict[datetime, list[int]] = {}
     for row in rows:
-        at = row["bucket"].astimezone(UTC)
-        synced = row["outcome"] == AttemptOutcome.SUCCESS
-        for bucket in (minutes.get(at), hours.get(_floor(at, hour))):
-            if bucket is not None and synced:
-                bucket["synced"] += row["n"]
-            elif bucket is not None:
-                bucket["failed"] += row["n"]
-    return {"per_minute": list(minutes.values()), "per_hour": list(hours.values())}
+        counts = found.setdefault(row["bucket"].astimezone(UTC), [0, 0])
+        counts[0 if row["outcome"] == AttemptOutcome.SUCCESS else 1] += row["n"]
+    return [(at, synced, failed) for at, (synced, failed) in sorted(found.items())]
+
+
+# Attempts are written as their batch ends, and commit a moment later: a counted minute is counted again for
+# this long, so an attempt that committed late is in the count a minute after.
+RECOUNT = timedelta(minutes=5)
+_TICK = timedelta(microseconds=1)  # _attempt_minutes' `until` is inclusive: a minute ends a microsecond before the next
+
+
+def attempt_minutes_refresh(*, now: datetime | None = None) -> int:
+    """Count the attempts of every finished minute not counted yet, the last RECOUNT again, over the window the
+    charts show (the "sync-attempt-minutes" schedule); minutes older than it are dropped. Returns the minutes
+    written. Safe to run twice, or two at once: each minute's count is replaced, not added to."""
+    now = now or timezone.now()
+    minute = timedelta(minutes=1)
+    end = _floor(now, minute)  # the current minute goes on: it is counted live
+    first = _floor(now, timedelta(hours=1)) - timedelta(hours=HOURS - 1)
+    last = AttemptMinute.objects.filter(minute__gte=first).aggregate(last=Max("minute"))["last"]
+    start = max(first, last + minute - RECOUNT) if last else first
+    counts = {at: (synced, failed) for at, synced, failed in _attempt_minutes(since=start, until=end - _TICK)}
+    rows = [
+        AttemptMinute(minute=at, synced=counts.get(at, (0, 0))[0], failed=counts.get(at, (0, 0))[1])
+        for at in (start + minute * n for n in range((end - start) // minute))
+    ]
+    with transaction.atomic():
+        AttemptMinute.objects.filter(minute__lt=first).delete()
+        AttemptMinute.objects.bulk_create(
+            rows, update_conflicts=True, unique_fields=["minute"], update_fields=["synced", "failed"]
+        )
+    return len(rows)
 
 
 def _floor(moment: datetime, step: timedelta) -> datetime:

@@ -16,6 +16,7 @@ from crms.models import Connection
 from sync.delivery import config
 from sync.delivery.throttle import DatabaseThrottle, RedisThrottle, redis_keys
 from sync.models import (
+    AttemptMinute,
     AttemptOutcome,
     BreakerState,
     BreakerTransition,
@@ -95,7 +96,13 @@ def test_job_counts_count_every_state_per_target_and_in_total() -> None:
 
 
 @pytest.mark.django_db
-def test_throughput_counts_successes_and_errors_by_the_minute_and_hour_they_finished() -> None:
+@pytest.mark.parametrize(
+    "counted",
+    [[], [NOW], [NOW - timedelta(minutes=5)], [NOW - timedelta(hours=3), NOW - timedelta(minutes=1)], [NOW, NOW]],
+    ids=["never counted", "counted now", "counted 5 minutes ago", "counted twice, 3 hours apart", "counted twice"],
+)
+def test_throughput_counts_successes_and_errors_by_the_minute_and_hour_they_finished(counted: list[datetime]) -> None:
+    """The same figures whether the cluster counted the minutes (when: `counted`) or the page counts them."""
     job = _job(_connection("sf"), "c-1", JobState.SYNCED)
     _attempts(
         job,
@@ -110,6 +117,8 @@ def test_throughput_counts_successes_and_errors_by_the_minute_and_hour_they_fini
         (None, ""),  # still running
         (datetime(2026, 3, 1, 12, 30, 21, tzinfo=UTC), AttemptOutcome.SUCCESS),  # after `now`
     )
+    for moment in counted:
+        stats.attempt_minutes_refresh(now=moment)
 
     found = stats.throughput(now=NOW)
 
@@ -124,6 +133,31 @@ def test_throughput_counts_successes_and_errors_by_the_minute_and_hour_they_fini
     assert hours[-1] == {"start": datetime(2026, 3, 1, 12, tzinfo=UTC), "synced": 2, "failed": 1}
     assert hours[-2] == {"start": datetime(2026, 3, 1, 11, tzinfo=UTC), "synced": 1, "failed": 1}
     assert sum(h["synced"] for h in hours) == 4 and sum(h["failed"] for h in hours) == 2
+
+
+@pytest.mark.django_db
+def test_the_cluster_counts_each_finished_minute_once_a_minute_and_a_late_attempt_the_next() -> None:
+    from django.utils.module_loading import import_string
+    from django_q.models import Schedule
+
+    from sync import tasks
+
+    job = _job(_connection("sf"), "c-1", JobState.SYNCED)
+    _attempts(job, (NOW - timedelta(minutes=3), AttemptOutcome.SUCCESS))
+
+    assert stats.attempt_minutes_refresh(now=NOW) == 24 * 60 - 30  # from the first hour shown to NOW's minute
+    assert stats.attempt_minutes_refresh(now=NOW) == 5  # the last five again, nothing new
+    _attempts(job, (NOW - timedelta(minutes=2), AttemptOutcome.ERROR))  # committed after the count
+    assert stats.throughput(now=NOW)["per_minute"][-3]["failed"] == 0  # the count is a minute behind it
+    stats.attempt_minutes_refresh(now=NOW + timedelta(minutes=1))
+
+    minutes = stats.throughput(now=NOW + timedelta(minutes=1))["per_minute"]
+    assert [(m["synced"], m["failed"]) for m in minutes[-5:-1]] == [(1, 0), (0, 1), (0, 0), (0, 0)]
+    stats.attempt_minutes_refresh(now=NOW + timedelta(days=2))  # a day with none: nothing older is kept
+    assert not AttemptMinute.objects.filter(minute__lt=NOW + timedelta(days=1)).exists()
+    row = Schedule.objects.get(name="sync-attempt-minutes")
+    assert (row.func, row.schedule_type, row.minutes, row.repeats) == ("sync.tasks.attempt_minutes_refresh", "I", 1, -1)
+    assert import_string(row.func) is tasks.attempt_minutes_refresh
 
 
 @pytest.mark.django_db
