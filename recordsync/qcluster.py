@@ -33,6 +33,7 @@ from django_q.signing import BadSignature, SignedPackage
 from django_q.status import Stat
 from django_q.worker import worker
 
+from recordsync.heap import heap_freeze
 from sync.delivery import liveness
 
 logger = logging.getLogger("recordsync.qcluster")
@@ -131,6 +132,7 @@ class BrokerSource:
 
 
 def direct_worker(stop: Flag, timer: Any, timeout: int | None) -> None:
+    heap_freeze()  # what the fork brought (Django, the apps) lives as long as the worker
     sink = ResultSink()
     try:
         worker(BrokerSource(stop, sink), sink, timer, timeout)
