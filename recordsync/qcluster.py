@@ -132,7 +132,6 @@ class BrokerSource:
 
 
 def direct_worker(stop: Flag, timer: Any, timeout: int | None) -> None:
-    heap_freeze()  # what the fork brought (Django, the apps) lives as long as the worker
     sink = ResultSink()
     try:
         worker(BrokerSource(stop, sink), sink, timer, timeout)
@@ -169,6 +168,9 @@ class DirectSentinel(q_cluster.Sentinel):  # type: ignore[misc]
         # connection. Sentinel and worker would then speak on one socket, each reading the other's answers;
         # the worker waited forever on one, mid-batch, and its jobs stood still until it counted as wedged.
         db.connections.close_all()
+        # What the worker inherits (Django, the apps) lives as long as it does: frozen before the fork, the
+        # worker's collections never walk it, nor write to it (its pages stay shared with the sentinel's).
+        heap_freeze()
         process.start()
 
     def spawn_cluster(self) -> None:

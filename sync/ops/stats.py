@@ -347,8 +347,9 @@ def _attempt_minutes(*, since: datetime, until: datetime) -> list[tuple[datetime
 
 
 # Attempts are written as their batch ends, and commit a moment later: a counted minute is counted again for
-# this long, so an attempt that committed late is in the count a minute after.
-RECOUNT = timedelta(minutes=5)
+# this long, so an attempt that committed late is in the count a minute after. One committed later still (a
+# batch's transaction held that long, or a worker's clock that far behind the cluster's) is not in the charts.
+RECOUNT = timedelta(minutes=15)
 _TICK = timedelta(microseconds=1)  # _attempt_minutes' `until` is inclusive: a minute ends a microsecond before the next
 
 
@@ -360,7 +361,9 @@ def attempt_minutes_refresh(*, now: datetime | None = None) -> int:
     minute = timedelta(minutes=1)
     end = _floor(now, minute)  # the current minute goes on: it is counted live
     first = _floor(now, timedelta(hours=1)) - timedelta(hours=HOURS - 1)
-    last = AttemptMinute.objects.filter(minute__gte=first).aggregate(last=Max("minute"))["last"]
+    # Minutes from `end` on were counted by a clock ahead of this one (a host's, or stepped back since): dropped
+    # below, and counted again when they are over, or they would stop the count until then and stay partial.
+    last = AttemptMinute.objects.filter(minute__gte=first, minute__lt=end).aggregate(last=Max("minute"))["last"]
     start = max(first, last + minute - RECOUNT) if last else first
     counts = {at: (synced, failed) for at, synced, failed in _attempt_minutes(since=start, until=end - _TICK)}
     rows = [
@@ -368,7 +371,7 @@ def attempt_minutes_refresh(*, now: datetime | None = None) -> int:
         for at in (start + minute * n for n in range((end - start) // minute))
     ]
     with transaction.atomic():
-        AttemptMinute.objects.filter(minute__lt=first).delete()
+        AttemptMinute.objects.filter(Q(minute__lt=first) | Q(minute__gte=end)).delete()
         AttemptMinute.objects.bulk_create(
             rows, update_conflicts=True, unique_fields=["minute"], update_fields=["synced", "failed"]
         )

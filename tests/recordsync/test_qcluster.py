@@ -25,12 +25,14 @@ class Forked:
     """Stands in for the worker process: records whether a connection was open when it would have forked."""
 
     started: list[bool]
+    steps: list[str]  # the sentinel's freezes of its heap and its forks, in order
 
     def __init__(self, target: Any, args: tuple[Any, ...]) -> None:
         self.pid, self.exitcode, self.timer = 0, None, args[1]
 
     def start(self) -> None:
         Forked.started.append(db.connection is not None and db.connection.connection is not None)
+        Forked.steps.append("fork")
 
     def is_alive(self) -> bool:
         return True
@@ -38,7 +40,9 @@ class Forked:
 
 def sentinel(monkeypatch: pytest.MonkeyPatch) -> DirectSentinel:
     monkeypatch.setattr(q_cluster, "get_mp_context", lambda: SimpleNamespace(Process=Forked))
-    Forked.started = []
+    # Recorded, not done: frozen, this test process's heap would never be collected again.
+    monkeypatch.setattr("recordsync.qcluster.heap_freeze", lambda: Forked.steps.append("freeze"))
+    Forked.started, Forked.steps = [], []
     made: DirectSentinel = DirectSentinel.__new__(DirectSentinel)  # no __init__: it would run the whole cluster
     made.pool, made.timeout, made.reincarnations = [], 60, 0
     return made
@@ -68,3 +72,4 @@ def test_the_first_workers_are_forked_with_no_database_connection_open(monkeypat
     running.spawn_cluster()
 
     assert Forked.started == [False, False]
+    assert Forked.steps == ["freeze", "fork", "freeze", "fork"]  # recordsync.heap: workers inherit it frozen

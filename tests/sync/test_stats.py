@@ -146,13 +146,17 @@ def test_the_cluster_counts_each_finished_minute_once_a_minute_and_a_late_attemp
     _attempts(job, (NOW - timedelta(minutes=3), AttemptOutcome.SUCCESS))
 
     assert stats.attempt_minutes_refresh(now=NOW) == 24 * 60 - 30  # from the first hour shown to NOW's minute
-    assert stats.attempt_minutes_refresh(now=NOW) == 5  # the last five again, nothing new
+    assert stats.attempt_minutes_refresh(now=NOW) == 15  # the last fifteen again, nothing new
     _attempts(job, (NOW - timedelta(minutes=2), AttemptOutcome.ERROR))  # committed after the count
     assert stats.throughput(now=NOW)["per_minute"][-3]["failed"] == 0  # the count is a minute behind it
     stats.attempt_minutes_refresh(now=NOW + timedelta(minutes=1))
 
     minutes = stats.throughput(now=NOW + timedelta(minutes=1))["per_minute"]
     assert [(m["synced"], m["failed"]) for m in minutes[-5:-1]] == [(1, 0), (0, 1), (0, 0), (0, 0)]
+    stats.attempt_minutes_refresh(now=NOW + timedelta(hours=1))  # a clock an hour ahead counts minutes to come
+    _attempts(job, (NOW + timedelta(minutes=30), AttemptOutcome.SUCCESS))
+    stats.attempt_minutes_refresh(now=NOW + timedelta(minutes=31))  # the right clock counts them again
+    assert stats.throughput(now=NOW + timedelta(minutes=31))["per_minute"][-2]["synced"] == 1
     stats.attempt_minutes_refresh(now=NOW + timedelta(days=2))  # a day with none: nothing older is kept
     assert not AttemptMinute.objects.filter(minute__lt=NOW + timedelta(days=1)).exists()
     row = Schedule.objects.get(name="sync-attempt-minutes")
