@@ -6,33 +6,33 @@ from django.contrib.postgres.operations import AddIndexConcurrently, RemoveIndex
 from django.db import migrations
 
 
-class AddIndexWithoutLock(AddIndexConcurrently):
-    """AddIndexConcurrently on PostgreSQL, AddIndex anywhere else; the same state either way."""
+class _ConcurrentOnPostgreSQL:
+    """The concurrent operation on PostgreSQL; elsewhere its plain twin (`plain`), which other databases
+    run inside the migration's transaction. Both write the same state, so a migration reads the same
+    on either."""
+
+    plain: Any  # migrations.AddIndex or migrations.RemoveIndex
 
     def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
         if schema_editor.connection.vendor == "postgresql":
-            super().database_forwards(app_label, schema_editor, from_state, to_state)
+            super().database_forwards(app_label, schema_editor, from_state, to_state)  # type: ignore[misc]
         else:
-            migrations.AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
+            self.plain.database_forwards(self, app_label, schema_editor, from_state, to_state)
 
     def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
         if schema_editor.connection.vendor == "postgresql":
-            super().database_backwards(app_label, schema_editor, from_state, to_state)
+            super().database_backwards(app_label, schema_editor, from_state, to_state)  # type: ignore[misc]
         else:
-            migrations.AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
+            self.plain.database_backwards(self, app_label, schema_editor, from_state, to_state)
 
 
-class RemoveIndexWithoutLock(RemoveIndexConcurrently):
-    """RemoveIndexConcurrently on PostgreSQL, RemoveIndex anywhere else; the same state either way."""
+class AddIndexWithoutLock(_ConcurrentOnPostgreSQL, AddIndexConcurrently):
+    """AddIndexConcurrently on PostgreSQL, AddIndex anywhere else."""
 
-    def database_forwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            super().database_forwards(app_label, schema_editor, from_state, to_state)
-        else:
-            migrations.RemoveIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
+    plain = migrations.AddIndex
 
-    def database_backwards(self, app_label: str, schema_editor: Any, from_state: Any, to_state: Any) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            super().database_backwards(app_label, schema_editor, from_state, to_state)
-        else:
-            migrations.RemoveIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
+
+class RemoveIndexWithoutLock(_ConcurrentOnPostgreSQL, RemoveIndexConcurrently):
+    """RemoveIndexConcurrently on PostgreSQL, RemoveIndex anywhere else."""
+
+    plain = migrations.RemoveIndex

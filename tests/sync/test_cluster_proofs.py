@@ -31,7 +31,7 @@ from crms.mocks.models import MockCall, MockRecord
 from crms.mocks.runtime import fault_add
 from crms.models import Connection
 from sync.delivery import liveness
-from sync.models import BreakerTransition, JobState, SyncAttempt, SyncJob
+from sync.models import BreakerTransition, JobState, ProcessBeat, SyncAttempt, SyncJob
 from sync.ops.config_services import config_override_set
 from tests.conftest import mock_salesforce
 from tests.sync.cluster import Cluster, wait_for
@@ -472,10 +472,15 @@ def test_a_wedged_cluster_is_reported_not_alive_and_alive_again_once_it_moves(cl
     makes `sync_health --role worker` fail; once they move again, it passes."""
     monkeypatch.setattr(liveness, "STALE_SECONDS", 12.0)  # idle workers beat every 5 s
     running = cluster()
+    # Every worker forked and beating before any is frozen: health turns ok with the first beat, while the
+    # sentinel may still be forking the others, and one left out beats on (CI saw it, 2026-12-07).
     wait_for(
-        lambda: liveness.health(role="worker", host=liveness.host_name(), now=timezone.now()).ok,
+        lambda: (
+            len(running.workers()) == WORKERS
+            and liveness.alive("worker", now=timezone.now()).filter(pid__in=running.workers()).count() == WORKERS
+        ),
         seconds=30,
-        what="the workers' heartbeats",
+        what="every worker forked and beating",
         explain=explain(running),
     )
     workers = running.workers()
@@ -487,6 +492,11 @@ def test_a_wedged_cluster_is_reported_not_alive_and_alive_again_once_it_moves(cl
             lambda: not liveness.health(role="worker", host=liveness.host_name(), now=timezone.now()).ok,
             seconds=30,
             what="the frozen cluster reported not alive",
+            explain=lambda: (
+                f"frozen: {sorted(workers)}; now: {sorted(running.workers())}; beats: "
+                + str(list(ProcessBeat.objects.values_list("pid", "role", "state", "beat_at")))
+                + f"\n{running.output()}"
+            ),
         )
     finally:
         for pid in workers:
