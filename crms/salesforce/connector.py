@@ -258,10 +258,20 @@ class SalesforceConnector(Connector):
         as last modifier marks our own write read back (`changeOrigin` exists only in CDC)."""
         key_field = self.config["external_id_field"]
         fields = {k: v for k, v in change.fields.items() if k not in {*SYSTEM_FIELDS, key_field}}
-        token = self.store.get(TOKEN_KEY) or {}
-        ours = bool(token.get("user_id")) and change.fields.get("LastModifiedById") == token.get("user_id")
+        user = self._integration_user()
+        ours = bool(user) and change.fields.get("LastModifiedById") == user
         key = change.fields.get(key_field)
         return Inbound(record_id=str(key) if key else None, fields=fields, written_by_us=ours)
+
+    _user_id: str | None
+
+    def _integration_user(self) -> str:
+        """The user our token acts as ("" before any login), read from the store once in a connector's life (one
+        task) and kept up to date by its own logins (_token): a page of 2,000 changes read and decrypted the
+        token 2,000 times."""
+        if self._user_id is None:
+            self._user_id = str((self.store.get(TOKEN_KEY) or {}).get("user_id") or "")
+        return self._user_id
 
     def bulk_start(self, object_type: str, records: Sequence[OutboundRecord]) -> str:
         """Start a Bulk API 2.0 upsert for a batch above `bulk_threshold` (backfills); returns the job id."""
@@ -367,6 +377,7 @@ class SalesforceConnector(Connector):
         # The last Sforce-Limit-Info seen, e.g. {"api-usage": {"used": 18, "total": 5000}}: the throttle reads it.
         self.api_usage: dict[str, dict[str, Any]] = {}
         self.clock: Callable[[], datetime] = lambda: utc_now()  # swappable: tests move time
+        self._user_id = None  # the integration user, once read (_integration_user)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         """A REST call answered with JSON (or nothing)."""
@@ -428,6 +439,11 @@ class SalesforceConnector(Connector):
         return f"/services/data/v{self.config.get('api_version', '62.0')}"
 
     def _token(self, *, force: bool) -> dict[str, str]:
+        token = self._token_read(force=force)
+        self._user_id = str(token.get("user_id") or "")
+        return token
+
+    def _token_read(self, *, force: bool) -> dict[str, str]:
         cached = self.store.get(TOKEN_KEY)
         if cached and not force:
             return dict(cached)

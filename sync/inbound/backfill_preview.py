@@ -40,7 +40,7 @@ from sync.inbound.backfill_plan import (
     since_cursor,
     since_filter,
 )
-from sync.inbound.changes import echo_reason, in_flight_echo
+from sync.inbound.changes import InFlight, echo_reason
 from sync.ingest.services import events_route
 from sync.models import BackfillRun, SyncEvent, SyncJob
 
@@ -122,12 +122,13 @@ def _as_captured(
     }
     items: list[EventInput] = []
     echoes = 0
+    in_flight = InFlight(connection)
     for change in changes:
         view = connector.inbound(change)
         link = links.get((change.object_type, change.external_id))
         record_id = link.record_id if link else (view.record_id or f"{connection.name}-{change.external_id}")
         echo = None if change.deleted else echo_reason(link, view)
-        if not change.deleted and echo is None and in_flight_echo(connection, link, view) is not None:
+        if not change.deleted and echo is None and in_flight.echo(link, view) is not None:
             echo = "echo: a write in flight"
         if echo:  # recorded, routed nowhere
             echoes += 1
