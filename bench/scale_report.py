@@ -156,7 +156,7 @@ def _flat_rounds(found: dict[str, Any]) -> list[str]:
 def _flat(found: dict[str, Any]) -> list[str]:
     empty, full, ratios = found["empty"], found["history"], found["ratios"]
     rows = [
-        ("Single events (wrk) /s", "single_events_per_s"),
+        ("Single events /s", "single_events_per_s"),
         ("Lists of 500, events/s", "list_events_per_s"),
         ("Drain of new events /s", "drain_events_per_s"),
     ]
