@@ -94,9 +94,10 @@ def events_and_jobs_write(
         with connection.cursor() as cursor:
             cursor.execute(_one_statement_sql(with_jobs=False, single=single), [records, *event_params])
             return {} if cursor.rowcount else None
-    answers = _fetch_prepared(
+    answers = _fetch_bound(
         _one_statement_sql(with_jobs=True, single=single),
         [records, *event_params, *_unnest_params(ordered, now, lane)],
+        prepare=single,
     )
     return _states(answers) if answers else None
 
@@ -128,15 +129,28 @@ def _one_statement_sql(*, with_jobs: bool, single: bool) -> str:
     )
 
 
-def _fetch_prepared(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-    """`_fetch` for the statement every single event runs, bound and prepared on the server. Django's cursors
-    bind on the client (quoting the arrays took 0.5 ms of a request) and the server planned the statement anew
-    each time (0.3 ms, and half the database's time per event with parsing); prepared once per connection,
-    neither is paid again (docs/BENCHMARKS.md). A pooler in transaction mode needs DB_PREPARED_STATEMENTS=0."""
+class _PlannedEachTime(psycopg.Cursor[Any]):
+    """Bound on the server like a prepared statement, but planned for each run (PostgreSQL's unnamed statement)."""
+
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None, **options: Any) -> Any:
+        return super().execute(query, params, prepare=False, **options)
+
+
+def _fetch_bound(sql: str, params: list[Any], *, prepare: bool) -> list[tuple[Any, ...]]:
+    """`_fetch` for the one statement, its values bound on the server: Django's cursors bind on the client
+    (quoting the arrays took 0.5 ms of a request).
+
+    `prepare`: a single event's form is prepared once per connection, so the server neither parses nor plans it
+    again (0.3 ms, and half the database's time per event; docs/BENCHMARKS.md). A list's is planned for each
+    run: the cached plan of a prepared statement is the plan made for the table as it was, and one made while
+    the jobs table held a few pages (a fresh install, a table just emptied and vacuumed) looked each of the
+    500 records up with a scan of the whole table, for as long as the table grew without a new ANALYZE: lists
+    ran at a third of their rate in the benchmark. Planning once per 500 events costs nothing that shows.
+    A pooler in transaction mode needs DB_PREPARED_STATEMENTS=0."""
     if not settings.DB_PREPARED_STATEMENTS:
         return _fetch(sql, params)
     with connection.cursor() as client_side:  # the health check, and the connection opened if it was not
-        server_side = psycopg.Cursor(client_side.cursor.connection)
+        server_side = (psycopg.Cursor if prepare else _PlannedEachTime)(client_side.cursor.connection)
         # Django's wrapper all the same: its errors, its execute wrappers and, in DEBUG, its query log. The
         # connection prepares a statement on its first run (prepare_threshold 0, set in settings.py).
         with connection.make_cursor(server_side) as cursor:  # type: ignore[arg-type]  # the stubs want a wrapper; Django wraps a driver cursor
