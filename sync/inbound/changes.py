@@ -347,18 +347,21 @@ class InFlight:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
-        self.jobs: list[SyncJob] | None = None
+        self.sending: list[tuple[SyncJob, dict[str, Any]]] | None = None  # each job and what it sends
 
     def echo(self, link: RecordLink | None, view: Inbound) -> SyncJob | None:
         values = _set_values(view)
         if not values:
             return None
-        if self.jobs is None:
-            self.jobs = list(_in_flight(self.connection)[: IN_FLIGHT_SCAN + 1])
-        if len(self.jobs) > IN_FLIGHT_SCAN:
+        if self.sending is None:
+            jobs = list(_in_flight(self.connection)[: IN_FLIGHT_SCAN + 1])
+            self.sending = [(job, _sending(job, self.connection)) for job in jobs]
+        if len(self.sending) > IN_FLIGHT_SCAN:
             return in_flight_echo(self.connection, link, view)
-        jobs = self.jobs if link is None else [job for job in self.jobs if job.record_id == link.record_id]
-        return next((job for job in jobs if _sends(job, self.connection, values)), None)
+        for job, sending in self.sending:
+            if (link is None or job.record_id == link.record_id) and _matches(sending, values):
+                return job
+        return None
 
 
 def _set_values(view: Inbound) -> dict[str, Any]:
@@ -370,7 +373,10 @@ def _in_flight(connection: Connection) -> QuerySet[SyncJob]:
 
 
 def _sends(job: SyncJob, connection: Connection, values: Mapping[str, Any]) -> bool:
-    sending = _sending(job, connection)
+    return _matches(_sending(job, connection), values)
+
+
+def _matches(sending: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
     return bool(sending) and all(_same(sending.get(name), value) for name, value in values.items())
 
 
