@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from crms import http
@@ -48,6 +48,17 @@ def not_their_fault(error: ConnectorError) -> bool:
 
 
 # --- dispatch: pending jobs -> queued batches ---------------------------------------------------
+
+
+def targets_due() -> list[int]:
+    """The enabled connections with a due job, which the dispatcher's pass visits.
+
+    One probe of job_due_lane_idx per connection (EXISTS), so a pass costs the same whatever the backlog: a
+    DISTINCT over the due jobs read every one of them, four times a second (20,000 pending with a million
+    finished jobs: 5.8 ms a pass, 2.2 ms on empty tables; pg_stat_statements)."""
+    due = SyncJob.objects.filter(target=OuterRef("pk"), state__in=transitions.DUE)
+    return list(Connection.objects.filter(enabled=True).filter(Exists(due)).order_by("pk").values_list("pk", flat=True))
+
 
 # Batches of live changes a connection may have out, while none is, however many the lanes behind have
 # (batches_claim).

@@ -143,3 +143,41 @@ def test_the_jobs_table_keeps_no_index_that_a_state_change_writes_for_nothing(co
 
     target_alone = [name for name, index in found.items() if index["index"] and index["columns"] == ["target_id"]]
     assert target_alone == [] and not {"job_dispatch_idx", "job_lease_idx"} & set(found)
+
+
+def test_the_dispatcher_visits_each_enabled_connection_with_a_due_job(connections):
+    from sync.delivery import engine
+
+    salesforce, outreach, system_a = connections["salesforce"], connections["outreach"], connections["system_a"]
+    _pending(salesforce, 3)
+    _pending(outreach, 2, state=JobState.SYNCED)
+    _pending(system_a, 2)
+    Connection.objects.filter(pk=system_a.pk).update(enabled=False)
+    assert engine.targets_due() == [salesforce.pk]
+
+    SyncJob.objects.filter(target=outreach, record_id="r-0").update(state=JobState.RETRYING)
+    SyncJob.objects.filter(target=salesforce).update(state=JobState.QUEUED)  # claimed already: not due
+    assert engine.targets_due() == [outreach.pk]
+
+
+@pytest.mark.postgres
+def test_the_dispatchers_pass_reads_one_due_job_per_connection_however_long_the_backlog(connections):
+    """A DISTINCT over the due jobs read all of them on every pass, four times a second (5.8 ms a pass with
+    20,000 pending and a million finished jobs). EXISTS stops at the first due job of each connection."""
+    from sync.delivery import engine
+
+    _pending(connections["salesforce"], 500)
+    _pending(connections["outreach"], 300)
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE sync_syncjob")
+    with CaptureQueriesContext(connection) as captured:
+        assert engine.targets_due() == sorted([connections["salesforce"].pk, connections["outreach"].pk])
+    (query,) = [q["sql"] for q in captured.captured_queries]
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {query}")
+        plan = cursor.fetchone()[0][0]["Plan"]
+
+    job_scans = [n for n in _nodes(plan) if n.get("Relation Name") == "sync_syncjob"]
+    assert job_scans, json.dumps(plan, indent=1)
+    for scan in job_scans:
+        assert scan["Actual Rows"] <= 1, json.dumps(plan, indent=1)

@@ -18,9 +18,8 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 from django.utils import timezone
 
-from sync import tasks, transitions
-from sync.delivery import leases, liveness
-from sync.models import SyncJob
+from sync import tasks
+from sync.delivery import engine, leases, liveness
 from sync.ops.selectors import queue_lag
 
 logger = logging.getLogger("recordsync.dispatch")
@@ -94,10 +93,7 @@ class Command(BaseCommand):
         expired = leases.leases_expire(now=timezone.now())
         if expired:
             self.stderr.write(f"{expired} job(s) with an expired lease went back to pending")
-        targets = SyncJob.objects.filter(state__in=transitions.DUE, target__enabled=True)
-        queued = sum(
-            tasks.dispatch_tick(target_id) for target_id in targets.values_list("target_id", flat=True).distinct()
-        )
+        queued = sum(tasks.dispatch_tick(target_id) for target_id in engine.targets_due())
         return queued + tasks.polls_dispatch() + tasks.probes_dispatch()
 
     def _stop(self, signum: int, frame: FrameType | None) -> None:
