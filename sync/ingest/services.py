@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +14,7 @@ from urllib.parse import quote, urlencode
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
+from uuid_utils.compat import uuid7
 
 from crms.models import Connection
 from crms.selectors import connections_by_name
@@ -81,7 +81,7 @@ def _idempotency_keys(items: Sequence[EventInput], header_key: str | None, is_ba
         elif header_key:
             key = f"header:{header_key}#{index}" if is_batch else f"header:{header_key}"
         else:
-            key = f"auto:{uuid.uuid4()}"
+            key = f"auto:{uuid7()}"  # time-ordered: new keys go in at one end of the unique index
         if key in seen:
             errors[f"[{index}].event_id"] = f"Repeats the event_id of item [{seen[key]}]; each event needs its own id."
         seen[key] = index
@@ -99,7 +99,7 @@ def _hash(raw: Any) -> str:
 def _ingest_once(
     items: Sequence[EventInput], keys: list[str], hashes: list[str], is_batch: bool, request_id: str, lane: Lane
 ) -> IngestResult:
-    # Keys we made up ourselves ("auto:<uuid4>") cannot have been seen: no lookup, and on
+    # Keys we made up ourselves ("auto:<uuid7>") cannot have been seen: no lookup, and on
     # PostgreSQL the events and jobs go in one statement, atomic on its own (no BEGIN/COMMIT).
     given = [key for key in keys if not key.startswith("auto:")]
     reading = any(item.operation == "read" for item in items)
@@ -205,7 +205,7 @@ def _store(
         item = items[index]
         events.append(
             SyncEvent(
-                id=uuid.uuid4(),
+                id=uuid7(),
                 idempotency_key=keys[index],
                 request_hash=hashes[index],
                 source=item.source,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -372,3 +373,16 @@ def test_a_large_list_stores_every_event_exactly_as_sent(api, connections, keyed
         # Only an answer that can be replayed (the client sent a key) is kept.
         assert event.response == (answer if keyed else {})
     assert SyncJob.objects.filter(state=JobState.PENDING).count() == 60
+
+
+def test_event_ids_and_made_up_keys_are_time_ordered_in_the_order_accepted(api, connections, event):
+    """UUIDv7 (RFC 9562): each accepted event's id, and the idempotency key made up for it, sort after the
+    last one's, so their B-trees grow at one end instead of at a random page of a large index."""
+    single = [post(api, {**event, "record_id": f"c-{n}"}).json()["event_id"] for n in range(3)]
+    batch = post(api, [{**event, "record_id": f"b-{n}"} for n in range(3)]).json()
+    ids = [*single, *(item["event_id"] for item in batch["results"])]
+
+    assert all(uuid.UUID(i).version == 7 for i in ids)
+    assert ids == sorted(ids) and len(set(ids)) == 6
+    keys = list(SyncEvent.objects.order_by("received_at", "id").values_list("idempotency_key", flat=True))
+    assert all(key.startswith("auto:") for key in keys) and keys == sorted(keys)
