@@ -14,24 +14,26 @@ import psycopg
 EVENTS = """
 INSERT INTO sync_syncevent (id, idempotency_key, request_hash, source, operation, object_type, record_id,
                             payload, occurred_at, received_at, request_id, routing, response)
-SELECT md5('hist-event-' || i)::uuid, 'load:' || i, md5(i::text), 'system_a', 'create', 'Contact', 'hist-' || i,
+SELECT v7.id, 'auto:' || v7.id, md5(i::text), 'system_a', 'create', 'Contact', 'hist-' || i,
        jsonb_build_object('LastName', 'L' || i, 'Email', 'hist-' || i || '@example.com'),
-       now() - make_interval(secs => (i::float / %(n)s) * %(days)s * 86400 + 60),
-       now() - make_interval(secs => (i::float / %(n)s) * %(days)s * 86400 + 59),
-       '', '{}'::jsonb, '{}'::jsonb
-FROM generate_series(1, %(n)s) AS i
+       at.received - interval '1 second', at.received, '', '{}'::jsonb, '{}'::jsonb
+FROM generate_series(1, %(n)s) AS i,
+     LATERAL (SELECT now() - make_interval(secs => (i::float / %(n)s) * %(days)s * 86400 + 59) AS received) AS at,
+     -- The id as the pipeline makes it (UUIDv7, RFC 9562): the millisecond received, version 7, the variant
+     -- bits, random bits; its made-up idempotency key is 'auto:' and the id.
+     LATERAL (SELECT md5('hist-event-' || i) AS h) AS r,
+     LATERAL (SELECT (lpad(to_hex((extract(epoch FROM at.received) * 1000)::bigint), 12, '0') || '7'
+                      || substr(r.h, 1, 3) || '8' || substr(r.h, 4, 15))::uuid AS id) AS v7
 """
 JOBS = """
 INSERT INTO sync_syncjob (source, object_type, record_id, target_id, state, lane, attempts, version, last_event_id,
                           last_occurred_at, next_attempt_at, lease_expires_at, lease_owner, fence_until,
                           last_error_code, last_error_message, last_error_permanent, created_at, updated_at, synced_at)
-SELECT 'system_a', 'Contact', 'hist-' || i, %(target)s, 'synced', 0, 0, 1, md5('hist-event-' || i)::uuid,
-       now() - make_interval(secs => (i::float / %(n)s) * %(days)s * 86400 + 60), NULL, NULL, '', NULL,
+SELECT 'system_a', 'Contact', e.record_id, %(target)s, 'synced', 0, 0, 1, e.id,
+       e.occurred_at, NULL, NULL, '', NULL,
        '', '', NULL,
-       now() - make_interval(secs => (i::float / %(n)s) * %(days)s * 86400 + 59),
-       now() - make_interval(secs => (i::float / %(n)s) * %(days)s * 86400 + 58),
-       now() - make_interval(secs => (i::float / %(n)s) * %(days)s * 86400 + 58)
-FROM generate_series(1, %(n)s) AS i
+       e.received_at, e.received_at + interval '1 second', e.received_at + interval '1 second'
+FROM sync_syncevent AS e WHERE e.record_id LIKE 'hist-%%'
 """
 ATTEMPTS = """
 INSERT INTO sync_syncattempt (job_id, version, started_at, finished_at, outcome, http_status, error_code,
