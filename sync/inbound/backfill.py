@@ -206,7 +206,6 @@ def _capture_write(
         connection=connection,
         connector=connector,
         changes=changes,
-        now=timezone.now(),
         targets=[plan.target.name],
         id_prefix=run_prefix(run_pk),
         lane=Lane.BULK,

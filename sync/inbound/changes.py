@@ -103,7 +103,7 @@ def poll(
             cursor = InboundCursor.objects.values_list("cursor", flat=True).get(pk=row.pk)
             page = connector.changes(object_type, cursor or None)
             with transaction.atomic():
-                counts = capture(connection=connection, connector=connector, changes=page.changes, now=clock())
+                counts = capture(connection=connection, connector=connector, changes=page.changes)
                 InboundCursor.objects.filter(pk=row.pk, lease_owner=owner).update(
                     cursor=page.cursor or "",
                     polled_at=clock(),
@@ -191,7 +191,6 @@ def capture(
     connection: Connection,
     connector: Connector,
     changes: Sequence[Change],
-    now: datetime,
     targets: list[str] | None = None,
     id_prefix: str = "",
     lane: Lane = Lane.LIVE,
@@ -450,7 +449,7 @@ def webhook_receive(
     connector = connector_for(connection)
     changes = connector.webhook_changes(body, headers, timezone.now(), query or {}, uri=uri)
     with transaction.atomic():
-        counts = capture(connection=connection, connector=connector, changes=changes, now=timezone.now())
+        counts = capture(connection=connection, connector=connector, changes=changes)
     return WebhookResult(counts, connector.webhook_answer(counts))
 
 
@@ -475,7 +474,7 @@ def read_run(*, event_id: str, now: datetime | None = None) -> dict[str, str]:
             outcomes[row.connection.name] = "not_found"
             continue
         change = Change(row.external_object, row.external_id, found, connector.modified_at(found) or when)
-        counts = capture(connection=row.connection, connector=connector, changes=[change], now=when)
+        counts = capture(connection=row.connection, connector=connector, changes=[change])
         outcome = next(iter(counts), "already_captured")
         _read_finish(row, outcome, when, "")
         outcomes[row.connection.name] = outcome

@@ -275,7 +275,6 @@ def _queue(run: ReconcileRun, connector: Connector, changes: Sequence[Change], t
                     connection=run.connection,
                     connector=connector,
                     changes=changes,
-                    now=clock(),
                     id_prefix=f"reconcile:{run.pk}:",
                     lane=Lane.BULK,  # behind live changes at the targets
                 )

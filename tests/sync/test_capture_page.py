@@ -34,7 +34,7 @@ def contact(n: int, *, seconds: int = 0, **fields: Any) -> Change:
 
 
 def capture(connection: Connection, changes: list[Change]) -> Any:
-    return inbound.capture(connection=connection, connector=connector_for(connection), changes=changes, now=AT)
+    return inbound.capture(connection=connection, connector=connector_for(connection), changes=changes)
 
 
 def statements(connection: Connection, changes: list[Change]) -> int:

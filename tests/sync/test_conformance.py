@@ -154,9 +154,7 @@ class Crm(ABC):
     def capture(self, changes: list[Change], **kwargs: Any) -> Counter[str]:
         """One page handed to capture, in a transaction as poll and the webhook receiver do."""
         with transaction.atomic():
-            return inbound.capture(
-                connection=self.connection, connector=self.connector(), changes=changes, now=timezone.now(), **kwargs
-            )
+            return inbound.capture(connection=self.connection, connector=self.connector(), changes=changes, **kwargs)
 
     def cursor(self) -> InboundCursor:
         row, _ = InboundCursor.objects.get_or_create(connection=self.connection, object_type=self.object_type)
