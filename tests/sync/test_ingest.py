@@ -386,3 +386,32 @@ def test_event_ids_and_made_up_keys_are_time_ordered_in_the_order_accepted(api, 
     assert ids == sorted(ids) and len(set(ids)) == 6
     keys = list(SyncEvent.objects.order_by("received_at", "id").values_list("idempotency_key", flat=True))
     assert all(key.startswith("auto:") for key in keys) and keys == sorted(keys)
+
+
+def test_event_ids_made_in_forked_workers_never_collide():
+    """gunicorn and the cluster fork their workers from a parent that has already made ids: a generator whose
+    random state were copied into each child would give two workers the same ids in the same millisecond, and
+    a made-up `auto:` key is never looked up before its insert."""
+    import os
+
+    from uuid_utils.compat import uuid7
+
+    uuid7()  # the parent's state, before the fork
+    children = []
+    for _ in range(4):
+        reader, writer = os.pipe()  # one pipe each: writes of more than PIPE_BUF from several could interleave
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its pipe
+            os.close(reader)
+            os.write(writer, "".join(f"{uuid7()}\n" for _ in range(500)).encode())
+            os._exit(0)
+        os.close(writer)
+        children.append((pid, reader))
+    ids: list[str] = []
+    for pid, reader in children:
+        with os.fdopen(reader) as made:
+            ids += made.read().split()
+        os.waitpid(pid, 0)
+
+    assert len(ids) == 2000
+    assert len({i[14:] for i in ids}) == 2000  # not even the random part repeats
