@@ -55,7 +55,7 @@ def targets_due() -> list[int]:
 
     One probe of job_due_lane_idx per connection (EXISTS), so a pass costs the same whatever the backlog: a
     DISTINCT over the due jobs read every one of them, four times a second (20,000 pending with a million
-    finished jobs: 5.8 ms a pass, 2.2 ms on empty tables; pg_stat_statements)."""
+    finished jobs: 5.4 ms a pass, 2.1 ms on empty tables; pg_stat_statements, three drains)."""
     due = SyncJob.objects.filter(target=OuterRef("pk"), state__in=transitions.DUE)
     return list(Connection.objects.filter(enabled=True).filter(Exists(due)).order_by("pk").values_list("pk", flat=True))
 
