@@ -223,7 +223,7 @@ def post_all(port: int, token: str, items: list[dict[str, Any]], clients: int = 
 
 
 # The states job_open_idx holds: the few jobs still to be sent.
-OPEN = "state IN ('pending', 'queued', 'in_flight', 'retrying', 'failed', 'held')"
+OPEN = "state IN ('pending', 'in_flight', 'retrying', 'failed', 'held')"
 
 
 def wait_synced(run: Run, where: str, total: int, seconds: float = 900) -> float:

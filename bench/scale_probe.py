@@ -5,8 +5,9 @@ Probes:
   pages      every GET /v1/sync/jobs filter and the dashboard's pages through Django's test client (the whole
              stack but the socket), N times each: p50/p99 ms, and EXPLAIN ANALYZE of each jobs page's query
   status     GET /v1/sync/status/<record_id> for random records: p50/p99 ms
-  dispatch   claim every pending job of a connection with the engine's own batches_claim (the back-pressure
-             limit lifted): jobs/s and each claim's ms
+  dispatch   claim every pending job of a connection with the engine's own batches_claim, one batch a tick, each
+             started as a worker would (untimed): jobs/s and each claim's ms; the database's time for one claim
+             with no batch and with 8 batches claimed ahead of it (eight workers, each with one waiting)
   retention  a steady load replayed day by day on a moved clock (Django's timezone.now), each day's jobs
              synced with an attempt, then the day's prune: rows and table sizes per day
 """
@@ -20,6 +21,7 @@ import random
 import statistics
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,9 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from crms.models import Connection  # noqa: E402
+from sync import transitions  # noqa: E402
 from sync.delivery import engine, leases  # noqa: E402
-from sync.models import JobState, SyncJob  # noqa: E402
+from sync.models import JobClaim, JobState, SyncJob  # noqa: E402
 
 JOB_FILTERS = [
     "",
@@ -94,12 +97,13 @@ def explain(client: Client, url: str, token: str) -> str:
 
 
 def sql_ms(run: Any, undo: Any = None, parts: list[tuple[str, float]] | None = None) -> tuple[float, int]:
-    """The database's own time for what `run` asks: EXPLAIN ANALYZE of each of its SELECTs and UPDATEs, replayed
+    """The database's own time for what `run` asks: EXPLAIN ANALYZE of each of its reads and writes, replayed
     in order in one transaction rolled back, after `undo` has put back what `run` changed (replayed on the
-    changed rows, the claim's UPDATE would find none of its jobs still due and cost nothing). The sum of their
-    execution times, and how many statements; `parts` receives each statement's kind and time."""
+    changed rows, the claim would find its jobs claimed already and cost nothing). The sum of their execution
+    times, and how many statements; `parts` receives each statement's kind and time."""
     from django.db import transaction
 
+    claims = JobClaim._meta.db_table
     with CaptureQueriesContext(connection) as captured:
         run()
     total, count = 0.0, 0
@@ -108,14 +112,14 @@ def sql_ms(run: Any, undo: Any = None, parts: list[tuple[str, float]] | None = N
             undo()
         for query in captured.captured_queries:
             sql = query["sql"]
-            if not sql.lstrip().upper().startswith(("SELECT", "UPDATE", "WITH")):
+            if not sql.lstrip().upper().startswith(("SELECT", "UPDATE", "WITH", "INSERT", "DELETE")):
                 continue
             cursor.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}")
             took = float(cursor.fetchone()[0][0]["Execution Time"])
             total += took
             count += 1
-            if parts is not None:  # the claim is a WITH … UPDATE: an UPDATE
-                kind = "UPDATE" if sql.startswith("UPDATE") or ") UPDATE " in sql else sql.split(None, 1)[0].upper()
+            if parts is not None:  # the claim is a WITH … INSERT INTO the claims
+                kind = "CLAIM" if f"INSERT INTO {claims}" in sql.replace('"', "") else sql.split(None, 1)[0].upper()
                 parts.append((kind, round(took, 3)))
         transaction.set_rollback(True)
     return round(total, 3), count
@@ -170,53 +174,72 @@ def status(times: int, token: str, prefix: str, count: int) -> dict[str, Any]:
 
 
 def dispatch(connection_name: str, passes: int = 3) -> dict[str, Any]:
-    """Every pending job of the connection claimed, batch after batch, by the engine's own claim; handed back
-    and claimed again, `passes` times (the rate is their median: one pass lasts about a second)."""
+    """Every pending job of the connection claimed, batch after batch, by the engine's own claim, one batch a
+    tick, each started at once as a worker would (untimed), so no claim walks past batches left unstarted;
+    handed back and claimed again, `passes` times (the rate is their median). Then the database's time for one
+    claim, with none and with 8 batches (1,600 jobs) claimed ahead of it: a drain with eight workers keeps one
+    batch waiting for each."""
     target = Connection.objects.get(name=connection_name)
+    jobs = SyncJob.objects.filter(target=target)
 
-    def unlimited(*, now: Any) -> int:  # measure the claim, not the back-pressure cap
-        return 1_000_000
+    def one_batch(*, now: Any) -> int:  # the claim, not the back-pressure: one batch a tick
+        return 1
 
+    def reset() -> None:
+        JobClaim.objects.filter(target=target).delete()
+        jobs.filter(state=JobState.IN_FLIGHT).update(state=JobState.PENDING, lease_owner="", lease_expires_at=None)
+
+    def start(ids: list[int]) -> None:
+        now = timezone.now()
+        transitions.start(ids, owner="bench-worker", lease_until=now + timedelta(minutes=5), now=now)
+
+    leases.outstanding_limit = one_batch
     claims: list[float] = []
     rates: list[float] = []
     claimed = 0
     for _ in range(passes):
-        leases.outstanding_limit = unlimited
-        SyncJob.objects.filter(target=target, state=JobState.QUEUED).update(state=JobState.PENDING, lease_owner="")
-        claimed = 0
-        started = time.perf_counter()
+        reset()
+        claimed, spent = 0, 0.0
         while True:
             begun = time.perf_counter()
             batches = engine.batches_claim(connection=target, now=timezone.now(), force=True)
-            claims.append((time.perf_counter() - begun) * 1000 / max(1, len(batches)))
+            took = time.perf_counter() - begun
+            claims.append(took * 1000 / max(1, len(batches)))
+            spent += took
             if not batches:
                 break
             claimed += sum(len(ids) for ids in batches)
-        rates.append(claimed / (time.perf_counter() - started))
+            for ids in batches:
+                start(ids)
+        rates.append(claimed / spent)
     seconds = claimed / statistics.median(rates)
-    SyncJob.objects.filter(target=target, state=JobState.QUEUED).update(state=JobState.PENDING, lease_owner="")
-
-    def one_batch(*, now: Any) -> int:
-        return 1
+    reset()
 
     def claim_one() -> None:  # one batch: what a dispatcher's tick asks of the database for it
-        leases.outstanding_limit = one_batch
         engine.batches_claim(connection=target, now=timezone.now(), force=True)
 
-    def unclaim() -> None:
-        SyncJob.objects.filter(target=target, state=JobState.QUEUED).update(state=JobState.PENDING, lease_owner="")
+    def unclaim(ahead: set[int]) -> Any:
+        return lambda: JobClaim.objects.filter(target=target).exclude(job_id__in=ahead).delete()
 
-    parts: list[tuple[str, float]] = []
-    db_ms, statements = sql_ms(claim_one, unclaim, parts)
+    found: dict[str, Any] = {}
+    for label, waiting in (("", 0), ("_8_ahead", 8)):
+        ahead: set[int] = set()
+        for _ in range(waiting):  # claimed, not started: the batches a drain's workers have waiting
+            for ids in engine.batches_claim(connection=target, now=timezone.now(), force=True):
+                ahead.update(ids)
+        parts: list[tuple[str, float]] = []
+        db_ms, statements = sql_ms(claim_one, unclaim(ahead), parts)
+        found[f"claim_sql_ms{label}"] = db_ms
+        # The claim's own statement (finding, locking and writing the batch) apart from the reads before it.
+        found[f"claim_write_ms{label}"] = round(sum(ms for kind, ms in parts if kind == "CLAIM"), 3)
+        found["claim_statements"] = statements
+        reset()
     return {
         "jobs": claimed,
         "seconds": round(seconds, 3),
         "jobs_per_s": round(statistics.median(rates), 1),
         "passes": [round(rate, 1) for rate in rates],
-        "claim_sql_ms": db_ms,
-        "claim_statements": statements,
-        # The claim's own UPDATE (finding, locking and writing the batch) apart from the reads before it.
-        "claim_update_ms": round(sum(ms for kind, ms in parts if kind == "UPDATE"), 3),
+        **found,
         **percentiles(claims),
     }
 
@@ -224,7 +247,6 @@ def dispatch(connection_name: str, passes: int = 3) -> dict[str, Any]:
 def retention(days: int, pool: int, keep_days: int) -> dict[str, Any]:
     """`pool` records, each changed once a day for `days` days; retention prunes each day as its schedule
     would. A steady state shows as rows and sizes that stop growing once `keep_days` have passed."""
-    from datetime import timedelta
 
     from django.utils import timezone as tz
 

@@ -70,8 +70,8 @@ def batch_send(job_ids: list[int]) -> dict[str, int]:
 
 
 def batch_taken(sender: object = None, func: Any = None, task: dict[str, Any] | None = None, **kwargs: object) -> None:
-    """In each worker (django-q2's pre_execute), as a batch_send task starts: its queued jobs name this
-    worker, so a kill before it claims them hands them back at once (leases.leases_reap)."""
+    """In each worker (django-q2's pre_execute), as a batch_send task starts: its jobs' claims name this
+    worker, so a kill before it starts them frees them at once (leases.leases_reap)."""
     if func is batch_send and task and task.get("args"):
         leases.batch_taken(job_ids=task["args"][0])
 

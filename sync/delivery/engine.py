@@ -36,7 +36,7 @@ from sync.delivery.outcomes import (
     outcomes_save,
 )
 from sync.delivery.throttle import gate_for, lane_share, throttle
-from sync.models import AttemptOutcome, JobState, Lane, RecordLink, SyncEvent, SyncJob
+from sync.models import AttemptOutcome, JobClaim, JobState, Lane, RecordLink, SyncEvent, SyncJob
 
 logger = logging.getLogger("recordsync.engine")
 
@@ -47,7 +47,7 @@ def not_their_fault(error: ConnectorError) -> bool:
     return isinstance(error, NotSent)
 
 
-# --- dispatch: pending jobs -> queued batches ---------------------------------------------------
+# --- dispatch: pending jobs -> claimed batches --------------------------------------------------
 
 
 def targets_due() -> list[int]:
@@ -75,11 +75,13 @@ def batch_size_for(connection: Connection) -> int:
 
 
 def _due(connection_id: int, now: datetime) -> Any:
-    return (
+    """The target's jobs a claim may take now: due, past their next attempt and fence, claimed by no one."""
+    due = (
         SyncJob.objects.filter(target_id=connection_id, state__in=transitions.DUE)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .filter(Q(fence_until__isnull=True) | Q(fence_until__lte=now))
     )
+    return transitions.unclaimed(due, now=now)
 
 
 def batches_claim(*, connection: Connection, now: datetime, force: bool = False) -> list[list[int]]:
@@ -88,17 +90,19 @@ def batches_claim(*, connection: Connection, now: datetime, force: bool = False)
     Lane by lane (live changes, then reads, then backfill and reconcile), oldest first: a backlog behind never
     queues ahead of a live change. One batch holds one lane's jobs, so it is sent in that lane.
 
-    Each claim is one statement that takes only rows still due as it locks them, and skips rows another
-    dispatcher holds (transitions.claim), so dispatchers on several machines never queue one job twice.
+    Each claim is one statement that claims only jobs no live claim holds, and skips rows another dispatcher
+    is claiming (transitions.claim), so dispatchers on several machines never claim one job twice.
     """
     size = batch_size_for(connection)
     flush_before = now - timedelta(seconds=config.effective(connection.pk).flush_interval)
     batches: list[list[int]] = []
-    # Back-pressure: a backlog stays pending, not queued, so queued leases do not run out while
-    # their tasks wait behind others in the broker. While no live batch is out, one beyond it is kept for
-    # live changes: a backlog in the lanes behind that fills every place still leaves a live change one.
-    outstanding = SyncJob.objects.filter(target_id=connection.pk, state__in=(JobState.QUEUED, JobState.IN_FLIGHT))
-    out = set(outstanding.exclude(lease_owner="").values_list("lease_owner", "lane").distinct())
+    # Back-pressure: a backlog stays unclaimed, so claims do not run out while their tasks wait behind
+    # others in the broker. While no live batch is out, one beyond it is kept for live changes: a backlog in
+    # the lanes behind that fills every place still leaves a live change one.
+    in_flight = SyncJob.objects.filter(target_id=connection.pk, state=JobState.IN_FLIGHT).exclude(lease_owner="")
+    claims = JobClaim.objects.filter(target_id=connection.pk, expires_at__gte=now)
+    out = set(in_flight.values_list("lease_owner", "lane").distinct())
+    out |= set(claims.values_list("owner", "lane").distinct())
     room = leases.outstanding_limit(now=now) - len({owner for owner, _ in out})
     live_room = max(room, LIVE_EXTRA_BATCHES) if all(lane != Lane.LIVE for _, lane in out) else room
     for lane in Lane:  # most urgent first
@@ -147,9 +151,7 @@ def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[st
     now = now or timezone.now()
     owner = leases.lease_owner()
     lease = now + timedelta(seconds=settings.SYNC_LEASE_SECONDS)
-    taken = transitions.start(
-        SyncJob.objects.filter(id__in=job_ids, state=JobState.QUEUED), owner=owner, lease_until=lease, now=now
-    )
+    taken = transitions.start(job_ids, owner=owner, lease_until=lease, now=now)
     if not taken:
         return {"claimed": 0}
     # Every line of this batch (its CRM calls included) carries the request ids of the events it
@@ -185,7 +187,7 @@ def batch_run(*, job_ids: Sequence[int], now: datetime | None = None) -> dict[st
 
 
 def _request_ids(owner: str) -> list[str]:
-    mine = SyncJob.objects.filter(lease_owner=owner, state__in=transitions.LEASED)  # the state: indexed (above)
+    mine = SyncJob.objects.filter(lease_owner=owner, state=JobState.IN_FLIGHT)  # the state: indexed (job_open_idx)
     rows = mine.values_list("last_event__request_id", flat=True)
     return sorted({request_id for request_id in rows if request_id})
 

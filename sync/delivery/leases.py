@@ -1,7 +1,9 @@
 """Leases on jobs: who holds a batch, and how held jobs come back when a holder stops, dies or loses its task.
 
-A lease owner names its process (`pid-claim@host`), so a dead holder is found by its missing heartbeat
-(sync.delivery.liveness) and its jobs go back to pending at once, fenced when a call may still land.
+A batch is held twice: claimed by a dispatcher (a JobClaim per job, the job still pending), then in flight
+under the worker that started it (the job's lease_owner). An owner names its process (`pid-claim@host`), so
+a dead holder is found by its missing heartbeat (sync.delivery.liveness): its claims are dropped at once (no
+call was made), its jobs in flight go back to pending, fenced when a call may still land.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from django.utils import timezone
 
 from sync import transitions
 from sync.delivery import liveness
-from sync.models import JobState, SyncJob
+from sync.models import JobClaim, JobState, SyncJob
 
 # The engine's logger: operators filter on it, and a batch's lines stay under one name.
 logger = logging.getLogger("recordsync.engine")
@@ -29,19 +31,21 @@ logger = logging.getLogger("recordsync.engine")
 FENCE_MARGIN_SECONDS = 5
 
 
-TAKEN = "take"  # in the lease owner of queued jobs a worker took from the broker (batch_taken)
+TAKEN = "take"  # in the owner of claims whose task a worker took from the broker (batch_taken)
 
 
-QUEUED_GRACE_SECONDS = 10  # a claim untaken for a call's timeouts and this long has lost its task
+CLAIM_GRACE_SECONDS = 10  # a claim untaken for a call's timeouts and this long has lost its task
 
 
 RELEASE_RETRY_SECONDS = 1.0  # between two tries to hand a batch back while the database is away
 
 
 def leases_expire(*, now: datetime) -> int:
-    """Queued or in-flight jobs whose lease ran out (a killed worker, a lost task) go back to pending."""
-    return transitions.to_pending(
-        SyncJob.objects.filter(state__in=transitions.LEASED, lease_expires_at__lt=now), now=now
+    """Claims that ran out are dropped, and jobs in flight whose lease ran out (a killed worker, a lost task)
+    go back to pending. Returns how many jobs were freed."""
+    freed = transitions.unclaim(JobClaim.objects.filter(expires_at__lt=now))
+    return freed + transitions.to_pending(
+        SyncJob.objects.filter(state=JobState.IN_FLIGHT, lease_expires_at__lt=now), now=now
     )
 
 
@@ -59,36 +63,38 @@ def lease_holder(owner: str) -> str | None:
 
 
 def batch_taken(*, job_ids: Sequence[int]) -> int:
-    """A worker took the task of these queued jobs: they name it now, so that if it dies before claiming
-    them (a popped Redis task is gone with it) they come back at once rather than after the lease."""
+    """A worker took the task of these claimed jobs: their claims name it now, so that if it dies before
+    starting them (a popped Redis task is gone with it) they are freed at once rather than after the lease."""
     taken = f"{os.getpid()}-{TAKEN}{uuid.uuid4().hex[:8]}@{liveness.host_name()}"
-    return SyncJob.objects.filter(id__in=job_ids, state=JobState.QUEUED).update(lease_owner=taken)
+    return JobClaim.objects.filter(job_id__in=job_ids).update(owner=taken)
 
 
 def leases_reap(*, now: datetime) -> int:
-    """Jobs whose holder is known dead (its sentinel saw it go, or its heartbeat stopped) go back to
-    pending now instead of at lease expiry: in flight, fenced, since a call it had out may still land;
-    queued (a dispatcher killed between its claim and queuing the task, a worker killed after taking the
-    task), at once: no call was made, and a task that does turn up finds nothing left to claim."""
-    held = SyncJob.objects.filter(state__in=transitions.LEASED)
-    owners = set(held.exclude(lease_owner="").values_list("lease_owner", flat=True))
-    holders = {owner: lease_holder(owner) for owner in owners}
+    """Jobs whose holder is known dead (its sentinel saw it go, or its heartbeat stopped) are freed now instead
+    of at lease expiry: claimed (a dispatcher killed between its claim and queuing the task, a worker killed
+    after taking the task), at once: no call was made, and a task that does turn up finds nothing left to
+    start; in flight, back to pending, fenced, since a call the holder had out may still land."""
+    claimers = set(JobClaim.objects.values_list("owner", flat=True).distinct())
+    in_flight = SyncJob.objects.filter(state=JobState.IN_FLIGHT)
+    flying = set(in_flight.exclude(lease_owner="").values_list("lease_owner", flat=True))
+    holders = {owner: lease_holder(owner) for owner in claimers | flying}
     dead = liveness.dead_among({h for h in holders.values() if h}, now=now)
     reaped = 0
     for owner, holder in holders.items():
         if holder not in dead:
             continue
-        reaped += transitions.to_pending(SyncJob.objects.filter(lease_owner=owner, state=JobState.QUEUED), now=now)
-        # A call may have begun up to one beat after the holder was last seen alive.
-        fence = call_fence(dead[holder].timestamp() + liveness.BEAT_SECONDS)
-        in_flight = SyncJob.objects.filter(lease_owner=owner, state=JobState.IN_FLIGHT)
-        reaped += transitions.to_pending(in_flight, now=now, fence_until=fence)
+        if owner in claimers:
+            reaped += transitions.unclaim(JobClaim.objects.filter(owner=owner))
+        if owner in flying:
+            # A call may have begun up to one beat after the holder was last seen alive.
+            fence = call_fence(dead[holder].timestamp() + liveness.BEAT_SECONDS)
+            reaped += transitions.to_pending(in_flight.filter(lease_owner=owner), now=now, fence_until=fence)
     # A claim whose task no worker has taken for longer than any batch ahead of it can take: the task is
     # lost (a Redis task popped by a worker killed at that moment). A task that does still turn up finds
-    # nothing left to claim, so nothing is sent twice.
-    waited = settings.CRM_HTTP_CONNECT_TIMEOUT + settings.CRM_HTTP_READ_TIMEOUT + QUEUED_GRACE_SECONDS
-    lost = SyncJob.objects.filter(state=JobState.QUEUED, updated_at__lt=now - timedelta(seconds=waited))
-    return reaped + transitions.to_pending(lost.exclude(lease_owner__contains=TAKEN), now=now)
+    # nothing left to start, so nothing is sent twice.
+    waited = settings.CRM_HTTP_CONNECT_TIMEOUT + settings.CRM_HTTP_READ_TIMEOUT + CLAIM_GRACE_SECONDS
+    lost = JobClaim.objects.filter(claimed_at__lt=now - timedelta(seconds=waited)).exclude(owner__contains=TAKEN)
+    return reaped + transitions.unclaim(lost)
 
 
 def outstanding_limit(*, now: datetime) -> int:
@@ -100,7 +106,7 @@ def outstanding_limit(*, now: datetime) -> int:
 
 def leases_release(*, owner: str, fence_until: datetime | None = None) -> int:
     """Jobs still in flight under this lease go back to pending at once (not sent again before `fence_until`)."""
-    leased = SyncJob.objects.filter(lease_owner=owner, state__in=transitions.LEASED)
+    leased = SyncJob.objects.filter(lease_owner=owner, state=JobState.IN_FLIGHT)
     return transitions.to_pending(leased, now=timezone.now(), fence_until=fence_until)
 
 
@@ -127,5 +133,5 @@ def call_fence(started: float | None) -> datetime | None:
 
 
 def batch_release(job_ids: Sequence[int]) -> int:
-    """A claimed batch whose task could not be queued (the broker is down) goes back to pending."""
-    return transitions.to_pending(SyncJob.objects.filter(id__in=job_ids, state=JobState.QUEUED), now=timezone.now())
+    """A claimed batch whose task could not be queued (the broker is down) is free for the next claim."""
+    return transitions.unclaim(JobClaim.objects.filter(job_id__in=job_ids))

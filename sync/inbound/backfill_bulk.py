@@ -76,10 +76,8 @@ def bulk_claim(plan: Plan, run_pk: int, owner: str, since: datetime) -> int:
     groups = _bulk_groups([item for item in prepared(jobs) if _bulkable(item)])
     ids = [item.job.id for group in groups if len(group) >= BULK_MIN_GROUP for item in group]
     now = timezone.now()
-    due = SyncJob.objects.filter(id__in=ids, state__in=transitions.DUE)
-    return transitions.start(
-        due, owner=owner, lease_until=now + timedelta(seconds=settings.SYNC_LEASE_SECONDS), now=now
-    )
+    lease = now + timedelta(seconds=settings.SYNC_LEASE_SECONDS)
+    return transitions.take(SyncJob.objects.filter(id__in=ids), owner=owner, lease_until=lease, now=now)
 
 
 def bulk_send(plan: Plan, run: BackfillRun, owner: str, calls: CallCounter) -> Counter[str]:

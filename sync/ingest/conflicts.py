@@ -38,8 +38,9 @@ logger = logging.getLogger("recordsync.conflicts")
 
 POLICIES = ("last_writer_wins", "system_a_wins", "crm_wins", "field_merge", "hold")
 FALLBACKS = ("last_writer_wins", "system_a_wins", "crm_wins", "hold")
-UNSYNCED = (JobState.PENDING, JobState.RETRYING, JobState.QUEUED, JobState.IN_FLIGHT, JobState.HELD)
-ACTIVE = transitions.LEASED
+UNSYNCED = (JobState.PENDING, JobState.RETRYING, JobState.IN_FLIGHT, JobState.HELD)
+# On its way: a claimed job is still pending, and a settled one is not started (transitions.start).
+ACTIVE = (JobState.IN_FLIGHT,)
 
 Side = Literal["system_a", "crm"]
 

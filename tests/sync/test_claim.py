@@ -1,4 +1,4 @@
-"""The dispatcher's claim: one statement that takes a batch of due jobs, never one job twice, and on
+"""The dispatcher's claim: one statement that claims a batch of due jobs, never one job twice, and on
 PostgreSQL never waits for another dispatcher's rows nor walks every pending job to find its batch."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from crms.models import Connection
 from sync import transitions
-from sync.models import JobState, SyncJob
+from sync.models import JobClaim, JobState, SyncJob
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,15 +38,20 @@ def _pending(target: Connection, count: int, **fields: Any) -> list[int]:
     return [job.pk for job in SyncJob.objects.bulk_create(jobs)][::-1]
 
 
-def _due(target: Connection) -> Any:
-    return SyncJob.objects.filter(target=target, state__in=transitions.DUE, lane=0, object_type="Contact").order_by(
-        "updated_at", "id"
-    )
+def _due(target: Connection, *, unclaimed: bool = True) -> Any:
+    due = SyncJob.objects.filter(target=target, state__in=transitions.DUE, lane=0, object_type="Contact")
+    due = transitions.unclaimed(due, now=timezone.now()) if unclaimed else due
+    return due.order_by("updated_at", "id")
 
 
-def _claim(target: Connection, size: int, owner: str) -> list[int]:
+def _claim(target: Connection, size: int, owner: str, *, unclaimed: bool = True, **lease: Any) -> list[int]:
     now = timezone.now()
-    return transitions.claim(_due(target), size=size, owner=owner, lease_until=now + timedelta(minutes=5), now=now)
+    until = now + timedelta(**(lease or {"minutes": 5}))
+    return transitions.claim(_due(target, unclaimed=unclaimed), size=size, owner=owner, lease_until=until, now=now)
+
+
+def _claims() -> dict[int, str]:
+    return dict(JobClaim.objects.values_list("job_id", "owner"))
 
 
 def test_a_claim_takes_the_oldest_due_jobs_and_returns_them(connections):
@@ -57,10 +62,42 @@ def test_a_claim_takes_the_oldest_due_jobs_and_returns_them(connections):
     claimed = _claim(target, 3, "owner-a")
 
     assert claimed == sorted([ids[0], ids[2], ids[3]])
-    queued = SyncJob.objects.filter(state=JobState.QUEUED, lease_owner="owner-a")
-    assert sorted(queued.values_list("pk", flat=True)) == claimed
+    assert _claims() == dict.fromkeys(claimed, "owner-a")
+    # The jobs themselves do not change: still pending, no lease of their own until a worker starts them.
+    assert set(SyncJob.objects.filter(pk__in=claimed).values_list("state", "lease_owner")) == {("pending", "")}
     assert _claim(target, 3, "owner-b") == [ids[4]]
     assert _claim(target, 3, "owner-c") == []
+
+
+def test_a_live_claim_is_never_taken_over_and_an_expired_one_is(connections):
+    """The claim's key is the job: whatever the caller's filter saw, a job a live claim holds is not claimed
+    again; once that claim has expired (its dispatcher died, its task was lost) the next claim takes the job."""
+    target = connections["salesforce"]
+    ids = _pending(target, 3)
+    assert _claim(target, 2, "owner-a", seconds=-1) == sorted(ids[:2])  # expired at once
+    assert _claim(target, 1, "owner-b") == [ids[0]]  # the oldest, its claim expired
+
+    # A caller that did not leave the claimed jobs out: the live claim stays owner-b's, the rest are taken.
+    assert _claim(target, 3, "owner-c", unclaimed=False) == sorted(ids[1:])
+    assert _claims() == {ids[0]: "owner-b", ids[1]: "owner-c", ids[2]: "owner-c"}
+
+
+def test_a_worker_starts_only_jobs_still_claimed_and_due(connections):
+    """Starting a batch deletes its claims and moves the jobs still due in flight; a second worker given the
+    same task finds no claim and takes nothing; a job held since its claim is not started."""
+    target = connections["salesforce"]
+    ids = _pending(target, 3)
+    claimed = _claim(target, 3, "owner-a")
+    SyncJob.objects.filter(pk=ids[2]).update(state=JobState.HELD)
+    now = timezone.now()
+
+    taken = transitions.start(claimed, owner="worker-1", lease_until=now + timedelta(minutes=2), now=now)
+    again = transitions.start(claimed, owner="worker-2", lease_until=now + timedelta(minutes=2), now=now)
+
+    assert (taken, again, _claims()) == (2, 0, {})
+    states = dict(SyncJob.objects.values_list("pk", "state"))
+    assert [states[pk] for pk in ids] == ["in_flight", "in_flight", "held"]
+    assert set(SyncJob.objects.filter(pk__in=ids[:2]).values_list("lease_owner", flat=True)) == {"worker-1"}
 
 
 @pytest.mark.postgres
@@ -95,15 +132,15 @@ def test_two_dispatchers_claiming_at_once_take_different_jobs_without_waiting(co
         thread.join(10)
 
     assert first == sorted(ids[:3]) and second == sorted(ids[3:])
-    owners = dict(SyncJob.objects.values_list("pk", "lease_owner"))
+    owners = _claims()
     assert [owners[pk] for pk in ids] == ["owner-a"] * 3 + ["owner-b"] * 2
 
 
 @pytest.mark.postgres
-def test_a_claim_writes_its_batch_by_primary_key_however_stale_the_statistics(connections):
+def test_a_claim_finds_its_batch_by_the_due_index_however_stale_the_statistics(connections):
     """Statistics taken while no job was pending (a burst arrived since): the UPDATE filtered on the due
     conditions alone walked every pending job of the target to find its 200 (15 ms at 20,000 pending, growing
-    with the backlog). The batch comes from the due index, in order, and is written by primary key."""
+    with the backlog). The batch comes from the due index, in order, and the jobs table is read no other way."""
     target = connections["salesforce"]
     _pending(target, 50, state=JobState.SYNCED)
     with connection.cursor() as cursor:
@@ -116,19 +153,18 @@ def test_a_claim_writes_its_batch_by_primary_key_however_stale_the_statistics(co
 
     with CaptureQueriesContext(connection) as captured:
         claimed = _claim(target, 200, "owner-a")
-    table = SyncJob._meta.db_table
-    (update,) = [q["sql"] for q in captured.captured_queries if f"UPDATE {table}" in q["sql"].replace('"', "")]
+    claims = JobClaim._meta.db_table
+    (insert,) = [q["sql"] for q in captured.captured_queries if f"INSERT INTO {claims}" in q["sql"].replace('"', "")]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")
-        cursor.execute(f"EXPLAIN (FORMAT JSON) {update}")
+        cursor.execute(f"EXPLAIN (FORMAT JSON) {insert}")
         plan = cursor.fetchone()[0][0]["Plan"]
         transaction.set_rollback(True)
 
     assert len(claimed) == 200
-    scans = {(node["Index Name"], "Index Cond" in node) for node in _nodes(plan) if "Index Name" in node}
-    assert ("sync_syncjob_pkey", True) in scans, json.dumps(plan, indent=1)
-    assert ("job_due_lane_idx", True) in scans, json.dumps(plan, indent=1)
-    assert len(scans) == 2, json.dumps(plan, indent=1)
+    jobs = [node for node in _nodes(plan) if node.get("Relation Name") == SyncJob._meta.db_table]
+    scans = {(node["Node Type"], node.get("Index Name"), "Index Cond" in node) for node in jobs}
+    assert scans == {("Index Scan", "job_due_lane_idx", True)}, json.dumps(plan, indent=1)
 
 
 def _nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -156,7 +192,7 @@ def test_the_dispatcher_visits_each_enabled_connection_with_a_due_job(connection
     assert engine.targets_due() == [salesforce.pk]
 
     SyncJob.objects.filter(target=outreach, record_id="r-0").update(state=JobState.RETRYING)
-    SyncJob.objects.filter(target=salesforce).update(state=JobState.QUEUED)  # claimed already: not due
+    SyncJob.objects.filter(target=salesforce).update(state=JobState.IN_FLIGHT)  # started already: not due
     assert engine.targets_due() == [outreach.pk]
 
 

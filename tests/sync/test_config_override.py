@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 
 from sync.delivery import config, engine
-from sync.models import ConfigOverride, JobState, SyncJob
+from sync.models import ConfigOverride, JobClaim
 
 pytestmark = pytest.mark.django_db
 URL = "/v1/sync/config-override"
@@ -127,7 +127,7 @@ def test_a_running_dispatcher_uses_a_new_batch_size_within_a_second(api, staff_a
     batches = engine.batches_claim(connection=salesforce, now=timezone.now() + timedelta(seconds=60))
 
     assert [len(b) for b in batches] == [2, 2, 1]
-    assert SyncJob.objects.filter(state=JobState.QUEUED).count() == 5
+    assert JobClaim.objects.count() == 5
 
 
 def test_overrides_are_editable_in_the_admin(admin_client, connections):

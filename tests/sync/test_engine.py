@@ -14,7 +14,7 @@ from crms.mocks.models import MockCall, MockRecord
 from crms.models import Connection
 from sync.api.auth import api_token_create
 from sync.delivery import engine, leases, outcomes
-from sync.models import AttemptOutcome, JobState, RecordLink, SyncAttempt, SyncJob
+from sync.models import AttemptOutcome, JobClaim, JobState, RecordLink, SyncAttempt, SyncJob
 from tests.conftest import drain, mock_salesforce
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -205,14 +205,33 @@ def test_a_job_fails_after_its_last_allowed_attempt(client_, salesforce, staff_a
     assert (job.state, job.attempts) == (JobState.FAILED, 2)
 
 
-def test_a_change_arriving_while_in_flight_is_sent_next_not_lost(client_, salesforce):
+def test_a_change_arriving_while_in_flight_is_sent_next_not_lost(client_, salesforce, monkeypatch):
+    from crms.salesforce.connector import SalesforceConnector
+
     ingest(client_)
     (job_ids,) = engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)
-    ingest(client_, operation="update", Email="newer@example.com")  # arrives after the claim
+    push = SalesforceConnector.push
 
+    def newer_arrives_during_the_call(self: SalesforceConnector, records: Any) -> Any:
+        ingest(client_, operation="update", Email="newer@example.com")
+        return push(self, records)
+
+    monkeypatch.setattr(SalesforceConnector, "push", newer_arrives_during_the_call)
     engine.batch_run(job_ids=job_ids)
+    monkeypatch.setattr(SalesforceConnector, "push", push)
     assert SyncJob.objects.get().state == JobState.PENDING
     drain(salesforce)
+
+    assert [r.fields.get("Email") for r in in_salesforce()] == ["newer@example.com"]
+    assert SyncJob.objects.get().state == JobState.SYNCED
+
+
+def test_a_change_arriving_between_the_claim_and_the_start_is_what_the_batch_sends(client_, salesforce):
+    ingest(client_)
+    (job_ids,) = engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)
+    ingest(client_, operation="update", Email="newer@example.com")  # the job is claimed, not started
+
+    assert engine.batch_run(job_ids=job_ids) == {"claimed": 1, "synced": 1}
 
     assert [r.fields["Email"] for r in in_salesforce()] == ["newer@example.com"]
     assert SyncJob.objects.get().state == JobState.SYNCED
@@ -258,7 +277,8 @@ def test_the_dispatcher_command_queues_ready_batches(client_, salesforce, settin
 
     call_command("sync_dispatch", "--once")
 
-    assert SyncJob.objects.get().state == JobState.QUEUED
+    job = SyncJob.objects.get()
+    assert job.state == JobState.PENDING and JobClaim.objects.filter(job=job).exists()  # claimed, not yet started
 
 
 def test_a_record_that_cannot_be_created_fails_before_any_call_and_costs_no_quota(client_, salesforce):
@@ -359,7 +379,8 @@ def test_a_backlog_is_claimed_only_as_fast_as_batches_finish(client_, salesforce
     after_one = engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)
 
     assert (len(first), len(none_while_full), len(after_one)) == (2, 0, 1)
-    assert SyncJob.objects.filter(state=JobState.PENDING).count() == 2
+    assert SyncJob.objects.filter(state=JobState.PENDING, claim__isnull=True).count() == 2
+    assert JobClaim.objects.count() == 2
 
 
 def test_a_batch_interrupted_by_a_stop_hands_its_jobs_back_at_once(client_, salesforce, monkeypatch):
@@ -393,7 +414,7 @@ def test_a_batch_whose_task_cannot_be_queued_goes_back_to_pending(client_, sales
 
     job = SyncJob.objects.get()
     assert queued == 0 and len(tried) == 1  # it was claimed, then could not be queued
-    assert (job.state, job.lease_owner) == (JobState.PENDING, "")
+    assert (job.state, job.lease_owner, JobClaim.objects.count()) == (JobState.PENDING, "", 0)
 
 
 def test_the_lease_owner_names_the_process_holding_it(client_, salesforce):
@@ -402,4 +423,4 @@ def test_the_lease_owner_names_the_process_holding_it(client_, salesforce):
     ingest(client_)
     engine.batches_claim(connection=salesforce, now=timezone.now(), force=True)
 
-    assert SyncJob.objects.get().lease_owner.startswith(f"{os.getpid()}-")
+    assert JobClaim.objects.get().owner.startswith(f"{os.getpid()}-")

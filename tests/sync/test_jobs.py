@@ -13,7 +13,7 @@ from django.utils import timezone
 from django_q.brokers import get_broker
 
 from sync import tasks
-from sync.models import JobState, SyncJob
+from sync.models import JobClaim, JobState, SyncJob
 
 pytestmark = pytest.mark.django_db
 
@@ -91,6 +91,7 @@ def test_the_dispatch_tick_queues_a_ready_batch_for_a_worker(api, connections, s
 
     assert tasks.dispatch_tick(connections["salesforce"].pk) == 1
 
-    assert SyncJob.objects.get(target__name="salesforce").state == JobState.QUEUED
+    job = SyncJob.objects.get(target__name="salesforce")
+    assert job.state == JobState.PENDING and JobClaim.objects.filter(job=job).exists()  # claimed, not started
     assert broker.queue_size() == 1
     broker.purge_queue()

@@ -33,7 +33,7 @@ from crms.mocks.models import MockRecord
 from crms.mocks.runtime import fault_add
 from sync.api.auth import api_token_create
 from sync.delivery import liveness
-from sync.models import JobState, ProcessBeat, SyncJob
+from sync.models import JobClaim, JobState, ProcessBeat, SyncJob
 from sync.ops.config_services import config_override_set
 from tests.conftest import mock_salesforce
 from tests.sync.cluster import ROOT, _parents, database_url, wait_for
@@ -220,10 +220,9 @@ class Progress:
     def _holders(now: Any) -> str:
         """Whose leases the held jobs carry, and what each holder's heartbeat says: a stall's first question."""
         owners = Counter(
-            SyncJob.objects.filter(state__in=(JobState.QUEUED, JobState.IN_FLIGHT))
-            .exclude(lease_owner="")
-            .values_list("state", "lease_owner")
+            SyncJob.objects.filter(state=JobState.IN_FLIGHT).exclude(lease_owner="").values_list("state", "lease_owner")
         )
+        owners.update(("claimed", owner) for owner in JobClaim.objects.values_list("owner", flat=True))
         pids = {owner.partition("-")[0] for _, owner in owners}
         beats = {
             str(beat.pid): beat for beat in ProcessBeat.objects.filter(pid__in=[int(p) for p in pids if p.isdigit()])

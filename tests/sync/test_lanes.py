@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from crms.base import NotSent
 from crms.models import Connection
+from sync import transitions
 from sync.contracts import EventInput
 from sync.delivery import engine, leases
 from sync.delivery.throttle import DatabaseThrottle, RedisThrottle, gate_for, lane_limit, lane_share
@@ -182,7 +183,8 @@ def test_a_full_batch_of_another_object_goes_while_the_lanes_oldest_few_wait_for
 
     assert len(batches) == 1
     assert set(SyncJob.objects.filter(id__in=batches[0]).values_list("object_type", flat=True)) == {"Lead"}
-    assert SyncJob.objects.filter(state=JobState.PENDING).count() == 5  # 2 contacts and 3 accounts wait
+    waiting = transitions.unclaimed(SyncJob.objects.filter(state=JobState.PENDING), now=timezone.now())
+    assert waiting.count() == 5  # 2 contacts and 3 accounts wait, unclaimed
 
     later = engine.batches_claim(connection=connections["salesforce"], now=timezone.now() + timedelta(seconds=61))
     claimed = [set(SyncJob.objects.filter(id__in=ids).values_list("object_type", flat=True)) for ids in later]

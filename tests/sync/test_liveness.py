@@ -163,34 +163,29 @@ def test_the_outstanding_batch_limit_follows_the_live_workers(settings):
     assert leases.outstanding_limit(now=timezone.now()) == 10
 
 
-def test_queued_jobs_a_dead_worker_took_from_the_broker_come_back_unfenced():
+def test_claimed_jobs_a_dead_worker_took_from_the_broker_are_freed_unfenced():
     from crms.models import Connection
     from sync import tasks
-    from sync.models import JobState, SyncJob
+    from sync.models import JobClaim, JobState, SyncJob
 
     target = Connection.objects.create(name="salesforce", kind="salesforce")
     now = timezone.now()
-    ids = [
-        SyncJob.objects.create(
-            record_id=f"q-{n}",
-            object_type="Contact",
-            source="system_a",
-            target=target,
-            state=JobState.QUEUED,
-            lease_owner=f"1-claim@{HOST}",
-            last_occurred_at=now,
-            lease_expires_at=now + timedelta(seconds=120),
-        ).pk
-        for n in range(2)
-    ]
+    ids = []
+    for n in range(2):
+        job = SyncJob.objects.create(
+            record_id=f"q-{n}", object_type="Contact", source="system_a", target=target, last_occurred_at=now
+        )
+        claim = {"owner": f"1-claim@{HOST}", "claimed_at": now, "expires_at": now + timedelta(seconds=120)}
+        JobClaim.objects.create(job=job, target=target, lane=job.lane, **claim)
+        ids.append(job.pk)
     beat(os.getpid())
 
     tasks.batch_taken(func=tasks.batch_send, task={"args": [ids]})  # as django-q2's pre_execute sends it
-    taken = set(SyncJob.objects.values_list("lease_owner", flat=True))
+    taken = set(JobClaim.objects.values_list("owner", flat=True))
     untouched = leases.leases_reap(now=now)
     liveness.process_gone(host=HOST, pid=os.getpid())
     reaped = leases.leases_reap(now=now)
 
     assert len(taken) == 1 and leases.lease_holder(taken.pop()) == f"{HOST}:{os.getpid()}"
-    assert (untouched, reaped) == (0, 2)
+    assert (untouched, reaped, JobClaim.objects.count()) == (0, 2, 0)
     assert set(SyncJob.objects.values_list("state", "fence_until")) == {(JobState.PENDING, None)}

@@ -172,7 +172,7 @@ def test_lag_is_the_age_of_each_connections_oldest_due_job() -> None:
     _job(sf, "c-2", JobState.RETRYING, age=30, next_attempt_at=NOW - timedelta(seconds=1))
     _job(sf, "c-3", JobState.RETRYING, age=500, next_attempt_at=NOW + timedelta(seconds=60))  # not due yet
     _job(sf, "c-4", JobState.FAILED, age=900)
-    _job(sf, "c-5", JobState.QUEUED, age=800)
+    _job(sf, "c-5", JobState.IN_FLIGHT, age=800)  # on its way: not due
     _job(outreach, "c-1", JobState.PENDING, age=12.5)
     _job(off, "c-1", JobState.PENDING, age=4000)
 

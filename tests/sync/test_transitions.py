@@ -65,7 +65,7 @@ def test_the_check_finds_each_kind_of_raw_state_write(tmp_path: Path) -> None:
     sql = f"UPDATE {SyncJob._meta.db_table} SET state = 'pending'"  # noqa: S608 - the text under test
     module.write_text(
         "def f(jobs, job):\n"
-        "    jobs.filter(state=JobState.QUEUED).update(state=JobState.PENDING, lease_owner='')\n"
+        "    jobs.filter(state=JobState.IN_FLIGHT).update(state=JobState.PENDING, lease_owner='')\n"
         "    back = {'state': JobState.PENDING}\n"
         "    job.state = JobState.FAILED\n"
         f"    sql = {sql!r}\n"
