@@ -190,8 +190,16 @@ def dispatch(connection_name: str, passes: int = 3) -> dict[str, Any]:
         jobs.filter(state=JobState.IN_FLIGHT).update(state=JobState.PENDING, lease_owner="", lease_expires_at=None)
 
     def start(ids: list[int]) -> None:
+        # No owner: the back-pressure counts batches in flight by their owner, and this measures the claim alone.
         now = timezone.now()
-        transitions.start(ids, owner="bench-worker", lease_until=now + timedelta(minutes=5), now=now)
+        transitions.start(ids, owner="", lease_until=now + timedelta(minutes=5), now=now)
+
+    vacuumed = [float("-inf")]
+
+    def dispatcher_vacuum() -> None:  # as the dispatcher's pass does, between its ticks (untimed)
+        if time.monotonic() - vacuumed[0] >= leases.CLAIMS_VACUUM_SECONDS:
+            leases.claims_vacuum()
+            vacuumed[0] = time.monotonic()
 
     leases.outstanding_limit = one_batch
     claims: list[float] = []
@@ -201,6 +209,7 @@ def dispatch(connection_name: str, passes: int = 3) -> dict[str, Any]:
         reset()
         claimed, spent = 0, 0.0
         while True:
+            dispatcher_vacuum()
             begun = time.perf_counter()
             batches = engine.batches_claim(connection=target, now=timezone.now(), force=True)
             took = time.perf_counter() - begun
@@ -221,18 +230,28 @@ def dispatch(connection_name: str, passes: int = 3) -> dict[str, Any]:
     def unclaim(ahead: set[int]) -> Any:
         return lambda: JobClaim.objects.filter(target=target).exclude(job_id__in=ahead).delete()
 
+    def limit(batches: int) -> Any:
+        return lambda *, now: batches
+
     found: dict[str, Any] = {}
     for label, waiting in (("", 0), ("_8_ahead", 8)):
         ahead: set[int] = set()
-        for _ in range(waiting):  # claimed, not started: the batches a drain's workers have waiting
+        if waiting:  # claimed, not started: the batches a drain's workers have waiting
+            leases.outstanding_limit = limit(waiting)
             for ids in engine.batches_claim(connection=target, now=timezone.now(), force=True):
                 ahead.update(ids)
+        if len(ahead) != waiting * 200:
+            raise RuntimeError(f"{len(ahead)} jobs claimed ahead, not {waiting * 200}")
+        leases.outstanding_limit = limit(waiting + 1)  # room for the one batch measured
+        dispatcher_vacuum()
         parts: list[tuple[str, float]] = []
         db_ms, statements = sql_ms(claim_one, unclaim(ahead), parts)
+        if not any(kind == "CLAIM" for kind, _ in parts):
+            raise RuntimeError(f"no claim among the statements measured{label}: {parts}")
         found[f"claim_sql_ms{label}"] = db_ms
+        found[f"claim_statements{label}"] = statements
         # The claim's own statement (finding, locking and writing the batch) apart from the reads before it.
         found[f"claim_write_ms{label}"] = round(sum(ms for kind, ms in parts if kind == "CLAIM"), 3)
-        found["claim_statements"] = statements
         reset()
     return {
         "jobs": claimed,

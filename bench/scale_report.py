@@ -183,8 +183,11 @@ def _flat(found: dict[str, Any]) -> list[str]:
         f"statements), ms | {empty['dispatch']['claim_sql_ms']} | {full['dispatch']['claim_sql_ms']} | |",
         f"| of which the claim's own statement (finds, locks and writes the batch), ms | "
         f"{empty['dispatch']['claim_write_ms']} | {full['dispatch']['claim_write_ms']} | |",
-        f"| The same with 8 batches claimed ahead, unstarted (a drain with 8 workers), ms | "
+        f"| The same with 8 batches claimed ahead, unstarted (a drain with 8 workers; "
+        f"{full['dispatch']['claim_statements_8_ahead']} statements), ms | "
         f"{empty['dispatch']['claim_sql_ms_8_ahead']} | {full['dispatch']['claim_sql_ms_8_ahead']} | |",
+        f"| of which the claim's own statement, ms | "
+        f"{empty['dispatch']['claim_write_ms_8_ahead']} | {full['dispatch']['claim_write_ms_8_ahead']} | |",
         f"| Status request, ms p50 / p99 | {empty['status']['p50_ms']} / {empty['status']['p99_ms']} | "
         f"{full['status']['p50_ms']} / {full['status']['p99_ms']} | |",
         f"| Status: the database's time ({full['status']['statements']} statements), ms | "

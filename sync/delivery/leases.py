@@ -97,6 +97,25 @@ def leases_reap(*, now: datetime) -> int:
     return reaped + transitions.unclaim(lost)
 
 
+# How often the dispatcher vacuums the claims (claims_vacuum).
+CLAIMS_VACUUM_SECONDS = 5.0
+
+
+def claims_vacuum() -> bool:
+    """VACUUM the claims table (PostgreSQL), as the dispatcher does every CLAIMS_VACUUM_SECONDS.
+
+    Every batch inserts 200 claims and deletes them when a worker starts it. Autovacuum looks at a table at most
+    once a minute (autovacuum_naptime), in which a drain leaves 100,000 dead claims behind; the claim's and the
+    back-pressure's reads of the live few then scan all of them: 5.3 ms of database time a claim instead of
+    1.2 ms after 60,000 claims (docs/BENCHMARKS.md). The table holds a few thousand rows, so this takes
+    milliseconds. Not inside a transaction (VACUUM cannot run in one), nor on SQLite."""
+    if db.vendor != "postgresql" or db.in_atomic_block:
+        return False
+    with db.cursor() as cursor:
+        cursor.execute(f"VACUUM (SKIP_LOCKED) {JobClaim._meta.db_table}")
+    return True
+
+
 def outstanding_limit(*, now: datetime) -> int:
     """Batches of one connection queued or in flight at once: SYNC_OUTSTANDING_PER_WORKER for each live
     worker across the fleet (heartbeats), or SYNC_OUTSTANDING_BATCHES while no worker has reported."""

@@ -89,10 +89,13 @@ class Command(BaseCommand):
             liveness.beats_forget(now=timezone.now())
         reaped = leases.leases_reap(now=timezone.now())
         if reaped:
-            self.stderr.write(f"{reaped} job(s) held by a dead worker went back to pending")
+            self.stderr.write(f"{reaped} job(s) held by a dead process were freed")
         expired = leases.leases_expire(now=timezone.now())
         if expired:
-            self.stderr.write(f"{expired} job(s) with an expired lease went back to pending")
+            self.stderr.write(f"{expired} job(s) with an expired claim or lease were freed")
+        if now - getattr(self, "vacuumed_at", float("-inf")) >= leases.CLAIMS_VACUUM_SECONDS:
+            self.vacuumed_at = now
+            leases.claims_vacuum()
         queued = sum(tasks.dispatch_tick(target_id) for target_id in engine.targets_due())
         return queued + tasks.polls_dispatch() + tasks.probes_dispatch()
 
