@@ -1,4 +1,4 @@
-"""Request id and the one access-log line per request."""
+"""Request id, the one access-log line per request, and Django's session stack left out of token API calls."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
+from django.conf import settings
+from django.contrib.auth.middleware import AuthenticationMiddleware as DjangoAuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware as DjangoMessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
 from django.db import DatabaseError
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.utils.deprecation import MiddlewareMixin
 
 from recordsync.logging import request_id_var
 
@@ -83,3 +88,38 @@ class HealthProbeMiddleware:
 
         view: Callable[[HttpRequest], HttpResponse] = getattr(health, probe)
         return view(request)
+
+
+# --- token API calls skip the session stack ---------------------------------------------------------------------
+
+API_PREFIX = "/v1/"
+
+
+def token_api_call(request: HttpRequest) -> bool:
+    """A call to the API that brings its token: DRF authenticates it by the token alone (and refuses a bad one
+    without trying the session), and nothing under /v1/ reads a session, sets a cookie or shows a message."""
+    scheme = f"{settings.REST_KNOX['AUTH_HEADER_PREFIX']} "
+    return request.path_info.startswith(API_PREFIX) and request.META.get("HTTP_AUTHORIZATION", "").startswith(scheme)
+
+
+class _NotForTokenCalls(MiddlewareMixin):
+    """Django's middleware, passed by for token API calls. A session, a lazy user and two message stores were
+    4.5% of a single-event ingest's Python time (docs/BENCHMARKS.md). Staff using the browsable API with their
+    admin session send no token and get the whole stack."""
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
+        if token_api_call(request):
+            return self.get_response(request)
+        return super().__call__(request)
+
+
+class SessionMiddleware(_NotForTokenCalls, DjangoSessionMiddleware):
+    pass
+
+
+class AuthenticationMiddleware(_NotForTokenCalls, DjangoAuthenticationMiddleware):
+    pass
+
+
+class MessageMiddleware(_NotForTokenCalls, DjangoMessageMiddleware):
+    pass

@@ -80,11 +80,13 @@ MIDDLEWARE = [
     "recordsync.errors.OutageMiddleware",  # the database down: 503 JSON with Retry-After, one log line
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # Django's session, user and messages middleware, passed by for API calls that bring a token. CSRF's stays
+    # Django's own for all (`check --deploy` looks for it by name; DRF's views are exempt from it anyway).
+    "recordsync.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "recordsync.middleware.AuthenticationMiddleware",
+    "recordsync.middleware.MessageMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks: answers a locked-out login
@@ -140,6 +142,8 @@ def _database(url: str) -> dict[str, Any]:
         config["TEST"] = {"NAME": test_name}
         return config
     elif config["ENGINE"] == "django.db.backends.postgresql":
+        # Django's backend with a health check that asks the server only after idleness or a sign of trouble.
+        config["ENGINE"] = "recordsync.db.postgresql"
         config["CONN_HEALTH_CHECKS"] = True
         if DB_PREPARED_STATEMENTS:
             # Statements run on a server-side binding cursor are prepared on their first run: only the single-event
@@ -155,6 +159,9 @@ DATABASE_URL = env_str("DATABASE_URL")
 # PostgreSQL: the single-event ingest statement is prepared once per connection (sync/ingest/outbox.py). Off
 # behind a pooler in transaction mode that cannot keep prepared statements (PgBouncer before 1.21).
 DB_PREPARED_STATEMENTS = env_bool("DB_PREPARED_STATEMENTS", True)
+# A kept connection that answered within this many seconds, with nothing waiting on its socket, starts a request
+# without the `SELECT 1` of Django's health check (recordsync/db/postgresql/base.py). 0: always ask.
+DB_HEALTH_CHECK_IDLE_SECONDS = env_int("DB_HEALTH_CHECK_IDLE_SECONDS", 10, minimum=0)
 DATABASES = {"default": _database(DATABASE_URL)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

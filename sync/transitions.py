@@ -95,6 +95,21 @@ def arrival_unnest_sql(where: str = "") -> str:
     """  # noqa: S608 - names from the model, values bound as parameters
 
 
+def arrival_one_event_sql(events: str, where: str = "") -> str:
+    """PostgreSQL: arrival_unnest_sql for the jobs of one event, each bumped once. `events` names a relation
+    with the event's source, object_type, record_id, id and occurred_at (the single-event statement's inserted
+    row). Parameters: created_at, updated_at, lane, then an array of target ids. One array where the unnest form
+    binds seven: psycopg scans each array it binds to pick its element type."""
+    return f"""
+        INSERT INTO {_TABLE} ({ARRIVAL_COLUMNS})
+        SELECT ev.source, ev.object_type, ev.record_id, t, 'pending', 0, 1, ev.id, ev.occurred_at,
+               %s, %s, '', '', '', %s::smallint
+        FROM {events} AS ev CROSS JOIN unnest(%s::bigint[]) AS u(t)
+        {where}
+        {ARRIVAL_ON_CONFLICT}
+    """  # noqa: S608 - names from the model, values bound as parameters
+
+
 def arrival_values_sql(count: int) -> str:
     """SQLite: the same as arrival_unnest_sql with multi-row VALUES (ten parameters a row, the lane last)."""
     values = ", ".join(["(%s, %s, %s, %s, 'pending', 0, %s, %s, %s, %s, %s, '', '', '', %s)"] * count)

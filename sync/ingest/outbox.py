@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
@@ -94,10 +93,12 @@ def events_and_jobs_write(
         with connection.cursor() as cursor:
             cursor.execute(_one_statement_sql(with_jobs=False, single=single), [records, *event_params])
             return {} if cursor.rowcount else None
+    if single:  # its jobs take the event's columns from the inserted row, and only their targets as an array
+        jobs_params = [now, now, int(lane), [target_id for (_, _, _, target_id), _ in ordered]]
+    else:
+        jobs_params = _unnest_params(ordered, now, lane)
     answers = _fetch_bound(
-        _one_statement_sql(with_jobs=True, single=single),
-        [records, *event_params, *_unnest_params(ordered, now, lane)],
-        prepare=single,
+        _one_statement_sql(with_jobs=True, single=single), [records, *event_params, *jobs_params], prepare=single
     )
     return _states(answers) if answers else None
 
@@ -123,17 +124,16 @@ def _one_statement_sql(*, with_jobs: bool, single: bool) -> str:
     fresh_only = "WHERE NOT (SELECT hit FROM known)"
     if not with_jobs:
         return f"WITH {known} INSERT INTO {SyncEvent._meta.db_table} ({columns}) {rows} {fresh_only}"
+    if single:  # no row inserted (the record is known), no jobs
+        returning = "RETURNING source, object_type, record_id, id, occurred_at"
+        return (
+            f"WITH {known}, events AS (INSERT INTO {SyncEvent._meta.db_table} ({columns}) "
+            f"{rows} {fresh_only} {returning}) " + transitions.arrival_one_event_sql("events")
+        )
     return (
         f"WITH {known}, events AS (INSERT INTO {SyncEvent._meta.db_table} ({columns}) "
         f"{rows} {fresh_only}) " + transitions.arrival_unnest_sql(fresh_only)
     )
-
-
-class _PlannedEachTime(psycopg.Cursor[Any]):
-    """Bound on the server like a prepared statement, but planned for each run (PostgreSQL's unnamed statement)."""
-
-    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None, **options: Any) -> Any:
-        return super().execute(query, params, prepare=False, **options)
 
 
 def _fetch_bound(sql: str, params: list[Any], *, prepare: bool) -> list[tuple[Any, ...]]:
@@ -149,13 +149,9 @@ def _fetch_bound(sql: str, params: list[Any], *, prepare: bool) -> list[tuple[An
     A pooler in transaction mode needs DB_PREPARED_STATEMENTS=0."""
     if not settings.DB_PREPARED_STATEMENTS:
         return _fetch(sql, params)
-    with connection.cursor() as client_side:  # the health check, and the connection opened if it was not
-        server_side = (psycopg.Cursor if prepare else _PlannedEachTime)(client_side.cursor.connection)
-        # Django's wrapper all the same: its errors, its execute wrappers and, in DEBUG, its query log. The
-        # connection prepares a statement on its first run (prepare_threshold 0, set in settings.py).
-        with connection.make_cursor(server_side) as cursor:  # type: ignore[arg-type]  # the stubs want a wrapper; Django wraps a driver cursor
-            cursor.execute(sql, params)
-            return list(cursor.fetchall())
+    cursor = connection.bound_cursor(prepare=prepare)  # type: ignore[attr-defined]  # recordsync.db.postgresql
+    cursor.execute(sql, params)
+    return list(cursor.fetchall())
 
 
 def _states(answers: list[tuple[Any, ...]]) -> dict[JobKey, tuple[str, datetime]]:

@@ -148,7 +148,7 @@ def test_a_code_is_refused_for_another_redirect_uri_after_ten_minutes_or_when_ne
     elif case == "expired":
         MockToken.objects.filter(token=code).update(expires_at=timezone.now() - timedelta(seconds=1))
     elif case == "made up":
-        form["code"] = "x" + code[1:]
+        form["code"] = ("y" if code.startswith("x") else "x") + code[1:]  # one character off, never the same
     elif case == "other client":
         settings.MOCK_OUTREACH_CLIENT_ID = "another-app"
 
